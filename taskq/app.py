@@ -1,0 +1,289 @@
+"""The application object: settings, the task registry, publishing and results.
+
+There is no global "current app": everything that needs the app is handed it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, overload
+
+from taskq.canvas import as_signatures
+from taskq.config import Config
+from taskq.errors import ConfigurationError, NotRegistered
+from taskq.protocol import TaskMessage, origin_name
+from taskq.publish import Publisher, make_connection, queue_for, resolve_time
+from taskq.result import AsyncResult
+from taskq.task import CALL_OPTIONS, TASK_OPTIONS, Context, Task, check_options
+
+if TYPE_CHECKING:
+    from kombu import Connection, Producer
+
+    from taskq.backends.base import Backend
+
+PublishHook = Callable[[TaskMessage, Mapping[str, Any]], TaskMessage | None]
+
+
+@dataclass
+class Hooks:
+    """The app's named hooks. ``before_task_publish`` may return a replacement message."""
+
+    before_task_publish: list[PublishHook] = field(default_factory=list)
+    after_task_publish: list[PublishHook] = field(default_factory=list)
+
+
+class TaskQ:
+    """A taskq application: ``app = TaskQ("proj", broker=..., backend=...)``."""
+
+    def __init__(
+        self,
+        main: str = "taskq",
+        *,
+        broker: str | None = None,
+        backend: str | None = None,
+        include: Iterable[str] = (),
+        config_source: object | str | None = None,
+        environ: Mapping[str, str] | None = None,
+        **settings: Any,
+    ) -> None:
+        self.main = main
+        self.conf = Config(environ)
+        if config_source is not None:
+            self.conf.from_object(config_source)
+        if broker is not None:
+            settings["broker_url"] = broker
+        if backend is not None:
+            settings["result_backend"] = backend
+        self.conf.update(settings)
+        self.include = list(include)
+        self.tasks: dict[str, Task] = {}
+        self.hooks = Hooks()
+        self._publisher = Publisher(self.conf)
+        self._backend: Backend | None = None
+        self._backend_pid = 0
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"<TaskQ {self.main}>"
+
+    # -- configuration ------------------------------------------------------------------------
+    def config_from_object(self, obj: object | str) -> None:
+        """Load settings from a module (or its import path), class or object."""
+        self.conf.from_object(obj)
+        self._reset_clients()
+
+    def _reset_clients(self) -> None:
+        self._publisher.close()
+        self._publisher = Publisher(self.conf)
+        if self._backend is not None and self._backend_pid == os.getpid():
+            self._backend.close()
+        self._backend = None
+
+    # -- tasks --------------------------------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[..., Any], /) -> Task: ...
+    @overload
+    def task(self, /, **options: Any) -> Callable[[Callable[..., Any]], Task]: ...
+
+    def task(
+        self, fn: Callable[..., Any] | None = None, /, **options: Any
+    ) -> Task | Callable[[Callable[..., Any]], Task]:
+        """Register a function as a task: ``@app.task`` or ``@app.task(bind=True, ...)``."""
+        check_options(options, TASK_OPTIONS, "task option")
+
+        def register(fn: Callable[..., Any]) -> Task:
+            name = options.pop("name", None) or self._task_name(fn)
+            task = Task(self, fn, name=name, **options)
+            self.tasks[name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def _task_name(self, fn: Callable[..., Any]) -> str:
+        module = getattr(fn, "__module__", None) or self.main
+        if module == "__main__":
+            module = self.main
+        return f"{module}.{fn.__name__}"
+
+    def get_task(self, name: str) -> Task:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise NotRegistered(
+                f"task {name!r} is not registered with app {self.main!r}; check the name and "
+                "that its module is imported (include=[...] or autodiscover_tasks)"
+            ) from None
+
+    def autodiscover_tasks(self, packages: Iterable[str], related_name: str = "tasks") -> None:
+        """Import ``<package>.<related_name>`` for each package that has one."""
+        for package in packages:
+            module = f"{package}.{related_name}"
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if exc.name not in {module, package}:
+                    raise  # the module exists but something it imports does not
+                if exc.name == package:
+                    raise ConfigurationError(
+                        f"autodiscover_tasks: package {package!r} cannot be imported"
+                    ) from None
+
+    def import_includes(self) -> None:
+        for module in self.include:
+            importlib.import_module(module)
+
+    # -- calling ------------------------------------------------------------------------------
+    def send_task(
+        self,
+        name: str,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Publish a task by name (it need not be registered here) and return its result.
+
+        Options: countdown, eta, expires, queue, routing_key, exchange, priority, headers,
+        task_id, time_limit, soft_time_limit, link, link_error, serializer, retry,
+        retry_policy, ignore_result.
+        """
+        check_options(options, CALL_OPTIONS, "send_task option")
+        now = dt.datetime.now(dt.UTC)
+        countdown = options.get("countdown")
+        eta = resolve_time(options.get("eta"), now=now, what="eta")
+        if countdown is not None:
+            if eta is not None:
+                raise TypeError("give countdown or eta, not both")
+            eta = resolve_time(float(countdown), now=now, what="countdown")
+        task_id = options.get("task_id") or str(uuid.uuid4())
+        parent = self.current_request()
+        ignore_result = bool(options.get("ignore_result") or False)
+        reply_to = options.get("reply_to")
+        if not ignore_result and reply_to is None:
+            reply_to = self.backend.on_task_call(task_id)
+        msg = TaskMessage(
+            task=name,
+            id=task_id,
+            args=tuple(args or ()),
+            kwargs=dict(kwargs or {}),
+            retries=int(options.get("retries") or 0),
+            eta=eta,
+            expires=resolve_time(options.get("expires"), now=now, what="expires"),
+            time_limit=options.get("time_limit"),
+            soft_time_limit=options.get("soft_time_limit"),
+            root_id=options.get("root_id") or (parent.root_id if parent else None) or task_id,
+            parent_id=options.get("parent_id") or (parent.id if parent else None),
+            group=options.get("group_id"),
+            group_index=options.get("group_index"),
+            shadow=options.get("shadow"),
+            origin=origin_name(),
+            ignore_result=ignore_result,
+            reply_to=reply_to,
+            callbacks=as_signatures(options.get("link")),
+            errbacks=as_signatures(options.get("link_error")),
+            chain=tuple(options.get("chain") or ()),
+            headers=dict(options.get("headers") or {}),
+        )
+        self.publish_message(
+            msg,
+            queue=options.get("queue") or self._route(name),
+            exchange=options.get("exchange"),
+            routing_key=options.get("routing_key"),
+            priority=options.get("priority"),
+            serializer=options.get("serializer"),
+            retry=options.get("retry"),
+            retry_policy=options.get("retry_policy"),
+        )
+        return AsyncResult(task_id, self.backend, task_name=name)
+
+    def _route(self, name: str) -> str | None:
+        route = self.conf.task_routes.get(name)
+        if isinstance(route, str):
+            return route
+        if isinstance(route, Mapping):
+            return route.get("queue")
+        return None
+
+    def publish_message(
+        self,
+        msg: TaskMessage,
+        *,
+        queue: str | None = None,
+        exchange: str | None = None,
+        routing_key: str | None = None,
+        priority: int | None = None,
+        serializer: str | None = None,
+        retry: bool | None = None,
+        retry_policy: Mapping[str, Any] | None = None,
+    ) -> TaskMessage:
+        """Publish an already built message, running the publish hooks around it."""
+        target = queue_for(self.conf, queue)
+        routing = {
+            "queue": target.name,
+            "exchange": target.exchange.name if exchange is None else exchange,
+            "routing_key": target.routing_key if routing_key is None else routing_key,
+        }
+        for hook in self.hooks.before_task_publish:
+            msg = hook(msg, routing) or msg
+        self._publisher.publish(
+            msg, queue=target, exchange=exchange, routing_key=routing_key,
+            priority=priority if priority is not None else self.conf.task_default_priority,
+            serializer=serializer, retry=retry, retry_policy=retry_policy,
+        )
+        for hook in self.hooks.after_task_publish:
+            hook(msg, routing)
+        return msg
+
+    # -- the current task (for parent_id / root_id of tasks sent from inside a task) ----------
+    def push_current(self, context: Context) -> None:
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        self._local.stack.append(context)
+
+    def pop_current(self) -> None:
+        self._local.stack.pop()
+
+    def current_request(self) -> Context | None:
+        stack = getattr(self._local, "stack", None)
+        return stack[-1] if stack else None
+
+    # -- connections and results --------------------------------------------------------------
+    def connection(self, url: str | None = None, *, heartbeat: float | None = None
+                   ) -> Connection:
+        """A new (not yet connected) broker connection with this app's settings."""
+        return make_connection(self.conf, url, heartbeat=heartbeat)
+
+    @contextmanager
+    def producer(self) -> Iterator[Producer]:
+        with self._publisher.producer() as producer:
+            yield producer
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None or self._backend_pid != os.getpid():
+            from taskq.backends import backend_from_url
+
+            self._backend = backend_from_url(self, self.conf.result_backend)
+            self._backend_pid = os.getpid()
+        return self._backend
+
+    def AsyncResult(self, task_id: str, task_name: str | None = None) -> AsyncResult:
+        return AsyncResult(task_id, self.backend, task_name=task_name)
+
+    def close(self) -> None:
+        self._publisher.close()
+        if self._backend is not None and self._backend_pid == os.getpid():
+            self._backend.close()
+        self._backend = None
+
+    def __enter__(self) -> TaskQ:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,183 @@
+"""The result backend interface and the parts every backend shares.
+
+A task's stored record ("meta") has Celery's layout so that taskq and Celery read each
+other's results::
+
+    {"task_id": ..., "status": "SUCCESS", "result": <value or wire exception>,
+     "traceback": <str or None>, "children": [], "date_done": <ISO 8601 or None>}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from kombu.serialization import dumps, loads
+
+from taskq import states
+from taskq.errors import ContentDisallowed, ResultBackendError, TimeoutError
+from taskq.exc_wire import exception_from_wire, exception_to_wire, is_wire_exception
+
+if TYPE_CHECKING:
+    from taskq.app import TaskQ
+
+Meta = dict[str, Any]
+
+
+def pending_meta(task_id: str) -> Meta:
+    return {"task_id": task_id, "status": states.PENDING, "result": None, "traceback": None,
+            "children": [], "date_done": None}
+
+
+class Backend:
+    """Stores and fetches task results. Subclasses implement ``_set``, ``_get``, ``_delete``."""
+
+    persistent = True
+    supports_wait = False
+
+    def __init__(self, app: TaskQ) -> None:
+        self.app = app
+        self.serializer: str = app.conf.result_serializer
+        accept = app.conf.result_accept_content or app.conf.accept_content
+        self.accept: list[str] = list(accept)
+
+    # -- encoding -----------------------------------------------------------------------------
+    def encode(self, meta: Meta) -> bytes:
+        _content_type, _encoding, payload = dumps(meta, serializer=self.serializer)
+        return payload if isinstance(payload, bytes) else payload.encode("utf-8")
+
+    def decode(self, payload: bytes | str) -> Meta:
+        from kombu.serialization import registry
+
+        content_type = registry._encoders[self.serializer].content_type
+        try:
+            meta = loads(payload, content_type, "utf-8", accept=self.accept)
+        except Exception as exc:
+            if type(exc).__name__ == "ContentDisallowed":
+                raise ContentDisallowed(str(exc)) from None
+            raise ResultBackendError(f"cannot decode a stored result: {exc}") from None
+        if not isinstance(meta, Mapping) or "status" not in meta:
+            raise ResultBackendError(f"stored result is not a task record: {meta!r:.200}")
+        return dict(meta)
+
+    def prepare_result(self, state: str, result: Any) -> Any:
+        if state in states.EXCEPTION_STATES and isinstance(result, BaseException):
+            return exception_to_wire(result)
+        return result
+
+    def result_from_meta(self, meta: Mapping[str, Any]) -> Any:
+        result = meta.get("result")
+        if meta.get("status") in states.EXCEPTION_STATES and is_wire_exception(result):
+            assert isinstance(result, Mapping)
+            return exception_from_wire(result)
+        return result
+
+    # -- storing ------------------------------------------------------------------------------
+    def store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: str | None = None,
+        request: Any = None,
+    ) -> Meta:
+        meta: Meta = {
+            "status": state,
+            "result": self.prepare_result(state, result),
+            "traceback": traceback,
+            "children": [],
+            "date_done": dt.datetime.now(dt.UTC).isoformat()
+            if state in states.READY_STATES else None,
+            "task_id": task_id,
+        }
+        if request is not None and getattr(request, "group", None):
+            meta["group_id"] = request.group
+        if request is not None and getattr(request, "parent_id", None):
+            meta["parent_id"] = request.parent_id
+        self._set(task_id, meta, state, request)
+        return meta
+
+    def mark_as_started(self, task_id: str, **info: Any) -> Meta:
+        return self.store_result(task_id, info, states.STARTED)
+
+    def mark_as_done(self, task_id: str, result: Any, request: Any = None) -> Meta:
+        return self.store_result(task_id, result, states.SUCCESS, request=request)
+
+    def mark_as_failure(
+        self, task_id: str, exc: BaseException, traceback: str | None = None, request: Any = None
+    ) -> Meta:
+        return self.store_result(task_id, exc, states.FAILURE, traceback, request)
+
+    def mark_as_retry(
+        self, task_id: str, exc: BaseException, traceback: str | None = None, request: Any = None
+    ) -> Meta:
+        return self.store_result(task_id, exc, states.RETRY, traceback, request)
+
+    def mark_as_revoked(self, task_id: str, reason: str = "revoked", request: Any = None) -> Meta:
+        from taskq.errors import TaskRevokedError
+
+        return self.store_result(task_id, TaskRevokedError(reason), states.REVOKED, None, request)
+
+    def mark_as_rejected(self, task_id: str, reason: str, request: Any = None) -> Meta:
+        from taskq.errors import Reject
+
+        return self.store_result(task_id, Reject(reason), states.REJECTED, None, request)
+
+    # -- reading ------------------------------------------------------------------------------
+    def get_task_meta(self, task_id: str) -> Meta:
+        meta = self._get(task_id)
+        return meta if meta is not None else pending_meta(task_id)
+
+    def wait_for(
+        self, task_id: str, timeout: float | None = None, interval: float = 0.5
+    ) -> Meta:
+        """Block until the task is in a ready state; ``TimeoutError`` after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            meta = self.get_task_meta(task_id)
+            if meta["status"] in states.READY_STATES:
+                return meta
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"task {task_id} not ready after {timeout} s")
+            pause = interval if deadline is None else min(interval, deadline - time.monotonic())
+            time.sleep(max(pause, 0.0))
+
+    def forget(self, task_id: str) -> None:
+        self._delete(task_id)
+
+    def on_task_call(self, task_id: str) -> str | None:
+        """Called before publishing; returns the ``reply_to`` queue name, if the backend has one."""
+        return None
+
+    def close(self) -> None:
+        """Release connections (called on app close and in a fresh child)."""
+
+    # -- storage primitives -------------------------------------------------------------------
+    def _set(self, task_id: str, meta: Meta, state: str, request: Any) -> None:
+        raise NotImplementedError
+
+    def _get(self, task_id: str) -> Meta | None:
+        raise NotImplementedError
+
+    def _delete(self, task_id: str) -> None:
+        raise NotImplementedError
+
+
+class DisabledBackend(Backend):
+    """No result backend: storing is a no-op and asking for a result is an error."""
+
+    persistent = False
+
+    def _set(self, task_id: str, meta: Meta, state: str, request: Any) -> None:
+        return None
+
+    def _get(self, task_id: str) -> Meta | None:
+        raise ResultBackendError(
+            "no result backend is configured; set result_backend (for example "
+            "'redis://127.0.0.1:6379/0') to read task results"
+        )
+
+    def _delete(self, task_id: str) -> None:
+        return None

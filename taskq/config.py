@@ -1,0 +1,353 @@
+"""Settings: names, defaults, validation and precedence.
+
+Precedence, lowest first (the same for the library, every ``taskq`` command and the stress
+runner):
+
+1. the defaults below;
+2. code: ``TaskQ(..., **settings)`` and ``app.config_from_object(obj_or_module_path)``,
+   later calls overriding earlier ones;
+3. the environment: ``TASKQ_<SETTING_NAME>`` (``TASKQ_BROKER_URL``, ``TASKQ_TASK_ACKS_LATE``);
+4. command-line flags (``taskq --config MODULE`` loads a module at level 2; ``taskq worker
+   -c 4`` sets ``worker_concurrency`` at level 4).
+
+The environment overrides code so that operators and the stress runner can point an app at
+another broker without editing it. Unknown names and bad values raise ``ConfigurationError``
+naming the setting, the value, and the closest valid name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+import os
+import types
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from taskq.errors import ConfigurationError
+
+ENV_PREFIX = "TASKQ_"
+# TASKQ_* variables that are not settings: tools' own switches.
+_ENV_NOT_SETTINGS = ("TASKQ_APP", "TASKQ_CONFIG_MODULE")
+_ENV_FOREIGN_PREFIXES = ("TASKQ_STRESS_", "TASKQ_TEST_", "TASKQ_CHAOS_")
+
+Converter = Callable[[str, Any], Any]
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _str(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigurationError(f"setting {name}: expected a string, got {_describe(value)}")
+    return value
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off", ""}:
+            return False
+    raise ConfigurationError(
+        f"setting {name}: expected true or false, got {_describe(value)}"
+    )
+
+
+def _number(kind: type, minimum: float | None) -> Converter:
+    def convert(name: str, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ConfigurationError(f"setting {name}: expected a number, got {_describe(value)}")
+        try:
+            number = kind(value) if isinstance(value, str) else value
+        except ValueError:
+            number = None
+        if kind is int and not isinstance(number, int):
+            raise ConfigurationError(
+                f"setting {name}: expected a whole number, got {_describe(value)}"
+            )
+        if kind is float and not isinstance(number, int | float):
+            raise ConfigurationError(f"setting {name}: expected a number, got {_describe(value)}")
+        if minimum is not None and number < minimum:
+            raise ConfigurationError(f"setting {name}: must be at least {minimum}, got {value!r}")
+        return kind(number)
+
+    return convert
+
+
+def _optional(inner: Converter) -> Converter:
+    def convert(name: str, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none"}):
+            return None
+        return inner(name, value)
+
+    return convert
+
+
+def _choice(*choices: str) -> Converter:
+    def convert(name: str, value: Any) -> str:
+        text = _str(name, value)
+        if text not in choices:
+            raise ConfigurationError(
+                f"setting {name}: {text!r} is not one of {', '.join(choices)}"
+                + _suggest(text, choices)
+            )
+        return text
+
+    return convert
+
+
+def _str_list(name: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            value = _json(name, stripped)
+        else:
+            return [part.strip() for part in stripped.split(",") if part.strip()]
+    if isinstance(value, list | tuple | set | frozenset) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigurationError(
+        f"setting {name}: expected a list of strings (or 'a,b' in the environment), "
+        f"got {_describe(value)}"
+    )
+
+
+def _json(name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"setting {name}: not valid JSON ({exc}): {text!r}") from None
+
+
+def _dict(name: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        value = _json(name, value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise ConfigurationError(
+        f"setting {name}: expected a mapping (JSON object in the environment), "
+        f"got {_describe(value)}"
+    )
+
+
+def _suggest(word: str, candidates: Any) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    convert: Converter
+    doc: str
+
+
+_SETTINGS: tuple[Setting, ...] = (
+    # broker
+    Setting("broker_url", None, _optional(_str),
+            "Broker URL; several separated by ';' fail over in order."),
+    Setting("broker_transport_options", {}, _dict, "Extra options for the kombu transport."),
+    Setting("broker_connection_timeout", 4.0, _number(float, 0.1),
+            "Seconds to wait for a broker connection to open."),
+    Setting("broker_connection_retry", True, _bool, "Retry a lost broker connection."),
+    Setting("broker_connection_max_retries", 100, _optional(_number(int, 0)),
+            "How often to retry connecting before giving up (None: forever)."),
+    Setting("broker_heartbeat", 10.0, _optional(_number(float, 0)),
+            "AMQP heartbeat in seconds (None or 0 disables it)."),
+    Setting("broker_pool_limit", 10, _number(int, 1), "Connections kept in the producer pool."),
+    Setting("broker_confirm_publish", True, _bool,
+            "Wait for the broker to confirm each publish (AMQP publisher confirms)."),
+    Setting("broker_failover_strategy", "round-robin", _choice("round-robin", "shuffle"),
+            "How to pick the next broker URL after a failure."),
+    # results
+    Setting("result_backend", None, _optional(_str),
+            "redis://, rpc://, db+sqlite:///path (any SQLAlchemy URL) or None."),
+    Setting("result_backend_transport_options", {}, _dict, "Extra options for the backend."),
+    Setting("result_serializer", "json", _str, "Serializer for stored results."),
+    Setting("result_accept_content", None, _optional(_str_list),
+            "Content types accepted for results (default: accept_content)."),
+    Setting("result_expires", 86400.0, _optional(_number(float, 0)),
+            "Seconds a stored result is kept (None: forever)."),
+    Setting("result_persistent", False, _bool, "rpc:// results survive a broker restart."),
+    # tasks and messages
+    Setting("task_serializer", "json", _str, "Serializer for task messages."),
+    Setting("accept_content", ["json"], _str_list, "Content types a worker accepts."),
+    Setting("task_default_queue", "celery", _str, "Queue for tasks without a route."),
+    Setting("task_default_exchange", "celery", _str, "Exchange for the default queue."),
+    Setting("task_default_exchange_type", "direct", _choice("direct", "topic", "fanout"),
+            "Exchange type of the default exchange."),
+    Setting("task_default_routing_key", "celery", _str, "Routing key for the default queue."),
+    Setting("task_default_priority", None, _optional(_number(int, 0)), "Default priority."),
+    Setting("task_routes", {}, _dict, "Map of task name to {'queue': ..., 'routing_key': ...}."),
+    Setting("task_acks_late", False, _bool,
+            "Ack after the task finishes instead of when it starts."),
+    Setting("task_reject_on_worker_lost", False, _bool,
+            "With acks_late, requeue a task whose child died instead of failing it."),
+    Setting("task_max_redeliveries", 3, _number(int, 0),
+            "Requeues after a lost child before a poison message is failed."),
+    Setting("task_time_limit", None, _optional(_number(float, 0)), "Hard time limit, seconds."),
+    Setting("task_soft_time_limit", None, _optional(_number(float, 0)),
+            "Soft time limit, seconds."),
+    Setting("task_ignore_result", False, _bool, "Do not store task results."),
+    Setting("task_store_errors_even_if_ignored", False, _bool,
+            "Store failures of tasks that ignore results."),
+    Setting("task_track_started", False, _bool, "Store the STARTED state."),
+    Setting("task_publish_retry", True, _bool, "Retry publishing on connection errors."),
+    Setting("task_publish_retry_policy",
+            {"max_retries": 3, "interval_start": 0.0, "interval_step": 0.2, "interval_max": 0.2},
+            _dict, "kombu retry policy for publishing."),
+    Setting("timezone", "UTC", _str, "Time zone for naive eta/expires values."),
+    # worker
+    Setting("worker_concurrency", None, _optional(_number(int, 1)),
+            "Pool size (default: number of CPUs)."),
+    Setting("worker_pool", "prefork", _choice("prefork", "solo", "threads"), "Pool kind."),
+    Setting("worker_optimization", "fair", _choice("fair", "fast"),
+            "fair: jobs go to idle children only; fast: children buffer a few jobs."),
+    Setting("worker_prefetch_multiplier", 4, _number(int, 0),
+            "QoS prefetch = concurrency * this (0: unlimited)."),
+    Setting("worker_max_tasks_per_child", None, _optional(_number(int, 1)),
+            "Recycle a child after this many tasks."),
+    Setting("worker_max_memory_per_child", None, _optional(_number(int, 1)),
+            "Recycle a child whose resident memory exceeds this many KiB."),
+    Setting("worker_hostname", None, _optional(_str), "Node name, name@host."),
+    Setting("worker_send_task_events", False, _bool, "Send task events."),
+    Setting("task_send_sent_event", False, _bool, "Send task-sent events when publishing."),
+)
+
+SETTINGS: Mapping[str, Setting] = types.MappingProxyType({s.name: s for s in _SETTINGS})
+
+
+def lookup(name: str) -> Setting:
+    """The definition of setting ``name``, or a ``ConfigurationError`` with a suggestion."""
+    try:
+        return SETTINGS[name]
+    except KeyError:
+        raise ConfigurationError(f"unknown setting {name!r}" + _suggest(name, SETTINGS)) from None
+
+
+def validate(name: str, value: Any) -> Any:
+    """Check and normalise one value for setting ``name``."""
+    return lookup(name).convert(name, value)
+
+
+class Config(Mapping[str, Any]):
+    """Resolved settings of one app: defaults < code < environment < command line."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._code: dict[str, Any] = {}
+        self._cli: dict[str, Any] = {}
+        self._environ = os.environ if environ is None else environ
+        self._env_cache: dict[str, Any] | None = None
+
+    # -- writing ------------------------------------------------------------------------------
+    def update(self, settings: Mapping[str, Any] | None = None, **more: Any) -> None:
+        """Set code-level values (level 2)."""
+        merged = {**(settings or {}), **more}
+        checked = {name: validate(name, value) for name, value in merged.items()}
+        self._code.update(checked)
+
+    def override(self, settings: Mapping[str, Any]) -> None:
+        """Set command-line values (level 4), which beat everything else."""
+        self._cli.update({name: validate(name, value) for name, value in settings.items()})
+
+    def from_object(self, obj: object | str) -> None:
+        """Load the lowercase settings of a module, class or object (or a module path)."""
+        if isinstance(obj, str):
+            try:
+                obj = importlib.import_module(obj)
+            except ImportError as exc:
+                raise ConfigurationError(
+                    f"cannot import config module {obj!r}: {exc}; check the name and that "
+                    "its folder is on PYTHONPATH"
+                ) from None
+        found: dict[str, Any] = {}
+        for attr in dir(obj):
+            if attr.startswith("_"):
+                continue
+            value = getattr(obj, attr)
+            if isinstance(value, types.ModuleType | type | types.FunctionType):
+                continue
+            if attr.isupper():
+                if attr.lower() in SETTINGS:
+                    raise ConfigurationError(
+                        f"config {_name_of(obj)}: {attr} looks like a setting; taskq settings "
+                        f"are lowercase: write {attr.lower()} = ..."
+                    )
+                continue
+            found[attr] = value
+        unknown = [name for name in found if name not in SETTINGS]
+        if unknown:
+            name = unknown[0]
+            raise ConfigurationError(
+                f"config {_name_of(obj)}: unknown setting {name!r}" + _suggest(name, SETTINGS)
+            )
+        self.update(found)
+
+    # -- reading ------------------------------------------------------------------------------
+    def _env(self) -> dict[str, Any]:
+        if self._env_cache is None:
+            values: dict[str, Any] = {}
+            for var, raw in self._environ.items():
+                if not var.startswith(ENV_PREFIX) or var in _ENV_NOT_SETTINGS:
+                    continue
+                if var.startswith(_ENV_FOREIGN_PREFIXES):
+                    continue
+                name = var[len(ENV_PREFIX):].lower()
+                if name not in SETTINGS:
+                    env_names = [ENV_PREFIX + s.upper() for s in SETTINGS]
+                    raise ConfigurationError(
+                        f"environment variable {var} names no taskq setting"
+                        + _suggest(var, env_names)
+                    )
+                try:
+                    values[name] = validate(name, raw)
+                except ConfigurationError as exc:
+                    raise ConfigurationError(f"environment variable {var}: {exc}") from None
+            self._env_cache = values
+        return self._env_cache
+
+    def source(self, name: str) -> str:
+        """Where the value of ``name`` comes from: cli, env, code or default."""
+        lookup(name)
+        if name in self._cli:
+            return "cli"
+        if name in self._env():
+            return "env"
+        return "code" if name in self._code else "default"
+
+    def __getitem__(self, name: str) -> Any:
+        setting = lookup(name)
+        for layer in (self._cli, self._env(), self._code):
+            if name in layer:
+                return layer[name]
+        default = setting.default
+        return type(default)(default) if isinstance(default, dict | list) else default
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except ConfigurationError as exc:
+            raise AttributeError(str(exc)) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SETTINGS)
+
+    def __len__(self) -> int:
+        return len(SETTINGS)
+
+    def changes(self) -> dict[str, Any]:
+        """Settings whose value is not the default."""
+        return {name: self[name] for name in SETTINGS if self.source(name) != "default"}
+
+
+def _name_of(obj: object) -> str:
+    return getattr(obj, "__name__", type(obj).__name__)

@@ -1,0 +1,67 @@
+"""Exceptions on the wire, in Celery's JSON layout.
+
+A failed task's result is ``{"exc_type": "ValueError", "exc_message": ["bad"], "exc_module":
+"builtins"}``, which Celery and taskq both read. Decoding rebuilds the original class only when
+it is an exception class that can be imported without running new code (its module is already
+imported, or is a builtin); otherwise the result is a ``RemoteTaskError`` that keeps the type
+name, module and message. Classes are never built at runtime.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from taskq.errors import RemoteTaskError
+
+_JSON_SAFE = (str, int, float, bool, type(None))
+
+
+def _safe_args(args: tuple[Any, ...]) -> list[Any]:
+    return [a if isinstance(a, _JSON_SAFE) else repr(a) for a in args]
+
+
+def exception_to_wire(exc: BaseException) -> dict[str, Any]:
+    cls = type(exc)
+    return {
+        "exc_type": cls.__qualname__,
+        "exc_message": _safe_args(exc.args),
+        "exc_module": cls.__module__,
+    }
+
+
+def is_wire_exception(value: Any) -> bool:
+    return isinstance(value, Mapping) and "exc_type" in value
+
+
+def _find_class(module: str | None, qualname: str) -> type[BaseException] | None:
+    if module in (None, "builtins", "exceptions"):
+        obj: Any = builtins
+    else:
+        obj = sys.modules.get(module)
+        if obj is None:
+            return None
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    if isinstance(obj, type) and issubclass(obj, BaseException):
+        return obj
+    return None
+
+
+def exception_from_wire(value: Mapping[str, Any]) -> BaseException:
+    qualname = str(value.get("exc_type") or "Exception")
+    module = value.get("exc_module")
+    message = value.get("exc_message", ())
+    args = tuple(message) if isinstance(message, list | tuple) else (message,)
+    cls = _find_class(module if isinstance(module, str) else None, qualname)
+    text = ", ".join(str(a) for a in args) if len(args) != 1 else str(args[0])
+    if cls is not None:
+        try:
+            return cls(*args)
+        except Exception:
+            pass
+    return RemoteTaskError(qualname, module if isinstance(module, str) else None, text)

@@ -1,0 +1,173 @@
+"""Publishing task messages: connections, the producer pool, routing, retries, confirms."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from kombu import Connection, Exchange, Producer, Queue
+from kombu.exceptions import OperationalError
+from kombu.pools import ProducerPool
+
+from taskq.errors import BrokerUnreachable, ConfigurationError
+from taskq.protocol import TaskMessage, to_wire
+from taskq.urls import safe_url
+
+if TYPE_CHECKING:
+    from taskq.config import Config
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
+
+# Bounded socket operations (DESIGN.md: every call that can block is bounded, 2 s at most
+# for the worker's loop; publishing clients get the same defaults).
+_REDIS_TRANSPORT_DEFAULTS = {
+    "socket_timeout": 2.0,
+    "socket_connect_timeout": 2.0,
+    "health_check_interval": 10,
+    "retry_on_timeout": True,
+}
+_AMQP_TRANSPORT_DEFAULTS = {"read_timeout": 2.0, "write_timeout": 2.0}
+
+
+def broker_url(conf: Config) -> str:
+    return conf.broker_url or DEFAULT_BROKER_URL
+
+
+def _scheme(url: str) -> str:
+    return url.split(";", 1)[0].split("://", 1)[0].lower()
+
+
+def transport_options(conf: Config, url: str) -> dict[str, Any]:
+    scheme = _scheme(url)
+    options: dict[str, Any] = {}
+    if scheme in {"redis", "rediss"}:
+        options.update(_REDIS_TRANSPORT_DEFAULTS)
+    elif scheme in {"amqp", "pyamqp", "amqps"}:
+        options.update(_AMQP_TRANSPORT_DEFAULTS)
+        options["confirm_publish"] = bool(conf.broker_confirm_publish)
+    options.update(conf.broker_transport_options)
+    return options
+
+
+def make_connection(conf: Config, url: str | None = None, *, heartbeat: float | None = None
+                    ) -> Connection:
+    url = url or broker_url(conf)
+    try:
+        return Connection(
+            url,
+            connect_timeout=conf.broker_connection_timeout,
+            transport_options=transport_options(conf, url),
+            failover_strategy=conf.broker_failover_strategy,
+            heartbeat=heartbeat or 0,
+        )
+    except (KeyError, ValueError, ImportError) as exc:
+        raise ConfigurationError(
+            f"setting broker_url: cannot use {safe_url(url)!r}: {exc!r}; expected e.g. "
+            "'amqp://guest:guest@localhost:5672//' or 'redis://localhost:6379/0'"
+        ) from None
+
+
+def queue_for(conf: Config, name: str | None) -> Queue:
+    """The queue a task goes to; a missing queue gets an exchange of its own name (as Celery)."""
+    if not name or name == conf.task_default_queue:
+        return Queue(
+            conf.task_default_queue,
+            Exchange(conf.task_default_exchange, conf.task_default_exchange_type),
+            routing_key=conf.task_default_routing_key,
+            durable=True,
+        )
+    return Queue(name, Exchange(name, "direct"), routing_key=name, durable=True)
+
+
+def resolve_time(value: float | dt.datetime | str | None, *, now: dt.datetime,
+                 what: str) -> dt.datetime | None:
+    """``eta``/``expires`` given as seconds from now, a datetime or an ISO string."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"{what}: expected seconds or a datetime, got {value!r}")
+    if isinstance(value, int | float):
+        return now + dt.timedelta(seconds=value)
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    raise TypeError(f"{what}: expected seconds or a datetime, got {value!r}")
+
+
+class Publisher:
+    """Owns the producer pool of one app in one process (rebuilt after fork)."""
+
+    def __init__(self, conf: Config) -> None:
+        self.conf = conf
+        self._pid = os.getpid()
+        self._pool: ProducerPool | None = None
+        self._connections: Any = None
+        self._abandoned: list[Any] = []
+
+    def _ensure_pool(self) -> ProducerPool:
+        if self._pid != os.getpid():
+            # Forked: never close the parent's sockets from here (py-amqp's close() would shut
+            # down the shared socket); keep them referenced so no finalizer runs, and start over.
+            self._abandoned.append((self._pool, self._connections))
+            self._pool, self._connections, self._pid = None, None, os.getpid()
+        if self._pool is None:
+            limit = self.conf.broker_pool_limit
+            self._connections = make_connection(self.conf).Pool(limit)
+            self._pool = ProducerPool(self._connections, limit=limit)
+        return self._pool
+
+    @contextmanager
+    def producer(self) -> Iterator[Producer]:
+        pool = self._ensure_pool()
+        with pool.acquire(block=True, timeout=30) as producer:
+            yield producer
+
+    def publish(
+        self,
+        msg: TaskMessage,
+        *,
+        queue: Queue,
+        exchange: str | None = None,
+        routing_key: str | None = None,
+        priority: int | None = None,
+        serializer: str | None = None,
+        retry: bool | None = None,
+        retry_policy: Mapping[str, Any] | None = None,
+    ) -> None:
+        body, headers, properties = to_wire(msg)
+        retry = self.conf.task_publish_retry if retry is None else retry
+        policy = dict(self.conf.task_publish_retry_policy)
+        policy.update(retry_policy or {})
+        url = broker_url(self.conf)
+        try:
+            with self.producer() as producer:
+                producer.publish(
+                    body,
+                    exchange=queue.exchange if exchange is None else exchange,
+                    routing_key=queue.routing_key if routing_key is None else routing_key,
+                    serializer=serializer or self.conf.task_serializer,
+                    headers=headers,
+                    priority=priority,
+                    delivery_mode=2,
+                    declare=[queue],
+                    retry=retry,
+                    retry_policy=policy,
+                    **properties,
+                )
+        except (OperationalError, ConnectionError, OSError) as exc:
+            raise BrokerUnreachable(
+                f"cannot publish task {msg.task}[{msg.id}]: broker {safe_url(url)} unreachable "
+                f"after {policy.get('max_retries', 0)} retries ({exc}); check that the broker is "
+                "running and that broker_url (or TASKQ_BROKER_URL) points at it"
+            ) from exc
+
+    def close(self) -> None:
+        if self._pid == os.getpid() and self._connections is not None:
+            if self._pool is not None:
+                self._pool.force_close_all()
+            self._connections.force_close_all()
+        self._pool, self._connections = None, None

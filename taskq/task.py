@@ -1,0 +1,342 @@
+"""Tasks: a function registered with an app, plus how to call it.
+
+``@app.task`` turns a function into a ``Task`` instance (no classes are built at runtime).
+``task(...)`` runs it here and now; ``delay``/``apply_async`` publish a message for a worker;
+``apply`` runs it eagerly with the worker's semantics (request context, retries, the
+``Retry``/``Ignore``/``Reject`` semipredicates) and returns an ``EagerResult``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import random
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from taskq.canvas import Signature, as_signatures
+from taskq.config import _suggest
+from taskq.errors import MaxRetriesExceededError, Retry
+from taskq.protocol import TaskMessage
+
+if TYPE_CHECKING:
+    from taskq.app import TaskQ
+    from taskq.result import AsyncResult, EagerResult
+
+
+@dataclass
+class Context:
+    """``self.request`` inside a bound task: what the worker knows about this call."""
+
+    id: str | None = None
+    task: str | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    delivery_info: Mapping[str, Any] = field(default_factory=dict)
+    hostname: str | None = None
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    group_index: int | None = None
+    eta: dt.datetime | None = None
+    expires: dt.datetime | None = None
+    timelimit: tuple[float | None, float | None] = (None, None)
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    origin: str | None = None
+    ignore_result: bool = False
+    is_eager: bool = False
+    called_directly: bool = True
+    message: TaskMessage | None = None
+
+    @classmethod
+    def from_message(
+        cls,
+        msg: TaskMessage,
+        *,
+        delivery_info: Mapping[str, Any] | None = None,
+        hostname: str | None = None,
+        is_eager: bool = False,
+    ) -> Context:
+        return cls(
+            id=msg.id, task=msg.task, args=tuple(msg.args), kwargs=dict(msg.kwargs),
+            retries=msg.retries, headers=dict(msg.headers), delivery_info=dict(delivery_info or {}),
+            hostname=hostname, root_id=msg.root_id or msg.id, parent_id=msg.parent_id,
+            group=msg.group, group_index=msg.group_index, eta=msg.eta, expires=msg.expires,
+            timelimit=(msg.time_limit, msg.soft_time_limit), correlation_id=msg.id,
+            reply_to=msg.reply_to, origin=msg.origin, ignore_result=msg.ignore_result,
+            is_eager=is_eager, called_directly=False, message=msg,
+        )
+
+
+TASK_OPTIONS = frozenset({
+    "name", "bind", "queue", "routing_key", "priority", "acks_late", "reject_on_worker_lost",
+    "time_limit", "soft_time_limit", "max_retries", "default_retry_delay", "autoretry_for",
+    "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "ignore_result",
+    "serializer", "track_started",
+})
+
+CALL_OPTIONS = frozenset({
+    "countdown", "eta", "expires", "queue", "routing_key", "exchange", "priority", "headers",
+    "task_id", "time_limit", "soft_time_limit", "link", "link_error", "serializer", "retry",
+    "retry_policy", "ignore_result", "retries", "parent_id", "root_id", "group_id",
+    "group_index", "shadow", "reply_to", "chain",
+})
+
+
+def check_options(given: Mapping[str, Any], allowed: frozenset[str], what: str) -> None:
+    for name in given:
+        if name not in allowed:
+            raise TypeError(f"unknown {what} {name!r}" + _suggest(name, allowed))
+
+
+class Task:
+    """A registered task. Attributes left ``None`` fall back to the app's settings."""
+
+    def __init__(
+        self,
+        app: TaskQ,
+        fn: Callable[..., Any],
+        *,
+        name: str,
+        bind: bool = False,
+        queue: str | None = None,
+        routing_key: str | None = None,
+        priority: int | None = None,
+        acks_late: bool | None = None,
+        reject_on_worker_lost: bool | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+        max_retries: int | None = 3,
+        default_retry_delay: float = 180.0,
+        autoretry_for: tuple[type[BaseException], ...] = (),
+        retry_kwargs: Mapping[str, Any] | None = None,
+        retry_backoff: bool | float = False,
+        retry_backoff_max: float = 600.0,
+        retry_jitter: bool = True,
+        ignore_result: bool | None = None,
+        serializer: str | None = None,
+        track_started: bool | None = None,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.bind = bind
+        self.queue = queue
+        self.routing_key = routing_key
+        self.priority = priority
+        self._acks_late = acks_late
+        self._reject_on_worker_lost = reject_on_worker_lost
+        self._time_limit = time_limit
+        self._soft_time_limit = soft_time_limit
+        self.max_retries = max_retries
+        self.default_retry_delay = default_retry_delay
+        self.autoretry_for = tuple(autoretry_for)
+        self.retry_kwargs = dict(retry_kwargs or {})
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.retry_jitter = retry_jitter
+        self._ignore_result = ignore_result
+        self._serializer = serializer
+        self._track_started = track_started
+        self._local = threading.local()
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__module__ = getattr(fn, "__module__", __name__)
+        self._signature = inspect.signature(fn)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    # -- settings with app fallbacks ----------------------------------------------------------
+    @property
+    def acks_late(self) -> bool:
+        conf = self.app.conf.task_acks_late
+        return bool(conf if self._acks_late is None else self._acks_late)
+
+    @property
+    def reject_on_worker_lost(self) -> bool:
+        conf = self.app.conf.task_reject_on_worker_lost
+        own = self._reject_on_worker_lost
+        return bool(conf if own is None else own)
+
+    @property
+    def time_limit(self) -> float | None:
+        own = self._time_limit
+        return self.app.conf.task_time_limit if own is None else own
+
+    @property
+    def soft_time_limit(self) -> float | None:
+        own = self._soft_time_limit
+        return self.app.conf.task_soft_time_limit if own is None else own
+
+    @property
+    def ignore_result(self) -> bool:
+        own = self._ignore_result
+        return bool(self.app.conf.task_ignore_result if own is None else own)
+
+    @property
+    def serializer(self) -> str:
+        return self._serializer or self.app.conf.task_serializer
+
+    @property
+    def track_started(self) -> bool:
+        own = self._track_started
+        return bool(self.app.conf.task_track_started if own is None else own)
+
+    # -- the request context ------------------------------------------------------------------
+    @property
+    def request(self) -> Context:
+        stack: list[Context] = getattr(self._local, "stack", [])
+        return stack[-1] if stack else Context()
+
+    def push_request(self, context: Context) -> None:
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        self._local.stack.append(context)
+
+    def pop_request(self) -> None:
+        self._local.stack.pop()
+
+    # -- calling ------------------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task in this process, now, like a plain function."""
+        return self.run(*args, **kwargs)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        if self.bind:
+            return self.fn(self, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """Raise ``TypeError`` if the function cannot be called with these arguments."""
+        params = (self, *args) if self.bind else args
+        self._signature.bind(*params, **kwargs)
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Publish a message asking a worker to run this task; see ``TaskQ.send_task``."""
+        check_options(options, CALL_OPTIONS, "apply_async option")
+        args, kwargs = tuple(args or ()), dict(kwargs or {})
+        self.check_arguments(args, kwargs)
+        defaults: dict[str, Any] = {
+            "queue": self.queue, "routing_key": self.routing_key, "priority": self.priority,
+            "time_limit": self._time_limit, "soft_time_limit": self._soft_time_limit,
+            "serializer": self._serializer, "ignore_result": self._ignore_result,
+        }
+        for key, value in defaults.items():
+            if options.get(key) is None and value is not None:
+                options[key] = value
+        return self.app.send_task(self.name, args, kwargs, **options)
+
+    def apply(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        retries: int = 0,
+        headers: Mapping[str, Any] | None = None,
+        link: Any = None,
+        link_error: Any = None,
+        throw: bool = False,
+    ) -> EagerResult:
+        """Run the task here, with the worker's semantics, and return an ``EagerResult``.
+
+        Retries run at once, one after another, without waiting for their countdown.
+        ``throw=True`` raises a failure instead of returning it in the result.
+        """
+        from taskq.trace import execute_eager
+
+        msg = TaskMessage(
+            task=self.name, id=task_id or str(uuid.uuid4()), args=tuple(args or ()),
+            kwargs=dict(kwargs or {}), retries=retries, headers=dict(headers or {}),
+            callbacks=as_signatures(link), errbacks=as_signatures(link_error),
+        )
+        return execute_eager(self, msg, throw=throw)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        return Signature(self.name, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        return Signature(self.name, args, kwargs, immutable=True)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult:
+        return self.app.AsyncResult(task_id, task_name=self.name)
+
+    # -- retrying -----------------------------------------------------------------------------
+    def retry(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: dt.datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
+        """Publish this task again for a later attempt and raise ``Retry``.
+
+        Past ``max_retries`` it raises ``exc`` if given, else ``MaxRetriesExceededError``.
+        """
+        request = self.request
+        if request.called_directly:
+            raise exc or RuntimeError(
+                f"{self.name}.retry() called outside a worker or apply(); nothing to retry"
+            )
+        limit = self.max_retries if max_retries is None else max_retries
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"can't retry {self.name}[{request.id}] args:{request.args} "
+                f"kwargs:{dict(request.kwargs)}: max_retries={limit} reached"
+            )
+        if eta is None:
+            countdown = self.default_retry_delay if countdown is None else countdown
+            eta = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=countdown)
+        assert request.message is not None
+        next_message = request.message.evolve(
+            args=tuple(request.args if args is None else args),
+            kwargs=dict(request.kwargs if kwargs is None else kwargs),
+            retries=request.retries + 1,
+            eta=eta,
+        )
+        retry = Retry(exc=exc, when=eta)
+        retry.next_message = next_message  # type: ignore[attr-defined]
+        if not request.is_eager:
+            routing = dict(request.delivery_info)
+            self.app.publish_message(
+                next_message,
+                queue=options.get("queue") or self.queue,
+                exchange=options.get("exchange") or routing.get("exchange"),
+                routing_key=options.get("routing_key") or routing.get("routing_key"),
+                serializer=self._serializer,
+            )
+        if throw:
+            raise retry
+        return retry
+
+    def backoff_countdown(self, retries: int) -> float:
+        """Countdown before autoretry number ``retries + 1``, as Celery computes it."""
+        if not self.retry_backoff:
+            return float(self.default_retry_delay)
+        factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
+        countdown = min(self.retry_backoff_max, factor * (2**retries))
+        if self.retry_jitter:
+            countdown = random.uniform(0, countdown)
+        return countdown

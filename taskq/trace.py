@@ -1,0 +1,179 @@
+"""Running one task for one message: the same code for the worker's children and ``apply()``.
+
+``execute`` pushes the request context, calls the task, turns what happened into an
+``Outcome`` (SUCCESS, FAILURE, RETRY, IGNORED, REJECTED), stores the state in the result
+backend (the child stores, so storing scales with concurrency) and sends ``link`` /
+``link_error`` callbacks and the next step of an embedded chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback as tb
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from taskq import states
+from taskq.canvas import Signature
+from taskq.errors import Ignore, Reject, Retry
+from taskq.result import EagerResult
+from taskq.task import Context
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from taskq.protocol import TaskMessage
+    from taskq.task import Task
+
+logger = logging.getLogger("taskq.trace")
+
+IGNORED = "IGNORED"  # not a stored state: the task raised Ignore
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened when a task ran."""
+
+    state: str
+    value: Any = None
+    traceback: str | None = None
+    runtime: float = 0.0
+    requeue: bool = False
+    retry: Retry | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == states.SUCCESS
+
+
+def _format_tb(exc: BaseException) -> str:
+    return "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _call(task: Task, msg: TaskMessage) -> Any:
+    try:
+        return task.run(*msg.args, **msg.kwargs)
+    except Exception as exc:
+        if not task.autoretry_for or not isinstance(exc, task.autoretry_for):
+            raise
+        if isinstance(exc, Retry | Ignore | Reject):
+            raise
+        options = dict(task.retry_kwargs)
+        options.setdefault("countdown", task.backoff_countdown(task.request.retries))
+        task.retry(exc=exc, **options)
+        raise  # pragma: no cover - retry() always raises
+
+
+def execute(
+    task: Task,
+    msg: TaskMessage,
+    *,
+    delivery_info: Mapping[str, Any] | None = None,
+    hostname: str | None = None,
+    eager: bool = False,
+    store: bool = True,
+) -> Outcome:
+    """Run ``task`` for ``msg`` and record the outcome; never raises for a task's own error."""
+    context = Context.from_message(msg, delivery_info=delivery_info, hostname=hostname,
+                                   is_eager=eager)
+    backend = task.app.backend if store else None
+    ignore_result = task.ignore_result or msg.ignore_result
+    started = time.monotonic()
+    task.push_request(context)
+    task.app.push_current(context)
+    try:
+        value = _call(task, msg)
+    except Retry as retry:
+        outcome = Outcome(states.RETRY, retry.exc or retry, _format_tb(retry),
+                          time.monotonic() - started, retry=retry)
+    except Ignore:
+        outcome = Outcome(IGNORED, None, None, time.monotonic() - started)
+    except Reject as reject:
+        outcome = Outcome(states.REJECTED, reject, None, time.monotonic() - started,
+                          requeue=reject.requeue)
+    except Exception as exc:
+        outcome = Outcome(states.FAILURE, exc, _format_tb(exc), time.monotonic() - started)
+    else:
+        outcome = Outcome(states.SUCCESS, value, None, time.monotonic() - started)
+    finally:
+        task.app.pop_current()
+        task.pop_request()
+
+    if backend is not None:
+        _store(task, context, outcome, ignore_result)
+    if outcome.state == states.SUCCESS:
+        _send_callbacks(task, msg, outcome.value, eager)
+    elif outcome.state == states.FAILURE:
+        _send_errbacks(task, msg, eager)
+    return outcome
+
+
+def _store(task: Task, context: Context, outcome: Outcome, ignore_result: bool) -> None:
+    backend = task.app.backend
+    task_id = context.id
+    assert task_id is not None
+    store_errors = not ignore_result or task.app.conf.task_store_errors_even_if_ignored
+    try:
+        if outcome.state == states.SUCCESS and not ignore_result:
+            backend.mark_as_done(task_id, outcome.value, request=context)
+        elif outcome.state == states.FAILURE and store_errors:
+            backend.mark_as_failure(task_id, outcome.value, outcome.traceback, request=context)
+        elif outcome.state == states.RETRY and store_errors:
+            backend.mark_as_retry(task_id, outcome.value, outcome.traceback, request=context)
+        elif outcome.state == states.REJECTED and not outcome.requeue and store_errors:
+            backend.mark_as_rejected(task_id, str(outcome.value), request=context)
+    except Exception:
+        logger.exception("task %s[%s]: storing its %s state failed", task.name, task_id,
+                         outcome.state)
+
+
+def _send(task: Task, sig: Signature, args: list[Any], kwargs: dict[str, Any],
+          msg: TaskMessage, eager: bool, chain: tuple[Any, ...] = ()) -> None:
+    app = task.app
+    try:
+        if eager and sig.name in app.tasks:
+            app.tasks[sig.name].apply(args, kwargs)
+        else:
+            options = dict(sig.get("options") or {})
+            options.setdefault("parent_id", msg.id)
+            options.setdefault("root_id", msg.root_id or msg.id)
+            if chain:
+                options["chain"] = list(chain)
+            app.send_task(sig.name, args, kwargs, **options)
+    except Exception:
+        logger.exception("task %s[%s]: sending callback %s failed", task.name, msg.id, sig.name)
+
+
+def _send_callbacks(task: Task, msg: TaskMessage, value: Any, eager: bool) -> None:
+    for raw in msg.callbacks:
+        sig = Signature.from_dict(raw)
+        args, kwargs = sig.with_parent_result(value)
+        _send(task, sig, args, kwargs, msg, eager)
+    if msg.chain:
+        # Celery keeps the remaining chain reversed: the next step is the last item.
+        *rest, nxt = msg.chain
+        sig = Signature.from_dict(nxt)
+        args, kwargs = sig.with_parent_result(value)
+        _send(task, sig, args, kwargs, msg, eager, tuple(rest))
+
+
+def _send_errbacks(task: Task, msg: TaskMessage, eager: bool) -> None:
+    for raw in msg.errbacks:
+        sig = Signature.from_dict(raw)
+        # Errbacks get the failed task's id first, as Celery's classic errbacks do.
+        _send(task, sig, [msg.id, *sig.get("args", [])], dict(sig.get("kwargs") or {}), msg, eager)
+
+
+def execute_eager(task: Task, msg: TaskMessage, *, throw: bool = False) -> EagerResult:
+    """``Task.apply``: run now, following retries at once, and wrap the end in an EagerResult."""
+    while True:
+        outcome = execute(task, msg, eager=True, store=False)
+        if outcome.state == states.RETRY and outcome.retry is not None:
+            msg = outcome.retry.next_message  # type: ignore[attr-defined]
+            continue
+        break
+    if throw and outcome.state == states.FAILURE:
+        raise outcome.value
+    state = outcome.state
+    return EagerResult(msg.id, outcome.value, state, outcome.traceback, task_name=task.name)
