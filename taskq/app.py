@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from kombu import Connection, Producer
 
     from taskq.backends.base import Backend
+    from taskq.control import Control
 
 PublishHook = Callable[[TaskMessage, Mapping[str, Any]], TaskMessage | None]
 
@@ -37,6 +38,12 @@ class Hooks:
 
     before_task_publish: list[PublishHook] = field(default_factory=list)
     after_task_publish: list[PublishHook] = field(default_factory=list)
+    task_revoked: list[Callable[[Any], None]] = field(default_factory=list)
+    """Called in the worker with the ``Request`` of a revoked task it discarded."""
+    worker_process_init: list[Callable[[], None]] = field(default_factory=list)
+    """Called in each pool child after it starts."""
+    worker_process_shutdown: list[Callable[[], None]] = field(default_factory=list)
+    """Called in each pool child before it exits."""
 
 
 class TaskQ:
@@ -69,6 +76,7 @@ class TaskQ:
         self._backend: Backend | None = None
         self._backend_pid = 0
         self._local = threading.local()
+        self._control: Control | None = None
 
     def __repr__(self) -> str:
         return f"<TaskQ {self.main}>"
@@ -272,6 +280,15 @@ class TaskQ:
             self._backend = backend_from_url(self, self.conf.result_backend)
             self._backend_pid = os.getpid()
         return self._backend
+
+    @property
+    def control(self) -> Control:
+        """Remote control of the workers: ping, revoke, shutdown, broadcast."""
+        from taskq.control import Control
+
+        if self._control is None:
+            self._control = Control(self)
+        return self._control
 
     def AsyncResult(self, task_id: str, task_name: str | None = None) -> AsyncResult:
         return AsyncResult(task_id, self.backend, task_name=task_name)

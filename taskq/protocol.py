@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kombu.exceptions import ContentDisallowed as _KombuContentDisallowed
-from kombu.serialization import loads
+from kombu.serialization import loads, prepare_accept_content
 
 from taskq.errors import ContentDisallowed, InvalidTaskMessage
 
@@ -137,7 +137,8 @@ def decode(
     if not content_type:
         raise InvalidTaskMessage("content_type", "missing; the sender must set a content type")
     try:
-        payload = loads(body, content_type, content_encoding or "utf-8", accept=accept)
+        payload = loads(body, content_type, content_encoding or "utf-8",
+                        accept=prepare_accept_content(accept) if accept is not None else None)
     except _KombuContentDisallowed as exc:
         raise ContentDisallowed(
             f"content type {content_type!r} is not accepted (accept_content={sorted(accept or [])})"

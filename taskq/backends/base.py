@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from kombu.serialization import dumps, loads
+from kombu.serialization import dumps, loads, prepare_accept_content
 
 from taskq import states
 from taskq.errors import ContentDisallowed, ResultBackendError, TimeoutError
@@ -41,7 +41,7 @@ class Backend:
         self.app = app
         self.serializer: str = app.conf.result_serializer
         accept = app.conf.result_accept_content or app.conf.accept_content
-        self.accept: list[str] = list(accept)
+        self.accept: set[str] = prepare_accept_content(list(accept))
 
     # -- encoding -----------------------------------------------------------------------------
     def encode(self, meta: Meta) -> bytes:

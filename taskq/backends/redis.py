@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskq import states
 from taskq.backends.base import Backend, Meta
-from taskq.errors import ResultBackendError, TimeoutError
+from taskq.errors import ResultBackendError, TaskqError, TimeoutError
 from taskq.urls import safe_url
 
 if TYPE_CHECKING:
@@ -66,6 +66,8 @@ class RedisBackend(Backend):
     def _errors(self, doing: str) -> Iterator[None]:
         try:
             yield
+        except TaskqError:
+            raise  # our own TimeoutError is an OSError too; it is not a Redis failure
         except self._redis_errors as exc:
             raise ResultBackendError(
                 f"result backend {safe_url(self.url)}: {doing} failed: {exc}; is Redis running "

@@ -1,0 +1,133 @@
+"""The pool interface the worker drives, and the records that cross it.
+
+The worker hands a pool ``Job``s; the pool reports back through three callbacks, always called
+from the main process's event loop thread:
+
+- ``on_started(job, pid)``: the job began running (early acks happen here);
+- ``on_done(job, result)``: the task returned (late acks happen here);
+- ``on_lost(job, exc)``: the process running the job died (``WorkerLostError``) or the job
+  hit its hard time limit (``TimeLimitExceeded``).
+
+Jobs that were given to the pool but never started are handed back with ``on_unstarted`` when
+the pool stops or a child that held them dies, so the worker can run them elsewhere or
+return them to the broker.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taskq.app import TaskQ
+    from taskq.protocol import TaskMessage
+    from taskq.worker.loop import Loop
+
+
+@dataclass(eq=False)
+class Job:
+    """One task run handed to a pool. Identity equality: a redelivered task is a new job."""
+
+    msg: TaskMessage
+    delivery_info: Mapping[str, Any] = field(default_factory=dict)
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    acks_late: bool = False
+    reject_on_worker_lost: bool = False
+    pid: int | None = None          # set when started
+    started_at: float | None = None
+
+    @property
+    def id(self) -> str:
+        return self.msg.id
+
+    @property
+    def name(self) -> str:
+        return self.msg.task
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What the main process needs to know about a finished task (the value stays in the child)."""
+
+    state: str
+    requeue: bool = False
+    runtime: float = 0.0
+    summary: str = ""
+
+
+StartedCallback = Callable[[Job, int], None]
+DoneCallback = Callable[[Job, JobResult], None]
+LostCallback = Callable[[Job, BaseException], None]
+UnstartedCallback = Callable[[Job], None]
+
+
+def run_job(app: TaskQ, job: Job, hostname: str | None) -> JobResult:
+    """Run a job in this process (a child, a thread or the main process) and summarise it."""
+    from taskq.trace import execute
+
+    task = app.get_task(job.name)
+    outcome = execute(task, job.msg, delivery_info=job.delivery_info, hostname=hostname)
+    summary = "" if outcome.value is None else repr(outcome.value)[:200]
+    return JobResult(outcome.state, outcome.requeue, outcome.runtime, summary)
+
+
+class Pool(ABC):
+    """Runs jobs; owned and driven by the worker's main-process event loop."""
+
+    kind = "base"
+
+    def __init__(
+        self,
+        app: TaskQ,
+        *,
+        concurrency: int,
+        hostname: str | None = None,
+        on_started: StartedCallback,
+        on_done: DoneCallback,
+        on_lost: LostCallback,
+        on_unstarted: UnstartedCallback,
+        **options: Any,
+    ) -> None:
+        self.app = app
+        self.concurrency = concurrency
+        self.hostname = hostname
+        self.on_started = on_started
+        self.on_done = on_done
+        self.on_lost = on_lost
+        self.on_unstarted = on_unstarted
+
+    @abstractmethod
+    def start(self, loop: Loop) -> None:
+        """Start the pool's workers and register its file descriptors with the loop."""
+
+    @abstractmethod
+    def can_accept(self) -> bool:
+        """True when ``apply`` may be called now (fair scheduling asks this before each job)."""
+
+    @abstractmethod
+    def apply(self, job: Job) -> None:
+        """Run ``job``; the outcome arrives through the callbacks."""
+
+    @abstractmethod
+    def active(self) -> list[Job]:
+        """Jobs that have started and not yet finished."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Warm stop: accept nothing more; running jobs finish (see ``is_idle``)."""
+
+    @abstractmethod
+    def terminate(self) -> None:
+        """Cold stop: kill what runs now."""
+
+    def is_idle(self) -> bool:
+        return not self.active()
+
+    def info(self) -> dict[str, Any]:
+        return {"kind": self.kind, "concurrency": self.concurrency}
+
+    def pids(self) -> list[int]:
+        return []

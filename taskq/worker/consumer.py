@@ -1,0 +1,295 @@
+"""The broker side of the worker: connect, consume, ack, and reconnect after a loss.
+
+One connection, registered with the loop. A connection error anywhere (a callback in the
+loop, an ack, a heartbeat) lands in ``on_connection_error``: the connection's registrations
+leave the loop, its generation number moves on (acks for messages of an older generation are
+dropped: the broker redelivers those messages), and a reconnect is scheduled on the loop's
+timer with backoff. The pool keeps running throughout.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from kombu import Consumer as KombuConsumer
+from kombu import Queue
+from kombu.common import QoS
+from kombu.exceptions import OperationalError
+
+from taskq.errors import ConfigurationError
+from taskq.publish import broker_url
+from taskq.urls import safe_url
+
+if TYPE_CHECKING:
+    from kombu import Connection, Message
+
+    from taskq.app import TaskQ
+    from taskq.worker.loop import Loop, Registration
+    from taskq.worker.request import Request
+
+logger = logging.getLogger("taskq.worker.consumer")
+
+RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0)  # then 2 s between attempts, so never > 2 s late
+MAX_BLOCKING = 2.0  # DESIGN.md: no call in the main process blocks longer than this
+
+
+def _is_fatal(exc: BaseException) -> str | None:
+    """A reason when ``exc`` means retrying cannot help (bad credentials, wrong vhost, ...)."""
+    name = type(exc).__name__
+    text = str(exc)
+    if name in {"AccessRefused", "NotAllowed"} or "ACCESS_REFUSED" in text:
+        return "the broker refused the credentials or virtual host; check broker_url"
+    if name == "PreconditionFailed" and "inequivalent arg" in text:
+        return ("a queue or exchange exists on the broker with other arguments; delete it or "
+                "match its settings")
+    if name in {"AuthenticationError", "AuthenticationWrongNumberOfArgsError"}:
+        return "Redis refused the password; check broker_url"
+    return None
+
+
+class BrokerConsumer:
+    """Owns the worker's broker connection, its task consumer and its QoS."""
+
+    def __init__(
+        self,
+        app: TaskQ,
+        loop: Loop,
+        *,
+        queues: Sequence[Queue],
+        prefetch: int,
+        on_message: Callable[[Message], None],
+        on_connected: Callable[[Connection], None],
+        on_lost: Callable[[int], None],
+        on_fatal: Callable[[str], None],
+    ) -> None:
+        self.app = app
+        self.loop = loop
+        self.queues = list(queues)
+        self.prefetch = prefetch
+        self.on_message = on_message
+        self.on_connected = on_connected
+        self.on_lost = on_lost
+        self.on_fatal = on_fatal
+        self.urls = broker_url(app.conf).split(";")
+        self.url_index = 0
+        self.generation = 0
+        self.connection: Connection | None = None
+        self.qos: QoS | None = None
+        self._consumer: KombuConsumer | None = None
+        self._registration: Registration | None = None
+        self._attempt = 0
+        self._reconnect_entry: Any = None
+        self._consuming = True
+        self.connected_once = False
+
+    @property
+    def url(self) -> str:
+        return self.urls[self.url_index % len(self.urls)]
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None
+
+    # -- connecting ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._try_connect()
+
+    def _try_connect(self) -> None:
+        self._reconnect_entry = None
+        if not self._consuming:
+            return
+        try:
+            self._connect()
+        except Exception as exc:
+            fatal = _is_fatal(exc)
+            if fatal:
+                self.on_fatal(f"cannot consume from {safe_url(self.url)}: {fatal} ({exc})")
+                return
+            if not self.is_connection_error(exc):
+                logger.exception("starting to consume from %s failed", safe_url(self.url))
+                self.on_fatal(f"cannot consume from {safe_url(self.url)}: {exc!r}")
+                return
+            self._teardown()
+            self._schedule_reconnect(exc)
+        else:
+            if self._attempt or self.connected_once:
+                logger.info("connected to %s again", safe_url(self.url))
+            else:
+                logger.info("connected to %s", safe_url(self.url))
+            self._attempt = 0
+            self.connected_once = True
+
+    def _connect(self) -> None:
+        conf = self.app.conf
+        heartbeat = conf.broker_heartbeat or None
+        conn = self.app.connection(self.url, heartbeat=heartbeat)
+        conn.connect_timeout = min(conf.broker_connection_timeout, MAX_BLOCKING)
+        self.connection = conn
+        conn.connect()
+        channel = conn.channel()
+        consumer = KombuConsumer(channel, queues=self.queues, on_message=self._on_message,
+                                 no_ack=False, auto_declare=True)
+        # RabbitMQ >= 3.3 applies a non-global prefetch per consumer, as we want.
+        apply_global = not conn.qos_semantics_matches_spec
+
+        def set_prefetch(prefetch_count: int) -> None:
+            consumer.qos(prefetch_count=prefetch_count, apply_global=apply_global)
+
+        self.qos = QoS(set_prefetch, self.prefetch)
+        self.qos.update()
+        consumer.consume()
+        self._consumer = consumer
+        self.on_connected(conn)
+
+        def register() -> None:
+            conn.register_with_event_loop(self.loop.hub)
+            if heartbeat and conn.transport.driver_type == "amqp":
+                self.loop.hub.call_repeatedly(heartbeat / 2.0, conn.heartbeat_check, 2.0)
+
+        self._registration = self.loop.capture(register)
+        self.loop.hub.propagate_errors = tuple(conn.connection_errors) + tuple(
+            conn.channel_errors)
+        self.loop.hub.on_tick.add(self._update_qos)
+
+    def _schedule_reconnect(self, exc: BaseException) -> None:
+        delay = RECONNECT_DELAYS[min(self._attempt, len(RECONNECT_DELAYS) - 1)]
+        self._attempt += 1
+        if len(self.urls) > 1:
+            self.url_index += 1
+        logger.warning("broker %s unreachable (%s: %s); trying %s again in %.1f s",
+                       safe_url(self.url), type(exc).__name__, exc, safe_url(self.url), delay)
+        self._reconnect_entry = self.loop.hub.call_later(delay, self._try_connect)
+
+    def _update_qos(self) -> None:
+        if self.qos is not None and self.qos.prev != self.qos.value:
+            try:
+                self.qos.update()
+            except Exception as exc:
+                self.on_connection_error(exc)
+
+    # -- losing the connection ----------------------------------------------------------------
+    def is_connection_error(self, exc: BaseException) -> bool:
+        if isinstance(exc, OSError | OperationalError):
+            return True
+        conn = self.connection
+        if conn is None:
+            return False
+        return isinstance(exc, tuple(conn.connection_errors) + tuple(conn.channel_errors))
+
+    def on_connection_error(self, exc: BaseException) -> None:
+        if self.connection is None:
+            return  # already torn down; a reconnect is scheduled
+        fatal = _is_fatal(exc)
+        if fatal:
+            self.on_fatal(f"broker {safe_url(self.url)}: {fatal} ({exc})")
+            return
+        logger.warning("lost the broker connection to %s (%s: %s); the pool keeps running, "
+                       "reserved tasks come back from the broker", safe_url(self.url),
+                       type(exc).__name__, exc)
+        old_generation = self.generation
+        self._teardown()
+        self.on_lost(old_generation)
+        self._schedule_reconnect(exc)
+
+    def _teardown(self) -> None:
+        self.generation += 1
+        self.loop.hub.on_tick.discard(self._update_qos)
+        if self._registration is not None:
+            self.loop.release(self._registration)
+            self._registration = None
+        conn, self.connection, self._consumer, self.qos = self.connection, None, None, None
+        self.loop.hub.propagate_errors = ()
+        if conn is not None:
+            try:
+                conn.collect(socket_timeout=1.0)
+            except Exception as exc:  # a dead connection may fail to close; it is gone anyway
+                logger.debug("closing the lost connection failed: %r", exc)
+
+    # -- messages -----------------------------------------------------------------------------
+    def _on_message(self, message: Message) -> None:
+        self.on_message(message)
+
+    def _settle(self, request: Request, action: str, fn: Callable[[], Any]) -> bool:
+        if request.acknowledged:
+            return True
+        if request.generation != self.generation or self.connection is None:
+            logger.debug("%s of %s[%s] dropped: its connection is gone and the broker "
+                         "redelivers the message", action, request.name, request.id)
+            return False
+        try:
+            fn()
+        except Exception as exc:
+            if self.is_connection_error(exc):
+                self.on_connection_error(exc)
+                return False
+            logger.error("%s of %s[%s] failed: %r", action, request.name, request.id, exc)
+            return False
+        request.acknowledged = True
+        return True
+
+    def ack(self, request: Request) -> bool:
+        return self._settle(request, "ack", request.message.ack)
+
+    def reject(self, request: Request, requeue: bool) -> bool:
+        return self._settle(request, "requeue" if requeue else "reject",
+                            lambda: request.message.reject(requeue=requeue))
+
+    def reject_raw(self, message: Message) -> None:
+        """Reject (drop) a message that never became a request (invalid, unknown task)."""
+        try:
+            message.reject(requeue=False)
+        except Exception as exc:
+            if self.is_connection_error(exc):
+                self.on_connection_error(exc)
+            else:
+                logger.error("rejecting an invalid message failed: %r", exc)
+
+    def increment_prefetch(self) -> None:
+        if self.qos is not None:
+            self.qos.increment_eventually()
+
+    def decrement_prefetch(self) -> None:
+        if self.qos is not None:
+            self.qos.decrement_eventually()
+
+    # -- stopping -----------------------------------------------------------------------------
+    def stop_consuming(self) -> None:
+        """Ask the broker for no more task messages (warm shutdown)."""
+        self._consuming = False
+        if self._reconnect_entry is not None:
+            self._reconnect_entry.cancel()
+            self._reconnect_entry = None
+        if self._consumer is not None:
+            try:
+                self._consumer.cancel()
+            except Exception as exc:
+                if self.is_connection_error(exc):
+                    self.on_connection_error(exc)
+
+    def close(self) -> None:
+        self._consuming = False
+        if self._reconnect_entry is not None:
+            self._reconnect_entry.cancel()
+        if self._registration is not None:
+            self.loop.release(self._registration)
+            self._registration = None
+        conn, self.connection = self.connection, None
+        if conn is not None:
+            try:
+                conn.release()
+            except Exception as exc:
+                logger.debug("closing the broker connection failed: %r", exc)
+
+
+def queues_for(app: TaskQ, include: Sequence[str] | None, exclude: Sequence[str] | None
+               ) -> list[Queue]:
+    from taskq.publish import queue_for
+
+    names = list(include or [app.conf.task_default_queue])
+    excluded = set(exclude or ())
+    chosen = [queue_for(app.conf, name) for name in names if name not in excluded]
+    if not chosen:
+        raise ConfigurationError("no queues left to consume from after -X; check -Q and -X")
+    return chosen

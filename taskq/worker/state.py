@@ -1,0 +1,96 @@
+"""Worker state that outlives a connection: revoked ids, persisted with ``--statedb``."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+
+logger = logging.getLogger("taskq.worker.state")
+
+REVOKES_MAX = 50_000
+REVOKE_EXPIRES = 10_800.0  # 3 hours, as Celery
+
+
+class RevokedSet:
+    """Bounded set of revoked task ids that forgets entries after ``expires`` seconds."""
+
+    def __init__(self, maxlen: int = REVOKES_MAX, expires: float = REVOKE_EXPIRES,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.maxlen = maxlen
+        self.expires = expires
+        self.clock = clock
+        self._items: collections.OrderedDict[str, float] = collections.OrderedDict()
+
+    def add(self, task_id: str, when: float | None = None) -> None:
+        self._items[task_id] = self.clock() if when is None else when
+        self._items.move_to_end(task_id)
+        self._purge()
+
+    def update(self, ids: Iterable[str]) -> None:
+        for task_id in ids:
+            self.add(task_id)
+
+    def _purge(self) -> None:
+        horizon = self.clock() - self.expires
+        while self._items:
+            oldest_id, stamp = next(iter(self._items.items()))
+            if stamp >= horizon and len(self._items) <= self.maxlen:
+                break
+            del self._items[oldest_id]
+
+    def __contains__(self, task_id: object) -> bool:
+        stamp = self._items.get(task_id) if isinstance(task_id, str) else None
+        return stamp is not None and stamp >= self.clock() - self.expires
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def as_dict(self) -> dict[str, float]:
+        self._purge()
+        return dict(self._items)
+
+
+class StateDB:
+    """``--statedb FILE``: revoked ids (later also the clock) as JSON, written atomically."""
+
+    def __init__(self, path: str, revoked: RevokedSet) -> None:
+        self.path = path
+        self.revoked = revoked
+
+    def load(self) -> None:
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            logger.error("statedb %s cannot be read (%s); starting with an empty state",
+                         self.path, exc)
+            return
+        for task_id, stamp in (data.get("revoked") or {}).items():
+            self.revoked.add(str(task_id), float(stamp))
+
+    def save(self) -> None:
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".statedb.", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump({"version": 1, "revoked": self.revoked.as_dict()}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with_suppressed_unlink(tmp)
+            raise
+
+
+def with_suppressed_unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

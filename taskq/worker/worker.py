@@ -1,0 +1,446 @@
+"""The worker's main process: steps, the request lifecycle, acks, shutdown.
+
+Message life (DESIGN.md): receive → validate (``Request.build``; rejects with a logged
+reason) → hold until its eta → the pool → ``started`` (early ack) → ``done`` (late ack) →
+results were stored by whoever ran the task.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime as dt
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from taskq import states
+from taskq.errors import ConfigurationError, TaskqError, WorkerLostError
+from taskq.pool import Job, JobResult, Pool, pool_for
+from taskq.worker.consumer import BrokerConsumer, queues_for
+from taskq.worker.control import ControlNode
+from taskq.worker.loop import Loop
+from taskq.worker.request import Rejection, Request
+from taskq.worker.state import RevokedSet, StateDB
+from taskq.worker.steps import Step, order
+
+if TYPE_CHECKING:
+    from kombu import Connection, Message
+
+    from taskq.app import TaskQ
+
+logger = logging.getLogger("taskq.worker")
+
+Clock = Callable[[], float]
+
+
+def expand_hostname(template: str | None, *, default_name: str = "taskq") -> str:
+    """``-n`` templates: ``%h`` host, ``%n`` name part of host, ``%d`` domain, ``%%``."""
+    host = socket.gethostname()
+    name, _, domain = host.partition(".")
+    if not template:
+        return f"{default_name}@{host}"
+    out, i = [], 0
+    while i < len(template):
+        ch = template[i]
+        if ch == "%" and i + 1 < len(template):
+            nxt = template[i + 1]
+            out.append({"h": host, "n": name, "d": domain, "%": "%"}.get(nxt, "%" + nxt))
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    node = "".join(out)
+    return node if "@" in node else f"{node}@{host}"
+
+
+# -- steps ------------------------------------------------------------------------------------
+
+class StateStep(Step):
+    name = "state"
+
+    def start(self, worker: Worker) -> None:
+        if worker.statedb is not None:
+            worker.statedb.load()
+
+    def stop(self, worker: Worker) -> None:
+        if worker.statedb is not None:
+            worker.statedb.save()
+
+
+class PoolStep(Step):
+    name = "pool"
+    requires = ("hub",)
+
+    def start(self, worker: Worker) -> None:
+        worker.pool.start(worker.loop)
+
+    def stop(self, worker: Worker) -> None:
+        worker.pool.terminate()
+
+
+class HubStep(Step):
+    name = "hub"
+
+    def start(self, worker: Worker) -> None:
+        worker.install_signals()
+
+    def stop(self, worker: Worker) -> None:
+        worker.loop.close()
+
+
+class ConsumerStep(Step):
+    name = "consumer"
+    requires = ("hub", "pool", "state")
+
+    def start(self, worker: Worker) -> None:
+        worker.consumer.start()
+
+    def stop(self, worker: Worker) -> None:
+        worker.consumer.close()
+
+
+class ControlStep(Step):
+    name = "control"
+    requires = ("consumer",)
+    # The control node attaches on every (re)connect through Worker.on_connected.
+
+
+def default_steps() -> list[Step]:
+    return [HubStep(), StateStep(), PoolStep(), ConsumerStep(), ControlStep()]
+
+
+# -- the worker -------------------------------------------------------------------------------
+
+class Worker:
+    """``Worker(app, ...).run()`` runs until stopped by a signal or remote control."""
+
+    def __init__(
+        self,
+        app: TaskQ,
+        *,
+        hostname: str | None = None,
+        pool: str | None = None,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        exclude_queues: Sequence[str] | None = None,
+        statedb: str | None = None,
+        steps: Sequence[Step] = (),
+        clock: Clock = time.monotonic,
+        install_signals: bool = True,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.hostname = expand_hostname(hostname or conf.worker_hostname)
+        self.clock = clock
+        self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
+        self.pool_kind = pool or conf.worker_pool
+        if self.pool_kind == "solo":
+            self.concurrency = 1
+        self._check_security()
+        # The solo pool blocks the loop while a task runs, by design: no lag warnings there.
+        self.loop = Loop(clock=clock,
+                         lag_warning=float("inf") if self.pool_kind == "solo" else 0.5)
+        self.revoked = RevokedSet()
+        self.statedb = StateDB(statedb, self.revoked) if statedb else None
+        self.ready: collections.deque[Request] = collections.deque()
+        self.held: dict[Request, Any] = {}          # eta requests -> timer entry
+        self.dispatched: dict[Job, Request] = {}    # given to the pool, not yet done
+        self.stopping = False
+        self.warm = True
+        self.exit_code = 0
+        self.fatal_reason: str | None = None
+        self._install_signals = install_signals
+        self.totals: collections.Counter[str] = collections.Counter()
+        pool_cls = pool_for(self.pool_kind)
+        self.pool: Pool = pool_cls(
+            app, concurrency=self.concurrency, hostname=self.hostname,
+            on_started=self.on_job_started, on_done=self.on_job_done,
+            on_lost=self.on_job_lost, on_unstarted=self.on_job_unstarted,
+        )
+        multiplier = conf.worker_prefetch_multiplier
+        self.consumer = BrokerConsumer(
+            app, self.loop,
+            queues=queues_for(app, queues, exclude_queues),
+            prefetch=self.concurrency * multiplier,
+            on_message=self.on_message, on_connected=self.on_connected,
+            on_lost=self.on_connection_lost, on_fatal=self.on_fatal,
+        )
+        self.control = ControlNode(self)
+        self.steps = order([*default_steps(), *steps])
+        self._started_steps: list[Step] = []
+
+    def _check_security(self) -> None:
+        accept = set(self.app.conf.accept_content)
+        unsafe = accept & {"pickle", "application/x-python-serialize"}
+        if unsafe and hasattr(os, "geteuid") and os.geteuid() == 0:
+            raise ConfigurationError(
+                "refusing to run as root with pickle in accept_content: a pickled message "
+                "can run any code. Run the worker as an unprivileged user, or remove 'pickle' "
+                "from accept_content (and task_serializer)."
+            )
+
+    # -- running ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.app.import_includes()
+        for step in self.steps:
+            logger.debug("starting step %s", step.name)
+            step.start(self)
+            self._started_steps.append(step)
+        self.loop.hub.call_repeatedly(1.0, self._tick)
+        logger.info("%s ready: pool=%s concurrency=%d queues=%s", self.hostname,
+                    self.pool_kind, self.concurrency,
+                    ",".join(q.name for q in self.consumer.queues))
+
+    def run(self) -> int:
+        """Start, loop until stopped, stop; returns the process exit code."""
+        try:
+            self.start()
+            for _ in self.loop.iterate_handling(self._on_loop_error):
+                if self.stopping and self._can_exit():
+                    break
+        finally:
+            self.shutdown()
+        return self.exit_code
+
+    def _on_loop_error(self, exc: BaseException) -> bool:
+        if self.consumer.is_connection_error(exc):
+            self.consumer.on_connection_error(exc)
+            return True
+        return False
+
+    def _can_exit(self) -> bool:
+        if not self.warm:
+            return True
+        return self.pool.is_idle() and not self.dispatched
+
+    def shutdown(self) -> None:
+        if not self.warm:
+            self.pool.terminate()
+        for step in reversed(self._started_steps):
+            try:
+                step.stop(self)
+            except Exception:
+                logger.exception("stopping step %s failed", step.name)
+        self._started_steps.clear()
+        logger.info("%s stopped", self.hostname)
+
+    def install_signals(self) -> None:
+        if not self._install_signals:
+            return
+        self.loop.install_signals({
+            signal.SIGTERM: lambda s: self.request_stop(warm=not self.stopping),
+            signal.SIGINT: lambda s: self.request_stop(warm=not self.stopping),
+            signal.SIGQUIT: lambda s: self.request_stop(warm=False),
+        })
+
+    def request_stop(self, warm: bool = True) -> None:
+        """Warm: stop consuming, give back reserved messages, let running tasks finish."""
+        if self.stopping and not warm:
+            logger.warning("cold shutdown: terminating running tasks")
+            self.warm = False
+            self.loop.hub.call_soon(lambda: None)
+            return
+        if self.stopping:
+            return
+        self.stopping, self.warm = True, warm
+        logger.warning("%s shutdown (%s)", "warm" if warm else "cold",
+                       "finishing running tasks" if warm else "terminating running tasks")
+        self.consumer.stop_consuming()
+        self._give_back_reserved()
+        self.pool.stop()
+
+    def on_fatal(self, reason: str) -> None:
+        logger.critical("%s; the worker stops", reason)
+        self.fatal_reason = reason
+        self.exit_code = 1
+        self.request_stop(warm=True)
+
+    def _give_back_reserved(self) -> None:
+        for request, entry in list(self.held.items()):
+            entry.cancel()
+            self.consumer.reject(request, requeue=True)
+        self.held.clear()
+        while self.ready:
+            self.consumer.reject(self.ready.popleft(), requeue=True)
+
+    def _tick(self) -> None:
+        self.feed_pool()
+
+    # -- receiving ----------------------------------------------------------------------------
+    def on_connected(self, conn: Connection) -> None:
+        self.control.attach(conn)
+
+    def on_connection_lost(self, old_generation: int) -> None:
+        """Reserved messages of the lost connection come back from the broker: forget them."""
+        for request, entry in list(self.held.items()):
+            if request.generation == old_generation:
+                entry.cancel()
+                del self.held[request]
+        kept = [r for r in self.ready if r.generation != old_generation]
+        dropped = len(self.ready) - len(kept)
+        self.ready = collections.deque(kept)
+        if dropped:
+            logger.info("dropped %d reserved tasks of the lost connection; the broker "
+                        "redelivers them", dropped)
+
+    def on_message(self, message: Message) -> None:
+        conf = self.app.conf
+        try:
+            request = Request.build(
+                message, self.app, generation=self.consumer.generation, revoked=self.revoked,
+                accept=list(conf.accept_content), now=dt.datetime.now(dt.UTC),
+                received_at=self.clock(),
+            )
+        except Rejection as rejection:
+            self._reject_invalid(message, rejection)
+            return
+        self.totals["received"] += 1
+        logger.debug("received %s[%s]", request.name, request.id)
+        eta = request.msg.eta
+        if eta is not None:
+            delay = (eta - dt.datetime.now(dt.UTC)).total_seconds()
+            if delay > 0:
+                self.consumer.increment_prefetch()
+                self.held[request] = self.loop.hub.call_later(delay, self._eta_due, request)
+                return
+        self.ready.append(request)
+        self.feed_pool()
+
+    def _reject_invalid(self, message: Message, rejection: Rejection) -> None:
+        task_id = rejection.task_id or "?"
+        logger.error("rejected message %s: %s", task_id, rejection.reason)
+        self.totals["rejected"] += 1
+        self.consumer.reject_raw(message)
+        if rejection.task_id is None or rejection.store is None:
+            return
+        try:
+            backend = self.app.backend
+            if rejection.store == states.REVOKED:
+                backend.mark_as_revoked(rejection.task_id, rejection.reason)
+            elif rejection.exc is not None:
+                backend.mark_as_failure(rejection.task_id, rejection.exc)
+        except TaskqError as exc:
+            logger.debug("could not store the state of rejected %s: %s", task_id, exc)
+
+    def _eta_due(self, request: Request) -> None:
+        if self.held.pop(request, None) is None:
+            return
+        self.consumer.decrement_prefetch()
+        self.ready.append(request)
+        self.feed_pool()
+
+    def feed_pool(self) -> None:
+        while self.ready and not self.stopping and self.pool.can_accept():
+            request = self.ready.popleft()
+            if request.generation != self.consumer.generation:
+                continue  # its connection is gone; the broker redelivers it
+            if request.id in self.revoked:
+                self._discard_revoked(request)
+                continue
+            job = Job(
+                msg=request.msg, delivery_info=request.delivery_info,
+                time_limit=request.msg.time_limit or request.task.time_limit,
+                soft_time_limit=request.msg.soft_time_limit or request.task.soft_time_limit,
+                acks_late=request.acks_late,
+                reject_on_worker_lost=request.task.reject_on_worker_lost,
+            )
+            self.dispatched[job] = request
+            self.pool.apply(job)
+
+    def _discard_revoked(self, request: Request) -> None:
+        logger.info("discarded revoked task %s[%s]", request.name, request.id)
+        self.consumer.reject(request, requeue=False)
+        with contextlib.suppress(TaskqError):
+            self.app.backend.mark_as_revoked(request.id, "revoked")
+        for hook in self.app.hooks.task_revoked:
+            hook(request)
+
+    # -- pool callbacks -----------------------------------------------------------------------
+    def on_job_started(self, job: Job, pid: int) -> None:
+        request = self.dispatched.get(job)
+        if request is None:
+            return
+        job.started_at = self.clock()
+        if not request.acks_late:
+            self.consumer.ack(request)
+
+    def on_job_done(self, job: Job, result: JobResult) -> None:
+        request = self.dispatched.pop(job, None)
+        if request is None:
+            return
+        self.totals[result.state] += 1
+        level = logging.INFO if result.state == states.SUCCESS else logging.WARNING
+        logger.log(level, "task %s[%s] %s in %.3fs%s", job.name, job.id, result.state,
+                   result.runtime, f": {result.summary}" if result.summary else "")
+        if result.state == states.REJECTED:
+            self.consumer.reject(request, requeue=result.requeue)
+        else:
+            self.consumer.ack(request)
+        self.feed_pool()
+
+    def on_job_lost(self, job: Job, exc: BaseException) -> None:
+        request = self.dispatched.pop(job, None)
+        if request is None:
+            return
+        self.totals["lost"] += 1
+        started = job.started_at is not None
+        if not started:
+            self.on_job_unstarted(job, request)
+            return
+        logger.error("task %s[%s] lost: %r", job.name, job.id, exc)
+        if request.acks_late and request.task.reject_on_worker_lost:
+            self.consumer.reject(request, requeue=True)
+        else:
+            try:
+                error = exc if isinstance(exc, BaseException) else WorkerLostError(str(exc))
+                self.app.backend.mark_as_failure(job.id, error, request=request.msg)
+            except TaskqError as err:
+                logger.debug("could not store the failure of %s: %s", job.id, err)
+            self.consumer.ack(request)
+        self.feed_pool()
+
+    def on_job_unstarted(self, job: Job, request: Request | None = None) -> None:
+        """A job the pool took but never started: run it elsewhere, or give it back."""
+        request = request or self.dispatched.pop(job, None)
+        if request is None:
+            return
+        if self.stopping:
+            self.consumer.reject(request, requeue=True)
+        else:
+            self.ready.appendleft(request)
+            self.feed_pool()
+
+    # -- revoke -------------------------------------------------------------------------------
+    def revoke(self, ids: Sequence[str], *, terminate: bool = False,
+               signum: int = signal.SIGTERM) -> None:
+        self.revoked.update(ids)
+        wanted = set(ids)
+        for request, entry in list(self.held.items()):
+            if request.id in wanted:
+                entry.cancel()
+                del self.held[request]
+                self.consumer.decrement_prefetch()
+                self._discard_revoked(request)
+        if terminate:
+            terminate_job = getattr(self.pool, "terminate_job", None)
+            for job in list(self.dispatched):
+                if job.id in wanted:
+                    if terminate_job is None:
+                        logger.warning("revoke(terminate=True) of %s: the %s pool cannot "
+                                       "terminate a running task", job.id, self.pool_kind)
+                    else:
+                        terminate_job(job, signum)
+        if self.statedb is not None:
+            self.statedb.save()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "hostname": self.hostname, "pid": os.getpid(), "pool": self.pool.info(),
+            "total": dict(self.totals), "loop_lag_max": self.loop.max_lag,
+            "connected": self.consumer.connected,
+        }
