@@ -89,6 +89,8 @@ def _setup_logging(level: str, logfile: str | None) -> None:
 @click.option("--statedb", type=click.Path(dir_okay=False))
 @click.option("--pidfile", type=click.Path(dir_okay=False))
 @click.option("-f", "--logfile", type=click.Path(dir_okay=False))
+@click.option("--soft-shutdown-timeout", type=click.FloatRange(min=0),
+              help="On a cold shutdown, seconds running tasks still get to finish.")
 @click.option("--detach", is_flag=True, help="Run in the background (needs --pidfile).")
 @click.pass_obj
 @_fail_cleanly
@@ -98,7 +100,7 @@ def worker(ctx: Context, app_spec: str | None, loglevel: str, concurrency: int |
            max_tasks_per_child: int | None, max_memory_per_child: int | None,
            time_limit: float | None, soft_time_limit: float | None,
            prefetch_multiplier: int | None, statedb: str | None, pidfile: str | None,
-           logfile: str | None, detach: bool) -> None:
+           logfile: str | None, soft_shutdown_timeout: float | None, detach: bool) -> None:
     """Run a worker."""
     from taskq.worker import Worker
 
@@ -109,6 +111,7 @@ def worker(ctx: Context, app_spec: str | None, loglevel: str, concurrency: int |
         "worker_max_memory_per_child": max_memory_per_child, "task_time_limit": time_limit,
         "task_soft_time_limit": soft_time_limit,
         "worker_prefetch_multiplier": prefetch_multiplier, "worker_hostname": hostname,
+        "worker_soft_shutdown_timeout": soft_shutdown_timeout,
     }
     app.conf.override({k: v for k, v in flags.items() if v is not None})
     if detach:
@@ -126,6 +129,10 @@ def worker(ctx: Context, app_spec: str | None, loglevel: str, concurrency: int |
     finally:
         if pidfile:
             _remove_pidfile(pidfile)
+    if w.restart_requested and code == 0:
+        logging.getLogger("taskq.worker").warning("restarting in place: %s",
+                                                  " ".join(sys.orig_argv))
+        os.execv(sys.executable, sys.orig_argv)
     sys.exit(code)
 
 

@@ -216,6 +216,8 @@ _SETTINGS: tuple[Setting, ...] = (
             "Recycle a child after this many tasks."),
     Setting("worker_max_memory_per_child", None, _optional(_number(int, 1)),
             "Recycle a child whose resident memory exceeds this many KiB."),
+    Setting("worker_soft_shutdown_timeout", 0.0, _number(float, 0),
+            "On a cold shutdown, seconds running tasks still get to finish (0: none)."),
     Setting("worker_hostname", None, _optional(_str), "Node name, name@host."),
     Setting("worker_send_task_events", False, _bool, "Send task events."),
     Setting("task_send_sent_event", False, _bool, "Send task-sent events when publishing."),

@@ -152,6 +152,8 @@ class Worker:
         self.dispatched: dict[Job, Request] = {}    # given to the pool, not yet done
         self.stopping = False
         self.warm = True
+        self.restart_requested = False
+        self._soft_deadline: float | None = None
         self.exit_code = 0
         self.fatal_reason: str | None = None
         self._install_signals = install_signals
@@ -216,6 +218,10 @@ class Worker:
     def _can_exit(self) -> bool:
         if not self.warm:
             return True
+        if self._soft_deadline is not None and self.clock() >= self._soft_deadline:
+            logger.warning("soft shutdown timeout passed: terminating running tasks")
+            self.warm = False
+            return True
         return self.pool.is_idle() and not self.dispatched
 
     def shutdown(self) -> None:
@@ -236,20 +242,32 @@ class Worker:
             signal.SIGTERM: lambda s: self.request_stop(warm=not self.stopping),
             signal.SIGINT: lambda s: self.request_stop(warm=not self.stopping),
             signal.SIGQUIT: lambda s: self.request_stop(warm=False),
+            signal.SIGHUP: lambda s: self.request_restart(),
         })
+
+    def request_restart(self) -> None:
+        """SIGHUP: warm shutdown, then the command line re-executes itself (same pid)."""
+        logger.warning("restart requested: warm shutdown, then exec in place")
+        self.restart_requested = True
+        self.request_stop(warm=True)
 
     def request_stop(self, warm: bool = True) -> None:
         """Warm: stop consuming, give back reserved messages, let running tasks finish."""
-        if self.stopping and not warm:
-            logger.warning("cold shutdown: terminating running tasks")
-            self.warm = False
-            self.loop.hub.call_soon(lambda: None)
-            return
+        if not warm and self.warm:
+            soft = self.app.conf.worker_soft_shutdown_timeout
+            if soft and self._soft_deadline is None:
+                # Celery 5.5's soft shutdown: running tasks get a last bounded chance.
+                self._soft_deadline = self.clock() + soft
+                logger.warning("cold shutdown requested: running tasks get %.1f s to finish "
+                               "(worker_soft_shutdown_timeout)", soft)
+            else:
+                logger.warning("cold shutdown: terminating running tasks")
+                self.warm = False
         if self.stopping:
             return
-        self.stopping, self.warm = True, warm
-        logger.warning("%s shutdown (%s)", "warm" if warm else "cold",
-                       "finishing running tasks" if warm else "terminating running tasks")
+        self.stopping = True
+        if warm:
+            logger.warning("warm shutdown: finishing running tasks")
         self.consumer.stop_consuming()
         self._give_back_reserved()
         self.pool.stop()
