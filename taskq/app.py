@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
 
+from kombu.clocks import LamportClock
+
 from taskq.canvas import as_signatures
 from taskq.config import Config
 from taskq.errors import ConfigurationError, NotRegistered
@@ -77,6 +79,8 @@ class TaskQ:
         self._backend_pid = 0
         self._local = threading.local()
         self._control: Control | None = None
+        self.clock = LamportClock()
+        """The logical clock of this process (events, remote control, mingle)."""
 
     def __repr__(self) -> str:
         return f"<TaskQ {self.main}>"

@@ -246,6 +246,35 @@ class BrokerConsumer:
             else:
                 logger.error("rejecting an invalid message failed: %r", exc)
 
+    def transport_name(self) -> str | None:
+        return self.connection.transport_cls if self.connection is not None else None
+
+    def add_queue(self, name: str) -> None:
+        from taskq.publish import queue_for
+
+        if any(q.name == name for q in self.queues):
+            return
+        queue = queue_for(self.app.conf, name)
+        self.queues.append(queue)
+        if self._consumer is not None:
+            try:
+                self._consumer.add_queue(queue)
+                self._consumer.consume()
+            except Exception as exc:
+                if not self.is_connection_error(exc):
+                    raise
+                self.on_connection_error(exc)
+
+    def cancel_queue(self, name: str) -> None:
+        self.queues = [q for q in self.queues if q.name != name]
+        if self._consumer is not None:
+            try:
+                self._consumer.cancel_by_queue(name)
+            except Exception as exc:
+                if not self.is_connection_error(exc):
+                    raise
+                self.on_connection_error(exc)
+
     def increment_prefetch(self) -> None:
         if self.qos is not None:
             self.qos.increment_eventually()

@@ -1,16 +1,18 @@
-"""Remote control, worker side: the pidbox node and its command handlers.
+"""Remote control, worker side: the pidbox node that runs the commands in ``inspect.py``.
 
-Handlers run in the loop thread and must not block. Unknown commands get an error reply,
-never an exception out of the loop.
+Commands run in the loop thread. An unknown command gets an error reply; a malformed
+message is logged; nothing escapes into the loop.
 """
 
 from __future__ import annotations
 
 import logging
-import signal as signals
 from typing import TYPE_CHECKING, Any
 
+from kombu.pidbox import Node
+
 from taskq.control import make_mailbox
+from taskq.worker.inspect import HANDLERS
 
 if TYPE_CHECKING:
     from kombu import Connection, Message
@@ -20,42 +22,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("taskq.worker.control")
 
 
-def _signum(name: Any) -> int:
-    if isinstance(name, int):
-        return name
-    text = str(name or "SIGTERM").upper()
-    if not text.startswith("SIG"):
-        text = "SIG" + text
-    return int(getattr(signals, text, signals.SIGTERM))
-
-
-def ping(worker: Worker, **_: Any) -> dict[str, Any]:
-    return {"ok": "pong"}
-
-
-def revoke(worker: Worker, task_id: str | list[str], terminate: bool = False,
-           signal: Any = None, **_: Any) -> dict[str, Any]:
-    ids = [task_id] if isinstance(task_id, str) else [str(t) for t in task_id]
-    worker.revoke(ids, terminate=terminate, signum=_signum(signal))
-    action = "terminated and revoked" if terminate else "flagged as revoked"
-    return {"ok": f"tasks {', '.join(ids)} {action}"}
-
-
-def shutdown(worker: Worker, **_: Any) -> dict[str, Any]:
-    logger.warning("shutdown requested by remote control")
-    worker.loop.hub.call_soon(worker.request_stop, True)
-    return {"ok": "shutting down"}
-
-
-HANDLERS = {"ping": ping, "revoke": revoke, "shutdown": shutdown}
-
-
 class ControlNode:
     """Listens on ``<hostname>.celery.pidbox`` for broadcast commands."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.mailbox = make_mailbox()
+        self.mailbox.clock = worker.app.clock  # one Lamport clock per worker
+        self.node: Node | None = None
 
     def attach(self, conn: Connection) -> None:
         channel = conn.channel()
@@ -64,17 +38,31 @@ class ControlNode:
         self.node = node
         node.listen(callback=self._on_message)
 
+    def _addressed_to_us(self, body: dict[str, Any]) -> bool:
+        destination: Any = body.get("destination")
+        if not destination:
+            return True
+        return isinstance(destination, list | tuple) and self.worker.hostname in destination
+
     def _on_message(self, body: Any, message: Message) -> None:
-        if not isinstance(body, dict) or "method" not in body:
-            logger.warning("ignored a malformed control message: %r", body)
+        node = self.node
+        if node is None:
             return
-        if body["method"] not in self.node.handlers:
-            logger.debug("ignored unknown control command %r", body["method"])
-            if body.get("reply_to"):
-                self.node.reply({self.worker.hostname: {"error": f"unknown command "
-                                                        f"{body['method']!r}"}},
-                                exchange=body["reply_to"]["exchange"],
-                                routing_key=body["reply_to"]["routing_key"],
-                                ticket=body.get("ticket"))
+        if not isinstance(body, dict) or not isinstance(body.get("method"), str):
+            logger.warning("ignored a malformed control message: %.200r", body)
             return
-        self.node.handle_message(body, message)
+        if body["method"] not in (node.handlers or {}):
+            if not self._addressed_to_us(body):
+                return
+            logger.info("unknown control command %r", body["method"])
+            reply_to = body.get("reply_to")
+            if isinstance(reply_to, dict):
+                node.reply({self.worker.hostname: {"error": f"unknown command "
+                                                   f"{body['method']!r}"}},
+                           exchange=reply_to.get("exchange"),
+                           routing_key=reply_to.get("routing_key"), ticket=body.get("ticket"))
+            return
+        try:
+            node.handle_message(body, message)
+        except Exception:
+            logger.exception("control command %r failed", body.get("method"))

@@ -11,6 +11,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 
+from kombu.clocks import LamportClock
+
 logger = logging.getLogger("taskq.worker.state")
 
 REVOKES_MAX = 50_000
@@ -59,9 +61,11 @@ class RevokedSet:
 class StateDB:
     """``--statedb FILE``: revoked ids (later also the clock) as JSON, written atomically."""
 
-    def __init__(self, path: str, revoked: RevokedSet) -> None:
+    def __init__(self, path: str, revoked: RevokedSet, clock: LamportClock | None = None
+                 ) -> None:
         self.path = path
         self.revoked = revoked
+        self.clock = clock
 
     def load(self) -> None:
         try:
@@ -75,6 +79,8 @@ class StateDB:
             return
         for task_id, stamp in (data.get("revoked") or {}).items():
             self.revoked.add(str(task_id), float(stamp))
+        if self.clock is not None and isinstance(data.get("clock"), int):
+            self.clock.adjust(data["clock"])
 
     def save(self) -> None:
         folder = os.path.dirname(os.path.abspath(self.path))
@@ -82,7 +88,8 @@ class StateDB:
         fd, tmp = tempfile.mkstemp(prefix=".statedb.", dir=folder)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"version": 1, "revoked": self.revoked.as_dict()}, fh)
+                clock = self.clock.forward() if self.clock is not None else 0
+                json.dump({"version": 1, "revoked": self.revoked.as_dict(), "clock": clock}, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)

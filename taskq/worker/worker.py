@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from taskq import states
 from taskq.errors import ConfigurationError, TaskqError, WorkerLostError
 from taskq.pool import Job, JobResult, Pool, pool_for
+from taskq.worker.cluster import Events, Gossip, GossipStep, HeartbeatStep, MingleStep
 from taskq.worker.consumer import BrokerConsumer, queues_for
 from taskq.worker.control import ControlNode
 from taskq.worker.loop import Loop
@@ -95,7 +96,7 @@ class HubStep(Step):
 
 class ConsumerStep(Step):
     name = "consumer"
-    requires = ("hub", "pool", "state")
+    requires = ("hub", "pool", "state", "mingle")
 
     def start(self, worker: Worker) -> None:
         worker.consumer.start()
@@ -111,7 +112,8 @@ class ControlStep(Step):
 
 
 def default_steps() -> list[Step]:
-    return [HubStep(), StateStep(), PoolStep(), ConsumerStep(), ControlStep()]
+    return [HubStep(), StateStep(), PoolStep(), MingleStep(), ConsumerStep(), ControlStep(),
+            HeartbeatStep(), GossipStep()]
 
 
 # -- the worker -------------------------------------------------------------------------------
@@ -132,6 +134,9 @@ class Worker:
         steps: Sequence[Step] = (),
         clock: Clock = time.monotonic,
         install_signals: bool = True,
+        mingle: bool = True,
+        gossip: bool = True,
+        task_events: bool | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -146,7 +151,13 @@ class Worker:
         self.loop = Loop(clock=clock,
                          lag_warning=float("inf") if self.pool_kind == "solo" else 0.5)
         self.revoked = RevokedSet()
-        self.statedb = StateDB(statedb, self.revoked) if statedb else None
+        self.statedb = StateDB(statedb, self.revoked, app.clock) if statedb else None
+        self.mingle = mingle
+        self.task_events = conf.worker_send_task_events if task_events is None else task_events
+        self.events = Events(self)
+        self.gossip: Gossip | None = Gossip(self) if gossip else None
+        self.completed_by_name: collections.Counter[str] = collections.Counter()
+        self.started_at = clock()
         self.ready: collections.deque[Request] = collections.deque()
         self.held: dict[Request, Any] = {}          # eta requests -> timer entry
         self.dispatched: dict[Job, Request] = {}    # given to the pool, not yet done
@@ -292,9 +303,13 @@ class Worker:
     # -- receiving ----------------------------------------------------------------------------
     def on_connected(self, conn: Connection) -> None:
         self.control.attach(conn)
+        self.events.attach(conn)
+        if self.gossip is not None:
+            self.gossip.attach(conn)
 
     def on_connection_lost(self, old_generation: int) -> None:
         """Reserved messages of the lost connection come back from the broker: forget them."""
+        self.events.detach()
         for request, entry in list(self.held.items()):
             if request.generation == old_generation:
                 entry.cancel()
@@ -319,6 +334,11 @@ class Worker:
             return
         self.totals["received"] += 1
         logger.debug("received %s[%s]", request.name, request.id)
+        msg = request.msg
+        self.events.task("task-received", uuid=msg.id, name=msg.task, args=msg.argsrepr,
+                         kwargs=msg.kwargsrepr, root_id=msg.root_id, parent_id=msg.parent_id,
+                         retries=msg.retries, eta=msg.eta.isoformat() if msg.eta else None,
+                         expires=msg.expires.isoformat() if msg.expires else None)
         eta = request.msg.eta
         if eta is not None:
             delay = (eta - dt.datetime.now(dt.UTC)).total_seconds()
@@ -372,6 +392,7 @@ class Worker:
 
     def _discard_revoked(self, request: Request) -> None:
         logger.info("discarded revoked task %s[%s]", request.name, request.id)
+        self.events.task("task-revoked", uuid=request.id, terminated=False, expired=False)
         self.consumer.reject(request, requeue=False)
         with contextlib.suppress(TaskqError):
             self.app.backend.mark_as_revoked(request.id, "revoked")
@@ -384,6 +405,7 @@ class Worker:
         if request is None:
             return
         job.started_at = self.clock()
+        self.events.task("task-started", uuid=job.id, pid=pid)
         if not request.acks_late:
             self.consumer.ack(request)
 
@@ -392,6 +414,8 @@ class Worker:
         if request is None:
             return
         self.totals[result.state] += 1
+        self.completed_by_name[job.name] += 1
+        self._task_done_event(job, result)
         level = logging.INFO if result.state == states.SUCCESS else logging.WARNING
         logger.log(level, "task %s[%s] %s in %.3fs%s", job.name, job.id, result.state,
                    result.runtime, f": {result.summary}" if result.summary else "")
@@ -400,6 +424,20 @@ class Worker:
         else:
             self.consumer.ack(request)
         self.feed_pool()
+
+    def _task_done_event(self, job: Job, result: JobResult) -> None:
+        if not self.task_events:
+            return
+        if result.state == states.SUCCESS:
+            self.events.task("task-succeeded", uuid=job.id, result=result.summary,
+                             runtime=result.runtime)
+        elif result.state == states.FAILURE:
+            self.events.task("task-failed", uuid=job.id, exception=result.summary,
+                             traceback=None)
+        elif result.state == states.RETRY:
+            self.events.task("task-retried", uuid=job.id, exception=result.summary)
+        elif result.state == states.REJECTED:
+            self.events.task("task-rejected", uuid=job.id, requeue=result.requeue)
 
     def on_job_lost(self, job: Job, exc: BaseException) -> None:
         request = self.dispatched.pop(job, None)
@@ -411,6 +449,7 @@ class Worker:
             self.on_job_unstarted(job, request)
             return
         logger.error("task %s[%s] lost: %r", job.name, job.id, exc)
+        self.events.task("task-failed", uuid=job.id, exception=repr(exc), traceback=None)
         if request.acks_late and request.task.reject_on_worker_lost:
             self.consumer.reject(request, requeue=True)
         else:
@@ -455,6 +494,13 @@ class Worker:
                         terminate_job(job, signum)
         if self.statedb is not None:
             self.statedb.save()
+
+    def pool_size(self) -> int:
+        size = getattr(self.pool, "size", None)
+        return int(size() if callable(size) else self.pool.concurrency)
+
+    def send_heartbeat(self) -> None:
+        self.events.heartbeat()
 
     def stats(self) -> dict[str, Any]:
         return {

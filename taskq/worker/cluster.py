@@ -1,0 +1,178 @@
+"""The worker among its neighbours: events, heartbeats, mingle and gossip.
+
+- Events: worker-online/offline/heartbeat always (heartbeats every 2 s); task events when
+  ``worker_send_task_events`` (``-E``) or ``enable_events`` says so.
+- Mingle: at start, ask the other workers for their revoked ids and clock (1 s at most).
+- Gossip: follow the neighbours' heartbeats; log when one goes missing; sync the clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from kombu import Consumer, Queue
+
+from taskq import __version__
+from taskq.events.dispatcher import SW_IDENT, EventDispatcher, event_exchange
+from taskq.events.state import State
+from taskq.worker.steps import Step
+
+if TYPE_CHECKING:
+    from kombu import Connection, Message
+
+    from taskq.worker.worker import Worker
+
+logger = logging.getLogger("taskq.worker.cluster")
+
+HEARTBEAT_FREQ = 2.0
+
+
+def worker_fields() -> dict[str, Any]:
+    return {"freq": HEARTBEAT_FREQ, "sw_ident": SW_IDENT, "sw_ver": __version__,
+            "sw_sys": platform.system()}
+
+
+class Events:
+    """The worker's event dispatcher, rebuilt on every broker connection."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.dispatcher: EventDispatcher | None = None
+        self.online_sent = False
+
+    def attach(self, conn: Connection) -> None:
+        self.dispatcher = EventDispatcher(conn, self.worker.hostname, self.worker.app.clock)
+        if not self.online_sent:
+            self.online_sent = bool(self.send("worker-online", **worker_fields()))
+
+    def detach(self) -> None:
+        self.dispatcher = None
+
+    def send(self, type_: str, **fields: Any) -> dict[str, Any] | None:
+        if self.dispatcher is None:
+            return None
+        return self.dispatcher.send(type_, **fields)
+
+    def task(self, type_: str, **fields: Any) -> None:
+        if self.worker.task_events:
+            self.send(type_, **fields)
+
+    def heartbeat(self) -> None:
+        self.send("worker-heartbeat", active=len(self.worker.dispatched),
+                  processed=sum(self.worker.completed_by_name.values()),
+                  loadavg=list(os.getloadavg()), **worker_fields())
+
+
+class HeartbeatStep(Step):
+    name = "heartbeat"
+    requires = ("consumer",)
+
+    def start(self, worker: Worker) -> None:
+        self._entry = worker.loop.hub.call_repeatedly(HEARTBEAT_FREQ, worker.send_heartbeat)
+
+    def stop(self, worker: Worker) -> None:
+        self._entry.cancel()
+        worker.events.send("worker-offline", **worker_fields())
+
+
+class MingleStep(Step):
+    """Ask the neighbours for revoked ids and the clock before consuming (1 s at most)."""
+
+    name = "mingle"
+    requires = ("state",)
+
+    def start(self, worker: Worker) -> None:
+        if not worker.mingle:
+            return
+        try:
+            with worker.app.connection() as conn:
+                conn.connect_timeout = 2.0
+                replies = worker.control.mailbox(conn)._broadcast(
+                    "hello", {"from_node": worker.hostname,
+                              "revoked": worker.revoked.as_dict()},
+                    reply=True, timeout=1.0) or []
+        except Exception as exc:
+            logger.warning("mingle skipped: %r", exc)
+            return
+        neighbours = []
+        for reply in replies:
+            for node, answer in reply.items():
+                if node == worker.hostname or not isinstance(answer, dict):
+                    continue
+                neighbours.append(node)
+                for task_id, stamp in (answer.get("revoked") or {}).items():
+                    worker.revoked.add(str(task_id), float(stamp) if stamp else None)
+                if isinstance(answer.get("clock"), int):
+                    worker.app.clock.adjust(answer["clock"])
+        if neighbours:
+            logger.info("mingle: synced with %s", ", ".join(sorted(neighbours)))
+        else:
+            logger.info("mingle: no other workers answered")
+
+
+class Gossip:
+    """Follow the neighbours' worker events on the worker's own connection."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.state = State()
+        self.gone: set[str] = set()
+        self.queue_name = f"taskq.gossip.{uuid.uuid4()}"
+
+    def attach(self, conn: Connection) -> None:
+        queue = Queue(self.queue_name, exchange=event_exchange(), routing_key="worker.#",
+                      auto_delete=True, durable=False, expires=60.0, message_ttl=10.0)
+        consumer = Consumer(conn.channel(), queues=[queue], callbacks=[self._on_event],
+                            no_ack=True, accept=["json"])
+        consumer.consume()
+
+    def _on_event(self, body: Any, message: Message) -> None:
+        if not isinstance(body, dict) or body.get("hostname") == self.worker.hostname:
+            return
+        import time
+
+        body = dict(body)
+        body["local_received"] = time.time()
+        if isinstance(body.get("clock"), int):
+            self.worker.app.clock.adjust(body["clock"])
+        hostname = str(body.get("hostname"))
+        if hostname in self.gone and body.get("type") != "worker-offline":
+            logger.info("neighbour %s is back", hostname)
+            self.gone.discard(hostname)
+        self.state.event(body)
+
+    def check(self) -> None:
+        import time
+
+        now = time.time()
+        for info in self.state.workers.values():
+            if info.hostname in self.gone or info.alive(now):
+                continue
+            self.gone.add(info.hostname)
+            if info.offline:
+                logger.info("neighbour %s went offline", info.hostname)
+            else:
+                logger.warning("neighbour %s missed its heartbeats: considered gone",
+                               info.hostname)
+
+    def neighbours(self) -> list[str]:
+        import time
+
+        return sorted(w.hostname for w in self.state.workers.values() if w.alive(time.time()))
+
+
+class GossipStep(Step):
+    name = "gossip"
+    requires = ("consumer",)
+
+    def start(self, worker: Worker) -> None:
+        self._entry = (worker.loop.hub.call_repeatedly(HEARTBEAT_FREQ / 2, worker.gossip.check)
+                       if worker.gossip is not None else None)
+
+    def stop(self, worker: Worker) -> None:
+        if self._entry is not None:
+            self._entry.cancel()

@@ -1,0 +1,296 @@
+"""Remote-control and inspect commands, in Celery's reply formats.
+
+Each handler takes the worker and the command's arguments and returns a JSON-safe reply.
+They run in the loop thread: nothing here blocks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import resource
+import signal as signals
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from taskq import __version__
+from taskq.config import SETTINGS
+
+if TYPE_CHECKING:
+    from taskq.pool.base import Job
+    from taskq.worker.request import Request
+    from taskq.worker.worker import Worker
+
+Handler = Callable[..., Any]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(fn: Handler) -> Handler:
+    HANDLERS[fn.__name__] = fn
+    return fn
+
+
+def _signum(name: Any) -> int:
+    if isinstance(name, int):
+        return name
+    text = str(name or "SIGTERM").upper()
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    return int(getattr(signals, text, signals.SIGTERM))
+
+
+def _json_safe(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return repr(value)
+
+
+def request_info(request: Request, job: Job | None = None) -> dict[str, Any]:
+    info = request.delivery_info
+    return {
+        "id": request.id,
+        "name": request.name,
+        "args": _json_safe(list(request.msg.args)),
+        "kwargs": _json_safe(dict(request.msg.kwargs)),
+        "type": request.name,
+        "hostname": request.message.headers.get("origin") if request.message.headers else None,
+        "time_start": job.started_at if job is not None else None,
+        "acknowledged": request.acknowledged,
+        "delivery_info": {
+            "exchange": info.get("exchange"),
+            "routing_key": info.get("routing_key"),
+            "priority": info.get("priority"),
+            "redelivered": info.get("redelivered", False),
+        },
+        "worker_pid": job.pid if job is not None else None,
+    }
+
+
+# -- control ----------------------------------------------------------------------------------
+
+@handler
+def ping(worker: Worker, **_: Any) -> dict[str, Any]:
+    return {"ok": "pong"}
+
+
+@handler
+def revoke(worker: Worker, task_id: str | list[str], terminate: bool = False,
+           signal: Any = None, **_: Any) -> dict[str, Any]:
+    ids = [task_id] if isinstance(task_id, str) else [str(t) for t in task_id]
+    worker.revoke(ids, terminate=terminate, signum=_signum(signal))
+    action = "terminated and revoked" if terminate else "flagged as revoked"
+    return {"ok": f"tasks {', '.join(ids)} {action}"}
+
+
+@handler
+def shutdown(worker: Worker, **_: Any) -> dict[str, Any]:
+    worker.loop.hub.call_soon(worker.request_stop, True)
+    return {"ok": "shutting down"}
+
+
+@handler
+def enable_events(worker: Worker, **_: Any) -> dict[str, Any]:
+    worker.task_events = True
+    return {"ok": "task events enabled"}
+
+
+@handler
+def disable_events(worker: Worker, **_: Any) -> dict[str, Any]:
+    worker.task_events = False
+    return {"ok": "task events disabled"}
+
+
+def _pool_call(worker: Worker, method: str, *args: Any) -> dict[str, Any]:
+    fn = getattr(worker.pool, method, None)
+    if fn is None:
+        return {"error": f"the {worker.pool_kind} pool does not support {method}"}
+    fn(*args)
+    return {"ok": f"{method}{args!r} done; pool size is {worker.pool_size()}"}
+
+
+@handler
+def pool_grow(worker: Worker, n: int = 1, **_: Any) -> dict[str, Any]:
+    return _pool_call(worker, "pool_grow", int(n))
+
+
+@handler
+def pool_shrink(worker: Worker, n: int = 1, **_: Any) -> dict[str, Any]:
+    return _pool_call(worker, "pool_shrink", int(n))
+
+
+@handler
+def pool_restart(worker: Worker, modules: list[str] | None = None, reload: bool = False,
+                 **_: Any) -> dict[str, Any]:
+    return _pool_call(worker, "pool_restart", modules or [], bool(reload))
+
+
+@handler
+def autoscale(worker: Worker, max: int, min: int, **_: Any) -> dict[str, Any]:
+    return _pool_call(worker, "autoscale", int(max), int(min))
+
+
+@handler
+def add_consumer(worker: Worker, queue: str, **_: Any) -> dict[str, Any]:
+    worker.consumer.add_queue(queue)
+    return {"ok": f"add consumer {queue}"}
+
+
+@handler
+def cancel_consumer(worker: Worker, queue: str, **_: Any) -> dict[str, Any]:
+    worker.consumer.cancel_queue(queue)
+    return {"ok": f"no longer consuming from {queue}"}
+
+
+@handler
+def time_limit(worker: Worker, task_name: str, soft: float | None = None,
+               hard: float | None = None, **_: Any) -> dict[str, Any]:
+    task = worker.app.tasks.get(task_name)
+    if task is None:
+        return {"error": f"unknown task {task_name!r}"}
+    task._soft_time_limit, task._time_limit = soft, hard
+    return {"ok": f"time limits set for {task_name}: soft={soft} hard={hard}"}
+
+
+@handler
+def rate_limit(worker: Worker, task_name: str, rate_limit: Any = None, **_: Any
+               ) -> dict[str, Any]:
+    return {"error": "rate limits are not supported by taskq yet"}
+
+
+# -- inspect ----------------------------------------------------------------------------------
+
+@handler
+def active(worker: Worker, **_: Any) -> list[dict[str, Any]]:
+    return [request_info(req, job) for job, req in worker.dispatched.items()
+            if job.started_at is not None]
+
+
+@handler
+def reserved(worker: Worker, **_: Any) -> list[dict[str, Any]]:
+    waiting = [request_info(req) for req in worker.ready]
+    waiting += [request_info(req, job) for job, req in worker.dispatched.items()
+                if job.started_at is None]
+    return waiting
+
+
+@handler
+def scheduled(worker: Worker, **_: Any) -> list[dict[str, Any]]:
+    out = []
+    for req in worker.held:
+        eta = req.msg.eta
+        out.append({"eta": eta.isoformat() if isinstance(eta, dt.datetime) else None,
+                    "priority": req.delivery_info.get("priority"),
+                    "request": request_info(req)})
+    return out
+
+
+@handler
+def revoked(worker: Worker, **_: Any) -> list[str]:
+    return list(worker.revoked.as_dict())
+
+
+@handler
+def registered(worker: Worker, taskinfoitems: Any = None, **_: Any) -> list[str]:
+    return sorted(worker.app.tasks)
+
+
+@handler
+def clock(worker: Worker, **_: Any) -> dict[str, Any]:
+    return {"clock": worker.app.clock.forward()}
+
+
+@handler
+def conf(worker: Worker, with_defaults: bool = False, **_: Any) -> dict[str, Any]:
+    names = SETTINGS if with_defaults else worker.app.conf.changes()
+    out: dict[str, Any] = {}
+    for name in names:
+        value = worker.app.conf[name]
+        if "url" in name or name == "result_backend":
+            from taskq.urls import safe_url
+
+            value = safe_url(value) if isinstance(value, str) else value
+        out[name] = _json_safe(value)
+    return out
+
+
+@handler
+def active_queues(worker: Worker, **_: Any) -> list[dict[str, Any]]:
+    return [{"name": q.name, "exchange": {"name": q.exchange.name, "type": q.exchange.type},
+             "routing_key": q.routing_key, "durable": q.durable, "auto_delete": q.auto_delete}
+            for q in worker.consumer.queues]
+
+
+@handler
+def query_task(worker: Worker, ids: list[str] | str | None = None, **_: Any
+               ) -> dict[str, Any]:
+    wanted = {ids} if isinstance(ids, str) else set(ids or ())
+    out: dict[str, Any] = {}
+    for job, req in worker.dispatched.items():
+        if req.id in wanted:
+            state = "active" if job.started_at is not None else "reserved"
+            out[req.id] = [state, request_info(req, job)]
+    for req in worker.ready:
+        if req.id in wanted:
+            out[req.id] = ["reserved", request_info(req)]
+    for req in worker.held:
+        if req.id in wanted:
+            out[req.id] = ["scheduled", request_info(req)]
+    return out
+
+
+@handler
+def stats(worker: Worker, **_: Any) -> dict[str, Any]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "pid": os.getpid(),
+        "hostname": worker.hostname,
+        "clock": worker.app.clock.value,
+        "uptime": round(worker.clock() - worker.started_at, 3),
+        "total": dict(worker.completed_by_name),
+        "totals": dict(worker.totals),
+        "pool": {
+            "implementation": worker.pool_kind,
+            "max-concurrency": worker.pool_size(),
+            "processes": worker.pool.pids(),
+            "optimization": worker.app.conf.worker_optimization,
+            **{k: _json_safe(v) for k, v in worker.pool.info().items()},
+        },
+        "prefetch_count": worker.consumer.qos.value if worker.consumer.qos else None,
+        "broker": {"connected": worker.consumer.connected,
+                   "transport": worker.consumer.transport_name()},
+        "loop_lag": {"last": worker.loop.last_lag, "max": worker.loop.max_lag},
+        "rusage": {"maxrss": usage.ru_maxrss, "utime": usage.ru_utime,
+                   "stime": usage.ru_stime},
+        "sw_ident": "py-taskq", "sw_ver": __version__,
+    }
+
+
+@handler
+def report(worker: Worker, **_: Any) -> dict[str, Any]:
+    lines = [f"taskq {__version__} on {worker.hostname}",
+             f"pool: {worker.pool_kind} x {worker.pool_size()}",
+             f"active: {len(active(worker))} reserved: {len(reserved(worker))} "
+             f"scheduled: {len(worker.held)}"]
+    return {"ok": "\n".join(lines)}
+
+
+@handler
+def hello(worker: Worker, from_node: str | None = None, revoked: Any = None, **_: Any
+          ) -> dict[str, Any]:
+    """Mingle: a starting neighbour asks for our revoked ids and clock."""
+    if from_node == worker.hostname:
+        return {}
+    if isinstance(revoked, dict):
+        for task_id, stamp in revoked.items():
+            worker.revoked.add(str(task_id), float(stamp) if stamp else None)
+    return {"revoked": worker.revoked.as_dict(), "clock": worker.app.clock.forward()}
+
+
+@handler
+def heartbeat(worker: Worker, **_: Any) -> dict[str, Any]:
+    worker.send_heartbeat()
+    return {"ok": "heartbeat sent"}
