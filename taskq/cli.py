@@ -91,6 +91,9 @@ def _setup_logging(level: str, logfile: str | None) -> None:
 @click.option("-f", "--logfile", type=click.Path(dir_okay=False))
 @click.option("--soft-shutdown-timeout", type=click.FloatRange(min=0),
               help="On a cold shutdown, seconds running tasks still get to finish.")
+@click.option("-E", "--task-events", is_flag=True, default=None, help="Send task events.")
+@click.option("--without-mingle", is_flag=True, help="Do not sync with other workers at start.")
+@click.option("--without-gossip", is_flag=True, help="Do not follow other workers' heartbeats.")
 @click.option("--detach", is_flag=True, help="Run in the background (needs --pidfile).")
 @click.pass_obj
 @_fail_cleanly
@@ -100,7 +103,8 @@ def worker(ctx: Context, app_spec: str | None, loglevel: str, concurrency: int |
            max_tasks_per_child: int | None, max_memory_per_child: int | None,
            time_limit: float | None, soft_time_limit: float | None,
            prefetch_multiplier: int | None, statedb: str | None, pidfile: str | None,
-           logfile: str | None, soft_shutdown_timeout: float | None, detach: bool) -> None:
+           logfile: str | None, soft_shutdown_timeout: float | None, task_events: bool | None,
+           without_mingle: bool, without_gossip: bool, detach: bool) -> None:
     """Run a worker."""
     from taskq.worker import Worker
 
@@ -112,6 +116,7 @@ def worker(ctx: Context, app_spec: str | None, loglevel: str, concurrency: int |
         "task_soft_time_limit": soft_time_limit,
         "worker_prefetch_multiplier": prefetch_multiplier, "worker_hostname": hostname,
         "worker_soft_shutdown_timeout": soft_shutdown_timeout,
+        "worker_send_task_events": task_events or None,
     }
     app.conf.override({k: v for k, v in flags.items() if v is not None})
     if detach:
@@ -123,7 +128,7 @@ def worker(ctx: Context, app_spec: str | None, loglevel: str, concurrency: int |
         _write_pidfile(pidfile)
     try:
         w = Worker(app, queues=_split(queues), exclude_queues=_split(exclude_queues),
-                   statedb=statedb)
+                   statedb=statedb, mingle=not without_mingle, gossip=not without_gossip)
         _print_banner(app, w)
         code = w.run()
     finally:
@@ -282,6 +287,8 @@ def bootsteps(ctx: Context, app_spec: str | None) -> None:
 
     click.echo(to_dot(default_steps()), nl=False)
 
+
+from taskq import cli_ops as _cli_ops  # noqa: E402,F401 - registers the cluster commands
 
 if __name__ == "__main__":  # pragma: no cover
     main()

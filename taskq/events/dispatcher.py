@@ -20,8 +20,12 @@ EXCHANGE_NAME = "celeryev"
 SW_IDENT = "py-taskq"
 
 
-def event_exchange() -> Exchange:
-    return Exchange(EXCHANGE_NAME, type="topic", durable=True, delivery_mode="transient")
+def event_exchange(connection: Connection | None = None) -> Exchange:
+    """``celeryev``: a topic exchange, except on Redis where Celery makes it fanout."""
+    kind = "topic"
+    if connection is not None and connection.transport.driver_type == "redis":
+        kind = "fanout"
+    return Exchange(EXCHANGE_NAME, type=kind, durable=True, delivery_mode="transient")
 
 
 def utcoffset() -> int:
@@ -51,7 +55,7 @@ class EventDispatcher:
         self.clock = clock
         self.enabled = enabled
         self.groups = set(groups) if groups else None
-        self.exchange = event_exchange()
+        self.exchange = event_exchange(connection)
         self._producer: Producer | None = None
         self.sent = 0
 

@@ -32,7 +32,7 @@ class EventReceiver:
         self.connection = connection
         self.handlers = dict(handlers or {})
         self.clock = clock or LamportClock()
-        self.queue = Queue(f"{queue_prefix}.{uuid.uuid4()}", exchange=event_exchange(),
+        self.queue = Queue(f"{queue_prefix}.{uuid.uuid4()}", exchange=event_exchange(connection),
                            routing_key=routing_key, auto_delete=True, durable=False,
                            expires=60.0, message_ttl=300.0)
         self._batch: list[dict[str, Any]] = []

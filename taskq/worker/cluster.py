@@ -124,7 +124,7 @@ class Gossip:
         self.queue_name = f"taskq.gossip.{uuid.uuid4()}"
 
     def attach(self, conn: Connection) -> None:
-        queue = Queue(self.queue_name, exchange=event_exchange(), routing_key="worker.#",
+        queue = Queue(self.queue_name, exchange=event_exchange(conn), routing_key="worker.#",
                       auto_delete=True, durable=False, expires=60.0, message_ttl=10.0)
         consumer = Consumer(conn.channel(), queues=[queue], callbacks=[self._on_event],
                             no_ack=True, accept=["json"])
@@ -133,6 +133,8 @@ class Gossip:
     def _on_event(self, body: Any, message: Message) -> None:
         if not isinstance(body, dict) or body.get("hostname") == self.worker.hostname:
             return
+        if not str(body.get("type", "")).startswith("worker-"):
+            return  # on Redis the events exchange is fanout: task events arrive here too
         import time
 
         body = dict(body)

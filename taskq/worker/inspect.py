@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import resource
 import signal as signals
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -49,8 +50,12 @@ def _json_safe(value: Any) -> Any:
     return repr(value)
 
 
-def request_info(request: Request, job: Job | None = None) -> dict[str, Any]:
+def request_info(request: Request, job: Job | None = None, worker: Worker | None = None
+                 ) -> dict[str, Any]:
     info = request.delivery_info
+    time_start = None
+    if job is not None and job.started_at is not None and worker is not None:
+        time_start = time.time() - (worker.clock() - job.started_at)  # wall time, as Celery
     return {
         "id": request.id,
         "name": request.name,
@@ -58,7 +63,7 @@ def request_info(request: Request, job: Job | None = None) -> dict[str, Any]:
         "kwargs": _json_safe(dict(request.msg.kwargs)),
         "type": request.name,
         "hostname": request.message.headers.get("origin") if request.message.headers else None,
-        "time_start": job.started_at if job is not None else None,
+        "time_start": time_start,
         "acknowledged": request.acknowledged,
         "delivery_info": {
             "exchange": info.get("exchange"),
@@ -165,7 +170,7 @@ def rate_limit(worker: Worker, task_name: str, rate_limit: Any = None, **_: Any
 
 @handler
 def active(worker: Worker, **_: Any) -> list[dict[str, Any]]:
-    return [request_info(req, job) for job, req in worker.dispatched.items()
+    return [request_info(req, job, worker) for job, req in worker.dispatched.items()
             if job.started_at is not None]
 
 
