@@ -259,6 +259,13 @@ class Config(Mapping[str, Any]):
         """Set command-line values (level 4), which beat everything else."""
         self._cli.update({name: validate(name, value) for name, value in settings.items()})
 
+    def overrides(self) -> dict[str, Any]:
+        """A copy of the command-line level settings (to restore them later)."""
+        return dict(self._cli)
+
+    def restore_overrides(self, saved: dict[str, Any]) -> None:
+        self._cli = dict(saved)
+
     def from_object(self, obj: object | str) -> None:
         """Load the lowercase settings of a module, class or object (or a module path)."""
         if isinstance(obj, str):

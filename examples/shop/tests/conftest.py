@@ -1,0 +1,20 @@
+"""How an app team points taskq's pytest plugin at its own app."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def taskq_app_spec() -> str:
+    return "shop.app:app"
+
+
+@pytest.fixture(scope="session")
+def taskq_worker_pool() -> str:
+    return "threads"
+
+
+@pytest.fixture(scope="session")
+def taskq_worker_parameters() -> dict[str, object]:
+    return {"concurrency": 2}

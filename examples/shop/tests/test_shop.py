@@ -1,0 +1,80 @@
+"""The shop's tests: every fixture of taskq's pytest plugin, on a real worker."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shop import tasks
+from taskq.testing import assert_no_lost, wait_for
+from taskq.testing.strategies import IdempotencyMachine, task_args
+
+
+def test_add_runs_on_a_real_worker(taskq_app, taskq_worker):
+    result = tasks.add.delay(2, 3)
+    assert result.get(timeout=10) == 5
+
+
+def test_receipt_is_retried_until_sent(taskq_app, taskq_worker):
+    result = tasks.send_receipt.delay("ann@example.org", fail_times=2)
+    assert result.get(timeout=10) == "sent to ann@example.org after 2 retries"
+
+
+def test_many_tasks_none_lost(taskq_app, taskq_worker):
+    ids = [tasks.add.delay(i, i).id for i in range(20)]
+    final = assert_no_lost(taskq_app, ids, timeout=20)
+    assert set(final.values()) == {"SUCCESS"}
+
+
+def test_events_show_the_task_life(taskq_app, taskq_worker, taskq_events):
+    result = tasks.add.delay(1, 1)
+    wait_for(result, "SUCCESS")
+    seen = taskq_events.wait_for(result.id, "task-succeeded")
+    assert seen.index("task-started") < seen.index("task-succeeded")
+
+
+def test_session_worker_serves_many_tests(taskq_session_app, taskq_session_worker):
+    assert tasks.add.apply_async((4, 4)).get(timeout=10) == 8
+
+
+@pytest.mark.taskq(worker_pool="solo")
+def test_marker_picks_the_pool(taskq_app, taskq_worker):
+    assert taskq_worker.worker.pool_kind == "solo"
+    assert tasks.add.delay(1, 2).get(timeout=10) == 3
+
+
+def test_worker_survives_a_cut_broker(taskq_chaos, taskq_app, taskq_worker):
+    assert tasks.add.delay(1, 1).get(timeout=10) == 2
+    assert taskq_chaos.cut_broker() >= 1
+    assert tasks.add.delay(2, 2).get(timeout=15) == 4
+
+
+@settings(max_examples=20)
+@given(args=task_args(max_size=3))
+def test_any_json_arguments_survive_the_trip(args):
+    # Eager: the same semantics as the worker, no broker needed.
+    from shop.app import app
+
+    echo = app.tasks.get("shop.tasks.echo") or app.task(name="shop.tasks.echo")(lambda *a: list(a))
+    assert echo.apply(args).get() == args
+
+
+class ChargeIsIdempotent(IdempotencyMachine):
+    task = tasks.charge
+
+    def __init__(self) -> None:
+        super().__init__()
+        tasks.LEDGER.clear()
+
+    @classmethod
+    def arguments(cls):
+        return st.tuples(st.tuples(st.uuids().map(str), st.integers(1, 10_000)).map(list),
+                         st.just({}))
+
+    def observe(self):
+        return dict(tasks.LEDGER)
+
+
+TestChargeIsIdempotent = ChargeIsIdempotent.TestCase
+TestChargeIsIdempotent.settings = settings(max_examples=20, stateful_step_count=10)
