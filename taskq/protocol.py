@@ -32,7 +32,7 @@ __all__ = ["TaskMessage", "decode", "decode_headers_body", "origin_name", "to_wi
 PROTOCOL_HEADERS = frozenset({
     "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
     "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
-    "stamped_headers", "stamps", "replaced_task_nesting", "redelivered_count",
+    "stamped_headers", "stamps", "replaced_task_nesting",
 })
 
 Signature = dict[str, Any]

@@ -73,10 +73,11 @@ def make_connection(conf: Config, url: str | None = None, *, heartbeat: float | 
 def queue_for(conf: Config, name: str | None) -> Queue:
     """The queue a task goes to; a missing queue gets an exchange of its own name (as Celery)."""
     if not name or name == conf.task_default_queue:
+        default = conf.task_default_queue
         return Queue(
-            conf.task_default_queue,
-            Exchange(conf.task_default_exchange, conf.task_default_exchange_type),
-            routing_key=conf.task_default_routing_key,
+            default,
+            Exchange(conf.task_default_exchange or default, conf.task_default_exchange_type),
+            routing_key=conf.task_default_routing_key or default,
             durable=True,
         )
     return Queue(name, Exchange(name, "direct"), routing_key=name, durable=True)

@@ -75,6 +75,11 @@ class ThreadWorker:
 
     def start(self) -> ThreadWorker:
         self.thread.start()
+        deadline = time.monotonic() + self.ping_timeout
+        while not self.worker.consumer.connected and time.monotonic() < deadline:
+            if not self.thread.is_alive():
+                break
+            time.sleep(0.01)  # the first ping would only time out before this
         _wait_ping(self.app, self.hostname, self.ping_timeout, alive=self.thread.is_alive)
         return self
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskq import states
-from taskq.errors import ConfigurationError, TaskqError, WorkerLostError
+from taskq.errors import ConfigurationError, TaskqError, TimeLimitExceeded, WorkerLostError
 from taskq.pool import Job, JobResult, Pool, pool_for
 from taskq.worker.cluster import Events, Gossip, GossipStep, HeartbeatStep, MingleStep
 from taskq.worker.consumer import BrokerConsumer, queues_for
@@ -449,17 +449,46 @@ class Worker:
             self.on_job_unstarted(job, request)
             return
         logger.error("task %s[%s] lost: %r", job.name, job.id, exc)
+        # DESIGN.md's table: a hard time limit is a FAILURE whatever the ack policy; a lost
+        # child requeues only with acks_late + reject_on_worker_lost, and only
+        # task_max_redeliveries times, so a poison message cannot loop forever.
+        requeue = (request.acks_late and request.task.reject_on_worker_lost
+                   and not isinstance(exc, TimeLimitExceeded))
+        if requeue:
+            count = int(request.msg.headers.get("redelivered_count") or 0)
+            limit = self.app.conf.task_max_redeliveries
+            if count < limit:
+                self._redeliver(request, count + 1)
+                self.feed_pool()
+                return
+            exc = WorkerLostError(f"{exc}; given up after {count} redeliveries "
+                                  f"(task_max_redeliveries={limit})")
         self.events.task("task-failed", uuid=job.id, exception=repr(exc), traceback=None)
-        if request.acks_late and request.task.reject_on_worker_lost:
-            self.consumer.reject(request, requeue=True)
-        else:
-            try:
-                error = exc if isinstance(exc, BaseException) else WorkerLostError(str(exc))
-                self.app.backend.mark_as_failure(job.id, error, request=request.msg)
-            except TaskqError as err:
-                logger.debug("could not store the failure of %s: %s", job.id, err)
-            self.consumer.ack(request)
+        try:
+            self.app.backend.mark_as_failure(job.id, exc, request=request.msg)
+        except TaskqError as err:
+            logger.debug("could not store the failure of %s: %s", job.id, err)
+        self.consumer.ack(request)
         self.feed_pool()
+
+    def _redeliver(self, request: Request, count: int) -> None:
+        """Requeue a lost task with its redelivery count: publish a copy, then ack."""
+        msg = request.msg.evolve(headers={**request.msg.headers, "redelivered_count": count})
+        info = request.message.delivery_info or {}
+        try:
+            self.app.publish_message(
+                msg, queue=info.get("routing_key") or None,
+                exchange=info.get("exchange"), routing_key=info.get("routing_key"),
+                retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
+            )
+        except TaskqError as exc:
+            logger.warning("could not republish lost task %s (%s); requeueing it as it is",
+                           request.id, exc)
+            self.consumer.reject(request, requeue=True)
+            return
+        logger.warning("task %s[%s] requeued after its worker was lost (redelivery %d of %d)",
+                       request.name, request.id, count, self.app.conf.task_max_redeliveries)
+        self.consumer.ack(request)
 
     def on_job_unstarted(self, job: Job, request: Request | None = None) -> None:
         """A job the pool took but never started: run it elsewhere, or give it back."""
