@@ -145,10 +145,10 @@ def events(ctx: Context, app_spec: str | None, dump: bool, duration: float | Non
             last_draw[0] = time.monotonic()
             _draw(state)
 
-    with app.connection() as conn:
-        receiver = EventReceiver(conn, handlers={"*": on_event}, clock=app.clock)
-        with contextlib.suppress(KeyboardInterrupt):
-            receiver.capture(timeout=duration)
+    with app.connection() as conn, \
+            EventReceiver(conn, handlers={"*": on_event}, clock=app.clock) as receiver, \
+            contextlib.suppress(KeyboardInterrupt):
+        receiver.capture(timeout=duration)
     if not dump:
         _draw(state)
 

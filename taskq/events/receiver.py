@@ -36,6 +36,36 @@ class EventReceiver:
                            routing_key=routing_key, auto_delete=True, durable=False,
                            expires=60.0, message_ttl=300.0)
         self._batch: list[dict[str, Any]] = []
+        self._consumer: Consumer | None = None
+
+    def start(self) -> EventReceiver:
+        """Declare the queue and start consuming (``capture`` does it if needed); events sent
+        from then on are kept for this receiver until ``close``."""
+        if self._consumer is None:
+            self._consumer = Consumer(self.connection.channel(), queues=[self.queue],
+                                      callbacks=[self._on_message], no_ack=True,
+                                      accept=["json"])
+            self._consumer.consume()
+            # kombu's Redis transport subscribes to a fanout exchange on the first drain:
+            # do it now, so events sent after start() are not missed.
+            with contextlib.suppress(builtins.TimeoutError):
+                self.connection.drain_events(timeout=0.05)
+            self._dispatch_batch()
+        return self
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.cancel()
+            except Exception:  # the connection may be gone already; nothing to give back
+                pass
+            self._consumer = None
+
+    def __enter__(self) -> EventReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _on_message(self, body: Any, message: Message) -> None:
         if not isinstance(body, dict) or not isinstance(body.get("type"), str):
@@ -59,17 +89,15 @@ class EventReceiver:
         """Receive events until ``limit`` were handled, ``timeout`` passed or ``stop()``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         handled = 0
-        channel = self.connection.channel()
-        with Consumer(channel, queues=[self.queue], callbacks=[self._on_message],
-                      no_ack=True, accept=["json"]):
-            while limit is None or handled < limit:
-                if stop is not None and stop():
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                with contextlib.suppress(builtins.TimeoutError):
-                    self.connection.drain_events(
-                        timeout=0.5 if remaining is None else min(0.5, remaining))
-                handled += self._dispatch_batch()
+        self.start()
+        while limit is None or handled < limit:
+            if stop is not None and stop():
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            with contextlib.suppress(builtins.TimeoutError):
+                self.connection.drain_events(
+                    timeout=0.5 if remaining is None else min(0.5, remaining))
+            handled += self._dispatch_batch()
         return handled

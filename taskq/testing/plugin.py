@@ -225,10 +225,13 @@ class EventCapture:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="taskq-events")
         self._thread.start()
+        self._ready.wait(10)  # consuming before the test sends anything
 
     def _run(self) -> None:
+        self._receiver.start()
         self._ready.set()
         self._receiver.capture(stop=self._stop.is_set)
+        self._receiver.close()
 
     def of(self, task_id: str) -> list[str]:
         from taskq.testing.helpers import events_of

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
@@ -12,7 +14,8 @@ def taskq_app_spec() -> str:
 
 @pytest.fixture(scope="session")
 def taskq_worker_pool() -> str:
-    return "threads"
+    # SHOP_TEST_POOL lets CI run the same suite on every pool.
+    return os.environ.get("SHOP_TEST_POOL", "threads")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,69 @@
+"""taskq's pytest plugin, run as app teams run it (pytester), against the real Redis."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "shop"
+
+
+@pytest.fixture
+def broker_env(redis_url, monkeypatch):
+    monkeypatch.setenv("TASKQ_TEST_BROKER", redis_url)
+
+
+def test_fixture_names_never_clash_with_celery(pytester):
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess("--fixtures")
+    names = [line.split()[0] for line in result.outlines
+             if line and not line.startswith((" ", "-", "=")) and "--" in line]
+    ours = [n for n in names if "taskq" in n]
+    assert ours, result.stdout.str()
+    assert all(n.startswith("taskq_") for n in ours)
+    assert not any(n.startswith("celery_") for n in ours)
+
+
+def test_a_stuck_task_fails_the_test_naming_it_and_the_session_ends(pytester, broker_env):
+    pytester.makeconftest("""
+import pytest
+
+@pytest.fixture(scope="session")
+def taskq_worker_parameters():
+    return {"stop_timeout": 2.0, "concurrency": 1}
+""")
+    pytester.makepyfile("""
+import threading
+
+def test_stuck(taskq_app, taskq_worker):
+    forever = threading.Event()
+
+    @taskq_app.task(name="never_returns")
+    def never_returns():
+        forever.wait()
+
+    never_returns.delay()
+    import time
+    deadline = time.monotonic() + 10
+    while not taskq_worker.worker.dispatched and time.monotonic() < deadline:
+        time.sleep(0.01)
+""")
+    result = pytester.runpytest_subprocess(timeout=60)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*did not stop within 2.0 s; still running: never_returns*"])
+
+
+@pytest.mark.parametrize("pool", ["solo", "threads"])
+def test_the_example_project_passes(pool, redis_url):
+    env = {**os.environ, "TASKQ_TEST_BROKER": redis_url, "SHOP_TEST_POOL": pool}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"],
+        cwd=EXAMPLE, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout
