@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from shop import tasks
+
 from taskq.testing import assert_no_lost, wait_for
 from taskq.testing.strategies import IdempotencyMachine, task_args
 
