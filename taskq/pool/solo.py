@@ -29,7 +29,7 @@ class SoloPool(Pool):
         # Run from a fresh loop iteration, never inside the consumer's message callback:
         # the broker connection must not be re-entered while a task runs.
         self._running = job
-        self._loop.hub.call_soon(self._run, job)
+        self._loop.call_soon(self._run, job)
 
     def _run(self, job: Job) -> None:
         job.pid = os.getpid()

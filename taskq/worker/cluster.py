@@ -19,6 +19,7 @@ from kombu import Consumer, Queue
 from taskq import __version__
 from taskq.events.dispatcher import SW_IDENT, EventDispatcher, event_exchange
 from taskq.events.state import State
+from taskq.worker.consumer import connect_once
 from taskq.worker.steps import Step
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ class MingleStep(Step):
         try:
             with worker.app.connection() as conn:
                 conn.connect_timeout = 2.0
+                connect_once(conn)
                 replies = worker.control.mailbox(conn)._broadcast(
                     "hello", {"from_node": worker.hostname,
                               "revoked": worker.revoked.as_dict()},

@@ -9,6 +9,7 @@ timer with backoff. The pool keeps running throughout.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,16 @@ def _is_fatal(exc: BaseException) -> str | None:
     if name in {"AuthenticationError", "AuthenticationWrongNumberOfArgsError"}:
         return "Redis refused the password; check broker_url"
     return None
+
+
+def connect_once(conn: Connection) -> None:
+    """Open ``conn`` with a single attempt. kombu's ``connect()`` makes two, sleeping 2 s in
+    between, which would stall the loop on every reconnect attempt (we retry on a timer)."""
+    ensure = getattr(conn, "_ensure_connection", None)
+    if ensure is None:  # pragma: no cover - a kombu without it
+        conn.connect()
+    else:
+        ensure(max_retries=0, reraise_as_library_errors=False)
 
 
 class BrokerConsumer:
@@ -126,8 +137,15 @@ class BrokerConsumer:
         heartbeat = conf.broker_heartbeat or None
         conn = self.app.connection(self.url, heartbeat=heartbeat)
         conn.connect_timeout = min(conf.broker_connection_timeout, MAX_BLOCKING)
+        if conn.transport.driver_type == "redis":
+            # redis-py answers a failed read by reconnecting and reading again, and reads
+            # pub/sub sockets with no timeout (redis >= 8): in the loop, after the server
+            # kills our connections, that read blocks forever. Errors must reach the loop,
+            # which reconnects with its own bounded steps.
+            conn.transport_options = {**(conn.transport_options or {}),
+                                      "retry_on_timeout": False}
         self.connection = conn
-        conn.connect()
+        connect_once(conn)
         channel = conn.channel()
         consumer = KombuConsumer(channel, queues=self.queues, on_message=self._on_message,
                                  no_ack=False, auto_declare=True)
@@ -306,10 +324,36 @@ class BrokerConsumer:
             self._registration = None
         conn, self.connection = self.connection, None
         if conn is not None:
+            if self._consumer is not None:
+                with contextlib.suppress(Exception):
+                    self._consumer.cancel()
+                self._consumer = None
+            self._settle_inflight_fetch(conn)
             try:
                 conn.release()
             except Exception as exc:
                 logger.debug("closing the broker connection failed: %r", exc)
+
+    @staticmethod
+    def _settle_inflight_fetch(conn: Connection) -> None:
+        """Read the reply of a Redis BRPOP still in flight, while it can be requeued.
+
+        kombu's Redis channel keeps its BRPOP outstanding after the consumer is cancelled, so
+        a message pushed meanwhile (e.g. one we gave back at warm shutdown) is popped. On
+        ``release()`` the transport takes each channel off its list before closing it, and
+        the channel then reads that reply, finds no consumer and no channel to requeue on,
+        and drops the message. Reading it here, with the channels still listed, requeues it
+        (bounded by the BRPOP timeout, 1 s, and the socket timeout).
+        """
+        transport = conn.transport
+        if getattr(transport, "driver_type", None) != "redis":
+            return
+        for channel in list(getattr(transport, "channels", ())):
+            if getattr(channel, "_in_poll", None):
+                try:
+                    channel._brpop_read()
+                except Exception as exc:  # Empty (nothing came) or a dead connection
+                    logger.debug("settling the in-flight fetch: %r", exc)
 
 
 def queues_for(app: TaskQ, include: Sequence[str] | None, exclude: Sequence[str] | None

@@ -93,7 +93,7 @@ def revoke(worker: Worker, task_id: str | list[str], terminate: bool = False,
 
 @handler
 def shutdown(worker: Worker, **_: Any) -> dict[str, Any]:
-    worker.loop.hub.call_soon(worker.request_stop, True)
+    worker.loop.call_soon(worker.request_stop, True)
     return {"ok": "shutting down"}
 
 

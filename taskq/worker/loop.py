@@ -55,6 +55,22 @@ class Loop:
         self._signal_w: int | None = None
         self._signal_handlers: dict[int, Callable[[int], None]] = {}
         self._lag_expected = 0.0
+        # kombu's Hub does not look at callbacks added with call_soon() from inside the loop
+        # thread until its poll returns (up to a second later when no socket is busy): a
+        # byte on this pipe makes the poll return at once.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.hub.add_reader(self._wake_r, self._drain_wake)
+
+    # -- soon, from any thread ----------------------------------------------------------------
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` in the next loop iteration, without waiting for the poll."""
+        self.hub.call_soon(fn, *args)
+        with contextlib.suppress(BlockingIOError, OSError):  # full: a wakeup is pending
+            os.write(self._wake_w, b"\0")
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.read(self._wake_r, 4096)
 
     # -- cross-thread FIFO --------------------------------------------------------------------
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -64,7 +80,7 @@ class Loop:
             schedule = not self._post_scheduled
             self._post_scheduled = True
         if schedule:
-            self.hub.call_soon(self._drain_posted)
+            self.call_soon(self._drain_posted)
 
     def _drain_posted(self) -> None:
         while True:
@@ -161,6 +177,9 @@ class Loop:
                     os.close(fd)
             self._signal_r = self._signal_w = None
         self.hub.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _noop_handler(signum: int, frame: object) -> None:

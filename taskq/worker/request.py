@@ -79,7 +79,9 @@ class Request:
     ) -> Request:
         headers = message.headers if isinstance(message.headers, dict) else {}
         raw_id = headers.get("id")
-        task_id = raw_id if isinstance(raw_id, str) else None
+        if not isinstance(raw_id, str):  # protocol 2: the correlation id is the task id
+            raw_id = (message.properties or {}).get("correlation_id")
+        task_id = raw_id if isinstance(raw_id, str) and raw_id else None
         try:
             msg = decode(
                 message.body,

@@ -1,0 +1,81 @@
+"""The app the end-to-end worker tests run: ``taskq worker -A appmod`` (tests put this folder
+on PYTHONPATH). Every setting comes from TASKQ_* variables, so each test points it at its own
+broker keys, queues and result keys.
+
+Tasks that the tests need to observe from outside write a line to a *ledger* file (one
+``os.write`` per line, so lines never interleave): ``start <task id> <pid> <wall time>`` when
+they begin and ``end <task id>`` when they return. The ledger is independent of the broker and
+the backend under test.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from taskq import TaskQ
+
+app = TaskQ("appmod")
+
+
+def _note(ledger: str | None, line: str) -> None:
+    if not ledger:
+        return
+    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(bind=True)
+def stamp(self: Any, ledger: str | None = None) -> float:
+    """Return the wall time at which the task started."""
+    now = time.time()
+    _note(ledger, f"start {self.request.id} {os.getpid()} {now:.6f}")
+    return now
+
+
+@app.task(bind=True)
+def sleeper(self: Any, seconds: float, ledger: str | None = None) -> str:
+    _note(ledger, f"start {self.request.id} {os.getpid()} {time.time():.6f}")
+    time.sleep(seconds)
+    _note(ledger, f"end {self.request.id}")
+    return "slept"
+
+
+@app.task(bind=True, acks_late=True)
+def late_sleeper(self: Any, seconds: float, ledger: str | None = None) -> str:
+    _note(ledger, f"start {self.request.id} {os.getpid()} {time.time():.6f}")
+    time.sleep(seconds)
+    _note(ledger, f"end {self.request.id}")
+    return "slept-late"
+
+
+@app.task(bind=True, max_retries=5)
+def flaky(self: Any, failures: int, countdown: float, ledger: str | None = None) -> int:
+    """Fail ``failures`` times (retrying after ``countdown`` s), then return the retry count."""
+    _note(ledger, f"start {self.request.id} {os.getpid()} {time.time():.6f} "
+                  f"{self.request.retries}")
+    if self.request.retries < failures:
+        raise self.retry(exc=RuntimeError(f"attempt {self.request.retries} fails"),
+                         countdown=countdown)
+    return int(self.request.retries)
+
+
+@app.task
+def boom() -> None:
+    raise ValueError("boom")
+
+
+@app.task(bind=True)
+def record(self: Any, value: Any, ledger: str | None = None) -> Any:
+    """A link callback target: notes that it ran with the parent's result."""
+    _note(ledger, f"record {self.request.id} {value!r} parent={self.request.parent_id}")
+    return value
