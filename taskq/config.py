@@ -212,6 +212,8 @@ _SETTINGS: tuple[Setting, ...] = (
     Setting("worker_pool", "prefork", _choice("prefork", "solo", "threads"), "Pool kind."),
     Setting("worker_optimization", "fair", _choice("fair", "fast"),
             "fair: jobs go to idle children only; fast: children buffer a few jobs."),
+    Setting("worker_fast_queue_depth", 2, _number(int, 1),
+            "With -O fast: jobs a child may hold besides the one it runs."),
     Setting("worker_prefetch_multiplier", 4, _number(int, 0),
             "QoS prefetch = concurrency * this (0: unlimited)."),
     Setting("worker_max_tasks_per_child", None, _optional(_number(int, 1)),
