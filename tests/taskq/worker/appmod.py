@@ -79,3 +79,21 @@ def record(self: Any, value: Any, ledger: str | None = None) -> Any:
     """A link callback target: notes that it ran with the parent's result."""
     _note(ledger, f"record {self.request.id} {value!r} parent={self.request.parent_id}")
     return value
+
+
+@app.task(bind=True, acks_late=True, reject_on_worker_lost=True)
+def lossy_sleeper(self: Any, seconds: float, ledger: str | None = None) -> str:
+    """acks_late + reject_on_worker_lost: requeued when its child dies."""
+    _note(ledger, f"start {self.request.id} {os.getpid()} {time.time():.6f}")
+    time.sleep(seconds)
+    _note(ledger, f"end {self.request.id}")
+    return "survived"
+
+
+@app.task(bind=True, acks_late=True, reject_on_worker_lost=True)
+def poison(self: Any, ledger: str | None = None) -> None:
+    """Kills its own child every time: must stop after task_max_redeliveries."""
+    import signal
+
+    _note(ledger, f"start {self.request.id} {os.getpid()} {time.time():.6f}")
+    os.kill(os.getpid(), signal.SIGKILL)
