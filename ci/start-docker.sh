@@ -22,7 +22,8 @@ start_engine() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
     fi
     echo "ci: starting dockerd (log: $LOG)"
-    nohup dockerd --bridge=none --iptables=false >>"$LOG" 2>&1 </dev/null &
+    # setsid: the engine must outlive the shell (and process group) that started it.
+    setsid nohup dockerd --bridge=none --iptables=false >>"$LOG" 2>&1 </dev/null &
     local deadline=$((SECONDS + DEADLINE_S))
     until engine_up; do
         if ((SECONDS >= deadline)); then
