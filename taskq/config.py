@@ -344,12 +344,9 @@ class Config(Mapping[str, Any]):
         return type(default)(default) if isinstance(default, dict | list) else default
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        try:
-            return self[name]
-        except ConfigurationError as exc:
-            raise AttributeError(str(exc)) from None
+        if name.startswith("_") or name not in SETTINGS:
+            raise AttributeError(f"unknown setting {name!r}" + _suggest(name, SETTINGS))
+        return self[name]  # a bad environment value raises ConfigurationError, not this
 
     def __iter__(self) -> Iterator[str]:
         return iter(SETTINGS)

@@ -56,7 +56,7 @@ class DatabaseBackend(Backend):
                 engine = sa.create_engine(self.url, **options)
                 if self.url.startswith("sqlite"):
                     sa.event.listen(engine, "connect", _sqlite_pragmas)
-                _metadata.create_all(engine)
+                _create_tables(engine)
             except (sa.exc.SQLAlchemyError, ValueError) as exc:
                 raise ResultBackendError(
                     f"result backend db+{safe_url(self.url)}: cannot open the database: {exc}"
@@ -108,6 +108,15 @@ class DatabaseBackend(Backend):
         if self._engine is not None and self._pid == os.getpid():
             self._engine.dispose()
         self._engine = None
+
+
+def _create_tables(engine: sa.Engine) -> None:
+    """Create the table; another process creating it at the same moment is fine."""
+    try:
+        _metadata.create_all(engine)
+    except sa.exc.OperationalError as exc:
+        if "already exists" not in str(exc):
+            raise
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

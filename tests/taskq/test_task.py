@@ -1,0 +1,177 @@
+"""Tasks called directly and with apply(): the worker's semantics, no broker needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskq import Ignore, MaxRetriesExceededError, Reject, TaskQ
+
+
+@pytest.fixture
+def app():
+    return TaskQ("t", broker="memory://", environ={})
+
+
+def test_calling_a_task_runs_it_here(app):
+    @app.task
+    def add(a, b):
+        return a + b
+
+    assert add(2, 3) == 5
+    assert add.name.endswith(".add")
+
+
+def test_names_follow_module_main_or_explicit(app):
+    def fn():
+        return 1
+
+    fn.__module__ = "__main__"
+    assert app.task(fn).name == "t.fn"
+    assert app.task(name="custom")(lambda: 1).name == "custom"
+
+
+def test_apply_gives_success_and_failure_results(app):
+    @app.task
+    def div(a, b):
+        return a / b
+
+    ok = div.apply((6, 3))
+    assert (ok.state, ok.get()) == ("SUCCESS", 2)
+    bad = div.apply((1, 0))
+    assert bad.state == "FAILURE" and bad.failed()
+    assert isinstance(bad.result, ZeroDivisionError)
+    assert "ZeroDivisionError" in bad.traceback
+    with pytest.raises(ZeroDivisionError):
+        bad.get()
+    assert isinstance(bad.get(propagate=False), ZeroDivisionError)
+    with pytest.raises(ZeroDivisionError):
+        div.apply((1, 0), throw=True)
+
+
+def test_bound_tasks_see_their_request(app):
+    @app.task(bind=True)
+    def who(self, x):
+        r = self.request
+        return {"id": r.id, "args": list(r.args), "retries": r.retries,
+                "headers": dict(r.headers), "eager": r.is_eager, "root": r.root_id}
+
+    seen = who.apply((1,), task_id="tid", headers={"tenant": "acme"}).get()
+    assert seen == {"id": "tid", "args": [1], "retries": 0, "headers": {"tenant": "acme"},
+                    "eager": True, "root": "tid"}
+    assert who.request.id is None  # outside a call the request is empty
+
+
+def test_retry_reruns_with_retries_counted(app):
+    attempts = []
+
+    @app.task(bind=True, max_retries=3)
+    def flaky(self):
+        attempts.append(self.request.retries)
+        if self.request.retries < 2:
+            raise self.retry(countdown=10)
+        return "ok"
+
+    assert flaky.apply().get() == "ok"
+    assert attempts == [0, 1, 2]
+
+
+def test_retry_past_max_reraises_the_exception_or_max_retries(app):
+    @app.task(bind=True, max_retries=1)
+    def always(self, with_exc):
+        exc = KeyError("gone") if with_exc else None
+        raise self.retry(exc=exc, countdown=0)
+
+    assert isinstance(always.apply((True,)).result, KeyError)
+    assert isinstance(always.apply((False,)).result, MaxRetriesExceededError)
+
+
+def test_autoretry_backoff_follows_celery(app):
+    @app.task(autoretry_for=(IOError,), retry_backoff=True, retry_jitter=False,
+              retry_backoff_max=5, max_retries=10)
+    def net():
+        raise OSError("down")
+
+    assert [net.backoff_countdown(n) for n in range(5)] == [1, 2, 4, 5, 5]
+    attempts = []
+
+    @app.task(bind=True, autoretry_for=(OSError,), max_retries=2, retry_jitter=False)
+    def io(self):
+        attempts.append(self.request.retries)
+        raise OSError("still down")
+
+    result = io.apply()
+    assert attempts == [0, 1, 2] and isinstance(result.result, OSError)
+
+
+def test_ignore_and_reject_states(app):
+    @app.task
+    def ignored():
+        raise Ignore()
+
+    @app.task
+    def rejected():
+        raise Reject("bad input", requeue=False)
+
+    assert ignored.apply().state == "IGNORED"
+    assert rejected.apply().state == "REJECTED"
+
+
+def test_link_callbacks_run_with_the_result(app):
+    seen = []
+
+    @app.task
+    def double(x):
+        return x * 2
+
+    @app.task
+    def record(*args):
+        seen.append(args)
+
+    double.apply((4,), link=record.s("tag"))
+    double.apply((5,), link=record.si("fixed"))
+    assert seen == [(8, "tag"), ("fixed",)]
+
+
+def test_link_error_gets_the_failed_task_id(app):
+    seen = []
+
+    @app.task
+    def fail():
+        raise ValueError("x")
+
+    @app.task
+    def on_error(task_id):
+        seen.append(task_id)
+
+    fail.apply(task_id="f1", link_error=on_error.s())
+    assert seen == ["f1"]
+
+
+def test_unknown_options_are_rejected_with_a_suggestion(app):
+    with pytest.raises(TypeError, match="unknown task option 'queu'; did you mean 'queue'"):
+        app.task(queu="x")(lambda: 1)
+
+    @app.task
+    def add(a, b):
+        return a + b
+
+    with pytest.raises(TypeError, match="did you mean 'countdown'"):
+        add.apply_async((1, 2), countdwn=3)
+
+
+def test_bad_arguments_fail_before_publishing(app):
+    @app.task
+    def add(a, b):
+        return a + b
+
+    with pytest.raises(TypeError):
+        add.delay(1, 2, 3)  # memory:// is never reached: the call is checked first
+
+
+def test_retry_outside_a_worker_raises(app):
+    @app.task(bind=True)
+    def t(self):
+        return self.retry()
+
+    with pytest.raises(RuntimeError, match="outside a worker"):
+        t()
