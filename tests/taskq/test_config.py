@@ -63,7 +63,7 @@ def test_foreign_taskq_variables_are_left_alone():
 
 
 def test_bad_environment_value_names_variable_and_value():
-    with pytest.raises(ConfigurationError, match="TASKQ_WORKER_CONCURRENCY.*'many'"):
+    with pytest.raises(ConfigurationError, match=r"TASKQ_WORKER_CONCURRENCY.*'many'"):
         _ = Config(environ={"TASKQ_WORKER_CONCURRENCY": "many"}).worker_concurrency
 
 
