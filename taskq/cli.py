@@ -290,5 +290,8 @@ def bootsteps(ctx: Context, app_spec: str | None) -> None:
 
 from taskq import cli_ops as _cli_ops  # noqa: E402,F401 - registers the cluster commands
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+if __name__ == "__main__":  # pragma: no cover - `python -m taskq.cli`
+    # Run the imported module's group: this __main__ copy lacks the commands cli_ops added.
+    from taskq.cli import main as _main
+
+    _main()

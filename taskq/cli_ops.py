@@ -17,7 +17,7 @@ from taskq.cli import Context, _fail_cleanly, app_option, graph, main
 
 INSPECT_COMMANDS = ("active", "reserved", "scheduled", "revoked", "registered", "stats",
                     "conf", "clock", "active_queues", "query_task", "report", "ping")
-CONTROL_COMMANDS = ("revoke", "shutdown", "pool_grow", "pool_shrink", "autoscale",
+CONTROL_COMMANDS = ("revoke", "terminate", "shutdown", "pool_grow", "pool_shrink", "autoscale",
                     "pool_restart", "add_consumer", "cancel_consumer", "time_limit",
                     "enable_events", "disable_events", "rate_limit", "heartbeat")
 
@@ -221,7 +221,7 @@ def multi_start(count: int, prefix: str, folder: str, worker_args: tuple[str, ..
     os.makedirs(folder, exist_ok=True)
     for name in _names(count, prefix):
         pidfile = _pidfile(folder, name)
-        cmd = [sys.executable, "-c", "from taskq.cli import main; main()", "worker",
+        cmd = [sys.executable, "-m", "taskq", "worker",
                "-n", f"{name}@%h",
                "--pidfile", pidfile, "--logfile", os.path.join(folder, f"{name}.log"),
                "--detach", *worker_args]

@@ -92,6 +92,13 @@ def revoke(worker: Worker, task_id: str | list[str], terminate: bool = False,
 
 
 @handler
+def terminate(worker: Worker, signal: Any, task_id: str | list[str], **_: Any
+              ) -> dict[str, Any]:
+    """Celery's ``control terminate SIGNAL ID``: revoke and signal the running task."""
+    return revoke(worker, task_id, terminate=True, signal=signal)
+
+
+@handler
 def shutdown(worker: Worker, **_: Any) -> dict[str, Any]:
     worker.loop.call_soon(worker.request_stop, True)
     return {"ok": "shutting down"}

@@ -1,0 +1,158 @@
+"""Cluster operations against live workers: the real Celery tools, mingle, gossip, the
+logical clock, and --statedb across a restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from e2e_support import Broker, Ledger, StartWorker, wait_until
+
+from taskq.events import EventReceiver
+
+HERE = Path(__file__).parent
+
+
+def celery(broker: Broker, *args: str, timeout: float = 60) -> str:
+    env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "CELERY_EQUIV_BROKER": broker.url,
+           "CELERY_EQUIV_OPTIONS": broker.env.get("TASKQ_BROKER_TRANSPORT_OPTIONS", "{}")}
+    proc = subprocess.run([sys.executable, "-m", "celery", "-A", "celery_equiv", *args],
+                          env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    return proc.stdout + proc.stderr
+
+
+def test_celery_inspect_and_control_work_against_a_taskq_worker(
+        broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
+    w = worker(broker, pool="prefork", concurrency=1)
+    client = broker.app()
+    running = client.send_task("appmod.sleeper", (20, str(ledger)))
+    [(child, _)] = ledger.wait_started(running.id)
+    dest = ["-d", w.hostname, "--timeout", "3"]
+    assert "pong" in celery(broker, "inspect", "ping", *dest)
+    active = celery(broker, "inspect", "active", *dest)
+    assert running.id in active and str(child) in active
+    stats = celery(broker, "inspect", "stats", "--json", *dest)
+    assert json.loads(stats.strip().splitlines()[-1])[w.hostname]["pool"]["processes"] == [child]
+    assert "clock" in celery(broker, "inspect", "clock", *dest)
+    out = celery(broker, "control", "terminate", "KILL", running.id, *dest)
+    assert "terminated and revoked" in out, out
+    wait_until(lambda: running.state == "FAILURE", timeout=10, what="terminated task failed")
+
+
+def test_celery_events_dump_shows_taskq_events(amqp_broker: Broker, worker: StartWorker
+                                               ) -> None:
+    w = worker(amqp_broker, pool="threads", args=["-E"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "celery_equiv", "events", "--dump"],
+        env={**os.environ, "PYTHONPATH": str(HERE), "CELERY_EQUIV_BROKER": amqp_broker.url},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = amqp_broker.app()
+        seen: list[str] = []
+        assert proc.stdout is not None
+
+        def saw_task() -> bool:
+            client.send_task("appmod.add", (1, 2)).get(timeout=10)
+            line = proc.stdout.readline()
+            seen.append(line)
+            return any(w.hostname in s and "task succeeded" in s for s in seen)
+
+        wait_until(saw_task, timeout=30, what="celery events --dump showing a taskq task")
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+def test_mingle_hands_revoked_ids_and_clock_to_a_new_worker(
+        redis_broker: Broker, worker: StartWorker) -> None:
+    a = worker(redis_broker, pool="threads", mingle=True)
+    client = redis_broker.app()
+    client.control.revoke("revoked-before-b", destination=[a.hostname], reply=True)
+    clock_a = client.control.broadcast("clock", destination=[a.hostname], reply=True)
+    b = worker(redis_broker, pool="threads", mingle=True)
+    b.wait_log(rf"mingle: synced with .*{a.hostname}")
+    revoked = client.control.broadcast("revoked", destination=[b.hostname], reply=True)
+    assert "revoked-before-b" in revoked[0][b.hostname]
+    clock_b = client.control.broadcast("clock", destination=[b.hostname], reply=True)
+    assert clock_b[0][b.hostname]["clock"] > clock_a[0][a.hostname]["clock"]
+
+
+def test_gossip_notices_a_killed_neighbour_within_three_heartbeats(
+        redis_broker: Broker, worker: StartWorker) -> None:
+    a = worker(redis_broker, pool="threads", mingle=True)
+    b = worker(redis_broker, pool="threads", mingle=True)
+    a.wait_log(r"ready", timeout=10)
+    wait_until(lambda: b.hostname in _neighbours(redis_broker, a.hostname), timeout=10,
+               what="a follows b's heartbeats")
+    b.kill()
+    a.wait_log(rf"neighbour {b.hostname} missed its heartbeats", timeout=6.5)
+
+
+def _neighbours(broker: Broker, hostname: str) -> str:
+    # Gossip logs each neighbour once it is gone; before that, a worker's stats name none.
+    # A heartbeat seen is enough here: ask the events stream directly.
+    client = broker.app()
+    seen: list[str] = []
+    with client.connection() as conn, EventReceiver(
+            conn, handlers={"worker-heartbeat": lambda e: seen.append(e["hostname"])}) as r:
+        r.capture(limit=2, timeout=5)
+    return " ".join(seen)
+
+
+def test_logical_clock_orders_events_from_two_workers(
+        redis_broker: Broker, worker: StartWorker) -> None:
+    worker(redis_broker, pool="threads", args=["-E"], mingle=True)
+    worker(redis_broker, pool="threads", args=["-E"], mingle=True)
+    client = redis_broker.app()
+    events: list[dict] = []
+    with client.connection() as conn, EventReceiver(
+            conn, handlers={"*": events.append}) as receiver:
+        ids = [client.send_task("appmod.add", (i, i)).id for i in range(6)]
+        receiver.capture(timeout=8, stop=lambda: sum(
+            e["type"] == "task-succeeded" for e in events) >= 6)
+    hosts = {e["hostname"] for e in events if e.get("uuid") in ids}
+    assert len(hosts) >= 1
+    for task_id in ids:
+        mine = [e for e in events if e.get("uuid") == task_id]
+        order = [e["type"] for e in sorted(mine, key=lambda e: e["clock"])]
+        assert order.index("task-received") < order.index("task-started") < order.index(
+            "task-succeeded")
+
+
+def test_statedb_keeps_revoked_ids_across_a_restart(
+        redis_broker: Broker, worker: StartWorker, ledger: Ledger, tmp_path: Path) -> None:
+    statedb = str(tmp_path / "worker.state")
+    a = worker(redis_broker, pool="threads", args=["--statedb", statedb], node="sdb@%h")
+    client = redis_broker.app()
+    client.control.revoke("doomed-id", destination=[a.hostname], reply=True)
+    assert a.stop() == 0
+    b = worker(redis_broker, pool="threads", args=["--statedb", statedb], node="sdb@%h")
+    client.send_task("appmod.stamp", (str(ledger),), task_id="doomed-id")
+    b.wait_log(r"discarded revoked task appmod\.stamp\[doomed-id\]|rejected message doomed-id")
+    assert ledger.starts("doomed-id") == []
+    assert client.AsyncResult("doomed-id").state == "REVOKED"
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_taskq_control_and_inspect_cli(broker: Broker, worker: StartWorker) -> None:
+    w = worker(broker, pool="prefork", concurrency=1)
+    env = {**os.environ, **broker.env, "PYTHONPATH": str(HERE)}
+    base = [sys.executable, "-m", "taskq.cli"]
+
+    def run(*args: str) -> str:
+        proc = subprocess.run([*base, *args, "-A", "appmod"], env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+        return proc.stdout + proc.stderr
+
+    assert "pong" in run("inspect", "ping", "-d", w.hostname)
+    assert "appmod.add" in run("inspect", "registered", "-d", w.hostname)
+    run("control", "pool_grow", "1", "-d", w.hostname)
+    wait_until(lambda: '"max-concurrency": 2' in run("inspect", "stats", "-j", "-d",
+                                                      w.hostname),
+               timeout=10, what="pool grown")
+    assert w.hostname in run("status")
