@@ -93,15 +93,25 @@ class RPCBackend(Backend):
                 self._results[task_id] = body
 
     def _drain(self, timeout: float) -> None:
-        self._ensure_consumer()
-        assert self._conn is not None
-        try:
-            self._conn.drain_events(timeout=timeout)
-        except builtins.TimeoutError:
-            pass
-        except self._conn.connection_errors as exc:
-            self._conn, self._consumer = None, None
-            raise ResultBackendError(f"rpc backend: lost the broker connection: {exc}") from exc
+        for attempt in (1, 2):
+            self._ensure_consumer()
+            assert self._conn is not None
+            try:
+                self._conn.drain_events(timeout=timeout)
+                return
+            except builtins.TimeoutError:
+                return
+            except (*self._conn.connection_errors, OSError) as exc:
+                # Reconnect once and redeclare the same reply queue: replies sent while it
+                # was gone are lost (rpc:// results are not persistent), later ones arrive.
+                conn, self._conn, self._consumer = self._conn, None, None
+                try:
+                    conn.collect()
+                except Exception:
+                    pass
+                if attempt == 2:
+                    raise ResultBackendError(
+                        f"rpc backend: lost the broker connection: {exc}") from exc
 
     def _get(self, task_id: str) -> Meta | None:
         self._drain(0.01)

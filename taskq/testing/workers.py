@@ -121,6 +121,9 @@ class SubprocessWorker:
         if queues:
             self.cmd += ["-Q", ",".join(queues)]
         self.env = {**os.environ, **(env or {})}
+        # The subprocess must import the app from where the tests run, as pytest does.
+        paths = [os.getcwd(), *[p for p in sys.path if p and os.path.isdir(p)]]
+        self.env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> SubprocessWorker:

@@ -78,3 +78,16 @@ class ChargeIsIdempotent(IdempotencyMachine):
 
 TestChargeIsIdempotent = ChargeIsIdempotent.TestCase
 TestChargeIsIdempotent.settings = settings(max_examples=20, stateful_step_count=10)
+
+
+@pytest.mark.taskq(worker_pool="prefork")
+def test_report_is_rerun_when_its_child_is_killed(taskq_app, taskq_worker, taskq_chaos,
+                                                  tmp_path):
+    """acks_late + reject_on_worker_lost: kill the child running my task; it runs again."""
+    from chaos import wait_until
+
+    marker = tmp_path / "first-run"
+    result = tasks.build_report.delay(30, str(marker))
+    wait_until(marker.exists, timeout=20, what="the report started")
+    taskq_chaos.kill_child(running=result.id)
+    assert result.get(timeout=30)["rerun"] is True

@@ -59,9 +59,11 @@ def test_stuck(taskq_app, taskq_worker):
     result.stdout.fnmatch_lines(["*did not stop within 2.0 s; still running: never_returns*"])
 
 
-@pytest.mark.parametrize("pool", ["solo", "threads"])
-def test_the_example_project_passes(pool, redis_url):
-    env = {**os.environ, "TASKQ_TEST_BROKER": redis_url, "SHOP_TEST_POOL": pool}
+@pytest.mark.parametrize("broker", ["redis", "amqp"])
+@pytest.mark.parametrize("pool", ["solo", "threads", "prefork"])
+def test_the_example_project_passes(pool, broker, request):
+    url = request.getfixturevalue(f"{broker}_url")
+    env = {**os.environ, "TASKQ_TEST_BROKER": url, "SHOP_TEST_POOL": pool}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"],
         cwd=EXAMPLE, env=env, capture_output=True, text=True, timeout=300, check=False)
