@@ -21,3 +21,13 @@ def taskq_worker_pool() -> str:
 @pytest.fixture(scope="session")
 def taskq_worker_parameters() -> dict[str, object]:
     return {"concurrency": 2}
+
+
+@pytest.fixture(scope="session")
+def taskq_config() -> dict[str, object]:
+    return {"result_expires": 600}
+
+
+@pytest.fixture(scope="session")
+def taskq_includes() -> tuple[str, ...]:
+    return ("shop.tasks",)

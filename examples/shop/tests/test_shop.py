@@ -91,3 +91,29 @@ def test_report_is_rerun_when_its_child_is_killed(taskq_app, taskq_worker, taskq
     wait_until(marker.exists, timeout=20, what="the report started")
     taskq_chaos.kill_child(running=result.id)
     assert result.get(timeout=30)["rerun"] is True
+
+
+@pytest.mark.taskq(worker_pool="prefork")
+def test_a_frozen_child_finishes_after_it_thaws(taskq_app, taskq_worker, taskq_chaos):
+    import time
+
+    result = tasks.build_report.delay(0.5)
+    started = time.monotonic()
+    taskq_chaos.freeze_child(1.0, running=result.id)
+    assert result.get(timeout=20)["rerun"] is False
+    assert time.monotonic() - started >= 1.0
+
+
+def test_worker_recovers_from_a_black_holed_broker(taskq_chaos, taskq_app, taskq_worker):
+    assert tasks.add.delay(1, 2).get(timeout=10) == 3
+    taskq_chaos.blackhole_broker(1.0)
+    assert tasks.add.delay(2, 3).get(timeout=30) == 5
+
+
+@pytest.mark.taskq_private_broker
+def test_worker_survives_a_broker_restart(taskq_chaos, taskq_app, taskq_worker):
+    if taskq_chaos.scheme != "redis":
+        pytest.skip("restart_broker runs a private redis-server")
+    assert tasks.add.delay(1, 1).get(timeout=10) == 2
+    taskq_chaos.restart_broker()
+    assert tasks.add.delay(3, 3).get(timeout=30) == 6
