@@ -97,3 +97,13 @@ def poison(self: Any, ledger: str | None = None) -> None:
 
     _note(ledger, f"start {self.request.id} {os.getpid()} {time.time():.6f}")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(bind=True, ignore_result=True)
+def tick(self: Any, seconds: float, ledger: str | None = None, blob: str = "") -> int:
+    """Load tests: note start (with pid) and end; optionally carry a big argument."""
+    _note(ledger, f"start {self.request.id} {os.getpid()} {time.time():.6f}")
+    if seconds:
+        time.sleep(seconds)
+    _note(ledger, f"end {self.request.id}")
+    return len(blob)
