@@ -46,7 +46,7 @@ def test_fair_short_tasks_do_not_wait_behind_a_long_one(
     starts = {p[1]: float(p[3]) for p in ledger.lines() if p[0] == "start" and p[1] in sent}
     assert long.id not in _ended(ledger), "the long task should still be running"
     waits = sorted(starts[i] - sent[i] for i in sent)
-    assert waits[-1] < 0.5 + 0.02 * len(sent), waits  # 20 × 10 ms back to back at most
+    assert waits[-1] < 0.5 + 0.02 * len(sent), waits  # 20 x 10 ms back to back at most
 
 
 @pytest.mark.parametrize("optimization", ["fair", "fast"])
