@@ -55,9 +55,15 @@ def transport_options(conf: Config, url: str) -> dict[str, Any]:
 def make_connection(conf: Config, url: str | None = None, *, heartbeat: float | None = None
                     ) -> Connection:
     url = url or broker_url(conf)
+    transport = None
+    if _scheme(url) in {"redis", "rediss"}:
+        from taskq.transports.redis import Transport as LeaseTransport
+
+        transport = LeaseTransport  # leases: a dead worker's messages come back promptly
     try:
         return Connection(
             url,
+            transport=transport,
             connect_timeout=conf.broker_connection_timeout,
             transport_options=transport_options(conf, url),
             failover_strategy=conf.broker_failover_strategy,

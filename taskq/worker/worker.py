@@ -238,6 +238,12 @@ class Worker:
     def shutdown(self) -> None:
         if not self.warm:
             self.pool.terminate()
+            # The tasks cut short were never acked if acks_late: hand them back now rather
+            # than after the broker notices (AMQP) or the lease runs out (Redis).
+            for request in list(self.dispatched.values()):
+                if request.acks_late and not request.acknowledged:
+                    self.consumer.reject(request, requeue=True)
+            self.dispatched.clear()
         for step in reversed(self._started_steps):
             try:
                 step.stop(self)

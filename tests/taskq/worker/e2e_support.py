@@ -151,7 +151,9 @@ def make_broker(kind: str) -> Broker:
         "TASKQ_RESULT_EXPIRES": "600",
     }
     if kind == "redis":
-        env["TASKQ_BROKER_TRANSPORT_OPTIONS"] = json.dumps({"global_keyprefix": f"{name}:"})
+        # A short lease, so a dead worker's messages come back within seconds here.
+        env["TASKQ_BROKER_TRANSPORT_OPTIONS"] = json.dumps(
+            {"global_keyprefix": f"{name}:", "lease_timeout": 4, "restore_interval": 0.5})
     return Broker(kind=kind, url=url, name=name, env=env)
 
 

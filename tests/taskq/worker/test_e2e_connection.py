@@ -104,15 +104,11 @@ def test_worker_reconnects_within_5s_and_running_tasks_finish(
     assert w.alive()
 
 
-REDIS_LEASES = pytest.mark.xfail(
-    reason="needs taskq's Redis lease transport: kombu's Redis transport leaves the reserved "
-           "messages of a lost connection in its unacked hash until visibility_timeout (1 h) "
-           "unless its channel-close path happens to restore them", strict=False)
 
 
 @pytest.mark.parametrize("broker", [
     "amqp",
-    pytest.param("redis", marks=[REDIS_LEASES, pytest.mark.slow]),
+    "redis",
 ], indirect=True)
 def test_reserved_tasks_of_a_lost_connection_are_redelivered_and_run_once(
         broker: Broker, worker: StartWorker, ledger: Ledger) -> None:

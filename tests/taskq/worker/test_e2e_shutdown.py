@@ -13,15 +13,10 @@ from e2e_support import Broker, Ledger, StartWorker, wait_until
 
 from taskq import states
 
-REDIS_LEASES = pytest.mark.xfail(
-    reason="needs taskq's Redis lease transport: kombu's Redis transport restores an "
-           "unacked message only after visibility_timeout (1 h), so a SIGKILLed worker's "
-           "acks_late task stays in the unacked hash", strict=False)
-
 
 @pytest.mark.parametrize("broker", [
     "amqp",
-    pytest.param("redis", marks=[REDIS_LEASES, pytest.mark.slow]),
+    "redis",
 ], indirect=True)
 def test_acks_late_task_is_redelivered_after_the_worker_is_killed(
         broker: Broker, worker: StartWorker, ledger: Ledger) -> None:

@@ -1,0 +1,1 @@
+"""kombu transports that taskq ships: Redis with leases (``taskq.transports.redis``)."""
