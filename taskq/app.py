@@ -79,6 +79,8 @@ class TaskQ:
         self._backend_pid = 0
         self._local = threading.local()
         self._control: Control | None = None
+        self.steps: list[Any] = []
+        """Extra worker steps (``taskq.worker.steps.Step`` instances) every worker runs."""
         self.clock = LamportClock()
         """The logical clock of this process (events, remote control, mingle)."""
 

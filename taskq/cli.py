@@ -285,7 +285,10 @@ def bootsteps(ctx: Context, app_spec: str | None) -> None:
     from taskq.worker.steps import to_dot
     from taskq.worker.worker import default_steps
 
-    click.echo(to_dot(default_steps()), nl=False)
+    steps = default_steps()
+    if app_spec:
+        steps += ctx.load_app(app_spec).steps
+    click.echo(to_dot(steps), nl=False)
 
 
 from taskq import cli_ops as _cli_ops  # noqa: E402,F401 - registers the cluster commands

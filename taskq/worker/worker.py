@@ -184,7 +184,7 @@ class Worker:
             on_lost=self.on_connection_lost, on_fatal=self.on_fatal,
         )
         self.control = ControlNode(self)
-        self.steps = order([*default_steps(), *steps])
+        self.steps = order([*default_steps(), *app.steps, *steps])
         self._started_steps: list[Step] = []
 
     def _check_security(self) -> None:

@@ -107,3 +107,21 @@ def tick(self: Any, seconds: float, ledger: str | None = None, blob: str = "") -
         time.sleep(seconds)
     _note(ledger, f"end {self.request.id}")
     return len(blob)
+
+
+class AuditStep:
+    """A user's own worker step: it runs after the consumer and notes that it started."""
+
+    name = "audit"
+    requires = ("consumer",)
+
+    def start(self, worker: Any) -> None:
+        import logging
+
+        logging.getLogger("appmod").warning("audit step started on %s", worker.hostname)
+
+    def stop(self, worker: Any) -> None:
+        return None
+
+
+app.steps.append(AuditStep())

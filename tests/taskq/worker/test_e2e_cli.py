@@ -213,3 +213,17 @@ def test_remote_control_shutdown_stops_the_worker_warmly(
     assert w.wait_exit(10) == 0
     assert running.get(timeout=5) == "slept"
     assert "warm shutdown" in w.log()
+
+
+def test_a_users_own_step_runs_and_shows_in_the_graph(redis_broker, worker) -> None:
+    import os
+    import subprocess
+    import sys
+
+    w = worker(redis_broker, pool="threads")
+    w.wait_log(r"audit step started on " + w.hostname.replace(".", r"\."))
+    env = {**os.environ, **redis_broker.env,
+           "PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}
+    dot = subprocess.run([sys.executable, "-m", "taskq", "graph", "bootsteps", "-A", "appmod"],
+                         env=env, capture_output=True, text=True, timeout=30, check=True).stdout
+    assert '"audit" -> "consumer";' in dot
