@@ -129,3 +129,31 @@ def test_warm_shutdown_waits_for_a_long_task(broker: Broker, worker: StartWorker
     assert ledger.ended(running.id)
     assert running.get(timeout=5) == "slept"
     wait_until(lambda: "stopped" in a.log(), 5, "the stopped line")
+
+
+def test_hup_restarts_in_place_and_consumes_again(
+        redis_broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
+    w = worker(redis_broker, pool="threads")
+    offset = len(w.log())
+    w.signal(signal.SIGHUP)
+    w.wait_log(r"restarting in place", after=offset)
+    w.wait_log(r"ready: pool=threads", after=offset + 1)
+    assert w.alive()
+    client = redis_broker.app()
+    result = client.send_task("appmod.stamp", (str(ledger),))
+    result.get(timeout=10)
+    [(pid, _)] = ledger.starts(result.id)
+    assert pid == w.pid  # the same process, exec'd in place
+
+
+def test_soft_shutdown_timeout_lets_a_short_task_finish_on_a_cold_shutdown(
+        redis_broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
+    w = worker(redis_broker, pool="threads", concurrency=1, args=["--soft-shutdown-timeout",
+                                                                  "5"])
+    client = redis_broker.app()
+    running = client.send_task("appmod.sleeper", (1.0, str(ledger)))
+    ledger.wait_started(running.id)
+    w.signal(signal.SIGQUIT)
+    assert w.wait_exit(10) == 0
+    assert ledger.ended(running.id)
+    assert running.get(timeout=5) == "slept"
