@@ -79,6 +79,10 @@ class Pool(ABC):
 
     kind = "base"
 
+    on_capacity: Callable[[], None] | None = None
+    """Set by the worker (optional): called when ``can_accept()`` may have become true other
+    than through a callback above, e.g. a new pool child became ready."""
+
     def __init__(
         self,
         app: TaskQ,

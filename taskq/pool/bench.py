@@ -1,15 +1,22 @@
 """Measure lost-process detection: ``python -m taskq.pool.bench --kills 500``.
 
-For each kill of a child running a task it records: SIGKILL → pidfd readable (the kernel
-reports the death once the child's memory is freed), pidfd readable → job marked lost (the
-pool's own work), SIGKILL → lost, and SIGKILL → replacement child ready; with the children's
-RSS. A benchmark, not a test: it prints figures.
+For each SIGKILL of a child running a task it records, from outside the pool (the benchmark
+holds its own pidfd on the child):
+
+- kill → pidfd readable: the kernel's part (it reports a death once the memory is freed);
+- pidfd readable → job marked lost (``on_lost`` called): the pool's part, one loop iteration;
+- kill → lost, and kill → replacement child ready (``on_capacity``);
+
+with the children's RSS. A benchmark, not a test: ``run()`` returns the figures (the stress
+bench can call it) and ``main()`` prints them as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import select
 import signal
 import statistics
 import time
@@ -20,7 +27,7 @@ import psutil
 
 from taskq import TaskQ
 from taskq.pool.base import Job
-from taskq.pool.prefork import Child, PreforkPool
+from taskq.pool.prefork import PreforkPool
 from taskq.protocol import TaskMessage
 from taskq.worker.loop import Loop
 
@@ -41,35 +48,25 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run(kills: int, concurrency: int, mib: int) -> dict[str, Any]:
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(statistics.median(values) * 1000, 3),
+            "p99_ms": round(_pct(values, 0.99) * 1000, 3),
+            "max_ms": round(max(values) * 1000, 3)}
+
+
+def run(kills: int = 500, concurrency: int = 2, mib: int = 0,
+        use_pidfd: bool = True) -> dict[str, Any]:
     loop = Loop()
-    marks: dict[str, float] = {}
     lost_at: list[float] = []
-    t_readable: list[float] = []
-    t_pool: list[float] = []
-    t_lost: list[float] = []
-    t_ready: list[float] = []
-    rss: list[int] = []
+    ready_at: list[float] = []
 
     def on_lost(job: Job, exc: BaseException) -> None:
         lost_at.append(time.monotonic())
 
-    pool = PreforkPool(app, concurrency=concurrency, hostname="bench",
+    pool = PreforkPool(app, concurrency=concurrency, hostname="bench", use_pidfd=use_pidfd,
                        on_started=lambda j, p: None, on_done=lambda j, r: None,
                        on_lost=on_lost, on_unstarted=lambda j: None)
-    original_exit, original_handle = pool._on_exit, pool._handle
-
-    def timed_exit(child: Child) -> None:
-        marks["readable"] = time.monotonic()
-        original_exit(child)
-
-    def timed_handle(child: Child, frame: tuple[Any, ...]) -> None:
-        if frame[0] == "ready" and "kill" in marks and "ready" not in marks:
-            marks["ready"] = time.monotonic()
-        original_handle(child, frame)
-
-    pool._on_exit = timed_exit  # type: ignore[method-assign]
-    pool._handle = timed_handle  # type: ignore[method-assign]
+    pool.on_capacity = lambda: ready_at.append(time.monotonic())
     pool.start(loop)
     iterate = loop.iterate_handling(lambda exc: False)
 
@@ -77,59 +74,67 @@ def run(kills: int, concurrency: int, mib: int) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while not pred():
             if time.monotonic() > deadline:
-                raise RuntimeError("benchmark stalled")
+                raise RuntimeError(f"benchmark stalled: {pool.info()}")
             next(iterate)
 
-    def ready_count() -> int:
-        return sum(1 for c in pool.children.values() if c.ready)
+    def full() -> bool:
+        return sum(1 for c in pool.children.values() if c.ready) == concurrency
 
-    until(lambda: ready_count() == concurrency)
-    for _ in range(kills):
-        job = Job(msg=TaskMessage(task="bench.hold", id=str(uuid.uuid4()), args=(mib,)))
-        until(pool.can_accept)
-        pool.apply(job)
-        until(lambda job=job: job.pid is not None)
-        assert job.pid is not None
-        if mib:
-            until(lambda job=job: psutil.Process(job.pid).memory_info().rss > mib << 20)
-        rss.append(psutil.Process(job.pid).memory_info().rss)
-        marks.clear()
-        count = len(lost_at)
-        marks["kill"] = time.monotonic()
-        os.kill(job.pid, signal.SIGKILL)
-        until(lambda count=count: len(lost_at) > count and "ready" in marks)
-        t_readable.append(marks["readable"] - marks["kill"])
-        t_pool.append(lost_at[-1] - marks["readable"])
-        t_lost.append(lost_at[-1] - marks["kill"])
-        t_ready.append(marks["ready"] - marks["kill"])
-        until(lambda: ready_count() == concurrency)
-    pool.terminate()
-    loop.close()
-
-    def summary(values: list[float]) -> dict[str, float]:
-        return {"p50_ms": round(statistics.median(values) * 1000, 3),
-                "p99_ms": round(_pct(values, 0.99) * 1000, 3),
-                "max_ms": round(max(values) * 1000, 3)}
-
+    t_readable: list[float] = []
+    t_pool: list[float] = []
+    t_lost: list[float] = []
+    t_ready: list[float] = []
+    rss: list[int] = []
+    try:
+        until(full)
+        for _ in range(kills):
+            job = Job(msg=TaskMessage(task="bench.hold", id=str(uuid.uuid4()), args=(mib,)))
+            until(pool.can_accept)
+            pool.apply(job)
+            until(lambda job=job: job.pid is not None)
+            assert job.pid is not None
+            proc = psutil.Process(job.pid)
+            if mib:
+                until(lambda proc=proc: proc.memory_info().rss > mib << 20)
+            rss.append(proc.memory_info().rss)
+            lost_count, ready_count = len(lost_at), len(ready_at)
+            pidfd = os.pidfd_open(job.pid)
+            try:
+                poller = select.poll()
+                poller.register(pidfd, select.POLLIN)
+                killed = time.monotonic()
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                poller.poll(10_000)
+                readable = time.monotonic()
+            finally:
+                os.close(pidfd)
+            until(lambda n=lost_count: len(lost_at) > n)
+            until(lambda n=ready_count: len(ready_at) > n and full())
+            t_readable.append(readable - killed)
+            t_pool.append(lost_at[-1] - readable)
+            t_lost.append(lost_at[-1] - killed)
+            t_ready.append(ready_at[ready_count] - killed)
+    finally:
+        pool.terminate()
+        loop.close()
     return {
-        "kills": kills, "concurrency": concurrency,
+        "kills": kills, "concurrency": concurrency, "pidfd": use_pidfd,
         "child_rss_mib_median": round(statistics.median(rss) / 2**20, 1),
-        "kill_to_pidfd_readable": summary(t_readable),
-        "pidfd_readable_to_lost": summary(t_pool),
-        "kill_to_lost": summary(t_lost),
-        "kill_to_replacement_ready": summary(t_ready),
+        "kill_to_pidfd_readable": _summary(t_readable),
+        "pidfd_readable_to_lost": _summary(t_pool),
+        "kill_to_lost": _summary(t_lost),
+        "kill_to_replacement_ready": _summary(t_ready),
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--mib", type=int, default=0, help="memory each child holds")
+    parser.add_argument("--no-pidfd", action="store_true", help="measure the EOF fallback")
     args = parser.parse_args()
-    import json
-
-    print(json.dumps(run(args.kills, args.concurrency, args.mib), indent=2))
+    print(json.dumps(run(args.kills, args.concurrency, args.mib, not args.no_pidfd), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,19 @@
-"""The pool child: read a job, say ``started``, run it, say ``done``; exit when told or when
-recycled (max tasks / max memory).
+"""The pool child: read a job, say ``started``, run it, say ``done``; leave at EOF on its job
+pipe (the parent's way to say "finish what you have, then exit") or when recycled (max tasks,
+max memory: ``exiting`` follows ``done`` and no further job is read).
 
-It starts as a fork of the worker's main process and cleans up what it inherited: it dies
-with its parent (PR_SET_PDEATHSIG, then a ``getppid()`` check), ignores SIGINT, closes every
-inherited fd but its own pipe pair, stdio and log files, keeps the parent's client objects
-referenced (so no finalizer touches a socket that is not its own), and leaves with
-``os._exit``.
+It starts as a fork of the worker's main process and cleans up what it inherited, in this
+order: die with the parent (PR_SET_PDEATHSIG, then a ``getppid()`` check, since the parent may
+have died before the prctl), reset the parent's signal handling, release every inherited fd
+but its own pipe pair, stdio and log files, forget multiprocessing's finalizers. It never
+runs the parent's cleanup: the parent's client objects stay referenced and their sockets are
+replaced by /dev/null (not closed), so even a stray finalizer can close nothing of the
+child's own; it leaves with ``os._exit`` after the ``worker_process_shutdown`` hooks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import faulthandler
 import logging
@@ -18,9 +22,10 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
+from taskq import states
 from taskq.errors import SoftTimeLimitExceeded
 from taskq.pool.base import Job, JobResult, run_job
-from taskq.pool.ipc import read_frame_blocking, write_frame_blocking
+from taskq.pool.ipc import read_frame, write_frames
 
 if TYPE_CHECKING:
     from taskq.app import TaskQ
@@ -28,115 +33,163 @@ if TYPE_CHECKING:
 logger = logging.getLogger("taskq.pool.child")
 
 PR_SET_PDEATHSIG = 1
+# Loaded in the parent at import, so that a child does not pay for a dlopen.
+try:
+    _LIBC: Any = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - no libc to speak of
+    _LIBC = None
+
 _KEEPALIVE: list[Any] = []  # the parent's clients: referenced forever, never finalized here
 
 
 class _State:
-    running = False
+    in_task = False
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the prctl took effect
         os._exit(1)
 
 
+def _reset_signals() -> None:
+    signal.set_wakeup_fd(-1)  # the parent's loop pipe: not ours to write to
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the whole group; the parent decides
+    for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR1, _on_soft_limit)
+    # The stress oracles dump every process's stacks on SIGUSR2.
+    with contextlib.suppress(AttributeError, OSError, ValueError, RuntimeError):
+        faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)
+
+
 def _on_soft_limit(signum: int, frame: object) -> None:
-    if _State.running:
+    # Only inside a task: between tasks (a late signal) there is nothing to interrupt.
+    if _State.in_task:
         raise SoftTimeLimitExceeded()
 
 
-def _kept_fds(extra: set[int]) -> set[int]:
-    keep = {0, 1, 2, *extra}
-    for handler in logging.getLogger().handlers:
-        stream = getattr(handler, "stream", None)
-        if stream is not None and hasattr(stream, "fileno"):
-            try:
-                keep.add(stream.fileno())
-            except (OSError, ValueError):
-                pass
-    return keep
+def log_fds() -> set[int]:
+    """File descriptors the logging handlers write to (kept open in children)."""
+    fds: set[int] = set()
+    loggers: list[Any] = [logging.getLogger()]
+    loggers += [lg for lg in logging.Logger.manager.loggerDict.values()
+                if isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        for handler in lg.handlers:
+            stream = getattr(handler, "stream", None)
+            fileno = getattr(stream, "fileno", None)
+            if fileno is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    fds.add(fileno())
+    return fds
 
 
-def _close_inherited_fds(keep: set[int]) -> None:
+def _release_inherited_fds(keep: set[int]) -> None:
+    """Release every inherited fd not in ``keep`` by putting /dev/null in its place.
+
+    Not ``close()``: an object of the parent's (a socket, an epoll) that some finalizer
+    closes later would then close a number reused by one of the child's own new fds.
+    """
     try:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:
-        fds = list(range(3, 1024))
-    for fd in fds:
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        fds = list(range(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024))
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for fd in fds:
+            if fd in keep or fd == devnull:
+                continue
+            with contextlib.suppress(OSError):
+                os.fstat(fd)  # the listing's own directory fd is gone by now: skip it
+                os.dup2(devnull, fd, inheritable=False)
+    finally:
+        os.close(devnull)
+
+
+def _forget_multiprocessing() -> None:
+    # As billiard does: the parent's after-fork callbacks and finalizers are not ours.
+    for name in ("multiprocessing.util", "billiard.util"):
+        module = sys.modules.get(name)
+        for attr in ("_afterfork_registry", "_finalizer_registry"):
+            registry = getattr(module, attr, None)
+            if registry is not None:
+                registry.clear()
 
 
 def _rss_kib() -> int:
+    """Current resident memory (not ``ru_maxrss``: a child inherits its parent's peak)."""
     try:
         with open("/proc/self/statm", "rb") as fh:
             pages = int(fh.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") // 1024
     except (OSError, ValueError, IndexError):
         return 0
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+_SOFT = {signal.SIGUSR1}
+
+
+def _run(app: TaskQ, job: Job, hostname: str | None) -> JobResult:
+    _State.in_task = True
+    try:
+        # Blocked since before ``started`` was sent: a soft limit (or revoke) signalled in
+        # between is delivered now, not lost.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SOFT)
+        return run_job(app, job, hostname)
+    except BaseException as exc:  # outside the task's own try (a late soft limit, exit())
+        with contextlib.suppress(Exception):
+            app.backend.mark_as_failure(job.id, exc, request=job.msg)
+        return JobResult(states.FAILURE, summary=f"{type(exc).__name__}: {exc}"[:200])
+    finally:
+        _State.in_task = False
 
 
 def child_main(app: TaskQ, parent_pid: int, job_fd: int, event_fd: int, *,
-               hostname: str | None, max_tasks: int | None, max_memory_kib: int | None) -> None:
+               hostname: str | None, max_tasks: int | None, max_memory_kib: int | None,
+               keep_fds: frozenset[int] = frozenset()) -> None:
     """Runs in the forked child; never returns."""
     code = 0
     try:
         _die_with_parent(parent_pid)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGUSR1, _on_soft_limit)
+        _reset_signals()
         _KEEPALIVE.extend([app._backend, app._publisher])
-        _close_inherited_fds(_kept_fds({job_fd, event_fd}))
-        faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)
+        _release_inherited_fds({0, 1, 2, job_fd, event_fd, *keep_fds})
+        _forget_multiprocessing()
         for hook in app.hooks.worker_process_init:
             hook()
-        write_frame_blocking(event_fd, ("ready", os.getpid()))
+        write_frames(event_fd, ("ready", os.getpid()))
         done = 0
         while True:
-            frame = read_frame_blocking(job_fd)
+            frame = read_frame(job_fd)
             if frame is None:
-                break  # the parent closed our job pipe: a clean exit
-            _kind, job_id, msg, delivery_info = frame
-            write_frame_blocking(event_fd, ("started", job_id))
-            job = Job(msg=msg, delivery_info=delivery_info)
-            _State.running = True
-            try:
-                result = run_job(app, job, hostname)
-            except BaseException as exc:  # report it; never die silently
-                result = JobResult("FAILURE", summary=f"{type(exc).__name__}: {exc}"[:200])
-            finally:
-                _State.running = False
-            write_frame_blocking(event_fd, ("done", job_id, result))
+                break  # the parent closed our job pipe: finish cleanly
+            _kind, seq, msg, delivery_info = frame
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SOFT)
+            write_frames(event_fd, ("started", seq))
+            result = _run(app, Job(msg=msg, delivery_info=delivery_info), hostname)
             done += 1
+            reason = None
             if max_tasks and done >= max_tasks:
-                write_frame_blocking(event_fd, ("exiting", "max_tasks_per_child"))
-                break
-            if max_memory_kib and _rss_kib() > max_memory_kib:
-                write_frame_blocking(event_fd, ("exiting", "max_memory_per_child"))
-                break
+                reason = "max_tasks_per_child"
+            elif max_memory_kib and _rss_kib() > max_memory_kib:
+                reason = "max_memory_per_child"
+            if reason is None:
+                write_frames(event_fd, ("done", seq, result))
+                continue
+            write_frames(event_fd, ("done", seq, result), ("exiting", reason))
+            break
         for hook in app.hooks.worker_process_shutdown:
             hook()
+    except BrokenPipeError:
+        code = 1  # the parent is gone (or closed our events pipe): nobody to tell
     except BaseException:
-        try:
+        with contextlib.suppress(BaseException):
             logger.exception("pool child %d failed", os.getpid())
-        except Exception:
-            pass
         code = 1
     finally:
-        try:
+        with contextlib.suppress(BaseException):
             sys.stdout.flush()
             sys.stderr.flush()
-        except Exception:
-            pass
         os._exit(code)

@@ -1,195 +1,394 @@
 """The prefork pool: one child process per slot, one pipe pair per child, driven by the loop.
 
-- Jobs go down each child's own job pipe with non-blocking, buffered writes; events
-  (``ready``, ``started``, ``done``, ``exiting``) come back on its event pipe.
-- Each child's pidfd is a reader in the loop: a death is seen at once. Its event pipe is read
-  until empty first (the last ``started``/``done`` may be there), then the job it had started
-  is reported lost (``WorkerLostError`` naming the signal or exit code, or
-  ``TimeLimitExceeded`` after a hard limit), jobs it held but never started go back to the
-  worker (``on_unstarted``), and a replacement is forked.
+- Jobs go down each child's own job pipe with non-blocking writes (``add_writer`` while a
+  frame does not fit); events (``ready``, ``started``, ``done``, ``exiting``) come back on
+  its event pipe and are read in batches. A job counts as started only once its ``started``
+  was read: until then it can go back to the worker (``on_unstarted``) and run elsewhere.
+- Each child's pidfd is a reader in the loop, so a death is seen at once (without pidfds:
+  EOF on the event pipe, plus a periodic ``waitpid`` sweep in case a process the task forked
+  holds the pipe open). The event pipe is read until EAGAIN first, never to EOF (its last
+  ``started``/``done`` may be there); the child is reaped; the job it had started fails
+  (``WorkerLostError`` naming the signal or exit code, ``TimeLimitExceeded`` after a hard
+  limit); jobs it held but never started go back; a replacement is forked.
 - ``-O fair`` writes only to idle children; ``-O fast`` lets each child hold
   ``worker_fast_queue_depth`` jobs besides the one it runs.
-- Soft time limit: SIGUSR1 to the child (``SoftTimeLimitExceeded`` in the task). Hard limit:
-  SIGKILL. Both timers start when ``started`` is read.
+- Recycling (``max_tasks_per_child``, ``max_memory_per_child``) is the child's decision:
+  it sends ``done`` then ``exiting`` and reads nothing more, so all it holds goes back.
+  Retiring a child from here (warm stop, shrink) closes its job pipe: it runs the jobs
+  already written whole, then exits at EOF; frames not wholly written go back.
+- Time limits start when ``started`` is read: soft = SIGUSR1 (``SoftTimeLimitExceeded`` in
+  the task), hard = SIGKILL. Children are signalled through their pidfd.
+- Children that die before ``ready`` count toward a restart storm: after a few in a row,
+  restarts back off exponentially (logged), never a busy loop.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import gc
+import itertools
 import logging
 import os
 import signal
+import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from taskq.errors import TimeLimitExceeded, WorkerLostError
+from taskq.errors import ConfigurationError, TimeLimitExceeded, WorkerLostError
 from taskq.pool.base import Job, JobResult, Pool
-from taskq.pool.child import child_main
-from taskq.pool.ipc import FrameReader, FrameWriter, encode
+from taskq.pool.child import child_main, log_fds
+from taskq.pool.ipc import FrameReader, PendingWrites, encode
 
 if TYPE_CHECKING:
+    from kombu.asynchronous import Hub
+    from kombu.asynchronous.timer import Entry
+
     from taskq.worker.loop import Loop
 
 logger = logging.getLogger("taskq.pool.prefork")
 
-READY_TIMEOUT = 10.0
-STORM_WINDOW = 10.0     # seconds in which early deaths are counted
-STORM_LIMIT = 3         # early deaths in the window before spawning slows down
+READY_TIMEOUT = 10.0      # a child not ready by then is killed and replaced
+RETIRE_TIMEOUT = 10.0     # an idle child told to exit that is still there by then is killed
+HOUSEKEEPING = 0.5        # how often ready/retire timeouts and the no-pidfd sweep run
+STORM_FREE = 2            # children dying before ready, in a row, that restart at once
+STORM_BASE_DELAY = 0.25
 STORM_MAX_DELAY = 10.0
+REAP_POLL_MAX = 0.5
+TERMINATE_GRACE = 1.0     # idle retiring children get this long to exit on their own
+TERMINATE_TIMEOUT = 3.0
+
+HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
 
 
-@dataclass(eq=False)
 class Child:
-    pid: int
-    pidfd: int
-    job_fd: int
-    event_fd: int
-    writer: FrameWriter
-    reader: FrameReader
-    spawned_at: float
-    ready: bool = False
-    retiring: bool = False
-    queued: collections.deque[Job] = field(default_factory=collections.deque)
-    current: Job | None = None
-    hard_limited: bool = False
-    timers: list[Any] = field(default_factory=list)
-    tasks: int = 0
-    writing: bool = False
+    """The parent's view of one child process."""
+
+    __slots__ = (
+        "alarm_at", "broken", "current", "current_seq", "dead", "event_eof", "event_fd", "hard_at",
+        "job_fd", "kill_reason", "killed", "pending", "pid", "pidfd", "queued", "reader", "ready",
+        "reap_delay", "reap_scheduled", "retired_at", "retiring", "soft_at", "spawned_at", "taken",
+        "tasks", "writing",
+    )
+
+    def __init__(self, pid: int, pidfd: int, job_fd: int, event_fd: int, now: float) -> None:
+        self.pid = pid
+        self.pidfd = pidfd              # -1 without pidfd
+        self.job_fd = job_fd            # -1 once closed (retiring)
+        self.event_fd = event_fd
+        self.reader = FrameReader(event_fd)
+        self.pending = PendingWrites()  # job frames not yet wholly written, tagged by seq
+        self.writing = False            # job_fd is a writer in the hub
+        self.spawned_at = now
+        self.ready = False              # it said ``ready``
+        self.retiring = False           # takes no new jobs; exits after what it holds
+        self.retired_at = 0.0
+        self.broken = False             # a write failed (EPIPE): it is dying
+        self.queued: collections.deque[tuple[int, Job]] = collections.deque()  # not started
+        self.current: Job | None = None
+        self.current_seq = -1
+        self.taken = 0                  # jobs given to it
+        self.tasks = 0                  # jobs it finished
+        self.soft_at = 0.0              # monotonic deadlines of the current job (0: none)
+        self.hard_at = 0.0
+        self.alarm_at = 0.0             # when the armed timer fires (0: none armed)
+        self.kill_reason: BaseException | None = None
+        self.killed = False             # we sent it SIGKILL
+        self.event_eof = False
+        self.reap_delay = 0.0
+        self.reap_scheduled = False
+        self.dead = False
 
     def load(self) -> int:
-        return len(self.queued) + (1 if self.current is not None else 0)
+        """Jobs it holds: queued plus the one it runs."""
+        return len(self.queued) + (self.current is not None)
+
+    def __repr__(self) -> str:
+        state = ("dead" if self.dead else "retiring" if self.retiring
+                 else "ready" if self.ready else "starting")
+        return f"<Child {self.pid} {state} load={self.load()}>"
 
 
-def _describe_exit(status: int) -> str:
+def describe_exit(status: int | None) -> str:
+    """``signal 9 (SIGKILL)``, ``exitcode 3``: how a waitpid status reads in errors."""
+    if status is None:
+        return "exit status unknown"
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
         try:
-            name = signal.Signals(signum).name
+            return f"signal {signum} ({signal.Signals(signum).name})"
         except ValueError:
-            name = f"signal {signum}"
-        return f"signal {signum} ({name})"
+            return f"signal {signum}"
     if os.WIFEXITED(status):
         return f"exitcode {os.WEXITSTATUS(status)}"
     return f"status {status}"
 
 
+def _call_all(calls: Iterable[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
+    """Make every call even when one raises (each job must reach the worker); then raise."""
+    error: Exception | None = None
+    for fn, args in calls:
+        try:
+            fn(*args)
+        except Exception as exc:
+            if error is None:
+                error = exc
+    if error is not None:
+        raise error
+
+
 class PreforkPool(Pool):
     kind = "prefork"
 
-    def __init__(self, *args: Any, use_pidfd: bool = True, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        app: Any,
+        *,
+        optimization: str | None = None,
+        queue_depth: int | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+        ready_timeout: float = READY_TIMEOUT,
+        use_pidfd: bool = True,
+        keep_fds: Iterable[int] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(app, **kwargs)
         conf = self.app.conf
-        self.optimization = conf.worker_optimization
-        self.depth = max(int(conf.worker_fast_queue_depth), 1)
-        self.max_tasks = conf.worker_max_tasks_per_child
-        self.max_memory = conf.worker_max_memory_per_child
-        self.use_pidfd = use_pidfd and hasattr(os, "pidfd_open")
+        self.optimization = optimization or conf.worker_optimization
+        if self.optimization not in ("fair", "fast"):
+            raise ConfigurationError(f"pool optimization {self.optimization!r}: use 'fair' or "
+                                     "'fast' (setting worker_optimization, option -O)")
+        self.depth = max(1, int(queue_depth if queue_depth is not None
+                                else conf.worker_fast_queue_depth))
+        self.max_tasks = (max_tasks_per_child if max_tasks_per_child is not None
+                          else conf.worker_max_tasks_per_child)
+        self.max_memory = (max_memory_per_child if max_memory_per_child is not None
+                           else conf.worker_max_memory_per_child)
+        self.ready_timeout = ready_timeout
+        self.use_pidfd = use_pidfd and HAS_PIDFD   # read at each fork: may be changed
+        self.keep_fds = frozenset(keep_fds)
         self.children: dict[int, Child] = {}
         self.target = self.concurrency
         self.stopping = False
-        self._early_deaths: collections.deque[float] = collections.deque()
-        self._spawn_pending = 0
+        self.terminated = False
         self.stats: collections.Counter[str] = collections.Counter()
         self.parent_pid = os.getpid()
+        self._seq = itertools.count()
+        self._early_deaths = 0
+        self._spawn_timer: Entry | None = None
+        self._housekeeping: Entry | None = None
+        self._log_fds: frozenset[int] = frozenset()
+        self._started = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, loop: Loop) -> None:
         self.loop = loop
-        self.clock = loop.clock
-        for _ in range(self.target):
-            self._spawn()
+        self.hub: Hub = loop.hub
+        self.parent_pid = os.getpid()
+        self._log_fds = frozenset(log_fds())
+        self._housekeeping = self.hub.call_repeatedly(HOUSEKEEPING, self._housekeep)
+        self._started = True
+        self._maintain()
 
-    def _spawn(self) -> None:
-        job_r, job_w = os.pipe2(os.O_CLOEXEC)
-        event_r, event_w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:  # the child
+    def _active(self) -> int:
+        return sum(1 for c in self.children.values() if not c.retiring)
+
+    def _storm_delay(self) -> float:
+        over = self._early_deaths - STORM_FREE
+        return 0.0 if over <= 0 else min(STORM_MAX_DELAY, STORM_BASE_DELAY * 2 ** (over - 1))
+
+    def _maintain(self, *, now: bool = False) -> None:
+        """Fork children until ``target`` are alive (and not retiring), unless throttled."""
+        if self.stopping or not self._started or self._spawn_timer is not None:
+            return
+        while self._active() < self.target:
+            delay = 0.0 if now else self._storm_delay()
+            now = False  # after a wait, one child starts: if it dies early, the wait doubles
+            if delay:
+                logger.error("pool children keep dying before they are ready (%d in a row): "
+                             "next start in %.2f s", self._early_deaths, delay)
+                self._spawn_timer = self.hub.call_later(delay, self._spawn_later)
+                return
+            if not self._spawn():
+                self._early_deaths += 1
+                delay = max(0.1, self._storm_delay())
+                self._spawn_timer = self.hub.call_later(delay, self._spawn_later)
+                return
+
+    def _spawn_later(self) -> None:
+        self._spawn_timer = None
+        self._maintain(now=True)
+
+    def _spawn(self) -> bool:
+        try:
+            job_r, job_w = os.pipe2(os.O_CLOEXEC)
+        except OSError as exc:
+            logger.error("cannot start a pool child: %s", exc)
+            return False
+        try:
+            event_r, event_w = os.pipe2(os.O_CLOEXEC)
+        except OSError as exc:
+            logger.error("cannot start a pool child: %s", exc)
+            os.close(job_r)
             os.close(job_w)
-            os.close(event_r)
+            return False
+        with contextlib.suppress(Exception):  # or the child would print the parent's buffer
+            sys.stdout.flush()
+            sys.stderr.flush()
+        # Objects that exist now are never collected in the child: no finalizer of the
+        # parent's can run there (and the child's gc does not touch the shared pages). An
+        # application that froze objects itself keeps them frozen.
+        freeze = gc.get_freeze_count() == 0
+        if freeze:
+            gc.freeze()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            if freeze:
+                gc.unfreeze()
+            logger.error("cannot fork a pool child: %s", exc)
+            for fd in (job_r, job_w, event_r, event_w):
+                os.close(fd)
+            return False
+        if pid == 0:
             child_main(self.app, self.parent_pid, job_r, event_w, hostname=self.hostname,
-                       max_tasks=self.max_tasks, max_memory_kib=self.max_memory)
+                       max_tasks=self.max_tasks, max_memory_kib=self.max_memory,
+                       keep_fds=self._log_fds | self.keep_fds)
+        if freeze:
+            gc.unfreeze()
         os.close(job_r)
         os.close(event_w)
         os.set_blocking(job_w, False)
         os.set_blocking(event_r, False)
-        pidfd = os.pidfd_open(pid) if self.use_pidfd else -1
-        child = Child(pid=pid, pidfd=pidfd, job_fd=job_w, event_fd=event_r,
-                      writer=FrameWriter(job_w), reader=FrameReader(event_r),
-                      spawned_at=self.clock())
+        pidfd = -1
+        if self.use_pidfd:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError as exc:  # works for an unreaped child; this is a kernel limit
+                logger.warning("pidfd_open(%d) failed (%s): watching it by pipe EOF", pid, exc)
+        child = Child(pid, pidfd, job_w, event_r, time.monotonic())
         self.children[pid] = child
-        hub = self.loop.hub
-        hub.add_reader(event_r, self._on_events, child)
+        self.hub.add_reader(event_r, self._on_events, child)
         if pidfd >= 0:
-            hub.add_reader(pidfd, self._on_exit, child)
-        child.timers.append(hub.call_later(READY_TIMEOUT, self._ready_timeout, child))
+            self.hub.add_reader(pidfd, self._on_pidfd, child)
         self.stats["spawned"] += 1
-
-    def _ready_timeout(self, child: Child) -> None:
-        if not child.ready and child.pid in self.children:
-            logger.error("pool child %d not ready after %.0f s: killing it", child.pid,
-                         READY_TIMEOUT)
-            self._signal(child, signal.SIGKILL)
+        return True
 
     def _signal(self, child: Child, signum: int) -> None:
-        try:
+        if child.dead:
+            return
+        with contextlib.suppress(ProcessLookupError):
             if child.pidfd >= 0:
                 signal.pidfd_send_signal(child.pidfd, signum)
-            else:
+            else:  # still our unreaped child, so its pid cannot have been reused
                 os.kill(child.pid, signum)
-        except ProcessLookupError:
-            pass
+
+    def _kill(self, child: Child) -> None:
+        child.killed = True
+        self._signal(child, signal.SIGKILL)
+
+    def _housekeep(self) -> None:
+        now = time.monotonic()
+        for child in list(self.children.values()):
+            if child.dead:
+                continue
+            if not child.ready and not child.killed and now - child.spawned_at > \
+                    self.ready_timeout:
+                logger.error("pool child %d not ready after %.1f s: killing it", child.pid,
+                             self.ready_timeout)
+                self._kill(child)
+            elif (child.retiring and not child.killed and child.current is None
+                  and not child.queued and now - child.retired_at > RETIRE_TIMEOUT):
+                logger.warning("pool child %d still there %.0f s after it was told to exit: "
+                               "killing it", child.pid, RETIRE_TIMEOUT)
+                self._kill(child)
+            if child.pidfd < 0 and not child.reap_scheduled:
+                self._poll_exit(child)  # a process it forked may hold its event pipe open
 
     # -- scheduling ---------------------------------------------------------------------------
-    def _candidates(self) -> list[Child]:
-        return [c for c in self.children.values() if c.ready and not c.retiring]
-
     def _pick(self) -> Child | None:
+        """An idle child first; with ``fast``, else the least loaded one with fewer than
+        ``depth`` jobs waiting (besides the one it runs)."""
+        if self.stopping:
+            return None
+        fair = self.optimization == "fair"
+        depth, max_tasks = self.depth, self.max_tasks
         best: Child | None = None
-        for child in self._candidates():
-            load = child.load()
-            if self.optimization == "fair":
-                if load == 0:
-                    return child
+        best_load = 1 << 30
+        for child in self.children.values():
+            if not child.ready or child.retiring or child.broken:
                 continue
-            if load <= self.depth and (best is None or load < best.load()):
-                best = child
+            if max_tasks and child.taken >= max_tasks:
+                continue  # it leaves after the jobs it has: what we give it would come back
+            waiting = len(child.queued)
+            load = waiting + (child.current is not None)
+            if load == 0:
+                return child
+            if fair or waiting >= depth:
+                continue
+            if load < best_load:
+                best, best_load = child, load
         return best
 
     def can_accept(self) -> bool:
-        return not self.stopping and self._pick() is not None
+        return self._pick() is not None
 
     def apply(self, job: Job) -> None:
         child = self._pick()
-        if child is None:  # the worker asks can_accept() first; be safe anyway
+        if child is None:  # the worker asks can_accept() first; never drop a job anyway
             self.on_unstarted(job)
             return
-        child.queued.append(job)
-        child.writer.queue(encode(("job", id(job), job.msg, dict(job.delivery_info))))
+        seq = next(self._seq)
+        frame = encode(("job", seq, job.msg, dict(job.delivery_info)))
+        child.queued.append((seq, job))
+        child.taken += 1
+        child.pending.append(seq, frame)
         self._flush(child)
 
     def _flush(self, child: Child) -> None:
         try:
-            empty = child.writer.flush()
-        except OSError:  # EPIPE: the child is dying; its pidfd will tell us
-            return
+            empty = child.pending.write(child.job_fd)
+        except OSError:  # EPIPE: the child is going; its death gives back what it holds
+            child.broken = True
+            empty = True
         if not empty and not child.writing:
             child.writing = True
-            self.loop.hub.add_writer(child.job_fd, self._on_writable, child)
+            self.hub.add_writer(child.job_fd, self._flush, child)
         elif empty and child.writing:
             child.writing = False
-            self.loop.hub.remove_writer(child.job_fd)
+            self._unwatch(child.job_fd)
 
-    def _on_writable(self, child: Child) -> None:
-        self._flush(child)
+    def _unwatch(self, fd: int) -> None:
+        if fd >= 0:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.hub.remove(fd)
 
     # -- events from children -----------------------------------------------------------------
     def _on_events(self, child: Child) -> None:
         child.reader.read_available()
-        for frame in child.reader.frames():
+        self._handle_frames(child)
+        if child.reader.eof and not child.event_eof and not child.dead:
+            child.event_eof = True
+            self._unwatch(child.event_fd)  # EOF stays readable: do not spin on it
+            if child.pidfd < 0:
+                self._try_reap(child)      # the fallback's death notice
+
+    def _handle_frames(self, child: Child) -> None:
+        reader = child.reader
+        while True:
+            try:
+                ok, frame = reader.next()
+            except Exception as exc:  # garbage on the pipe: the child cannot be trusted
+                logger.error("pool child %d sent an unreadable event (%r): killing it",
+                             child.pid, exc)
+                reader.eof = True
+                self._kill(child)
+                return
+            if not ok:
+                return
             self._handle(child, frame)
-        if child.reader.eof and not self.use_pidfd:
-            self._on_exit(child)  # the fallback: EOF on the event pipe means it is gone
 
     def _handle(self, child: Child, frame: tuple[Any, ...]) -> None:
         kind = frame[0]
@@ -198,183 +397,265 @@ class PreforkPool(Pool):
             if job is None:
                 return
             child.current = job
+            child.current_seq = frame[1]
             job.pid = child.pid
-            self._start_timers(child, job)
+            if job.time_limit or job.soft_time_limit:
+                self._start_limits(child, job)
             self.on_started(job, child.pid)
         elif kind == "done":
             job = child.current
-            if job is None or id(job) != frame[1]:
+            if job is None or child.current_seq != frame[1]:
+                logger.error("pool child %d reported done for a job it was not running",
+                             child.pid)
                 return
-            self._cancel_timers(child)
             child.current = None
+            child.soft_at = child.hard_at = 0.0
             child.tasks += 1
             result: JobResult = frame[2]
             self.on_done(job, result)
-            self._after_job(child)
         elif kind == "ready":
             child.ready = True
-            self._cancel_timers(child)
+            self._early_deaths = 0
             self.stats["ready"] += 1
+            if self._active() < self.target:
+                self._maintain()
+            if not child.retiring and self.on_capacity is not None:
+                self.on_capacity()
         elif kind == "exiting":
-            child.retiring = True
-            logger.debug("pool child %d retiring: %s", child.pid, frame[1])
-            self._give_back_queued(child)
+            # Recycled: it reads nothing more, so everything it holds goes back.
+            self.stats[f"recycled_{frame[1]}"] += 1
+            logger.debug("pool child %d recycled (%s)", child.pid, frame[1])
+            given = self._retire(child, everything=True)
+            try:
+                self._maintain()
+            finally:
+                _call_all((self.on_unstarted, (job,)) for job in given)
 
-    def _take_queued(self, child: Child, job_key: int) -> Job | None:
-        for job in child.queued:
-            if id(job) == job_key:
-                child.queued.remove(job)
-                return job
+    def _take_queued(self, child: Child, seq: int) -> Job | None:
+        queued = child.queued
+        if queued and queued[0][0] == seq:
+            return queued.popleft()[1]
+        for item in queued:  # not expected: children run jobs in the order written
+            if item[0] == seq:
+                queued.remove(item)
+                return item[1]
+        logger.error("pool child %d started a job it was not given", child.pid)
         return None
 
-    def _after_job(self, child: Child) -> None:
-        if self.stopping and child.load() == 0:
-            self._retire(child)
+    # -- time limits --------------------------------------------------------------------------
+    # One armed timer per child at a time, re-armed when it fires, instead of a timer per job
+    # cancelled at ``done``: cancelled kombu timers stay queued until their time comes.
+    def _start_limits(self, child: Child, job: Job) -> None:
+        now = time.monotonic()
+        child.soft_at = now + job.soft_time_limit if job.soft_time_limit else 0.0
+        child.hard_at = now + job.time_limit if job.time_limit else 0.0
+        self._arm(child)
 
-    def _give_back_queued(self, child: Child) -> None:
-        while child.queued:
-            self.on_unstarted(child.queued.popleft())
+    def _arm(self, child: Child) -> None:
+        due = min(t for t in (child.soft_at, child.hard_at) if t)
+        if child.alarm_at and child.alarm_at <= due:
+            return  # an earlier alarm is armed; it re-arms for this one
+        child.alarm_at = due
+        self.hub.call_at(due, self._on_alarm, child)
 
-    def _start_timers(self, child: Child, job: Job) -> None:
-        hub = self.loop.hub
-        if job.soft_time_limit:
-            child.timers.append(hub.call_later(job.soft_time_limit, self._soft_limit, child, job))
-        if job.time_limit:
-            child.timers.append(hub.call_later(job.time_limit, self._hard_limit, child, job))
-
-    def _cancel_timers(self, child: Child) -> None:
-        for entry in child.timers:
-            entry.cancel()
-        child.timers.clear()
-
-    def _soft_limit(self, child: Child, job: Job) -> None:
-        if child.current is job:
-            logger.warning("task %s[%s] passed its soft time limit (%.1f s)", job.name, job.id,
-                           job.soft_time_limit or 0)
+    def _on_alarm(self, child: Child) -> None:
+        now = time.monotonic() + 0.001
+        if child.alarm_at and child.alarm_at <= now:
+            child.alarm_at = 0.0
+        job = child.current
+        if child.dead or job is None:
+            return
+        if child.soft_at and child.soft_at <= now:
+            child.soft_at = 0.0
+            logger.warning("soft time limit (%ss) exceeded for %s[%s]", job.soft_time_limit,
+                           job.name, job.id)
             self._signal(child, signal.SIGUSR1)
-
-    def _hard_limit(self, child: Child, job: Job) -> None:
-        if child.current is job:
-            logger.error("task %s[%s] passed its hard time limit (%.1f s): killing child %d",
-                         job.name, job.id, job.time_limit or 0, child.pid)
-            child.hard_limited = True
-            self._signal(child, signal.SIGKILL)
+        if child.hard_at and child.hard_at <= now:
+            child.reader.read_available()  # it may have finished just in time
+            self._handle_frames(child)
+            if child.current is job and not child.dead:
+                child.hard_at = 0.0
+                logger.error("hard time limit (%ss) exceeded for %s[%s]: killing pool child %d",
+                             job.time_limit, job.name, job.id, child.pid)
+                child.kill_reason = TimeLimitExceeded(job.time_limit)
+                self._kill(child)
+            return
+        if child.soft_at or child.hard_at:
+            self._arm(child)
 
     # -- a child died -------------------------------------------------------------------------
-    def _on_exit(self, child: Child) -> None:
-        if self.children.pop(child.pid, None) is None:
+    def _on_pidfd(self, child: Child) -> None:
+        self._unwatch(child.pidfd)  # readable for good from now on
+        self._try_reap(child)
+
+    def _poll_exit(self, child: Child) -> bool:
+        """Reap it if it has exited; True when it had."""
+        try:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else: the status is lost
+            pid, status = child.pid, -1
+        if pid == 0:
+            return False
+        self._on_dead(child, None if status == -1 else status)
+        return True
+
+    def _try_reap(self, child: Child) -> None:
+        if child.dead or self._poll_exit(child):
             return
-        # Its last started/done may still be in the pipe: read until empty, never to EOF.
-        child.reader.read_available()
-        for frame in child.reader.frames():
-            self._handle(child, frame)
-        status = self._reap(child)
-        self._cancel_timers(child)
-        hub = self.loop.hub
+        # EOF (or even the pidfd) can come a moment before the exit status: poll, backing off.
+        child.reap_delay = min(REAP_POLL_MAX, max(0.001, child.reap_delay * 2))
+        if not child.reap_scheduled:
+            child.reap_scheduled = True
+            self.hub.call_later(child.reap_delay, self._reap_poll, child)
+
+    def _reap_poll(self, child: Child) -> None:
+        child.reap_scheduled = False
+        self._try_reap(child)
+
+    def _on_dead(self, child: Child, status: int | None, *, cold: bool = False) -> None:
+        if child.dead:
+            return
+        child.dead = True   # out of ``children`` too: no new job while its events are read
+        self.children.pop(child.pid, None)
+        try:
+            # Its last started/done may be in the pipe: read until EAGAIN (never wait for
+            # EOF: a process the task forked may hold the write end).
+            if not child.reader.eof:
+                child.reader.read_available()
+            self._handle_frames(child)
+        finally:
+            self._close_fds(child)
+        job, child.current = child.current, None
+        unstarted = [queued for _, queued in child.queued]
+        child.queued.clear()
+        child.pending.take()
+        how = describe_exit(status)
+        calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        if job is not None and not cold:
+            self.stats["lost"] += 1
+            exc = child.kill_reason or WorkerLostError(
+                f"Worker exited prematurely: {how} Job: {job.id}.")
+            calls.append((self.on_lost, (job, exc)))
+            logger.debug("pool child %d died (%s) running %s[%s]", child.pid, how, job.name,
+                         job.id)
+        elif cold:
+            pass
+        elif not child.ready:
+            self._early_deaths += 1
+            logger.error("pool child %d exited before it was ready (%s)", child.pid, how)
+        elif not child.retiring or (status is not None and status != 0):
+            logger.warning("pool child %d exited (%s)", child.pid, how)
+        calls.extend((self.on_unstarted, (queued,)) for queued in unstarted)
+        try:
+            _call_all(calls)
+        finally:
+            if not cold:
+                self._maintain()
+
+    def _close_fds(self, child: Child) -> None:
         for fd in (child.event_fd, child.pidfd, child.job_fd):
             if fd >= 0:
-                try:
-                    hub.remove(fd)
-                except (KeyError, ValueError, OSError):
-                    pass
-                try:
+                self._unwatch(fd)
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
-        how = _describe_exit(status) if status is not None else "unknown status"
-        job = child.current
-        if job is not None:
-            self.stats["lost"] += 1
-            if child.hard_limited:
-                exc: BaseException = TimeLimitExceeded(job.time_limit)
-            else:
-                exc = WorkerLostError(f"Worker exited prematurely: {how} Job: {job.id}")
-            self.on_lost(job, exc)
-        self._give_back_queued(child)
-        if not child.ready:
-            self._note_early_death(child, how)
-        elif not child.retiring and job is None:
-            logger.debug("pool child %d exited (%s)", child.pid, how)
-        if not self.stopping and len(self.children) + self._spawn_pending < self.target:
-            self._schedule_spawn()
+        child.event_fd = child.pidfd = child.job_fd = -1
+        child.writing = False
+        child.reader.eof = True  # its fd number may be reused now: never read it again
 
-    def _reap(self, child: Child) -> int | None:
-        for _ in range(3):
-            try:
-                pid, status = os.waitpid(child.pid, os.WNOHANG if self.use_pidfd else 0)
-            except ChildProcessError:
-                return None
-            if pid:
-                return status
-            time.sleep(0)  # the pidfd said it exited; the status is a moment away
-        try:
-            return os.waitpid(child.pid, 0)[1]
-        except ChildProcessError:
-            return None
-
-    def _note_early_death(self, child: Child, how: str) -> None:
-        now = self.clock()
-        self._early_deaths.append(now)
-        while self._early_deaths and self._early_deaths[0] < now - STORM_WINDOW:
-            self._early_deaths.popleft()
-        logger.error("pool child %d died before it was ready (%s)", child.pid, how)
-
-    def _schedule_spawn(self) -> None:
-        storm = len(self._early_deaths) >= STORM_LIMIT
-        if not storm:
-            self._spawn()
-            return
-        delay = min(STORM_MAX_DELAY, 0.5 * 2 ** (len(self._early_deaths) - STORM_LIMIT))
-        logger.warning("pool children keep dying before they are ready: next start in "
-                       "%.1f s", delay)
-        self._spawn_pending += 1
-        self.loop.hub.call_later(delay, self._delayed_spawn)
-
-    def _delayed_spawn(self) -> None:
-        self._spawn_pending -= 1
-        if not self.stopping and len(self.children) + self._spawn_pending < self.target:
-            self._spawn()
-
-    # -- control ------------------------------------------------------------------------------
-    def _retire(self, child: Child) -> None:
-        """Close its job pipe: the child exits once it has nothing left to run."""
+    # -- retiring -----------------------------------------------------------------------------
+    def _retire(self, child: Child, *, everything: bool = False) -> list[Job]:
+        """Close its job pipe (it exits at EOF, after the jobs written to it whole) and return
+        the jobs it will never read: those not wholly written, or all when ``everything``."""
         child.retiring = True
-        if child.writing:
-            child.writing = False
-            try:
-                self.loop.hub.remove_writer(child.job_fd)
-            except (KeyError, ValueError, OSError):
-                pass
-        try:
-            os.close(child.job_fd)
-        except OSError:
-            pass
-        child.job_fd = -1
+        child.retired_at = time.monotonic()
+        unwritten = set(child.pending.take())
+        if everything:
+            given = [job for _, job in child.queued]
+            child.queued.clear()
+        else:
+            given = [job for seq, job in child.queued if seq in unwritten]
+            if given:
+                child.queued = collections.deque(
+                    item for item in child.queued if item[0] not in unwritten)
+        if child.job_fd >= 0:
+            if child.writing:
+                child.writing = False
+                self._unwatch(child.job_fd)
+            with contextlib.suppress(OSError):
+                os.close(child.job_fd)
+            child.job_fd = -1
+        return given
 
     def stop(self) -> None:
+        """Warm: no new jobs; children finish what was written to them, then exit."""
+        if self.stopping:
+            return
         self.stopping = True
+        if self._spawn_timer is not None:
+            self._spawn_timer.cancel()
+            self._spawn_timer = None
+        given: list[Job] = []
         for child in list(self.children.values()):
-            self._give_back_queued(child)
-            if child.current is None:
-                self._retire(child)
+            given += self._retire(child)
+        _call_all((self.on_unstarted, (job,)) for job in given)
 
     def is_idle(self) -> bool:
-        return all(c.current is None for c in self.children.values())
+        return not any(c.current is not None or c.queued for c in self.children.values())
 
     def terminate(self) -> None:
-        self.stopping = True
-        for child in list(self.children.values()):
-            self._signal(child, signal.SIGKILL)
-        for child in list(self.children.values()):
-            self._give_back_queued(child)
-            child.current = None  # the worker is exiting: no WorkerLostError for these
-            self._on_exit(child)
+        """Cold: SIGKILL the children (idle retiring ones get a moment to exit on their own),
+        reap them; jobs they had not started go back, started ones are not reported lost."""
+        if self.terminated:
+            return
+        self.terminated = self.stopping = True
+        for entry in (self._spawn_timer, self._housekeeping):
+            if entry is not None:
+                entry.cancel()
+        self._spawn_timer = self._housekeeping = None
+        children = list(self.children.values())
+        given: list[Job] = []
+        for child in children:
+            given += self._retire(child)
+            if child.current is not None or child.queued:
+                self._kill(child)
+        statuses: dict[int, int | None] = {}
+        start = time.monotonic()
+        waiting = {c.pid: c for c in children}
+        while waiting:
+            for pid in list(waiting):
+                try:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done, status = pid, -1
+                if done:
+                    statuses[pid] = None if status == -1 else status
+                    del waiting[pid]
+            elapsed = time.monotonic() - start
+            if not waiting or elapsed > TERMINATE_TIMEOUT:
+                break
+            if elapsed > TERMINATE_GRACE:
+                for child in waiting.values():
+                    if not child.killed:
+                        self._kill(child)
+            time.sleep(0.001)
+        for pid in waiting:
+            logger.warning("pool child %d did not exit after SIGKILL; leaving it", pid)
+        calls = [(self.on_unstarted, (job,)) for job in given]
+        for child in children:
+            try:
+                self._on_dead(child, statuses.get(child.pid), cold=True)
+            except Exception:
+                logger.exception("while cleaning up pool child %d", child.pid)
+        _call_all(calls)
 
     def terminate_job(self, job: Job, signum: int) -> None:
+        """revoke(terminate=True): signal the child running ``job`` (if it still is)."""
         for child in self.children.values():
             if child.current is job:
                 self._signal(child, signum)
+                return
 
+    # -- introspection and control ------------------------------------------------------------
     def active(self) -> list[Job]:
         return [c.current for c in self.children.values() if c.current is not None]
 
@@ -385,28 +666,42 @@ class PreforkPool(Pool):
         return self.target
 
     def pool_grow(self, n: int = 1) -> None:
+        if n < 1:
+            return
         self.target += n
-        for _ in range(n):
-            self._spawn()
+        self.concurrency = self.target
+        self._maintain()
 
     def pool_shrink(self, n: int = 1) -> None:
+        """Retire ``n`` children (never the last one): starting or idle ones first."""
         n = min(n, self.target - 1)
+        if n < 1:
+            return
         self.target -= n
-        idle_first = sorted(self.children.values(), key=lambda c: c.load())
-        for child in idle_first[:n]:
-            self._give_back_queued(child)
-            if child.current is None:
-                self._retire(child)
-            else:
-                child.retiring = True
+        self.concurrency = self.target
+        active = [c for c in self.children.values() if not c.retiring]
+        active.sort(key=lambda c: (c.ready, c.load()))
+        given: list[Job] = []
+        for child in active[:max(0, len(active) - self.target)]:
+            given += self._retire(child)
+        _call_all((self.on_unstarted, (job,)) for job in given)
 
     def info(self) -> dict[str, Any]:
+        children = list(self.children.values())
         return {
             "kind": self.kind,
             "optimization": self.optimization,
             "target": self.target,
-            "children": {str(c.pid): {"ready": c.ready, "tasks": c.tasks, "queued": len(c.queued),
-                                      "busy": c.current is not None}
-                         for c in self.children.values()},
-            **{k: v for k, v in self.stats.items()},
+            "processes": sorted(c.pid for c in children),
+            "max_tasks_per_child": self.max_tasks,
+            "max_memory_per_child": self.max_memory,
+            "queued": sum(len(c.queued) for c in children),
+            "writes_pending": sum(len(c.pending) for c in children),
+            "children": {
+                str(c.pid): {"ready": c.ready, "retiring": c.retiring, "tasks": c.tasks,
+                             "queued": len(c.queued),
+                             "running": c.current.id if c.current is not None else None}
+                for c in children
+            },
+            **self.stats,
         }

@@ -265,7 +265,9 @@ class BrokerConsumer:
                 logger.error("rejecting an invalid message failed: %r", exc)
 
     def transport_name(self) -> str | None:
-        return self.connection.transport_cls if self.connection is not None else None
+        if self.connection is None:
+            return None
+        return str(self.connection.transport.driver_name)
 
     def add_queue(self, name: str) -> None:
         from taskq.publish import queue_for

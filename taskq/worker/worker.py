@@ -175,6 +175,7 @@ class Worker:
             on_started=self.on_job_started, on_done=self.on_job_done,
             on_lost=self.on_job_lost, on_unstarted=self.on_job_unstarted,
         )
+        self.pool.on_capacity = self.feed_pool  # e.g. a replacement child became ready
         multiplier = conf.worker_prefetch_multiplier
         self.consumer = BrokerConsumer(
             app, self.loop,

@@ -1,0 +1,254 @@
+"""The prefork pool's lifecycle: warm stop, cold terminate, grow/shrink, revoke-terminate,
+children that never get ready, restart storms, and what a child inherits."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+from pool_support import Harness, app, message, zombies
+
+from taskq.errors import WorkerLostError
+from taskq.pool.base import Job
+from taskq.pool.child import log_fds
+
+
+@pytest.fixture
+def harness() -> Iterator[Any]:
+    made: list[Harness] = []
+
+    def make(start: bool = True, **kwargs: Any) -> Harness:
+        h = Harness(**kwargs)
+        made.append(h)
+        return h.start() if start else h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+@pytest.fixture
+def hook() -> Iterator[Any]:
+    added: list[tuple[list[Any], Any]] = []
+
+    def add(fn: Any, kind: str = "worker_process_init") -> None:
+        hooks = getattr(app.hooks, kind)
+        hooks.append(fn)
+        added.append((hooks, fn))
+
+    yield add
+    for hooks, fn in added:
+        hooks.remove(fn)
+
+
+def test_warm_stop_runs_what_was_written_and_gives_back_what_was_not(harness):
+    # Given a child running a job, with a small job written whole behind it and an 8 MiB
+    # job only partly written (the pipe holds 64 KiB)
+    h = harness(concurrency=1, worker_optimization="fast", worker_fast_queue_depth=2)
+    running = h.submit("sleep", 0.3)
+    h.running_child(running)
+    whole = h.submit("sleep", 0)
+    partial = h.submit("size", "x" * (8 << 20))
+    assert h.pool.info()["writes_pending"] == 1
+    # When the pool stops warm
+    h.pool.stop()
+    # Then the partly written job comes back at once, never to run there...
+    assert h.unstarted == [partial] and not h.pool.can_accept()
+    h.run_until(lambda: not h.pool.children)
+    # ...the running and the whole one finish, nothing is lost, and the child has exited
+    assert h.done_ids() == [running.id, whole.id]
+    assert partial not in h.started and not h.lost
+    assert h.pool.is_idle() and not zombies()
+
+
+def test_warm_stop_lets_the_running_job_finish_then_children_exit(harness):
+    h = harness(concurrency=2)
+    job = h.submit("sleep", 0.3)
+    h.running_child(job)
+    h.pool.stop()
+    assert not h.pool.is_idle()
+    h.run_until(lambda: h.pool.is_idle())
+    assert h.done_ids() == [job.id] and not h.lost and not h.unstarted
+    h.run_until(lambda: not h.pool.children)
+    assert not zombies()
+
+
+def test_cold_terminate_kills_children_and_gives_back_only_unstarted_jobs(harness):
+    h = harness(concurrency=2, worker_optimization="fast", worker_fast_queue_depth=1)
+    proc = psutil.Process()
+    jobs = [h.submit("sleep", 30) for _ in range(4)]
+    h.run_until(lambda: len(h.started) == 2)
+    pids = h.pool.pids()
+    fds = proc.num_fds()
+    started = time.monotonic()
+    h.pool.terminate()
+    assert time.monotonic() - started < 1.0
+    assert not h.lost  # the worker is exiting: running jobs are not reported lost
+    assert sorted(j.id for j in h.unstarted) == sorted(j.id for j in jobs[2:])
+    assert not h.pool.children and not any(psutil.pid_exists(p) and
+                                           psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                                           for p in pids)
+    assert not zombies()
+    assert proc.num_fds() == fds - 2 * 3  # both children's pipe ends and pidfds are closed
+    h.pool.terminate()  # idempotent
+
+
+def test_apply_without_room_gives_the_job_back(harness):
+    h = harness(concurrency=1)
+    h.pool.stop()
+    job = Job(msg=message("sleep", 0))
+    h.pool.apply(job)
+    assert h.unstarted == [job]
+
+
+def test_shrink_retires_a_busy_child_after_its_job_and_grow_adds_children(harness):
+    h = harness(concurrency=2)
+    jobs = [h.submit("sleep", 0.3) for _ in range(2)]
+    h.run_until(lambda: len(h.started) == 2)
+    h.pool.pool_shrink(1)
+    assert h.pool.size() == 1
+    h.run_until(lambda: len(h.pool.children) == 1 and len(h.done) == 2)
+    assert sorted(h.done_ids()) == sorted(j.id for j in jobs) and not h.lost
+    h.pool.pool_shrink(5)  # never below one child
+    assert h.pool.size() == 1
+    h.pool.pool_grow(2)
+    h.run_until(lambda: h.ready_children() == 3)
+    assert h.pool.size() == 3 and len(h.pool.pids()) == 3
+    assert h.pool.info()["processes"] == h.pool.pids()
+    assert not zombies()
+
+
+def test_terminate_job_signals_only_the_child_running_it(harness, tmp_path):
+    h = harness(concurrency=2)
+    victim, other = h.submit("sleep", 30), h.submit("sleep", 0.2)
+    h.running_child(victim)
+    h.pool.terminate_job(victim, signal.SIGTERM)
+    h.run_until(lambda: len(h.lost) == 1 and len(h.done) == 1)
+    assert h.lost[0][0] is victim and isinstance(h.lost[0][1], WorkerLostError)
+    assert "SIGTERM" in str(h.lost[0][1])
+    assert h.done[0][0] is other
+    inside = tmp_path / "inside"
+    catcher = h.submit("soft_catcher", str(inside))
+    h.run_until(inside.exists)
+    h.pool.terminate_job(catcher, signal.SIGUSR1)  # SIGUSR1 is a soft limit: catchable
+    h.run_until(lambda: any(j is catcher for j, _ in h.done))
+    assert h.done[-1][1].summary == "'caught'"
+
+
+def test_a_soft_signal_right_after_started_is_not_lost(harness):
+    # Given a child that has just announced a job (its body may not have begun yet)
+    h = harness(concurrency=1)
+    job = h.submit("soft_catcher")
+    pid = h.running_child(job)
+    # When the soft-limit signal comes at once, then the job ends now, not after 10 s
+    started = time.monotonic()
+    os.kill(pid, signal.SIGUSR1)
+    h.run_until(lambda: len(h.done) == 1, timeout=5)
+    assert time.monotonic() - started < 2.0
+    assert h.done[0][1].summary in ("'caught'", "SoftTimeLimitExceeded: SoftTimeLimitExceeded()")
+
+
+def test_a_child_that_never_gets_ready_is_killed_and_replaced(harness, hook, tmp_path,
+                                                              caplog):
+    flag = tmp_path / "hang"
+    flag.write_text("once")
+
+    def hang_once() -> None:
+        if flag.exists():
+            flag.unlink()
+            time.sleep(60)
+
+    hook(hang_once)
+    h = harness(start=False, concurrency=1, pool_options={"ready_timeout": 0.3})
+    h.pool.start(h.loop)
+    [first] = h.pool.pids()
+    with caplog.at_level(logging.ERROR, logger="taskq.pool.prefork"):
+        h.run_until(lambda: h.ready_children() == 1, timeout=5)
+    assert first not in h.pool.pids()
+    assert any("not ready after" in r.getMessage() for r in caplog.records)
+    job = h.submit("sleep", 0)
+    h.run_until(lambda: len(h.done) == 1)
+    assert h.done[0][0] is job and not zombies()
+
+
+def test_a_restart_storm_backs_off_and_recovers(harness, hook, tmp_path, caplog):
+    flag = tmp_path / "broken"
+    flag.write_text("yes")
+
+    def broken_init() -> None:
+        if flag.exists():
+            raise RuntimeError("cannot initialise")
+
+    hook(broken_init)
+    h = harness(start=False, concurrency=1)
+    with caplog.at_level(logging.ERROR, logger="taskq.pool.prefork"):
+        h.pool.start(h.loop)
+        until = time.monotonic() + 1.5
+        h.run_until(lambda: time.monotonic() > until)
+        spawned = h.pool.stats["spawned"]
+        assert 3 <= spawned <= 7  # a few at once, then exponential backoff: no busy loop
+        flag.unlink()
+        h.run_until(lambda: h.ready_children() == 1, timeout=5)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("before it was ready" in m for m in messages)
+    assert any("keep dying before they are ready" in m for m in messages)
+    assert not zombies()
+
+
+def test_children_keep_only_their_own_pipes_stdio_and_log_files(harness, tmp_path):
+    left, right = socket.socketpair()  # the parent's sockets must not leak into children
+    out = tmp_path / "fds.json"
+    try:
+        h = harness(concurrency=1)
+        h.submit("fds", str(out))
+        h.run_until(lambda: len(h.done) == 1)
+    finally:
+        left.close()
+        right.close()
+    assert h.done[0][1].state == "SUCCESS"
+    kept = log_fds() | {0, 1, 2}
+    targets = [t for fd, t in json.loads(out.read_text()).items() if int(fd) not in kept]
+    pipes = [t for t in targets if t.startswith("pipe:")]
+    others = [t for t in targets if not t.startswith("pipe:")]
+    assert len(pipes) == 2  # its job pipe and its event pipe
+    # /dev/null stands in for what it inherited; /proc/.../fd is the listing itself
+    assert all(t == os.devnull or t.startswith("/proc/") for t in others), others
+
+
+def test_a_log_handler_lock_held_by_another_thread_at_fork_does_not_hang_a_child(
+        harness, hook, tmp_path):
+    path = tmp_path / "child.log"
+    stream = open(path, "a")  # noqa: SIM115 - closed below
+    handler = logging.StreamHandler(stream)
+    log = logging.getLogger("pooltest.atfork")
+    log.addHandler(handler)
+    log.propagate = False
+    hook(lambda: log.warning("child %d up", os.getpid()))
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with handler.lock:  # type: ignore[union-attr]
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        held.wait(5)
+        h = harness(concurrency=1, pool_options={"ready_timeout": 5})
+        [pid] = h.pool.pids()
+    finally:
+        release.set()
+        thread.join()
+        log.removeHandler(handler)
+        stream.close()
+    assert f"child {pid} up" in path.read_text()
