@@ -1,252 +1,558 @@
-"""taskq's Redis transport for kombu: fetch and lease in one atomic step, renewed leases.
+"""taskq's Redis transport for kombu: every delivery is a lease that a live consumer renews.
 
-kombu's own Redis transport takes a message with BRPOP and only then records it as unacked:
-a worker killed in between loses it, and the unacked messages of a dead worker come back only
-after the visibility timeout (an hour by default). Here:
+kombu's own Redis transport pops a message with BRPOP and only then records it as unacked
+(a consumer killed in between loses it), restores unacked messages only after the visibility
+timeout (an hour by default, swept every ~100 s), and requeues everything on channel close,
+tasks still running included. Here (the scripts and the keys are in ``redis_lua``):
 
-- a consumer blocks with ``BLMOVE`` from the queue into its own *inflight* list (atomic), then
-  a Lua script moves what it took into a *lease* and fetches more in the same round trip, up
-  to the prefetch window (batching);
-- a lease lasts ``lease_timeout`` seconds (default 60) and a live consumer renews every lease
-  it holds every ``lease_timeout / 3`` s: a long ``acks_late`` task is never delivered twice
-  while its worker stays connected;
-- every consumer restores expired leases, and the inflight lists of dead consumers, every
-  ``restore_interval`` s (default 5): a dead worker's messages come back within about
-  ``lease_timeout + restore_interval``;
-- closing a channel requeues nothing (kombu's requeues everything, running tasks included):
-  the worker gives back reserved messages itself (``reject(requeue=True)``), and what it
-  held when it died comes back when the lease ends.
+- **fetch = lease, atomically, in batches.** One Lua script pops up to the consumer's free
+  prefetch from its lists, in kombu's order (queue by queue at each priority step), and leases
+  each message under a unique lease id with a deadline on the Redis clock.
+- **blocking without taking.** Between fetches the consumer waits with
+  ``BLMOVE list list RIGHT RIGHT``: a pop and push onto the same end of the same list, so it
+  blocks until the list has a message and takes nothing. A message never sits in a reply or
+  a private list, so nothing is lost when a consumer dies or closes while waiting. BLMOVE
+  watches one list: the default-priority list of the first queue (where Celery and taskq
+  clients publish). When there are others to watch (priority lists, other queues), the wait
+  ends every ``fetch_poll_interval`` (50 ms) and the fetch script looks at all of them; with a
+  single list it waits up to kombu's ``brpop_timeout`` (1 s). Several idle consumers of one
+  queue all wake for a message; one gets it.
+- **renewal.** A live consumer extends all its leases in one script every ``renew_interval``
+  (default a third of ``lease_timeout``, 60 s): long ``acks_late`` tasks are never delivered
+  twice while their worker is connected. Renewal never revives a lease that is gone; the
+  consumer then logs that the message may run twice.
+- **prompt restore.** Every consuming channel moves messages whose lease expired back to the
+  head of their list every ``restore_interval`` (default ``min(lease / 6, 5 s)``), marked
+  ``redelivered``: a dead worker's messages come back within ``lease + restore_interval``.
+- **settling.** An ack deletes the lease; an ack or reject for a lease that is gone is dropped
+  (logged at debug), never an error, and can never touch a lease someone else took later.
+  ``reject(requeue=True)`` and ``Channel.release(tags)`` put messages back where they are
+  consumed next, in order, marked ``redelivered`` (as AMQP puts a requeued message back).
+- **closing requeues nothing.** The transport cannot tell a reserved message from a running
+  ``acks_late`` task, so it lets both lease out: the worker gives back what it never started
+  (``release``/``reject``), and what a lost connection held comes back after the lease.
+  Messages fetched but never handed to the application are released at once.
+- ``no_ack`` consumers (result and reply queues) pop without a lease.
 
-Publishing is kombu's: queues are the same Redis lists, so Celery and taskq clients publish
-to a taskq worker unchanged. Select it with ``Connection(url, transport=Transport)``; taskq
-does for ``redis://`` broker URLs.
+Publishing, fanout (pub/sub) and the queue layout are kombu's, so Celery and taskq clients
+on kombu's stock transport publish to consumers on this one unchanged. Renewal and restore
+run on the event loop's timers after ``register_with_event_loop`` and inside
+``drain_events`` otherwise (whose waits are cut to ``maintenance_tick``); a program that holds
+messages without doing either loses its leases. ``visibility_timeout`` is ignored: with
+renewal, no timeout has to outlast the longest task. Needs Redis >= 6.2; no Sentinel or
+cluster.
+
+Select it with ``Connection(url, transport=TRANSPORT)`` (taskq does for ``redis://``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from queue import Empty
 from time import monotonic
 from typing import Any
 
+import redis
 from kombu.transport import redis as kredis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 
+from taskq.errors import ConfigurationError
 from taskq.transports import redis_lua
+
+__all__ = ["TRANSPORT", "TRANSPORT_ALIAS", "Channel", "LeaseQoS", "LeaseSettings", "Transport"]
+
+TRANSPORT_ALIAS = "taskq.transports.redis:Transport"
+TRANSPORT = TRANSPORT_ALIAS
 
 logger = logging.getLogger("taskq.transports.redis")
 
-DEFAULT_LEASE = 60.0
-DEFAULT_RESTORE_INTERVAL = 5.0
-RESTORE_BATCH = 500
+_CHUNK = 1000  # lease ids per script call: bounds the time Redis spends in one script
+_RESTORE_ROUNDS = 10  # restore batches per maintenance pass at most
 
 
-class LeaseQoS(kredis.QoS):
-    """Acks settle leases; nothing is written to kombu's unacked hash."""
+# -- settings -------------------------------------------------------------------------------
+def _number(options: Mapping[str, Any], name: str, default: float, *, minimum: float = 0.0
+            ) -> float:
+    value = options.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigurationError(
+            f"transport option {name}={value!r}: expected a number of seconds")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigurationError(
+            f"transport option {name}={value!r}: expected a number of seconds") from None
+    if number <= minimum:
+        raise ConfigurationError(
+            f"transport option {name}={value!r}: must be greater than {minimum:g}")
+    return number
 
-    restore_at_shutdown = False
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    """The lease transport options, checked once per connection."""
+
+    lease_timeout: float = 60.0
+    renew_interval: float = 20.0
+    restore_interval: float = 5.0
+    fetch_batch: int = 100
+    fetch_poll_interval: float = 0.05
+    restore_batch: int = 100
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> LeaseSettings:
+        lease = _number(options, "lease_timeout", 60.0)
+        renew = _number(options, "renew_interval", lease / 3)
+        if renew >= lease:
+            raise ConfigurationError(
+                f"transport option renew_interval={renew:g} must be shorter than "
+                f"lease_timeout={lease:g} (a third of it is the default)")
+        restore = _number(options, "restore_interval", min(lease / 6, 5.0))
+        batch = _number(options, "fetch_batch", 100, minimum=0.5)
+        poll = _number(options, "fetch_poll_interval", 0.05)
+        restore_batch = _number(options, "restore_batch", 100, minimum=0.5)
+        return cls(lease, renew, restore, int(batch), poll, int(restore_batch))
+
+    @property
+    def lease_ms(self) -> int:
+        return max(1, int(self.lease_timeout * 1000))
+
+    @property
+    def maintenance_tick(self) -> float:
+        """How often renewal and restore are checked for being due."""
+        return min(1.0, self.renew_interval / 2, self.restore_interval / 2)
+
+
+# -- acks -----------------------------------------------------------------------------------
+class LeaseQoS(virtual.QoS):
+    """Prefetch accounting (kombu's) plus the lease id of every message this channel holds."""
+
+    restore_at_shutdown = False  # see restore_unacked_once
+
+    def __init__(self, channel: Channel, prefetch_count: int = 0) -> None:
+        super().__init__(channel, prefetch_count)
+        self.leases: dict[str, str] = {}  # delivery tag -> lease id
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        virtual.QoS.append(self, message, delivery_tag)  # in memory only: the lease exists
+        lease = self.channel._incoming.pop(delivery_tag, None)
+        if lease is not None:
+            self.leases[delivery_tag] = lease
+        super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        self.channel._settle(delivery_tag, requeue=False)
-        virtual.QoS.ack(self, delivery_tag)
+        self._settle("ack", [delivery_tag])
+        super().ack(delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        self.channel._settle(delivery_tag, requeue=requeue)
-        virtual.QoS.ack(self, delivery_tag)
+        self._settle("requeue" if requeue else "ack", [delivery_tag])
+        super().ack(delivery_tag)
 
-    def restore_unacked(self, client: Any = None) -> None:
-        self._delivered.clear()  # leases expire on their own; see the module docstring
+    def release(self, delivery_tags: Iterable[str]) -> int:
+        tags = list(delivery_tags)
+        released = self._settle("requeue", tags)
+        for tag in tags:
+            super().ack(tag)
+        return released
 
-    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
-        self.channel._restore_expired()
+    def _settle(self, mode: str, tags: Sequence[str]) -> int:
+        held = [(tag, self.leases.pop(tag)) for tag in tags if tag in self.leases]
+        unknown = len(tags) - len(held)
+        if unknown:
+            logger.debug("%s of %d deliveries dropped: this channel holds no lease for them",
+                         mode, unknown)
+        if not held:
+            return 0
+        try:
+            return self.channel._settle(mode, held)
+        except BaseException:
+            self.leases.update(held)  # still ours: renewed until they expire or settle
+            raise
+
+    def forget(self, lease_ids: Iterable[str]) -> list[str]:
+        """Drop leases that are gone; returns their delivery tags."""
+        gone = set(lease_ids)
+        tags = [tag for tag, lease in self.leases.items() if lease in gone]
+        for tag in tags:
+            del self.leases[tag]
+        return tags
+
+    def restore_unacked(self, client: Any = None) -> list[Any]:
+        """``basic_recover(requeue=True)``: give back every message held, now."""
+        self.release(list(self.leases))
+        self._flush()
+        return []
+
+    def restore_unacked_once(self, stderr: Any = None) -> None:
+        # kombu requeues every unacked delivery here (on close, at exit, after fork), running
+        # tasks included. The leases do it right: running tasks are renewed by a live worker,
+        # the rest expire. Nothing to do.
+        self._on_collect.cancel()
 
 
+# -- the channel ----------------------------------------------------------------------------
 class Channel(kredis.Channel):
-    QoS = LeaseQoS
+    """kombu's Redis channel with leased deliveries (see the module docstring)."""
+
+    QoS = LeaseQoS  # type: ignore[assignment]
+
+    # Bounded blocking (DESIGN.md); transport options override these.
+    socket_timeout = 2.0  # type: ignore[assignment]
+    socket_connect_timeout = 2.0  # type: ignore[assignment]
+    health_check_interval = 10
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        options = self.connection.client.transport_options
-        self.lease_timeout = float(options.get("lease_timeout", DEFAULT_LEASE))
-        self.renew_interval = float(options.get("renew_interval", self.lease_timeout / 3))
-        self.restore_interval = float(options.get(
-            "restore_interval", min(DEFAULT_RESTORE_INTERVAL, self.lease_timeout / 6)))
-        self.consumer_id = uuid.uuid4().hex
-        prefix = self.global_keyprefix or ""
-        self._p = prefix
-        self._leases = f"{prefix}taskq.leases"
-        self._deadlines = f"{prefix}taskq.deadlines"
-        self._inflights = f"{prefix}taskq.inflights"
-        self._alive = f"{prefix}taskq.alive.{self.consumer_id}"
-        self._blocking_qkey: str | None = None
-        self._next_renew = 0.0
-        self._next_restore = 0.0
+        self.QoS = LeaseQoS  # also with ack_emulation=False: leases are the point
+        self.lease: LeaseSettings = self.connection.lease
+        self.consumer_id = uuid.uuid4().hex[:16]
+        self._batches = 0
+        # Fetched and being delivered: tag -> lease id. Per transport, as kombu's consumer
+        # callbacks are: the QoS of whichever channel a message is delivered to takes it.
+        self._incoming: dict[str, str] = self.connection.incoming
+        self._no_ack_queues: set[str] = set()
+        self._plans: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
+        self._peek_single = False
+        self._scripts_client: redis.Redis | None = None
+        self._renew_due = monotonic() + self.lease.renew_interval
+        self._restore_due = 0.0  # at the first chance: a dead predecessor's leases
+        self._maintenance_failing = False
+        self._redis_errors = tuple(self.connection.channel_errors)
+        self.leases_key = f"{self.global_keyprefix}taskq:leases"
+        self.leased_key = f"{self.global_keyprefix}taskq:leased"
 
-    # -- keys -----------------------------------------------------------------------------------
-    def _qkey(self, queue: str, pri: int = 0) -> str:
-        return self._p + self._q_for_pri(queue, pri)
+    # -- scripts --------------------------------------------------------------------------
+    def _client_for_scripts(self) -> redis.Redis:
+        # A plain client on the channel's pool: never self.client, whose connection may be
+        # waiting for a BLMOVE reply, and never kombu's prefixing client (keys are full here).
+        pool = self.pool
+        client = self._scripts_client
+        if client is None or client.connection_pool is not pool:
+            client = self._scripts_client = redis.Redis(connection_pool=pool)
+        return client
 
-    def _inflight(self, qkey: str) -> str:
-        return f"{self._p}taskq.inflight.{self.consumer_id}.{qkey}"
+    def _script(self, name: str) -> Any:
+        scripts = self.connection.scripts
+        script = scripts.get(name)
+        if script is None:
+            script = scripts[name] = self._client_for_scripts().register_script(
+                getattr(redis_lua, name))
+        return script
 
-    def _queue_of(self, qkey: str) -> str:
-        name = qkey[len(self._p):] if self._p and qkey.startswith(self._p) else qkey
-        return name.rsplit(self.sep, 1)[0]
+    def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self._script(name)(keys=list(keys), args=list(args),
+                                  client=self._client_for_scripts())
 
-    def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        # Never on self.client's connection: a BLMOVE may be waiting for its reply there.
-        with self.conn_or_acquire() as client:
-            return client.execute_command("EVAL", script, len(keys), *keys, *args)
+    # -- consuming ------------------------------------------------------------------------
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        else:
+            self._no_ack_queues.discard(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
 
-    # -- consuming ------------------------------------------------------------------------------
-    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
-        members = [f"{self.consumer_id}\t{self._qkey(queue, pri)}"
-                   for pri in self.priority_steps]
-        self._eval(redis_lua.REGISTER, [self._alive, self._inflights],
-                   [int(self.lease_timeout * 1000), *members])
-        return super().basic_consume(queue, *args, **kwargs)
+    def _basic_cancel(self, consumer_tag: str) -> Any:
+        queue = self._tag_to_queue.get(consumer_tag)
+        ret = super()._basic_cancel(consumer_tag)
+        if queue is not None and queue not in self._active_queues:
+            self._no_ack_queues.discard(queue)
+        return ret
 
-    def _fetch(self, inflight_qkey: str | None, max_n: int) -> list[tuple[str, str, str]]:
-        queues = [self._qkey(q, pri) for pri in self.priority_steps
-                  for q in self._queue_cycle.consume(len(self.active_queues))]
-        keys = [self._leases, self._deadlines, self._alive,
-                self._inflight(inflight_qkey) if inflight_qkey else ""]
-        args = [int(self.lease_timeout * 1000), max(max_n, 0), inflight_qkey or "", *queues]
-        flat = self._eval(redis_lua.FETCH, keys, args)
-        out = []
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        fetched = self._fetch([queue], 1, leased=not no_ack)
+        if not fetched:
+            return None
+        _, lease, payload = fetched[0]
+        if lease:
+            self._incoming[self._tag_for(payload, lease)] = lease
+        message = self.Message(payload, channel=self)
+        if not no_ack:
+            self.qos.append(message, message.delivery_tag)
+        return message
+
+    def _get(self, queue: str, timeout: float | None = None) -> Any:
+        fetched = self._fetch([queue], 1)
+        if not fetched:
+            raise Empty()
+        _, lease, payload = fetched[0]
+        if lease:
+            self._incoming[self._tag_for(payload, lease)] = lease
+        return payload
+
+    def _plan(self, queues: Sequence[str]) -> tuple[list[str], list[str]]:
+        """The lists to fetch from, in kombu's BRPOP order, and the queue of each."""
+        key = tuple(queues)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) > 64:
+                self._plans.clear()
+            pairs = [(self.global_keyprefix + self._q_for_pri(queue, pri), queue)
+                     for pri in self.priority_steps for queue in queues]
+            unique = list(dict.fromkeys(pairs))
+            plan = self._plans[key] = ([k for k, _ in unique], [q for _, q in unique])
+        return plan
+
+    def _fetch(self, queues: Sequence[str], limit: int, leased: bool | None = None
+               ) -> list[tuple[str, str, dict[str, Any]]]:
+        """Pop and lease up to ``limit`` messages: [(queue, lease id or '', payload)]."""
+        lists, owners = self._plan(queues)
+        if leased is None:
+            modes = "".join("N" if q in self._no_ack_queues else "L" for q in owners)
+        else:
+            modes = ("L" if leased else "N") * len(lists)
+        self._batches += 1
+        prefix = f"{self.consumer_id}:{self._batches:010d}:"
+        flat = self._run("FETCH", [self.leases_key, self.leased_key, *lists],
+                         [limit, self.lease.lease_ms, prefix, modes])
+        if self._expires:
+            with self.conn_or_acquire() as client:
+                for queue in queues:
+                    self._maybe_update_queues_expire(client, queue)
+        fetched: list[tuple[str, str, dict[str, Any]]] = []
+        unreadable: list[tuple[str, str]] = []
         for i in range(0, len(flat), 3):
-            out.append((bytes_to_str(flat[i]), bytes_to_str(flat[i + 1]),
-                        bytes_to_str(flat[i + 2])))
-        return out
+            queue, lease, raw = owners[int(flat[i]) - 1], bytes_to_str(flat[i + 1]), flat[i + 2]
+            try:
+                payload = loads(bytes_to_str(raw))
+                if "delivery_tag" not in payload["properties"]:
+                    raise KeyError("properties.delivery_tag")
+            except Exception as exc:
+                logger.error("dropped an unreadable message from queue %r (%r): %.200r",
+                             queue, exc, raw)
+                if lease:
+                    unreadable.append(("", lease))
+                continue
+            fetched.append((queue, lease, payload))
+        if unreadable:
+            self._settle("ack", unreadable)
+        return fetched
 
-    def _deliver_fetched(self, fetched: list[tuple[str, str, str]]) -> None:
-        for qkey, raw, _tag in fetched:
-            queue = self._queue_of(qkey)
-            self._queue_cycle.rotate(queue)
-            self.connection._deliver(json.loads(raw), queue)
+    def _tag_for(self, payload: dict[str, Any], lease: str) -> str:
+        """The payload's delivery tag, made unique among the deliveries this channel holds."""
+        properties = payload["properties"]
+        tag = properties["delivery_tag"]
+        qos = self._qos
+        if tag in self._incoming or (qos is not None and tag in qos._delivered):
+            # The same message twice (published twice, or requeued and fetched again before
+            # the first delivery was settled): kombu tracks deliveries by tag.
+            tag = properties["delivery_tag"] = f"{tag}~{lease}"
+        return str(tag)
 
-    def _room(self) -> int:
+    def _credit(self) -> int:
         estimate = self.qos.can_consume_max_estimate()
-        return 100 if estimate is None else int(estimate)
+        batch = self.lease.fetch_batch
+        return batch if estimate is None else max(0, min(int(estimate), batch))
+
+    def _fetch_and_deliver(self) -> bool:
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        limit = self._credit()
+        if not queues or not limit:
+            return False
+        fetched = self._fetch(queues, limit)
+        for queue in dict.fromkeys(q for q, _, _ in fetched):
+            self._queue_cycle.rotate(queue)
+        self._deliver_fetched(fetched)
+        return bool(fetched)
+
+    def _deliver_fetched(self, fetched: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """Hand messages to their consumers; release any the application never got."""
+        callbacks = self.connection._callbacks
+        undelivered: list[tuple[str, str]] = []
+        pending = iter(fetched)
+        try:
+            for queue, lease, payload in pending:
+                if not lease:
+                    self.connection._deliver(payload, queue)
+                    continue
+                tag = self._tag_for(payload, lease)
+                if queue not in callbacks:  # its consumer was cancelled meanwhile
+                    undelivered.append((tag, lease))
+                    continue
+                self._incoming[tag] = lease
+                try:
+                    self.connection._deliver(payload, queue)
+                finally:
+                    if self._incoming.pop(tag, None) is not None:  # nobody took it
+                        undelivered.append((tag, lease))
+        finally:
+            undelivered.extend((self._tag_for(p, lease), lease)
+                               for _, lease, p in pending if lease)
+            if undelivered:
+                self._settle("requeue", undelivered)
 
     def _brpop_start(self, timeout: float | None = None) -> None:
-        self._maintain()
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
-        qkey = self._qkey(queues[0])
-        self._blocking_qkey = qkey
-        block = timeout if timeout is not None else self.brpop_timeout
-        if len(self.active_queues) > 1:
-            block = max(0.1, min(block or 1.0, 1.0 / len(self.active_queues)))
-        self._in_poll = self.client.connection
+        lists, _ = self._plan(queues)
+        self._peek_single = len(lists) == 1
+        wait = self.brpop_timeout or 1
+        if not self._peek_single:
+            wait = min(wait, self.lease.fetch_poll_interval)
+        if timeout is not None:
+            wait = min(wait, timeout)
+        connection = self.client.connection
+        self._in_poll = connection
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]
-        # BLMOVE is atomic: the message is in our inflight list from this instant on.
-        self.client.connection.send_command("BLMOVE", qkey, self._inflight(qkey), "RIGHT",
-                                            "LEFT", block or 0)
+        # Blocks until the list has a message and takes none (see the module docstring).
+        connection.send_command("BLMOVE", lists[0], lists[0], "RIGHT", "RIGHT", f"{wait:g}")
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
             try:
-                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+                reply = self.client.parse_response(self.client.connection, "BLMOVE", **options)
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
         finally:
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()
-        qkey, self._blocking_qkey = self._blocking_qkey, None
-        if item is None:
-            # Nothing on the queue we blocked on: others may have some (several queues).
-            fetched = self._fetch(None, min(self._room(), 100)) if len(
-                self.active_queues) > 1 else []
-        else:
-            fetched = self._fetch(qkey, max(self._room() - 1, 0))
-        if not fetched:
-            raise kredis.Empty()
-        self._deliver_fetched(fetched)
-        return True
+        self.maintain_leases()  # drain_events users renew here too
+        if reply is None and self._peek_single:
+            raise Empty()
+        if not self.active_queues or not self.qos.can_consume():
+            raise Empty()
+        if self._fetch_and_deliver():
+            return True
+        raise Empty()
 
-    def _get(self, queue: str, timeout: float | None = None) -> Any:
-        self._maintain()
-        with self.conn_or_acquire():
-            queues = [self._qkey(queue, pri) for pri in self.priority_steps]
-            keys = [self._leases, self._deadlines, self._alive, ""]
-            flat = self._eval(redis_lua.FETCH, keys,
-                              [int(self.lease_timeout * 1000), 1, "", *queues])
-        if not flat:
-            raise kredis.Empty()
-        return json.loads(bytes_to_str(flat[1]))
+    # -- leases ---------------------------------------------------------------------------
+    def _settle(self, mode: str, held: Sequence[tuple[str, str]]) -> int:
+        """End the leases of ``held`` [(delivery tag, lease id)]; returns how many were ours."""
+        done = 0
+        for start in range(0, len(held), _CHUNK):
+            chunk = held[start:start + _CHUNK]
+            flags = self._run("SETTLE", [self.leases_key, self.leased_key],
+                              [mode, *(lease for _, lease in chunk)])
+            for (tag, lease), flag in zip(chunk, flags, strict=True):
+                if int(flag):
+                    done += 1
+                else:
+                    logger.debug("%s of delivery %s dropped: its lease %s expired and the "
+                                 "message went back to its queue", mode, tag, lease)
+        return done
 
-    # -- leases ---------------------------------------------------------------------------------
-    def _settle(self, delivery_tag: str, requeue: bool) -> None:
-        settled = self._eval(redis_lua.SETTLE, [self._leases, self._deadlines],
-                             [delivery_tag, "1" if requeue else "0"])
-        if not settled:
-            logger.debug("delivery %s: lease already gone (restored elsewhere); nothing to %s",
-                         delivery_tag, "requeue" if requeue else "ack")
+    def release(self, delivery_tags: Iterable[str]) -> int:
+        """Requeue these held messages now, where they are consumed next, in order.
 
-    def release(self, delivery_tags: list[str]) -> None:
-        """Requeue reserved, never started messages now (warm shutdown, eta tasks)."""
-        for tag in delivery_tags:
-            self.qos.reject(tag, requeue=True)
+        For reserved messages the application will not start (warm shutdown, far eta).
+        Returns how many were still held; tags without a lease are ignored.
+        """
+        return self.qos.release(delivery_tags)
 
-    def renew(self) -> int:
-        """Extend every lease this channel holds (called on a timer by the worker's loop)."""
-        tags = list(self.qos._delivered)
-        renewed = self._eval(redis_lua.RENEW, [self._leases, self._deadlines, self._alive],
-                             [int(self.lease_timeout * 1000), *tags])
-        return int(renewed or 0)
+    def renew_leases(self) -> int:
+        """Extend every lease this channel holds; returns how many are still held."""
+        qos = self._qos
+        if qos is None or not qos.leases:
+            return 0
+        ids = list(qos.leases.values())
+        lost: list[str] = []
+        for start in range(0, len(ids), _CHUNK):
+            lost.extend(bytes_to_str(x) for x in self._run(
+                "RENEW", [self.leases_key], [self.lease.lease_ms, *ids[start:start + _CHUNK]]))
+        if lost:
+            tags = qos.forget(lost)
+            logger.warning("lost the lease of %d held messages (not renewed in time, they "
+                           "went back to their queues and may run twice): %s",
+                           len(tags), ", ".join(tags[:10]))
+        return len(ids) - len(lost)
 
-    def _restore_expired(self) -> int:
-        restored = self._eval(redis_lua.RESTORE, [self._leases, self._deadlines, self._inflights],
-                              [RESTORE_BATCH, self._p])
+    def restore_expired(self) -> int:
+        """Move messages whose lease expired (anyone's) back to their queues."""
+        restored = 0
+        for _ in range(_RESTORE_ROUNDS):
+            moved = int(self._run("RESTORE", [self.leases_key, self.leased_key],
+                                  [self.lease.restore_batch]))
+            restored += moved
+            if moved < self.lease.restore_batch:
+                break
         if restored:
             logger.info("restored %d messages whose lease expired", restored)
-        return int(restored or 0)
+        return restored
 
-    def _maintain(self) -> None:
-        """Renew and restore when due (the loop's timers do it too; this covers sync use)."""
+    def maintain_leases(self) -> None:
+        """Renew and restore when due.
+
+        A connection error propagates: on the event loop it is a lost connection and the
+        consumer reconnects (a Redis that answers no script within the socket timeout is as
+        good as gone, and retrying would stall the loop for that timeout every tick). A Redis
+        error (scripts refused when out of memory, ...) is logged and retried next tick.
+        """
         now = monotonic()
-        if now >= self._next_renew:
-            self._next_renew = now + self.renew_interval
-            self.renew()
-        if now >= self._next_restore:
-            self._next_restore = now + self.restore_interval
-            self._restore_expired()
+        try:
+            if now >= self._renew_due:
+                self.renew_leases()
+                self._renew_due = now + self.lease.renew_interval
+            if now >= self._restore_due and self.active_queues:
+                self.restore_expired()
+                self._restore_due = now + self.lease.restore_interval
+        except self._redis_errors as exc:
+            if not self._maintenance_failing:
+                logger.warning("renewing/restoring leases failed (%r); retrying", exc)
+            self._maintenance_failing = True
+        else:
+            self._maintenance_failing = False
 
     def close(self) -> None:
-        if self._in_poll:
-            # A BLMOVE in flight: let its reply arrive (into our inflight list) and lease
-            # it, so it is delivered or expires, never stranded.
-            try:
-                self._brpop_read()
-            except (kredis.Empty, *self.connection_errors):
-                pass
+        # A pending BLMOVE holds no message: drop it instead of reading it (kombu reads its
+        # BRPOP reply here, blocking for up to brpop_timeout).
+        self._in_poll = None  # type: ignore[assignment]
         super().close()
 
 
+class LeasePoller(kredis.MultiChannelPoller):
+    """kombu's poller, with lease upkeep in place of kombu's unacked restore."""
+
+    def __init__(self, tick: float) -> None:
+        super().__init__()
+        self.tick = tick
+        self._lease_tref: Any = None
+
+    def maintain(self) -> None:
+        for channel in list(self._channels):
+            if not channel.closed:
+                channel.maintain_leases()
+
+    def maybe_restore_messages(self) -> None:
+        self.maintain()
+
+    def on_poll_init(self, poller: Any) -> None:
+        self.poller = poller
+
+    def get(self, callback: Any, timeout: float | None = None) -> Any:
+        # drain_events: never wait longer than a tick, so held leases are renewed in time
+        # (Transport.drain_events loops until its own timeout).
+        self.maintain()
+        if timeout is None or timeout > self.tick:
+            timeout = self.tick
+        return super().get(callback, timeout)
+
+
 class Transport(kredis.Transport):
+    """kombu's Redis transport with leased deliveries (see the module docstring)."""
+
     Channel = Channel
-    driver_name = "redis"
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        self.lease = LeaseSettings.from_options(client.transport_options or {})
+        self.scripts: dict[str, Any] = {}
+        self.incoming: dict[str, str] = {}
+        super().__init__(client, **kwargs)
+        self.cycle = LeasePoller(self.lease.maintenance_tick)  # type: ignore[assignment]
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         super().register_with_event_loop(connection, loop)
-        cycle: Any = self.cycle
-
-        def maintain() -> None:
-            # A connection error here propagates: the worker's loop treats it as a lost
-            # connection and reconnects (a black-holed broker is noticed this way too).
-            for channel in list(cycle._channels):
-                if isinstance(channel, Channel) and not channel.closed:
-                    channel._maintain()
-
-        loop.call_repeatedly(1.0, maintain)
-
-
-TRANSPORT = "taskq.transports.redis:Transport"
+        cycle = self.cycle
+        assert isinstance(cycle, LeasePoller)
+        kombu_restore = getattr(cycle, "_restore_messages_tref", None)
+        if kombu_restore is not None:
+            kombu_restore.cancel()  # kombu's unacked sweep: LeasePoller.maintain replaces it
+        if cycle._lease_tref is not None:
+            cycle._lease_tref.cancel()
+        cycle._lease_tref = loop.call_repeatedly(cycle.tick, cycle.maintain)

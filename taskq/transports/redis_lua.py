@@ -1,134 +1,132 @@
-"""The Lua scripts of taskq's Redis transport. Each runs atomically on the server and takes
-its clock from ``TIME``, so clients with skewed clocks agree on every lease deadline.
+"""The Lua scripts of taskq's Redis transport (``taskq/transports/redis.py``).
 
-Keys (all under the connection's ``global_keyprefix``):
-  taskq.leases     HASH  delivery tag -> JSON [queue key, raw message]
-  taskq.deadlines  ZSET  delivery tag -> lease deadline (ms, server time)
-  taskq.inflight.<consumer>.<queue key>  LIST  what BLMOVE took, not yet leased
-  taskq.inflights  SET   "<consumer>\\t<queue key>" of every inflight list
-  taskq.alive.<consumer>  STRING with a TTL of one lease: the consumer is alive
+Keys, all under the connection's ``global_keyprefix`` P (callers pass full key names):
+
+    P<queue>, P<queue><sep><step>   kombu's queue lists: LPUSHed by publishers, consumed from
+                                    the right (the step lists hold prioritised messages)
+    P taskq:leases                  sorted set: lease id -> deadline, in ms of the Redis clock
+    P taskq:leased                  hash: lease id -> message as published,
+                                          lease id .. ':q' -> the list the message came from
+
+A lease id is ``<consumer id>:<batch, 10 digits>:<n, 6 digits>``: unique, so a stale ack or
+renewal can never touch a lease someone else took later, and ids with one deadline sort in
+fetch order (restores keep that order). Deadlines come from the Redis server's clock, so
+consumers on hosts whose clocks disagree still agree on which leases expired.
+
+Every script is atomic: at any moment a message is in exactly one place, its list or a
+lease. Needs Redis >= 6.2 (RPOP with a count, ZADD GT, ZRANGE BYSCORE, BLMOVE).
 """
 
 from __future__ import annotations
 
-_COMMON = """
+_NOW = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function redelivered(raw)
-  local ok, msg = pcall(cjson.decode, raw)
-  if not ok or type(msg) ~= 'table' then return raw end
-  if type(msg.headers) == 'table' then msg.headers.redelivered = true end
-  if type(msg.properties) == 'table' and type(msg.properties.delivery_info) == 'table' then
-    msg.properties.delivery_info.redelivered = true
+"""
+
+# Marks a requeued message redelivered the way kombu does (delivery_info.redelivered) without
+# decoding it: cjson in Redis < 7.2 turns empty arrays into objects, and bodies can be large.
+# kombu writes its envelopes with json.dumps' default separators; the last '"delivery_info": {'
+# is the one in the properties (inside a JSON string the quotes would be escaped). A message
+# in another layout is requeued unchanged.
+_REDELIVERED = """
+local function redelivered(item)
+  local pattern = '"delivery_info": {'
+  local at, from = nil, 1
+  while true do
+    local i = string.find(item, pattern, from, true)
+    if not i then break end
+    at, from = i, i + 1
   end
-  return cjson.encode(msg)
+  if not at then return item end
+  local cut = at + #pattern - 1
+  local flag = '"redelivered": true'
+  if string.sub(item, cut + 1, cut + #flag) == flag then return item end
+  local sep = ', '
+  if string.sub(item, cut + 1, cut + 1) == '}' then sep = '' end
+  return string.sub(item, 1, cut) .. flag .. sep .. string.sub(item, cut + 1)
 end
 """
 
-# KEYS: leases, deadlines, alive, inflight ('' when none)
-# ARGV: lease_ms, max_n, inflight queue key, queue keys...
-FETCH = _COMMON + """
-local deadline = now_ms() + tonumber(ARGV[1])
-local max_n = tonumber(ARGV[2])
-local out = {}
-local n = 0
-local function lease(qkey, raw)
-  local ok, msg = pcall(cjson.decode, raw)
-  local tag = nil
-  if ok and type(msg) == 'table' and type(msg.properties) == 'table' then
-    tag = msg.properties.delivery_tag
-  end
-  if type(tag) ~= 'string' then
-    tag = 'taskq-' .. tostring(deadline) .. '-' .. tostring(n) .. '-' .. redis.sha1hex(raw)
-  end
-  redis.call('HSET', KEYS[1], tag, cjson.encode({qkey, raw}))
-  redis.call('ZADD', KEYS[2], deadline, tag)
-  out[#out + 1] = qkey
-  out[#out + 1] = raw
-  out[#out + 1] = tag
-  n = n + 1
-end
-if KEYS[4] ~= '' then
-  while true do
-    local raw = redis.call('RPOP', KEYS[4])
-    if not raw then break end
-    lease(ARGV[3], raw)
+#: Pops up to ARGV[1] messages from the lists KEYS[3..], in that order, and leases each for
+#: ARGV[2] ms under the id ARGV[3] .. n; ARGV[4] has one letter per list, 'N' for a no-ack
+#: consumer's list (popped without a lease). KEYS[1] leases, KEYS[2] leased.
+#: Returns a flat array: list number (1-based), lease id ('' without a lease), message.
+FETCH = _NOW + """
+local limit = tonumber(ARGV[1])
+local deadline = now_ms() + tonumber(ARGV[2])
+local out, n = {}, 0
+for k = 3, #KEYS do
+  if n >= limit then break end
+  local items = redis.call('RPOP', KEYS[k], limit - n)
+  if items then
+    local leased = string.sub(ARGV[4], k - 2, k - 2) ~= 'N'
+    for _, item in ipairs(items) do
+      n = n + 1
+      local id = ''
+      if leased then
+        id = ARGV[3] .. string.format('%06d', n)
+        redis.call('ZADD', KEYS[1], deadline, id)
+        redis.call('HSET', KEYS[2], id, item, id .. ':q', KEYS[k])
+      end
+      out[#out + 1] = k - 2
+      out[#out + 1] = id
+      out[#out + 1] = item
+    end
   end
 end
-for i = 4, #ARGV do
-  while n < max_n do
-    local raw = redis.call('RPOP', ARGV[i])
-    if not raw then break end
-    lease(ARGV[i], raw)
-  end
-end
-redis.call('SET', KEYS[3], '1', 'PX', tonumber(ARGV[1]))
 return out
 """
 
-# KEYS: leases, deadlines, alive    ARGV: lease_ms, tags...
-RENEW = _COMMON + """
+#: Ends the leases ARGV[2..]. 'ack' deletes the message; 'requeue' puts it back where it is
+#: consumed next, marked redelivered, keeping the order of the ids (as AMQP's requeue puts a
+#: message back in its place). A lease that is gone (it expired and was restored, maybe to
+#: someone else by now) is left alone. KEYS[1] leases, KEYS[2] leased.
+#: Returns 1 or 0 per id, in order: whether the lease was still held.
+SETTLE = _REDELIVERED + """
+local requeue = ARGV[1] == 'requeue'
+local held = {}
+-- RPUSH the last id first, so that the first id ends up consumed first.
+for i = #ARGV, 2, -1 do
+  local id = ARGV[i]
+  local ok = redis.call('ZREM', KEYS[1], id)
+  if ok == 1 and requeue then
+    local v = redis.call('HMGET', KEYS[2], id, id .. ':q')
+    if v[1] and v[2] then redis.call('RPUSH', v[2], redelivered(v[1])) end
+  end
+  redis.call('HDEL', KEYS[2], id, id .. ':q')
+  held[i - 1] = ok
+end
+return held
+"""
+
+#: Extends the leases ARGV[2..] to ARGV[1] ms from now; never revives one that is gone.
+#: KEYS[1] leases. Returns the ids that are gone.
+RENEW = _NOW + """
 local deadline = now_ms() + tonumber(ARGV[1])
-local renewed = 0
+local lost = {}
 for i = 2, #ARGV do
-  renewed = renewed + redis.call('ZADD', KEYS[2], 'XX', 'CH', deadline, ARGV[i])
-end
-redis.call('SET', KEYS[3], '1', 'PX', tonumber(ARGV[1]))
-return renewed
-"""
-
-# KEYS: leases, deadlines    ARGV: tag, requeue (1/0)
-SETTLE = _COMMON + """
-local entry = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-if entry and ARGV[2] == '1' then
-  local e = cjson.decode(entry)
-  redis.call('RPUSH', e[1], redelivered(e[2]))
-  return 1
-end
-if entry then return 1 end
-return 0
-"""
-
-# KEYS: leases, deadlines, inflights    ARGV: max_n, prefix
-RESTORE = _COMMON + """
-local now = now_ms()
-local restored = 0
-local tags = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-for _, tag in ipairs(tags) do
-  local entry = redis.call('HGET', KEYS[1], tag)
-  redis.call('HDEL', KEYS[1], tag)
-  redis.call('ZREM', KEYS[2], tag)
-  if entry then
-    local e = cjson.decode(entry)
-    redis.call('RPUSH', e[1], redelivered(e[2]))
-    restored = restored + 1
+  if redis.call('ZADD', KEYS[1], 'XX', 'GT', 'CH', deadline, ARGV[i]) == 0 then
+    if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then lost[#lost + 1] = ARGV[i] end
   end
 end
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-  local tab = string.find(member, '\\t', 1, true)
-  local consumer = string.sub(member, 1, tab - 1)
-  local qkey = string.sub(member, tab + 1)
-  if redis.call('EXISTS', ARGV[2] .. 'taskq.alive.' .. consumer) == 0 then
-    local inflight = ARGV[2] .. 'taskq.inflight.' .. consumer .. '.' .. qkey
-    while true do
-      local raw = redis.call('RPOP', inflight)
-      if not raw then break end
-      redis.call('RPUSH', qkey, redelivered(raw))
-      restored = restored + 1
-    end
-    redis.call('SREM', KEYS[3], member)
-  end
-end
-return restored
+return lost
 """
 
-# KEYS: alive, inflights    ARGV: lease_ms, members...
-REGISTER = """
-redis.call('SET', KEYS[1], '1', 'PX', tonumber(ARGV[1]))
-for i = 2, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
-return 1
+#: Moves up to ARGV[1] messages whose lease deadline has passed back to the head of their
+#: list (consumed next, in fetch order), marked redelivered. KEYS[1] leases, KEYS[2] leased.
+#: Returns how many it moved.
+RESTORE = _NOW + _REDELIVERED + """
+local ids = redis.call('ZRANGE', KEYS[1], '-inf', now_ms(), 'BYSCORE',
+                       'LIMIT', 0, tonumber(ARGV[1]))
+for i = #ids, 1, -1 do
+  local id = ids[i]
+  local v = redis.call('HMGET', KEYS[2], id, id .. ':q')
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id, id .. ':q')
+  if v[1] and v[2] then redis.call('RPUSH', v[2], redelivered(v[1])) end
+end
+return #ids
 """

@@ -1,0 +1,449 @@
+"""taskq's Redis transport against the real Redis: leases, renewal, restore, interop.
+
+Every test has its own ``global_keyprefix`` and deletes only its own keys; waits are on
+conditions with deadlines (the leases here are short: a second or two).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu.asynchronous import Hub
+
+from taskq.errors import ConfigurationError
+from taskq.transports import redis as lease_redis
+from taskq.transports.redis import TRANSPORT_ALIAS
+
+pytestmark = pytest.mark.redis
+
+Connect = Callable[..., Connection]
+
+
+@pytest.fixture
+def prefix(unique: str, redis_client: Any) -> Iterator[str]:
+    prefix = f"{unique}:"
+    yield prefix
+    keys = list(redis_client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        redis_client.delete(*keys)
+
+
+@pytest.fixture
+def connect(redis_url: str, prefix: str) -> Iterator[Connect]:
+    """Connections on the lease transport; ``stock=True`` for kombu's own Redis transport."""
+    opened: list[Connection] = []
+
+    def connect(stock: bool = False, **options: Any) -> Connection:
+        conn = Connection(redis_url, transport=None if stock else TRANSPORT_ALIAS,
+                          transport_options={"global_keyprefix": prefix, **options})
+        opened.append(conn)
+        return conn
+
+    yield connect
+    for conn in opened:
+        conn.release()
+
+
+def make_queue(name: str) -> Queue:
+    return Queue(name, Exchange(name), routing_key=name)
+
+
+def publish(conn: Connection, queue: Queue, bodies: list[Any], **kwargs: Any) -> None:
+    producer = Producer(conn)
+    for body in bodies:
+        producer.publish(body, exchange=queue.exchange, routing_key=queue.routing_key,
+                         declare=[queue], serializer="json", **kwargs)
+
+
+def drain_until(conns: list[Connection], done: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        for conn in conns:
+            try:
+                conn.drain_events(timeout=0.05)
+            except TimeoutError:
+                pass
+    return True
+
+
+class Inbox:
+    """A consumer's received messages."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    def __call__(self, body: Any, message: Any) -> None:
+        self.messages.append(message)
+
+    @property
+    def bodies(self) -> list[Any]:
+        return [m.payload for m in self.messages]
+
+
+def consume(conn: Connection, queues: list[Queue], prefetch: int | None = None,
+            no_ack: bool = False) -> Inbox:
+    inbox = Inbox()
+    consumer = Consumer(conn, queues, callbacks=[inbox], accept=["json"], no_ack=no_ack,
+                        prefetch_count=prefetch)
+    consumer.consume()
+    return inbox
+
+
+def keys(redis_client: Any, prefix: str) -> set[str]:
+    return {k.decode()[len(prefix):] for k in redis_client.scan_iter(match=f"{prefix}*")}
+
+
+def lease_count(redis_client: Any, prefix: str) -> int:
+    return int(redis_client.zcard(f"{prefix}taskq:leases"))
+
+
+# -- consuming what kombu publishes ---------------------------------------------------------
+def test_stock_kombu_messages_are_consumed_in_order_and_acks_leave_only_kombus_bindings(
+        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, [{"n": n} for n in range(5)])
+    conn = connect()
+    inbox = consume(conn, [queue])
+
+    assert drain_until([conn], lambda: len(inbox.messages) == 5, timeout=5)
+    assert inbox.bodies == [{"n": n} for n in range(5)]
+    assert lease_count(redis_client, prefix) == 5 and not redis_client.exists(prefix + unique)
+
+    for message in inbox.messages:
+        message.ack()
+    assert {k for k in keys(redis_client, prefix) if not k.startswith("_kombu.binding")} \
+        == set()
+
+
+def test_messages_published_through_the_lease_transport_keep_kombus_layout(
+        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
+    queue = make_queue(unique)
+    publish(connect(), queue, ["hello"])
+    assert redis_client.llen(prefix + unique) == 1  # kombu's list, LPUSHed
+
+    stock = connect(stock=True)
+    inbox = consume(stock, [queue])
+    assert drain_until([stock], lambda: bool(inbox.messages), timeout=5)
+    inbox.messages[0].ack()
+    assert inbox.bodies == ["hello"]
+
+
+def test_a_fetch_takes_the_free_prefetch_window_in_one_round_trip(
+        connect: Connect, monkeypatch: pytest.MonkeyPatch, unique: str) -> None:
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, list(range(12)))
+    fetches: list[int] = []
+    real_fetch = lease_redis.Channel._fetch
+
+    def counting_fetch(self: Any, queues: Any, limit: int, leased: Any = None) -> Any:
+        got = real_fetch(self, queues, limit, leased)
+        fetches.append(len(got))
+        return got
+
+    monkeypatch.setattr(lease_redis.Channel, "_fetch", counting_fetch)
+    conn = connect()
+    inbox = consume(conn, [queue], prefetch=5)
+
+    assert drain_until([conn], lambda: bool(inbox.messages), timeout=5)
+    assert (fetches, inbox.bodies) == ([5], [0, 1, 2, 3, 4])
+    for message in inbox.messages:
+        message.ack()
+    assert drain_until([conn], lambda: len(inbox.messages) == 10, timeout=5)
+    assert fetches == [5, 5]
+
+
+def test_a_celery_send_task_reaches_a_lease_transport_consumer(
+        connect: Connect, prefix: str, redis_url: str, unique: str) -> None:
+    celery = pytest.importorskip("celery")
+    app = celery.Celery("interop", broker=redis_url, set_as_current=False)
+    app.conf.update(broker_transport_options={"global_keyprefix": prefix},
+                    task_default_queue=unique)
+    try:
+        sent = app.send_task("proj.add", (1, 2), queue=unique)
+    finally:
+        app.close()
+    conn = connect()
+    inbox = consume(conn, [make_queue(unique)])
+
+    assert drain_until([conn], lambda: bool(inbox.messages), timeout=5)
+    message = inbox.messages[0]
+    assert (message.headers["task"], message.headers["id"]) == ("proj.add", sent.id)
+    message.ack()
+
+
+def test_fanout_broadcasts_reach_lease_transport_consumers(
+        connect: Connect, unique: str) -> None:
+    exchange = Exchange(f"{unique}.bcast", "fanout")
+    queue = Queue(f"{unique}.bcast.q", exchange, auto_delete=True)
+    conn = connect()
+    inbox = consume(conn, [queue], no_ack=True)
+    try:
+        conn.drain_events(timeout=0.2)  # subscribes
+    except TimeoutError:
+        pass
+    Producer(connect(stock=True)).publish({"cmd": "ping"}, exchange=exchange, declare=[exchange])
+
+    assert drain_until([conn], lambda: bool(inbox.messages), timeout=5)
+    assert inbox.bodies == [{"cmd": "ping"}]
+
+
+def test_priority_lists_and_other_queues_are_fetched_while_blocked_on_the_first(
+        connect: Connect, unique: str) -> None:
+    first, second = make_queue(f"{unique}.a"), make_queue(f"{unique}.b")
+    conn = connect()
+    inbox = consume(conn, [first, second])
+    try:
+        conn.drain_events(timeout=0.2)  # now waiting on the first queue's main list
+    except TimeoutError:
+        pass
+    stock = connect(stock=True)
+    publish(stock, first, ["urgent"], priority=9)
+    publish(stock, second, ["other queue"])
+
+    assert drain_until([conn], lambda: len(inbox.messages) == 2, timeout=1.0)
+    assert sorted(inbox.bodies) == ["other queue", "urgent"]
+
+
+def test_no_ack_consumers_get_each_message_once_and_hold_no_lease(
+        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, ["reply"])
+    conn = connect(lease_timeout=0.3, restore_interval=0.1)
+    inbox = consume(conn, [queue], no_ack=True)
+
+    drain_until([conn], lambda: False, timeout=1.0)  # three leases long
+    assert inbox.bodies == ["reply"]
+    assert lease_count(redis_client, prefix) == 0
+
+
+# -- leases ---------------------------------------------------------------------------------
+CONSUMER = textwrap.dedent("""
+    import sys
+    from kombu import Connection, Consumer, Exchange, Queue
+    url, prefix, name, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    conn = Connection(url, transport=sys.argv[5], transport_options={
+        "global_keyprefix": prefix, "lease_timeout": 2, "restore_interval": 0.25})
+    held = []
+    consumer = Consumer(conn, [Queue(name, Exchange(name), routing_key=name)],
+                        callbacks=[lambda body, message: held.append(message)],
+                        accept=["json"], prefetch_count=count)
+    consumer.consume()
+    while len(held) < count:
+        try:
+            conn.drain_events(timeout=0.1)
+        except TimeoutError:
+            pass
+    print("holding", len(held), flush=True)
+    while True:  # never acks; renews until killed
+        try:
+            conn.drain_events(timeout=1)
+        except TimeoutError:
+            pass
+""")
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    return proc.stdout.readline() if ready else ""
+
+
+def test_a_killed_consumers_20_messages_go_to_another_within_the_lease(
+        connect: Connect, redis_client: Any, redis_url: str, prefix: str, unique: str) -> None:
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, list(range(20)))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CONSUMER, redis_url, prefix, unique, "20", TRANSPORT_ALIAS],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert read_line(proc, timeout=20).strip() == "holding 20"
+        assert lease_count(redis_client, prefix) == 20
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    killed_at = time.monotonic()
+    conn = connect(lease_timeout=2, restore_interval=0.25)
+    inbox = consume(conn, [queue], prefetch=20)
+
+    assert drain_until([conn], lambda: len(inbox.messages) == 20, timeout=2 + 0.25 + 3)
+    elapsed = time.monotonic() - killed_at
+    assert sorted(inbox.bodies) == list(range(20))
+    assert inbox.bodies == list(range(20))  # restored in the order they were fetched
+    assert all(m.delivery_info["redelivered"] for m in inbox.messages)
+    assert elapsed < 2 + 0.25 + 1.5, f"took {elapsed:.2f} s"
+
+
+@pytest.mark.parametrize("loop", ["drain_events", "hub"])
+def test_a_renewing_consumer_keeps_its_message_through_three_leases(
+        connect: Connect, redis_client: Any, prefix: str, unique: str, loop: str) -> None:
+    lease = 1.5
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, ["long task"])
+    options = {"lease_timeout": lease, "renew_interval": 0.25, "restore_interval": 0.2}
+    holder, other = connect(**options), connect(**options)
+    held = consume(holder, [queue], prefetch=1)
+    hub = Hub()
+    if loop == "hub":
+        holder.register_with_event_loop(hub)
+        step: Callable[[], None] = hub.run_once
+    else:
+        def step() -> None:
+            drain_until([holder], lambda: False, timeout=0.05)
+    deadline = time.monotonic() + 5
+    while not held.messages and time.monotonic() < deadline:
+        step()
+    assert held.bodies == ["long task"]
+    stolen = consume(other, [queue], prefetch=1)
+
+    until = time.monotonic() + 3.2 * lease
+    while time.monotonic() < until:
+        step()
+        drain_until([other], lambda: False, timeout=0.05)  # restores every 0.2 s
+    assert stolen.messages == [] and held.bodies == ["long task"]
+
+    held.messages[0].ack()
+    assert lease_count(redis_client, prefix) == 0
+    hub.close()
+
+
+def test_an_expired_lease_comes_back_intact_and_the_old_holders_ack_is_a_no_op(
+        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
+    queue = make_queue(unique)
+    headers = {"argsrepr": [], "big": 12345678901234567, "text": "é \" \\ /"}
+    publish(connect(stock=True), queue, [{"args": [], "n": 2**60}], headers=headers)
+    stale = connect(lease_timeout=0.5)
+    bound = queue(stale.default_channel)
+    first = bound.get()  # basic_get never renews: the lease runs out
+    assert first is not None and not first.delivery_info.get("redelivered")
+    conn = connect(lease_timeout=30, restore_interval=0.1)
+    inbox = consume(conn, [queue])
+
+    assert drain_until([conn], lambda: bool(inbox.messages), timeout=3)
+    again = inbox.messages[0]
+    assert again.payload == {"args": [], "n": 2**60}
+    assert {k: again.headers[k] for k in headers} == headers
+    assert again.delivery_info["redelivered"] is True
+
+    first.ack()  # its lease is gone: dropped, and the new holder's lease is untouched
+    assert lease_count(redis_client, prefix) == 1
+    again.ack()
+    assert lease_count(redis_client, prefix) == 0
+
+
+def test_reject_with_requeue_puts_the_message_back_first_marked_redelivered(
+        connect: Connect, unique: str) -> None:
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, ["first", "second"])
+    conn = connect()
+    inbox = consume(conn, [queue], prefetch=1)
+    assert drain_until([conn], lambda: bool(inbox.messages), timeout=5)
+    inbox.messages[0].reject(requeue=True)
+
+    assert drain_until([conn], lambda: len(inbox.messages) == 2, timeout=5)
+    assert inbox.bodies == ["first", "first"]
+    assert inbox.messages[1].delivery_info["redelivered"] is True
+
+
+def test_reject_without_requeue_deletes_the_message(
+        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, ["poison"])
+    conn = connect()
+    inbox = consume(conn, [queue])
+    assert drain_until([conn], lambda: bool(inbox.messages), timeout=5)
+    inbox.messages[0].reject(requeue=False)
+    assert lease_count(redis_client, prefix) == 0
+    assert not redis_client.exists(prefix + unique, f"{prefix}taskq:leased")
+
+
+def test_release_requeues_reserved_messages_at_once_in_order(
+        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, ["a", "b", "c"])
+    worker = connect(lease_timeout=60)
+    inbox = consume(worker, [queue], prefetch=3)
+    assert drain_until([worker], lambda: len(inbox.messages) == 3, timeout=5)
+
+    channel = inbox.messages[0].channel
+    assert channel.release([m.delivery_tag for m in inbox.messages[:2]]) == 2
+    other = connect()
+    taken = consume(other, [queue], prefetch=2)
+    assert drain_until([other], lambda: len(taken.messages) == 2, timeout=2)
+    assert taken.bodies == ["a", "b"]
+    assert lease_count(redis_client, prefix) == 3  # c still held; a and b by the other
+    inbox.messages[0].ack()  # released: no lease any more, dropped
+    assert lease_count(redis_client, prefix) == 3
+
+
+def test_closing_a_connection_requeues_nothing_the_lease_brings_it_back(
+        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, ["running"])
+    worker = connect(lease_timeout=1)
+    inbox = consume(worker, [queue])
+    assert drain_until([worker], lambda: bool(inbox.messages), timeout=5)
+    worker.release()  # kombu's transport would requeue here, running or not
+    assert redis_client.llen(prefix + unique) == 0
+    assert lease_count(redis_client, prefix) == 1
+
+    conn = connect(restore_interval=0.1)
+    again = consume(conn, [queue])
+    assert drain_until([conn], lambda: bool(again.messages), timeout=1 + 2)
+    assert again.bodies == ["running"]
+
+
+def test_consuming_on_kombus_event_loop(connect: Connect, unique: str) -> None:
+    queue = make_queue(unique)
+    conn = connect()
+    inbox = consume(conn, [queue], prefetch=10)
+    hub = Hub()
+    conn.register_with_event_loop(hub)
+    try:
+        for _ in range(3):
+            hub.run_once()  # now blocked on the queue
+        publish(connect(stock=True), queue, list(range(5)))
+        deadline = time.monotonic() + 5
+        while len(inbox.messages) < 5 and time.monotonic() < deadline:
+            hub.run_once()
+        assert inbox.bodies == list(range(5))
+        for message in inbox.messages:
+            message.ack()
+    finally:
+        hub.close()
+
+
+# -- options --------------------------------------------------------------------------------
+@pytest.mark.parametrize(("options", "named"), [
+    ({"lease_timeout": 0}, "lease_timeout"),
+    ({"lease_timeout": "soon"}, "lease_timeout"),
+    ({"lease_timeout": 10, "renew_interval": 10}, "renew_interval"),
+    ({"restore_interval": -1}, "restore_interval"),
+])
+def test_bad_lease_options_are_refused_naming_the_option(
+        redis_url: str, options: dict[str, Any], named: str) -> None:
+    conn = Connection(redis_url, transport=TRANSPORT_ALIAS, transport_options=options)
+    with pytest.raises(ConfigurationError, match=named):
+        conn.transport  # noqa: B018 - creating the transport checks the options
+
+
+def test_lease_defaults_follow_the_lease_timeout() -> None:
+    default = lease_redis.LeaseSettings.from_options({})
+    assert (default.lease_timeout, default.renew_interval, default.restore_interval) \
+        == (60.0, 20.0, 5.0)
+    short = lease_redis.LeaseSettings.from_options({"lease_timeout": 3})
+    assert (short.renew_interval, short.restore_interval) == (1.0, 0.5)
