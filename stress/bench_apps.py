@@ -30,7 +30,10 @@ def celery_app() -> Any:
     capp = Celery("bench", broker=BROKER, set_as_current=False)
     capp.conf.update(broker_transport_options=OPTIONS, task_default_queue=QUEUE,
                      task_ignore_result=True, worker_hijack_root_logger=False)
-    capp.task(name="bench.noop", ignore_result=True)(lambda: None)
+    def celery_noop() -> None:
+        return None
+
+    capp.task(name="bench.noop", ignore_result=True)(celery_noop)
     return capp
 
 
