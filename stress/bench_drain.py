@@ -55,7 +55,8 @@ def _queue_size(url: str, options: dict[str, Any], queue: str) -> int:
 
 
 def _env(url: str, options: dict[str, Any], queue: str) -> dict[str, str]:
-    return {**os.environ, "TASKQ_STRESS_BENCH_BROKER": url, "TASKQ_STRESS_BENCH_OPTIONS": json.dumps(options),
+    return {**os.environ, "TASKQ_STRESS_BENCH_BROKER": url,
+            "TASKQ_STRESS_BENCH_OPTIONS": json.dumps(options),
             "TASKQ_STRESS_BENCH_QUEUE": queue, "PYTHONPATH": os.getcwd()}
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -56,15 +57,26 @@ def _parse_args(pairs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-@main.command()
-@app_option
-@click.argument("command", type=click.Choice(INSPECT_COMMANDS))
-@click.argument("arguments", nargs=-1)
-@click.option("-d", "--destination", help="Comma-separated node names.")
-@click.option("-t", "--timeout", type=float, default=1.0, show_default=True)
-@click.option("-j", "--json", "as_json", is_flag=True)
-@click.pass_obj
-@_fail_cleanly
+def _remote_command(choices: tuple[str, ...]) -> Callable[[Callable[..., Any]], Any]:
+    """The options ``inspect`` and ``control`` share."""
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        for option in reversed([
+            main.command(name=fn.__name__), app_option,
+            click.argument("command", type=click.Choice(choices)),
+            click.argument("arguments", nargs=-1),
+            click.option("-d", "--destination", help="Comma-separated node names."),
+            click.option("-t", "--timeout", type=float, default=1.0, show_default=True),
+            click.option("-j", "--json", "as_json", is_flag=True),
+            click.pass_obj, _fail_cleanly,
+        ]):
+            fn = option(fn)  # type: ignore[operator]
+        return fn
+
+    return decorate
+
+
+@_remote_command(INSPECT_COMMANDS)
 def inspect(ctx: Context, app_spec: str | None, command: str, arguments: tuple[str, ...],
             destination: str | None, timeout: float, as_json: bool) -> None:
     """Ask workers about themselves (Celery's inspect commands)."""
@@ -77,15 +89,7 @@ def inspect(ctx: Context, app_spec: str | None, command: str, arguments: tuple[s
     _print_replies(replies, as_json)
 
 
-@main.command()
-@app_option
-@click.argument("command", type=click.Choice(CONTROL_COMMANDS))
-@click.argument("arguments", nargs=-1)
-@click.option("-d", "--destination", help="Comma-separated node names.")
-@click.option("-t", "--timeout", type=float, default=1.0, show_default=True)
-@click.option("-j", "--json", "as_json", is_flag=True)
-@click.pass_obj
-@_fail_cleanly
+@_remote_command(CONTROL_COMMANDS)
 def control(ctx: Context, app_spec: str | None, command: str, arguments: tuple[str, ...],
             destination: str | None, timeout: float, as_json: bool) -> None:
     """Steer workers: revoke ID [terminate=true signal=SIGKILL], pool_grow n=1, ..."""
