@@ -1,0 +1,53 @@
+"""Prefork acceptance: 10,000 tiny tasks through -c 2 while a child is SIGKILLed every 10 ms.
+
+The run finishes; every task is accounted for (SUCCESS, or FAILURE WorkerLostError: early
+acks); no zombies; the worker's open fds do not grow.
+"""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+from e2e_support import Broker, StartWorker, wait_until
+
+from chaos import ChildrenOf, Kill, Runner, every
+
+TASKS = 10_000
+
+
+@pytest.mark.slow
+def test_ten_thousand_tasks_while_children_are_killed_every_10ms(
+        redis_broker: Broker, worker: StartWorker) -> None:
+    w = worker(redis_broker, pool="prefork", concurrency=2, args=["-l", "info"])
+    client = redis_broker.app()
+    parent = psutil.Process(w.pid)
+    fds_before = parent.num_fds()
+    runner = Runner(every(0.01), Kill(ChildrenOf(w.pid), signal="KILL", seed=7))
+    runner.start()  # killing from the first task on, while the tasks are published
+    try:
+        ids = [client.send_task("appmod.tiny", (i,)).id for i in range(TASKS)]
+        backend = client.backend
+        pending = set(ids)
+
+        def all_final() -> bool:
+            for task_id in list(pending):
+                if backend.get_task_meta(task_id)["status"] in ("SUCCESS", "FAILURE"):
+                    pending.discard(task_id)
+            return not pending
+
+        wait_until(all_final, timeout=300, what="every task SUCCESS or FAILURE")
+    finally:
+        runner.stop()
+    states = {"SUCCESS": 0, "FAILURE": 0}
+    for task_id in ids:
+        meta = backend.get_task_meta(task_id)
+        states[meta["status"]] += 1
+        if meta["status"] == "FAILURE":
+            assert meta["result"]["exc_type"] == "WorkerLostError"
+    print(f"kills: {runner.fired}, outcomes: {states}")
+    assert runner.fired > 100
+    assert states["SUCCESS"] + states["FAILURE"] == TASKS
+    wait_until(lambda: not [c for c in parent.children()
+                            if c.status() == psutil.STATUS_ZOMBIE],
+               timeout=10, what="no zombie children")
+    assert parent.num_fds() <= fds_before + 4
