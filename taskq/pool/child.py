@@ -159,6 +159,9 @@ def child_main(app: TaskQ, parent_pid: int, job_fd: int, event_fd: int, *,
         _forget_multiprocessing()
         for hook in app.hooks.worker_process_init:
             hook()
+        # Import what running a task needs now: a soft-limit signal that lands while Python
+        # compiles an import surfaces as SystemError instead of SoftTimeLimitExceeded.
+        import taskq.trace  # noqa: F401
         write_frames(event_fd, ("ready", os.getpid()))
         done = 0
         while True:
