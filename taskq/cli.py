@@ -86,6 +86,7 @@ def _setup_logging(level: str, logfile: str | None) -> None:
 @click.option("--time-limit", type=click.FloatRange(min=0))
 @click.option("--soft-time-limit", type=click.FloatRange(min=0))
 @click.option("--prefetch-multiplier", type=click.IntRange(min=0))
+@click.option("--autoscale", metavar="MAX,MIN", help="Grow and shrink the prefork pool.")
 @click.option("--statedb", type=click.Path(dir_okay=False))
 @click.option("--pidfile", type=click.Path(dir_okay=False))
 @click.option("-f", "--logfile", type=click.Path(dir_okay=False))
@@ -102,7 +103,8 @@ def worker(ctx: Context, app_spec: str | None, loglevel: str, concurrency: int |
            exclude_queues: str | None, hostname: str | None,
            max_tasks_per_child: int | None, max_memory_per_child: int | None,
            time_limit: float | None, soft_time_limit: float | None,
-           prefetch_multiplier: int | None, statedb: str | None, pidfile: str | None,
+           prefetch_multiplier: int | None, autoscale: str | None, statedb: str | None,
+           pidfile: str | None,
            logfile: str | None, soft_shutdown_timeout: float | None, task_events: bool | None,
            without_mingle: bool, without_gossip: bool, detach: bool) -> None:
     """Run a worker."""
@@ -129,6 +131,13 @@ def worker(ctx: Context, app_spec: str | None, loglevel: str, concurrency: int |
     try:
         w = Worker(app, queues=_split(queues), exclude_queues=_split(exclude_queues),
                    statedb=statedb, mingle=not without_mingle, gossip=not without_gossip)
+        if autoscale:
+            try:
+                high, low = (int(v) for v in autoscale.split(","))
+            except ValueError:
+                raise click.BadParameter(f"--autoscale {autoscale!r}: expected MAX,MIN such "
+                                         "as 10,3") from None
+            w.autoscale = (high, low)
         _print_banner(app, w)
         code = w.run()
     finally:

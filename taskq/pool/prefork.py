@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
+import importlib
 import itertools
 import logging
 import os
@@ -58,6 +59,7 @@ STORM_MAX_DELAY = 10.0
 REAP_POLL_MAX = 0.5
 TERMINATE_GRACE = 1.0     # idle retiring children get this long to exit on their own
 TERMINATE_TIMEOUT = 3.0
+AUTOSCALE_KEEPALIVE = 30.0  # idle seconds before autoscale gives a child back
 
 HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
 
@@ -170,6 +172,8 @@ class PreforkPool(Pool):
         self.use_pidfd = use_pidfd and HAS_PIDFD   # read at each fork: may be changed
         self.keep_fds = frozenset(keep_fds)
         self.children: dict[int, Child] = {}
+        self.autoscale_bounds: tuple[int, int] | None = None
+        self._idle_since: float | None = None
         self.target = self.concurrency
         self.stopping = False
         self.terminated = False
@@ -685,6 +689,51 @@ class PreforkPool(Pool):
         for child in active[:max(0, len(active) - self.target)]:
             given += self._retire(child)
         _call_all((self.on_unstarted, (job,)) for job in given)
+
+    def pool_restart(self, modules: list[str] | tuple[str, ...] = (), reload: bool = False
+                     ) -> None:
+        """Replace every child, each after its current job; with ``reload``, reload
+        ``modules`` in this process first so the new children fork with the new code."""
+        for name in modules:
+            module = sys.modules.get(name) or importlib.import_module(name)
+            if reload:
+                importlib.reload(module)
+        given: list[Job] = []
+        for child in list(self.children.values()):
+            if not child.retiring:
+                given += self._retire(child)
+        _call_all((self.on_unstarted, (job,)) for job in given)
+        self._maintain()
+
+    def autoscale(self, max_size: int, min_size: int) -> None:
+        """Keep between ``min_size`` and ``max_size`` children; ``autoscale_tick`` adjusts."""
+        if not 1 <= min_size <= max_size:
+            raise ValueError(f"autoscale needs 1 <= min <= max, got max={max_size} "
+                             f"min={min_size}")
+        self.autoscale_bounds = (min_size, max_size)
+        if self.target < min_size:
+            self.pool_grow(min_size - self.target)
+        elif self.target > max_size:
+            self.pool_shrink(self.target - max_size)
+
+    def autoscale_tick(self, backlog: int) -> None:
+        """Called about once a second by the worker with the number of jobs waiting."""
+        if self.autoscale_bounds is None or self.stopping:
+            return
+        low, high = self.autoscale_bounds
+        busy = sum(1 for c in self.children.values() if c.current is not None)
+        if backlog and self.target < high:
+            self.pool_grow(min(backlog, high - self.target))
+            self._idle_since = None
+        elif not backlog and busy < self.target and self.target > low:
+            now = time.monotonic()
+            if self._idle_since is None:
+                self._idle_since = now
+            elif now - self._idle_since >= AUTOSCALE_KEEPALIVE:
+                self.pool_shrink(1)
+                self._idle_since = now
+        else:
+            self._idle_since = None
 
     def info(self) -> dict[str, Any]:
         children = list(self.children.values())

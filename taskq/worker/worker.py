@@ -164,6 +164,7 @@ class Worker:
         self.stopping = False
         self.warm = True
         self.restart_requested = False
+        self.autoscale: tuple[int, int] | None = None  # (max, min), set by --autoscale
         self._soft_deadline: float | None = None
         self.exit_code = 0
         self.fatal_reason: str | None = None
@@ -205,6 +206,12 @@ class Worker:
             logger.debug("starting step %s", step.name)
             step.start(self)
             self._started_steps.append(step)
+        if self.autoscale is not None:
+            scale = getattr(self.pool, "autoscale", None)
+            if scale is None:
+                raise ConfigurationError(f"--autoscale needs the prefork pool, not "
+                                         f"{self.pool_kind}")
+            scale(*self.autoscale)
         self.loop.hub.call_repeatedly(1.0, self._tick)
         logger.info("%s ready: pool=%s concurrency=%d queues=%s", self.hostname,
                     self.pool_kind, self.concurrency,
@@ -306,6 +313,9 @@ class Worker:
 
     def _tick(self) -> None:
         self.feed_pool()
+        autoscale_tick = getattr(self.pool, "autoscale_tick", None)
+        if autoscale_tick is not None:
+            autoscale_tick(len(self.ready))
 
     # -- receiving ----------------------------------------------------------------------------
     def on_connected(self, conn: Connection) -> None:

@@ -84,3 +84,19 @@ def test_inspect_active_names_the_child_and_pool_grow_shrink_work(
     wait_until(lambda: len(_pool_processes(client, w.hostname)) == 1, timeout=10,
                what="pool shrunk to 1")
     assert result.get(timeout=10) == "slept"
+
+
+def test_pool_restart_replaces_every_child_and_autoscale_grows_under_load(
+        redis_broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
+    w = worker(redis_broker, pool="prefork", concurrency=2, args=["--autoscale", "4,1"])
+    client = redis_broker.app()
+    before = set(_pool_processes(client, w.hostname))
+    client.control.broadcast("pool_restart", {"modules": ["appmod"], "reload": True},
+                             destination=[w.hostname], reply=True)
+    wait_until(lambda: (lambda now: len(now) == 2 and not now & before)(
+        set(_pool_processes(client, w.hostname))), timeout=15, what="all children replaced")
+    # Under load (more jobs waiting than children) autoscale grows to its maximum.
+    ids = [client.send_task("appmod.sleeper", (2, str(ledger))).id for _ in range(12)]
+    wait_until(lambda: len(_pool_processes(client, w.hostname)) == 4, timeout=15,
+               what="autoscale grew the pool to 4")
+    wait_until(lambda: all(ledger.ended(i) for i in ids), timeout=30, what="tasks done")
