@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.brokers.base import Broker
-from chaos.brokers.local_redis import redis_ping
+from chaos.brokers.local_redis import redis_ping, redis_server_args
 from chaos.errors import BrokerError, DockerUnavailable
 from chaos.journal import Journal
 from chaos.net import free_port
@@ -130,22 +130,7 @@ class DockerRedis(Broker):
         return f"redis://{self.host}:{self.port}/0"
 
     def command(self) -> list[str]:
-        durability = (
-            ["--appendonly", "yes", "--appendfsync", "always"]
-            if self.durable
-            else ["--appendonly", "no"]
-        )
-        return [
-            "--port",
-            str(self.port),
-            "--bind",
-            self.host,
-            "--dir",
-            "/data",
-            "--save",
-            "",
-            *durability,
-        ]
+        return redis_server_args(self.host, self.port, "/data", durable=self.durable)
 
     def is_ready(self) -> bool:
         return redis_ping(self.host, self.port)

@@ -17,7 +17,16 @@ from chaos.errors import BrokerError
 from chaos.journal import Journal
 from chaos.net import free_port
 
-__all__ = ["LocalRedis", "redis_ping"]
+__all__ = ["LocalRedis", "redis_ping", "redis_server_args"]
+
+
+def redis_server_args(host: str, port: int, directory: str, *, durable: bool) -> list[str]:
+    """``redis-server`` flags for a private broker: loopback, no RDB snapshots, and with
+    ``durable`` an AOF synced on every write, so a crash tests recovery, not data loss."""
+    durability = (["--appendonly", "yes", "--appendfsync", "always"] if durable
+                  else ["--appendonly", "no"])
+    return ["--port", str(port), "--bind", host, "--dir", directory, "--save", "",
+            *durability]
 
 
 def redis_ping(host: str, port: int, *, timeout: float = 0.5) -> bool:
@@ -66,24 +75,11 @@ class LocalRedis(LocalProcessBroker):
         return f"redis://{self.host}:{self.port}/0"
 
     def command(self) -> list[str]:
-        durability = (
-            ["--appendonly", "yes", "--appendfsync", "always"]
-            if self.durable
-            else ["--appendonly", "no"]
-        )
         return [
             self.executable,
-            "--port",
-            str(self.port),
-            "--bind",
-            self.host,
-            "--dir",
-            str(self.directory),
+            *redis_server_args(self.host, self.port, str(self.directory), durable=self.durable),
             "--daemonize",
             "no",
-            "--save",
-            "",
-            *durability,
             *self.extra_args,
         ]
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from kombu.serialization import dumps, loads, prepare_accept_content
+from kombu.serialization import dumps, loads, prepare_accept_content, registry
 
 from taskq import states
 from taskq.errors import ContentDisallowed, ResultBackendError, TimeoutError
@@ -42,6 +42,7 @@ class Backend:
         self.serializer: str = app.conf.result_serializer
         accept = app.conf.result_accept_content or app.conf.accept_content
         self.accept: set[str] = prepare_accept_content(list(accept))
+        self.content_type: str = registry.name_to_type[self.serializer]
 
     # -- encoding -----------------------------------------------------------------------------
     def encode(self, meta: Meta) -> bytes:
@@ -49,11 +50,8 @@ class Backend:
         return payload if isinstance(payload, bytes) else payload.encode("utf-8")
 
     def decode(self, payload: bytes | str) -> Meta:
-        from kombu.serialization import registry
-
-        content_type = registry._encoders[self.serializer].content_type
         try:
-            meta = loads(payload, content_type, "utf-8", accept=self.accept)
+            meta = loads(payload, self.content_type, "utf-8", accept=self.accept)
         except Exception as exc:
             if type(exc).__name__ == "ContentDisallowed":
                 raise ContentDisallowed(str(exc)) from None

@@ -11,7 +11,7 @@ import queue
 import threading
 from typing import TYPE_CHECKING
 
-from taskq.pool.base import Job, Pool, run_job
+from taskq.pool.base import Job, JobResult, Pool, run_job
 
 if TYPE_CHECKING:
     from taskq.worker.loop import Loop
@@ -62,11 +62,8 @@ class ThreadPool(Pool):
         job.pid = ident
         self.on_started(job, ident)
 
-    def _done(self, job: Job, ident: int, result: object) -> None:
+    def _done(self, job: Job, ident: int, result: JobResult) -> None:
         self._busy.pop(ident, None)
-        from taskq.pool.base import JobResult
-
-        assert isinstance(result, JobResult)
         self.on_done(job, result)
 
     def _lost(self, job: Job, ident: int, exc: BaseException) -> None:

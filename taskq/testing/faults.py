@@ -7,7 +7,7 @@ for ``restart_broker``, to a private ``redis-server`` that only this test uses).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from chaos import FaultProxy, Freeze, Kill, LocalRedis, Pids, wait_until
@@ -91,6 +91,3 @@ class TaskqChaos:
         if self.private is not None:
             self.private.close()
 
-
-def describe(chaos: Any) -> str:
-    return f"<TaskqChaos via {chaos.broker_url}>"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -137,8 +138,6 @@ class Gossip:
             return
         if not str(body.get("type", "")).startswith("worker-"):
             return  # on Redis the events exchange is fanout: task events arrive here too
-        import time
-
         body = dict(body)
         body["local_received"] = time.time()
         if isinstance(body.get("clock"), int):
@@ -150,8 +149,6 @@ class Gossip:
         self.state.event(body)
 
     def check(self) -> None:
-        import time
-
         now = time.time()
         for info in self.state.workers.values():
             if info.hostname in self.gone or info.alive(now):
@@ -164,8 +161,6 @@ class Gossip:
                                info.hostname)
 
     def neighbours(self) -> list[str]:
-        import time
-
         return sorted(w.hostname for w in self.state.workers.values() if w.alive(time.time()))
 
 

@@ -330,32 +330,10 @@ class BrokerConsumer:
                 with contextlib.suppress(Exception):
                     self._consumer.cancel()
                 self._consumer = None
-            self._settle_inflight_fetch(conn)
             try:
                 conn.release()
             except Exception as exc:
                 logger.debug("closing the broker connection failed: %r", exc)
-
-    @staticmethod
-    def _settle_inflight_fetch(conn: Connection) -> None:
-        """Read the reply of a Redis BRPOP still in flight, while it can be requeued.
-
-        kombu's Redis channel keeps its BRPOP outstanding after the consumer is cancelled, so
-        a message pushed meanwhile (e.g. one we gave back at warm shutdown) is popped. On
-        ``release()`` the transport takes each channel off its list before closing it, and
-        the channel then reads that reply, finds no consumer and no channel to requeue on,
-        and drops the message. Reading it here, with the channels still listed, requeues it
-        (bounded by the BRPOP timeout, 1 s, and the socket timeout).
-        """
-        transport = conn.transport
-        if getattr(transport, "driver_type", None) != "redis":
-            return
-        for channel in list(getattr(transport, "channels", ())):
-            if getattr(channel, "_in_poll", None):
-                try:
-                    channel._brpop_read()
-                except Exception as exc:  # Empty (nothing came) or a dead connection
-                    logger.debug("settling the in-flight fetch: %r", exc)
 
 
 def queues_for(app: TaskQ, include: Sequence[str] | None, exclude: Sequence[str] | None

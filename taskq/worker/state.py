@@ -94,10 +94,6 @@ class StateDB:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
         except BaseException:
-            with_suppressed_unlink(tmp)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise
-
-
-def with_suppressed_unlink(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)

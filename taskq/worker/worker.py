@@ -352,11 +352,13 @@ class Worker:
         self.totals["received"] += 1
         logger.debug("received %s[%s]", request.name, request.id)
         msg = request.msg
-        self.events.task("task-received", uuid=msg.id, name=msg.task, args=msg.argsrepr,
-                         kwargs=msg.kwargsrepr, root_id=msg.root_id, parent_id=msg.parent_id,
-                         retries=msg.retries, eta=msg.eta.isoformat() if msg.eta else None,
-                         expires=msg.expires.isoformat() if msg.expires else None)
-        eta = request.msg.eta
+        if self.task_events:
+            self.events.task("task-received", uuid=msg.id, name=msg.task, args=msg.argsrepr,
+                             kwargs=msg.kwargsrepr, root_id=msg.root_id,
+                             parent_id=msg.parent_id, retries=msg.retries,
+                             eta=msg.eta.isoformat() if msg.eta else None,
+                             expires=msg.expires.isoformat() if msg.expires else None)
+        eta = msg.eta
         if eta is not None:
             delay = (eta - dt.datetime.now(dt.UTC)).total_seconds()
             if delay > 0:
@@ -548,9 +550,3 @@ class Worker:
     def send_heartbeat(self) -> None:
         self.events.heartbeat()
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "hostname": self.hostname, "pid": os.getpid(), "pool": self.pool.info(),
-            "total": dict(self.totals), "loop_lag_max": self.loop.max_lag,
-            "connected": self.consumer.connected,
-        }
