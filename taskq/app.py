@@ -46,6 +46,15 @@ class Hooks:
     """Called in each pool child after it starts."""
     worker_process_shutdown: list[Callable[[], None]] = field(default_factory=list)
     """Called in each pool child before it exits."""
+    task_prerun: list[Callable[[Task, str], None]] = field(default_factory=list)
+    """Called where a task runs (the pool child), with the task and its id, just before it."""
+    task_postrun: list[Callable[[Task, str, str], None]] = field(default_factory=list)
+    """Called where a task ran, with the task, its id and its state, right after it."""
+    task_lost: list[Callable[[str, str, BaseException, bool], None]] = field(
+        default_factory=list)
+    """Called in the worker's main process when the child running a task died: with the task
+    id, its name, the error (``WorkerLostError`` or ``TimeLimitExceeded``) and whether the
+    task was requeued to run again. A hook that raises is logged and ignored."""
 
 
 class TaskQ:
@@ -282,8 +291,9 @@ class TaskQ:
     def backend(self) -> Backend:
         if self._backend is None or self._backend_pid != os.getpid():
             from taskq.backends import backend_from_url
+            from taskq.embedded import result_backend_url
 
-            self._backend = backend_from_url(self, self.conf.result_backend)
+            self._backend = backend_from_url(self, result_backend_url(self.conf))
             self._backend_pid = os.getpid()
         return self._backend
 

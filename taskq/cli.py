@@ -155,14 +155,18 @@ def _split(value: str | None) -> list[str] | None:
 
 
 def _print_banner(app: TaskQ, w: Any) -> None:
+    from taskq.embedded import result_backend_url, uses_embedded_broker
     from taskq.publish import broker_url
     from taskq.urls import safe_url
 
-    results = app.conf.result_backend
+    results = result_backend_url(app.conf)
+    broker = safe_url(broker_url(app.conf))
+    if uses_embedded_broker(app.conf):
+        broker += " (embedded; set broker_url for RabbitMQ or Redis)"
     lines = [
         f"taskq worker {w.hostname}",
         f"  app:         {app.main}",
-        f"  broker:      {safe_url(broker_url(app.conf))}",
+        f"  broker:      {broker}",
         f"  results:     {safe_url(results) if results else 'disabled'}",
         f"  pool:        {w.pool_kind} x {w.concurrency} ({app.conf.worker_optimization})",
         f"  queues:      {', '.join(q.name for q in w.consumer.queues)}",

@@ -152,7 +152,11 @@ class Setting:
 _SETTINGS: tuple[Setting, ...] = (
     # broker
     Setting("broker_url", None, _optional(_str),
-            "Broker URL; several separated by ';' fail over in order."),
+            "Broker URL; several separated by ';' fail over in order (default: the embedded "
+            "SQLite broker in embedded_dir)."),
+    Setting("embedded_dir", None, _optional(_str),
+            "Directory of the embedded broker.db and results.db, used when broker_url is not "
+            "set (default: $XDG_DATA_HOME/taskq or ~/.local/share/taskq)."),
     Setting("broker_transport_options", {}, _dict, "Extra options for the kombu transport."),
     Setting("broker_connection_timeout", 4.0, _number(float, 0.1),
             "Seconds to wait for a broker connection to open."),
@@ -168,7 +172,8 @@ _SETTINGS: tuple[Setting, ...] = (
             "How to pick the next broker URL after a failure."),
     # results
     Setting("result_backend", None, _optional(_str),
-            "redis://, rpc://, db+sqlite:///path (any SQLAlchemy URL) or None."),
+            "redis://, rpc://, db+sqlite:///path (any SQLAlchemy URL) or None (default: "
+            "results.db in embedded_dir when the broker is the embedded one)."),
     Setting("result_backend_transport_options", {}, _dict, "Extra options for the backend."),
     Setting("result_serializer", "json", _str, "Serializer for stored results."),
     Setting("result_accept_content", None, _optional(_str_list),
@@ -304,6 +309,11 @@ class Config(Mapping[str, Any]):
         self.update(found)
 
     # -- reading ------------------------------------------------------------------------------
+    @property
+    def environ(self) -> Mapping[str, str]:
+        """The environment these settings read (``os.environ`` unless one was given)."""
+        return self._environ
+
     def _env(self) -> dict[str, Any]:
         if self._env_cache is None:
             values: dict[str, Any] = {}

@@ -6,6 +6,8 @@
     ├── InvalidTaskMessage            a message that is not a valid task message
     ├── ContentDisallowed             a message in a content type not accepted
     ├── BrokerUnreachable             the broker could not be reached within the retry policy
+    │   └── BrokerBusy                the embedded broker's database stayed locked too long
+    ├── BrokerDatabaseError           the embedded broker's database file is unusable
     ├── ResultBackendError            the result backend failed or is misconfigured
     ├── TimeoutError                  waiting for a result took too long
     ├── TaskRevokedError              the task was revoked
@@ -17,9 +19,9 @@
     ├── WorkerLostError               the process running the task died
     └── RemoteTaskError               a task failed with an exception type not importable here
 
-kombu, billiard and redis errors are wrapped where they enter taskq. ``SoftTimeLimitExceeded``
-and ``TimeLimitExceeded`` are billiard's own classes, re-exported here so that code catching
-them works with tasks run by taskq or by Celery.
+kombu, billiard, redis and sqlite3 errors are wrapped where they enter taskq.
+``SoftTimeLimitExceeded`` and ``TimeLimitExceeded`` are billiard's own classes, re-exported
+here so that code catching them works with tasks run by taskq or by Celery.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from typing import Any
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 __all__ = [
+    "BrokerBusy",
+    "BrokerDatabaseError",
     "BrokerUnreachable",
     "ConfigurationError",
     "ContentDisallowed",
@@ -85,6 +89,18 @@ class ContentDisallowed(TaskqError):
 
 class BrokerUnreachable(TaskqError, ConnectionError):
     """The broker could not be reached within the retry policy."""
+
+
+class BrokerBusy(BrokerUnreachable):
+    """The embedded (SQLite) broker's database stayed locked past the busy timeout.
+
+    A connection error: the worker reconnects and publishers retry, as for a lost broker.
+    """
+
+
+class BrokerDatabaseError(TaskqError):
+    """The embedded broker's database file cannot be used (corrupt, unreadable, unwritable);
+    the message names the file and what to do."""
 
 
 class ResultBackendError(TaskqError):

@@ -11,15 +11,20 @@ from typing import TYPE_CHECKING, Any
 from kombu import Connection, Exchange, Producer, Queue
 from kombu.exceptions import OperationalError
 from kombu.pools import ProducerPool
+from kombu.transport import TRANSPORT_ALIASES
 
+from taskq.embedded import default_broker_url
 from taskq.errors import BrokerUnreachable, ConfigurationError
 from taskq.protocol import TaskMessage, to_wire
+from taskq.transports.sqlite import TRANSPORT as SQLITE_TRANSPORT
 from taskq.urls import safe_url
 
 if TYPE_CHECKING:
     from taskq.config import Config
 
-DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
+# ``sqlite://`` names taskq's SQLite transport in any kombu Connection of this process (kombu
+# has none of its own by that name).
+TRANSPORT_ALIASES.setdefault("sqlite", SQLITE_TRANSPORT)
 
 # Bounded socket operations (DESIGN.md: every call that can block is bounded, 2 s at most
 # for the worker's loop; publishing clients get the same defaults).
@@ -33,7 +38,8 @@ _AMQP_TRANSPORT_DEFAULTS = {"read_timeout": 2.0, "write_timeout": 2.0}
 
 
 def broker_url(conf: Config) -> str:
-    return conf.broker_url or DEFAULT_BROKER_URL
+    """``broker_url``, or the embedded SQLite broker when it is not set (``taskq.embedded``)."""
+    return conf.broker_url or default_broker_url(conf)
 
 
 def _scheme(url: str) -> str:
@@ -60,6 +66,8 @@ def make_connection(conf: Config, url: str | None = None, *, heartbeat: float | 
         from taskq.transports.redis import Transport as LeaseTransport
 
         transport = LeaseTransport  # leases: a dead worker's messages come back promptly
+    elif _scheme(url) == "sqlite":
+        transport = SQLITE_TRANSPORT
     try:
         return Connection(
             url,
@@ -72,7 +80,8 @@ def make_connection(conf: Config, url: str | None = None, *, heartbeat: float | 
     except (KeyError, ValueError, ImportError) as exc:
         raise ConfigurationError(
             f"setting broker_url: cannot use {safe_url(url)!r}: {exc!r}; expected e.g. "
-            "'amqp://guest:guest@localhost:5672//' or 'redis://localhost:6379/0'"
+            "'amqp://guest:guest@localhost:5672//', 'redis://localhost:6379/0' or "
+            "'sqlite:////absolute/path/broker.db'"
         ) from None
 
 
