@@ -61,7 +61,7 @@ def transport_options(conf: Config, url: str) -> dict[str, Any]:
 def make_connection(conf: Config, url: str | None = None, *, heartbeat: float | None = None
                     ) -> Connection:
     url = url or broker_url(conf)
-    transport = None
+    transport: Any = None
     if _scheme(url) in {"redis", "rediss"}:
         from taskq.transports.redis import Transport as LeaseTransport
 
