@@ -1,10 +1,18 @@
-"""The ``taskq-stress`` command. For now it only mounts ``chaos`` (the fault injectors)."""
+"""The ``taskq-stress`` command: list and run suites, replay a cell, benchmarks, ``chaos``.
+
+Exit codes of ``run`` and ``replay``: 0 every oracle passed, 1 an oracle failed, 2 the run
+could not be carried out (a broker unreachable, a worker that would not start, a bad suite).
+"""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import click
 
 from chaos.cli import cli as chaos_cli
+from stress.errors import StressError
 
 __all__ = ["main"]
 
@@ -15,6 +23,118 @@ def main() -> None:
 
 
 main.add_command(chaos_cli, name="chaos")
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"taskq-stress: {exc}", err=True)
+    sys.exit(2)
+
+
+@main.command("list")
+def list_suites() -> None:
+    """The suites in scenarios/ with their matrices."""
+    from stress.suites import cells_of, find_suites, load_suite
+
+    try:
+        for name in find_suites():
+            suite = load_suite(name)
+            cells = cells_of(suite.matrix, suite.combine)
+            click.echo(f"{name:18} {len(cells):3} cells  {suite.description}")
+    except StressError as exc:
+        _fail(exc)
+
+
+@main.command()
+@click.option("--suite", "suite_name", required=True, help="A suite name (taskq-stress list) "
+              "or a path to a suite TOML file.")
+@click.option("-A", "--app", default=None, help="Your app (module or module:attr): its tasks "
+              "are named in the suite's [workload] table.")
+@click.option("--matrix", "matrix_file", type=click.Path(exists=True, dir_okay=False,
+                                                         path_type=Path),
+              help="A TOML file whose [matrix] table replaces the suite's.")
+@click.option("--cell", "cell_text", default=None,
+              help="Run one cell: k=v,... over the axes (transport, pool, max_tasks_per_child, "
+                   "acks, concurrency, kill_rate).")
+@click.option("--duration", type=click.FloatRange(min=0.5), default=None,
+              help="Seconds of publishing and faults per cell (default: the suite's).")
+@click.option("--max-time", type=click.FloatRange(min=5), default=None,
+              help="Hard bound on one cell, drain included.")
+@click.option("--seed", type=int, default=None, help="Seed (printed when not given).")
+@click.option("--broker", "broker_url", default=None,
+              help="Run only on this broker (restricts the transport axis to its kind).")
+@click.option("--worker-cmd", default=None,
+              help="Judge another worker: a command line with {queue} {concurrency} {pool} "
+                   "{broker} {node} {max_tasks_per_child} {acks_late} placeholders.")
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None)
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None)
+def run(suite_name: str, app: str | None, matrix_file: Path | None, cell_text: str | None,
+        duration: float | None, max_time: float | None, seed: int | None,
+        broker_url: str | None, worker_cmd: str | None, report_dir: Path | None,
+        json_path: Path | None, junit_path: Path | None) -> None:
+    """Run a suite over its matrix and judge every cell with the oracles."""
+    import tomllib
+
+    from stress.run import RunOptions, run_suite
+    from stress.spaces import transport_of
+    from stress.suites import (
+        DEFAULT_CELL,
+        cells_of,
+        load_suite,
+        parse_cell,
+        parse_matrix,
+        restrict,
+    )
+
+    try:
+        suite = load_suite(suite_name)
+        if matrix_file is not None:
+            data = tomllib.loads(matrix_file.read_text())
+            suite.matrix, suite.combine = parse_matrix(data.get("matrix", data), str(matrix_file))
+        if cell_text:
+            first = {k: v[0] for k, v in suite.matrix.items()}
+            cells = [parse_cell(cell_text, {**DEFAULT_CELL, **first})]
+        else:
+            cells = cells_of(suite.matrix, suite.combine)
+        if broker_url:
+            cells = restrict(cells, transport_of(broker_url))
+        options = RunOptions(seed=seed, duration=duration, max_time=max_time,
+                             broker_url=broker_url, app=app, worker_cmd=worker_cmd,
+                             report_dir=report_dir, json_path=json_path, junit_path=junit_path)
+        code, _ = run_suite(suite, cells, options)
+    except StressError as exc:
+        _fail(exc)
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("report", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("cell_id")
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+def replay(report: Path, cell_id: str, report_dir: Path | None) -> None:
+    """Run one cell of an earlier report again, with its seed, duration and broker."""
+    from stress.run import RunOptions, load_report, run_suite
+    from stress.suites import Cell, load_suite
+
+    try:
+        data = load_report(report)
+        cells = {c["cell"]: c for c in data.get("cells", [])}
+        if cell_id not in cells:
+            raise StressError(f"no cell {cell_id!r} in {report}; cells: {', '.join(cells)}")
+        recorded = cells[cell_id]
+        info = data.get("run", {})
+        suite = load_suite(data.get("suite_file") or data["suite"])
+        cell = Cell(recorded["params"])
+        options = RunOptions(seed=info.get("seed"), duration=info.get("duration"),
+                             max_time=info.get("max_time"), broker_url=info.get("broker"),
+                             app=info.get("app"), worker_cmd=info.get("worker_cmd"),
+                             report_dir=report_dir, cell_seeds={cell.id: recorded["seed"]})
+        code, _ = run_suite(suite, [cell], options)
+    except StressError as exc:
+        _fail(exc)
+    sys.exit(code)
 
 
 @main.group()

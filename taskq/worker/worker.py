@@ -477,11 +477,13 @@ class Worker:
             count = int(request.msg.headers.get("redelivered_count") or 0)
             limit = self.app.conf.task_max_redeliveries
             if count < limit:
+                self._lost_hooks(request, exc, requeued=True)
                 self._redeliver(request, count + 1)
                 self.feed_pool()
                 return
             exc = WorkerLostError(f"{exc}; given up after {count} redeliveries "
                                   f"(task_max_redeliveries={limit})")
+        self._lost_hooks(request, exc, requeued=False)
         self.events.task("task-failed", uuid=job.id, exception=repr(exc), traceback=None)
         try:
             self.app.backend.mark_as_failure(job.id, exc, request=request.msg)
@@ -489,6 +491,13 @@ class Worker:
             logger.debug("could not store the failure of %s: %s", job.id, err)
         self.consumer.ack(request)
         self.feed_pool()
+
+    def _lost_hooks(self, request: Request, exc: BaseException, *, requeued: bool) -> None:
+        for hook in self.app.hooks.task_lost:
+            try:
+                hook(request.id, request.name, exc, requeued)
+            except Exception:
+                logger.exception("task_lost hook %r failed", hook)
 
     def _redeliver(self, request: Request, count: int) -> None:
         """Requeue a lost task with its redelivery count: publish a copy, then ack."""

@@ -1,0 +1,250 @@
+"""One matrix cell, from start to verdicts: worker, workload, faults, drain, judge, clean up.
+
+The order: the cell's broker space is checked (unreachable: :class:`RunnerError`, exit 2);
+the worker starts and must finish a warm-up task; the publisher and the fault runners run for
+the suite's duration while the monitor reads the ledger (progress, deadlock watch, restarts a
+worker killed by a fault); then the cell drains until every published task is resolved, the
+deadlock watch fires, or ``max_time`` passes. The pool's health is read, everything stops,
+and the oracles judge. Whatever happens (an oracle failure, an exception, Ctrl-C), the
+worker's session is killed, the proxy stopped and the broker space deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chaos import FaultProxy, Journal, read_journal
+from stress import ledger as ledger_mod
+from stress.errors import RunnerError
+from stress.faults import NEEDS_PROXY, build_runners
+from stress.harness import APP_ENV
+from stress.ledger import Book, LedgerReader
+from stress.oracles import Evidence, Verdict, judge, unresolved
+from stress.publisher import Publisher
+from stress.spaces import Space, address_of, make_space
+from stress.suites import Cell, Suite
+from stress.workerproc import Health, WorkerProc, taskq_command
+
+__all__ = ["CellResult", "CellRun", "Progress"]
+
+Progress = Callable[[int, int, str], None]  # (resolved, published, phase)
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    seed: int
+    verdicts: list[Verdict]
+    figures: dict[str, Any]
+    directory: Path
+    seconds: float
+    worker_command: str
+    error: str | None = None
+    replay: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and all(v.passed for v in self.verdicts)
+
+
+@dataclass
+class CellRun:
+    suite: Suite
+    cell: Cell
+    seed: int
+    directory: Path
+    duration: float
+    max_time: float
+    broker_url: str | None = None
+    app: str | None = None
+    worker_cmd: str | None = None
+    progress: Progress | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def run(self) -> CellResult:
+        started = time.monotonic()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        ledger_dir = self.directory / "ledger"
+        ledger_dir.mkdir(exist_ok=True)
+        space = make_space(self.cell["transport"], self.directory, self.broker_url)
+        journal = Journal(self.directory / "faults.jsonl")
+        proxy: FaultProxy | None = None
+        worker: WorkerProc | None = None
+        runners: list[Any] = []
+        publisher: Publisher | None = None
+        try:
+            space.check()
+            if any(f["kind"] in NEEDS_PROXY for f in self.suite.faults):
+                if space.transport == "sqlite":
+                    raise RunnerError("network faults need a networked broker (redis or amqp), "
+                                      "not the embedded sqlite one")
+                proxy = FaultProxy(address_of(space.url), journal=journal, seed=self.seed)
+                proxy.start()
+            worker = self._worker(space, proxy, ledger_dir)
+            book, reader = Book(), LedgerReader(ledger_dir)
+            publisher = Publisher(space, self.suite, ledger_dir, seed=self.seed,
+                                  rate=self.suite.rate, duration=self.duration)
+            worker.start()
+            self._warm_up(publisher, worker, book, reader)
+            baseline = self._settled_health(worker)
+            runners = build_runners(self.suite.faults, self.cell.params, seed=self.seed,
+                                    duration=self.duration, journal=journal,
+                                    main_pid=lambda: worker.pid if worker else None,
+                                    proxy=proxy)
+            publisher.start()
+            for runner in runners:
+                runner.start()
+            watch = self._watch(worker, publisher, book, reader, journal, started)
+            for runner in runners:
+                runner.stop()
+            health = self._settled_health(worker) if not watch["deadlock"] else None
+            if watch["deadlock"]:
+                worker.dump_stacks(self.directory / "stacks.txt")
+            worker.stop()
+            book.add(reader.poll())
+            evidence = Evidence(
+                suite=self.suite, cell=self.cell, book=book,
+                faults=read_journal(journal.path) if journal.path else [],
+                deadlock=watch["deadlock"], deadlock_pending=watch["pending"],
+                stall_bound=watch["bound"], baseline=baseline, health=health,
+                worker_starts=worker.started, is_taskq=self.worker_cmd is None,
+                publish_errors=publisher.errors, directory=self.directory,
+            )
+            verdicts, figures = judge(evidence)
+            figures["seconds"] = round(time.monotonic() - started, 2)
+            figures["published"] = publisher.published
+            return CellResult(self.cell, self.seed, verdicts, figures, self.directory,
+                              time.monotonic() - started, worker.command)
+        finally:
+            for runner in runners:
+                with contextlib.suppress(Exception):
+                    runner.stop()
+                with contextlib.suppress(Exception):
+                    for injector in runner.injectors:
+                        injector.close()
+            if publisher is not None:
+                publisher.stop()
+            if worker is not None:
+                worker.stop(grace=5.0)
+            if proxy is not None:
+                with contextlib.suppress(Exception):
+                    proxy.stop()
+            journal.close()
+            space.cleanup()
+
+    # -- the worker ---------------------------------------------------------------------------
+    def _worker(self, space: Space, proxy: FaultProxy | None, ledger_dir: Path) -> WorkerProc:
+        cell = self.cell
+        broker = space.url
+        if proxy is not None:
+            parts = space.url.split("://", 1)
+            rest = parts[1].split("@", 1)
+            userinfo = rest[0] + "@" if len(rest) == 2 else ""
+            path = "/" + rest[-1].split("/", 1)[1] if "/" in rest[-1] else ""
+            broker = f"{parts[0]}://{userinfo}{proxy.address}{path}"
+        late = cell["acks"] in ("late", "late-reject")
+        env = {
+            **os.environ, **space.env(broker),
+            "TASKQ_TASK_ACKS_LATE": "true" if late else "false",
+            "TASKQ_TASK_REJECT_ON_WORKER_LOST": "true" if cell["acks"] == "late-reject"
+            else "false",
+            "TASKQ_WORKER_SEND_TASK_EVENTS": "false",
+            ledger_mod.ENV: str(ledger_dir),
+            "PYTHONPATH": os.pathsep.join(filter(None, (os.getcwd(),
+                                                        os.environ.get("PYTHONPATH")))),
+            "PYTHONUNBUFFERED": "1",
+            **self.suite.worker_env, **self.extra_env,
+        }
+        if self.app:
+            env[APP_ENV] = self.app
+        node = f"stress-{space.name}@{socket.gethostname()}"
+        values = {"queue": space.queue, "concurrency": cell["concurrency"], "pool": cell["pool"],
+                  "broker": broker, "node": node, "acks_late": str(late).lower(),
+                  "max_tasks_per_child": cell["max_tasks_per_child"]}
+        if self.worker_cmd:
+            try:
+                argv = shlex.split(self.worker_cmd.format(**values))
+            except (KeyError, ValueError) as exc:
+                raise RunnerError(f"--worker-cmd: cannot fill in {exc}; placeholders: "
+                                  f"{', '.join('{' + k + '}' for k in values)}") from None
+        else:
+            argv = [*taskq_command(), "worker", "-A", "stress.harness", "-P", "prefork",
+                    "-c", str(cell["concurrency"]), "-O", cell["pool"], "-Q", space.queue,
+                    "-n", node, "--without-mingle", "--without-gossip", "-l", "info"]
+            if cell["max_tasks_per_child"]:
+                argv += ["--max-tasks-per-child", str(cell["max_tasks_per_child"])]
+            argv += self.suite.worker_args
+        return WorkerProc(argv, env, self.directory)
+
+    def _warm_up(self, publisher: Publisher, worker: WorkerProc, book: Book,
+                 reader: LedgerReader, timeout: float = 60.0) -> None:
+        """The worker is up when it has run one task end to end."""
+        task_id = f"warmup-{uuid.uuid4()}"
+        publisher.publish_one("noop", task_id)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            book.add(reader.poll())
+            history = book.by_id.get(task_id)
+            if history is not None and history.finishes:
+                return
+            if not worker.alive():
+                raise RunnerError(f"the worker exited with {worker.returncode()} before it ran "
+                                  f"a task ({worker.command}); its log ends:\n"
+                                  f"{worker.log_tail()}")
+            time.sleep(0.05)
+        raise RunnerError(f"the worker did not run a warm-up task within {timeout:g} s "
+                          f"({worker.command}); its log ends:\n{worker.log_tail()}")
+
+    def _settled_health(self, worker: WorkerProc, timeout: float = 10.0) -> Health | None:
+        """The pool once it is back to its size (or what it is after ``timeout``)."""
+        want = self.cell["concurrency"] if self.worker_cmd is None else None
+        deadline = time.monotonic() + timeout
+        health = worker.health()
+        while want is not None and time.monotonic() < deadline:
+            health = worker.health()
+            if health is not None and health.children == want and health.zombies == 0:
+                break
+            time.sleep(0.05)
+        return health
+
+    # -- watching the run ---------------------------------------------------------------------
+    def _watch(self, worker: WorkerProc, publisher: Publisher, book: Book,
+               reader: LedgerReader, journal: Journal, started: float) -> dict[str, Any]:
+        """Until drained, deadlocked or out of time; restarts a worker a fault killed."""
+        bound = float(self.suite.oracles.get("deadlock_after", 30.0))
+        last_events, last_progress = -1, time.monotonic()
+        deadline = started + self.max_time
+        result: dict[str, Any] = {"deadlock": False, "pending": 0, "bound": bound}
+        while True:
+            book.add(reader.poll())
+            now = time.monotonic()
+            if book.events != last_events:
+                last_events, last_progress = book.events, now
+            if not worker.alive():
+                worker.reap()
+                worker.start()  # a fault (or a crash) took it: the next one redelivers
+                last_progress = now
+            pending = unresolved(book, read_journal(journal.path) if journal.path else [],
+                                 self.cell)
+            done = not publisher.running
+            if self.progress:
+                total = len(book.published())
+                self.progress(total - len(pending), total, "drain" if done else "run")
+            if done and not pending:
+                return result
+            if pending and now - last_progress > bound:
+                result.update(deadlock=True, pending=len(pending))
+                return result
+            if now > deadline:
+                result.update(pending=len(pending))
+                return result
+            time.sleep(0.25)

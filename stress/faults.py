@@ -1,0 +1,136 @@
+"""The faults a suite names (``[[faults]]`` in its TOML), built from chaos's injectors.
+
+Kinds (each with a ``schedule`` in chaos's syntax, e.g. ``"poisson {kill_rate}/s"``):
+
+- ``kill-children``: SIGKILL (or ``signal = "SEGV"`` ...) a random pool child of the worker;
+- ``kill-main``: SIGKILL the worker's main process; the cell starts a new worker;
+- ``terminate-worker``: SIGTERM the worker (warm shutdown under load); a new one starts;
+- ``cut-connections``: close every broker connection through the fault proxy;
+- ``blackhole``: the proxy accepts but forwards nothing for ``duration`` seconds.
+
+The targets follow the worker across restarts: they ask the cell for the current main pid.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from chaos import (
+    Blackhole,
+    CutConnections,
+    FaultProxy,
+    Injector,
+    Journal,
+    Kill,
+    Outcome,
+    ProcessRef,
+    Runner,
+    parse_schedule,
+)
+from chaos.targets import child_pids
+from stress.errors import ScenarioError
+
+__all__ = ["KINDS", "NEEDS_PROXY", "RESTARTS_WORKER", "build_runners"]
+
+KINDS = ("kill-children", "kill-main", "terminate-worker", "cut-connections", "blackhole")
+NEEDS_PROXY = {"cut-connections", "blackhole"}
+RESTARTS_WORKER = {"kill-main", "terminate-worker"}
+
+MainPid = Callable[[], int | None]
+
+
+class WorkerChildren:
+    """The pool children of whichever worker main process is current."""
+
+    def __init__(self, main_pid: MainPid) -> None:
+        self.main_pid = main_pid
+
+    def describe(self) -> str:
+        return "worker children"
+
+    def candidates(self) -> list[int]:
+        pid = self.main_pid()
+        return child_pids(pid) if pid else []
+
+    def resolve(self, pid: int) -> ProcessRef | None:
+        return ProcessRef.of(pid)
+
+
+class WorkerMain:
+    """The current worker main process."""
+
+    def __init__(self, main_pid: MainPid) -> None:
+        self.main_pid = main_pid
+
+    def describe(self) -> str:
+        return "worker main"
+
+    def candidates(self) -> list[int]:
+        pid = self.main_pid()
+        return [pid] if pid else []
+
+    def resolve(self, pid: int) -> ProcessRef | None:
+        return ProcessRef.of(pid)
+
+
+class _Blackhole(Injector):
+    """The proxy black-holes new and open connections for ``duration`` seconds."""
+
+    kind = "proxy-blackhole"
+
+    def __init__(self, proxy: FaultProxy, duration: float, journal: Journal) -> None:
+        from chaos import TimedFault
+
+        super().__init__(journal=journal)
+        self._timed = TimedFault(proxy, Blackhole(), duration=duration, journal=journal)
+
+    def apply(self) -> Outcome:
+        return self._timed.apply()
+
+    def close(self) -> None:
+        self._timed.close()
+
+
+def _format(text: str, cell: Mapping[str, Any]) -> str:
+    try:
+        return text.format(**cell)
+    except (KeyError, ValueError) as exc:
+        raise ScenarioError(f"fault schedule {text!r}: cannot fill in {exc}; use matrix axes "
+                            "such as {kill_rate}") from None
+
+
+def build_runners(faults: list[dict[str, Any]], cell: Mapping[str, Any], *, seed: int,
+                  duration: float, journal: Journal, main_pid: MainPid,
+                  proxy: FaultProxy | None) -> list[Runner]:
+    """One chaos Runner per fault, limited to the publishing window."""
+    runners = []
+    for n, fault in enumerate(faults):
+        kind = fault["kind"]
+        spec = _format(str(fault.get("schedule", "every 1s")), cell)
+        if " until " not in spec:
+            spec += f" until {duration}s"
+        schedule = parse_schedule(spec, seed=seed + n)
+        sig = fault.get("signal", "KILL")
+        injector: Injector
+        if kind == "kill-children":
+            injector = Kill(WorkerChildren(main_pid), signal=sig, seed=seed + n,
+                            journal=journal, kind="kill-child")
+        elif kind == "kill-main":
+            injector = Kill(WorkerMain(main_pid), signal=sig, seed=seed + n, journal=journal,
+                            kind="kill-main")
+        elif kind == "terminate-worker":
+            injector = Kill(WorkerMain(main_pid), signal=signal.SIGTERM, seed=seed + n,
+                            journal=journal, kind="terminate-worker")
+        elif kind in NEEDS_PROXY:
+            if proxy is None:
+                raise ScenarioError(f"fault {kind!r} needs the fault proxy")
+            if kind == "cut-connections":
+                injector = CutConnections(proxy, journal=journal)
+            else:
+                injector = _Blackhole(proxy, float(fault.get("duration", 3.0)), journal)
+        else:  # pragma: no cover - load_suite checked the kind
+            raise ScenarioError(f"unknown fault kind {kind!r}")
+        runners.append(Runner(schedule, injector, name=f"stress-{kind}"))
+    return runners

@@ -1,0 +1,57 @@
+"""The app a stress cell's taskq worker loads: the target app with the ledger hooks installed.
+
+``taskq worker -A stress.harness`` loads the app named by ``TASKQ_STRESS_APP`` (default: the
+stress workload, ``stress.workload``) and installs, on taskq's hooks:
+
+- in the worker's main process, ``lost``: the child running a task died (with whether the task
+  was requeued), at the moment the pool noticed;
+- in the pool children, ``started``/``finished`` around app teams' own tasks, so their tasks
+  need no change (the stress workload's tasks write these themselves).
+
+Everything else about the worker (flags, ``TASKQ_*`` settings) is the user's real command.
+"""
+
+from __future__ import annotations
+
+import os
+
+from stress import ledger
+from taskq import TaskQ
+from taskq.loading import find_app
+from taskq.task import Task
+
+__all__ = ["APP_ENV", "app", "install"]
+
+APP_ENV = "TASKQ_STRESS_APP"
+
+
+def _own_ledger(task: Task) -> bool:
+    return task.name.startswith("stress.")
+
+
+def install(target: TaskQ) -> TaskQ:
+    """Add the ledger hooks to ``target`` (they write nothing outside a stress cell)."""
+
+    def on_lost(task_id: str, name: str, exc: BaseException, requeued: bool) -> None:
+        write = ledger.writer("worker")
+        if write is not None:
+            write.write("lost", task_id, name=name, error=type(exc).__name__,
+                        requeued=requeued)
+
+    def on_prerun(task: Task, task_id: str) -> None:
+        write = ledger.writer("task")
+        if write is not None and not _own_ledger(task):
+            write.write("started", task_id, kind=task.name)
+
+    def on_postrun(task: Task, task_id: str, state: str) -> None:
+        write = ledger.writer("task")
+        if write is not None and not _own_ledger(task):
+            write.write("finished", task_id, kind=task.name, outcome=state.lower())
+
+    target.hooks.task_lost.append(on_lost)
+    target.hooks.task_prerun.append(on_prerun)
+    target.hooks.task_postrun.append(on_postrun)
+    return target
+
+
+app = install(find_app(os.environ.get(APP_ENV) or "stress.workload"))

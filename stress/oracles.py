@@ -1,0 +1,337 @@
+"""The oracles: each judges one cell from the ledger, the fault journal and the pool's health.
+
+They judge against DESIGN.md's delivery-guarantee table:
+
+====================================  ============  ================  =======================
+fault while a task is                 early ack     acks_late         late + reject_on_lost
+====================================  ============  ================  =======================
+reserved, not started                 redelivered   redelivered       redelivered
+running; its child dies               FAILURE       FAILURE           rerun (bounded)
+running; hard time limit              FAILURE       FAILURE           FAILURE
+running; main process dies            may be lost   redelivered       redelivered
+running; broker connection lost       finishes      may run twice     may run twice
+====================================  ============  ================  =======================
+
+Each oracle returns a :class:`Verdict` with its figures; an oracle that has nothing to judge
+says so in its message and still passes only where that is not suspicious (``not-vacuous``
+fails a cell whose faults did not hit running tasks).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chaos import FaultRecord
+from stress.ledger import Book, Entry, History
+from stress.suites import Cell, Suite
+from stress.workerproc import Health
+
+__all__ = ["ORACLES", "Evidence", "Verdict", "judge", "unresolved"]
+
+ORACLES = ("deadlock", "nothing-lost", "lost-process", "not-vacuous", "pool-health")
+OK_OUTCOMES = {"ok", "soft-limit", "success"}
+MAIN_FAULTS = {"kill-main", "terminate-worker"}
+NET_FAULTS = {"proxy-cut", "proxy-reset", "proxy-blackhole"}
+
+
+@dataclass
+class Verdict:
+    oracle: str
+    passed: bool
+    message: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Evidence:
+    suite: Suite
+    cell: Cell
+    book: Book
+    faults: Sequence[FaultRecord]
+    deadlock: bool
+    deadlock_pending: int
+    stall_bound: float
+    baseline: Health | None
+    health: Health | None
+    worker_starts: int
+    is_taskq: bool
+    publish_errors: int
+    directory: Path
+
+
+def _ok(records: Iterable[FaultRecord], kinds: set[str]) -> list[FaultRecord]:
+    return [r for r in records if r.kind in kinds and r.outcome == "ok"]
+
+
+def _run_end(history: History, start: Entry) -> float | None:
+    """When the run that began at ``start`` ended (finished or lost), if it did."""
+    ends = [e.mono for e in (*history.finishes, *history.losses)
+            if e.mono >= start.mono and (e.event == "lost" or e.pid == start.pid)]
+    return min(ends) if ends else None
+
+
+def _allowed_lost(history: History, faults: Sequence[FaultRecord], cell: Cell) -> bool:
+    """Early ack, and the worker's main process died while the task ran (the one "lost" cell
+    of the table)."""
+    if cell["acks"] != "early" or not history.starts:
+        return False
+    last = history.starts[-1].mono
+    return any(r.mono >= last for r in _ok(faults, MAIN_FAULTS))
+
+
+def _resolved(history: History, faults: Sequence[FaultRecord], cell: Cell) -> bool:
+    if any(e.extra.get("outcome") != "retry" for e in history.finishes):
+        return True
+    if any(not e.extra.get("requeued") for e in history.losses):
+        return True
+    return _allowed_lost(history, faults, cell)
+
+
+def unresolved(book: Book, faults: Sequence[FaultRecord], cell: Cell) -> list[History]:
+    """Published tasks that have not reached an end the table allows (yet)."""
+    return [h for h in book.published() if not _resolved(h, faults, cell)]
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {"p50_ms": round(statistics.median(ordered) * 1000, 2),
+            "p99_ms": round(p99 * 1000, 2), "max_ms": round(ordered[-1] * 1000, 2)}
+
+
+# -- nothing lost -------------------------------------------------------------------------------
+
+def _rerun_allowed(history: History, previous: Entry, faults: Sequence[FaultRecord],
+                   cell: Cell) -> bool:
+    """May the task start again after the run that began at ``previous``?"""
+    end = _run_end(history, previous)
+    for e in history.finishes:
+        if e.pid == previous.pid and e.mono >= previous.mono and e.extra.get("outcome") == "retry":
+            return True  # the task asked to be retried
+    for e in history.losses:
+        if e.mono >= previous.mono and e.extra.get("requeued"):
+            return True  # acks_late + reject_on_worker_lost: requeued by the table
+    if cell["acks"] in ("late", "late-reject"):
+        window = [r for r in _ok(faults, MAIN_FAULTS | NET_FAULTS) if r.mono >= previous.mono]
+        if window:
+            return True  # redelivered after a dead main process or a lost connection
+    _ = end
+    return False
+
+
+def nothing_lost(ev: Evidence) -> Verdict:
+    counts = {"published": 0, "finished": 0, "failed": 0, "lost_allowed": 0, "lost": 0,
+              "never_started": 0, "wrong_outcome": 0, "duplicates": 0,
+              "forbidden_duplicates": 0}
+    problems: list[str] = []
+    kills = {pid: r.mono for r in _ok(ev.faults, {"kill-child"})
+             for pid in r.detail.get("pids", [])}
+    for h in ev.book.published():
+        counts["published"] += 1
+        for previous, nxt in zip(h.starts, h.starts[1:], strict=False):
+            counts["duplicates"] += 1
+            if not _rerun_allowed(h, previous, ev.faults, ev.cell):
+                counts["forbidden_duplicates"] += 1
+                problems.append(f"{h.task_id} ({h.kind}) ran again at +"
+                                f"{nxt.mono - previous.mono:.2f}s where the table forbids it")
+        finished = [e for e in h.finishes if e.extra.get("outcome") != "retry"]
+        failed = [e for e in h.losses if not e.extra.get("requeued")]
+        if finished:
+            counts["finished"] += 1
+            outcome = str(finished[-1].extra.get("outcome"))
+            if (h.expect in ("lost", "timeout") and outcome in OK_OUTCOMES) or (
+                    h.expect == "ok" and outcome not in OK_OUTCOMES) or (
+                    h.expect == "error" and outcome in OK_OUTCOMES):
+                counts["wrong_outcome"] += 1
+                problems.append(f"{h.task_id} ({h.kind}) finished {outcome!r}; expected "
+                                f"{h.expect!r}")
+        elif failed:
+            counts["failed"] += 1
+            error = failed[-1].extra.get("error")
+            hit = any(s.pid in kills for s in h.starts) or any(
+                failed[-1].mono - 2.0 <= at <= failed[-1].mono for at in kills.values())
+            if h.expect == "timeout" and error != "TimeLimitExceeded":
+                counts["wrong_outcome"] += 1
+                problems.append(f"{h.task_id} ({h.kind}) failed with {error}; expected "
+                                "TimeLimitExceeded")
+            elif h.expect == "ok" and not hit:
+                counts["wrong_outcome"] += 1
+                problems.append(f"{h.task_id} ({h.kind}) failed with {error} although no "
+                                "fault hit it")
+        elif _allowed_lost(h, ev.faults, ev.cell):
+            counts["lost_allowed"] += 1
+        elif not ev.is_taskq and h.expect in ("lost", "timeout") and h.starts:
+            counts["failed"] += 1  # a worker without taskq's hooks: its child died as meant
+        elif not h.starts:
+            counts["never_started"] += 1
+            counts["lost"] += 1
+            problems.append(f"{h.task_id} ({h.kind}) was published and never started")
+        else:
+            counts["lost"] += 1
+            problems.append(f"{h.task_id} ({h.kind}) started {len(h.starts)} time(s) "
+                            "and never ended")
+    passed = not problems
+    message = ("every published task reached an end the table allows" if passed else
+               f"{len(problems)} violation(s): " + "; ".join(problems[:5])
+               + (" ..." if len(problems) > 5 else ""))
+    return Verdict("nothing-lost", passed, message, counts)
+
+
+# -- lost-process detection ---------------------------------------------------------------------
+
+def _kills_of_running(ev: Evidence) -> list[tuple[float, History, Entry]]:
+    """(kill time, task, its run) for every child killed while it ran a task."""
+    starts_by_pid: dict[int, list[tuple[History, Entry]]] = {}
+    for h in ev.book.published():
+        for s in h.starts:
+            starts_by_pid.setdefault(s.pid, []).append((h, s))
+    hits = []
+    for record in _ok(ev.faults, {"kill-child"}):
+        for pid in record.detail.get("pids", []):
+            for h, s in starts_by_pid.get(int(pid), []):
+                end = _run_end(h, s)
+                if s.mono <= record.mono and (end is None or end >= record.mono):
+                    hits.append((record.mono, h, s))
+    return hits
+
+
+def lost_process(ev: Evidence) -> Verdict:
+    bound = float(ev.suite.oracles.get("detect_bound", 5.0))
+    hits = _kills_of_running(ev)
+    latencies, late, undetected = [], [], []
+    for killed_at, h, run in hits:
+        after = [e.mono for e in h.losses if e.mono >= run.mono]
+        if not after and not ev.is_taskq:
+            after = [e.mono for e in h.starts if e.mono > killed_at]  # a rerun shows it
+        if not after:
+            if ev.is_taskq or not _resolved(h, ev.faults, ev.cell):
+                undetected.append(h.task_id)
+            continue
+        latency = max(0.0, min(after) - killed_at)
+        latencies.append(latency)
+        if latency > bound:
+            late.append(f"{h.task_id} after {latency:.2f}s")
+    figures: dict[str, Any] = {"kills_of_running": len(hits), "detected": len(latencies),
+                               **_percentiles(latencies)}
+    problems = ([f"{len(undetected)} killed task(s) never reached an end: "
+                 f"{', '.join(undetected[:5])}"] if undetected else [])
+    problems += [f"detected later than {bound:g}s: {', '.join(late[:5])}"] if late else []
+    if problems:
+        return Verdict("lost-process", False, "; ".join(problems), figures)
+    if not hits:
+        return Verdict("lost-process", True, "no child was killed while running a task",
+                       figures)
+    return Verdict("lost-process", True, f"all {len(hits)} kills of running tasks detected "
+                   f"(p99 {figures['p99_ms']} ms)", figures)
+
+
+# -- not vacuous --------------------------------------------------------------------------------
+
+def _in_flight(ev: Evidence, at: float) -> bool:
+    for h in ev.book.published():
+        for s in h.starts:
+            end = _run_end(h, s)
+            if s.mono <= at and (end is None or end >= at):
+                return True
+    return False
+
+
+def not_vacuous(ev: Evidence) -> Verdict:
+    kinds = {f["kind"] for f in ev.suite.faults}
+    figures: dict[str, Any] = {}
+    problems = []
+    published = len(ev.book.published())
+    if published < int(ev.suite.oracles.get("min_tasks", 20)):
+        problems.append(f"only {published} tasks were published")
+    if "kill-children" in kinds:
+        running = len(_kills_of_running(ev))
+        figures["kills"] = sum(len(r.detail.get("pids", []))
+                               for r in _ok(ev.faults, {"kill-child"}))
+        figures["kills_of_running"] = running
+        need = int(ev.suite.oracles.get("min_kills_of_running", 3))
+        if running < need:
+            problems.append(f"{running} kills hit a running task; at least {need} needed")
+    for fault_kind, journal_kinds in (("kill-main", {"kill-main"}),
+                                      ("terminate-worker", {"terminate-worker"}),
+                                      ("cut-connections", {"proxy-cut"}),
+                                      ("blackhole", {"proxy-blackhole"})):
+        if fault_kind not in kinds:
+            continue
+        records = _ok(ev.faults, journal_kinds)
+        if fault_kind == "cut-connections":
+            records = [r for r in records if r.detail.get("closed")]
+        busy = sum(_in_flight(ev, r.mono) for r in records)
+        figures[f"{fault_kind}_in_flight"] = busy
+        if busy < 1:
+            problems.append(f"no {fault_kind} fault happened while tasks were in flight")
+    if problems:
+        return Verdict("not-vacuous", False, "vacuous: " + "; ".join(problems), figures)
+    return Verdict("not-vacuous", True, "the faults hit running work", figures)
+
+
+# -- deadlock and pool health -------------------------------------------------------------------
+
+def deadlock(ev: Evidence) -> Verdict:
+    figures = {"stall_bound_s": ev.stall_bound, "pending": ev.deadlock_pending}
+    if ev.deadlock:
+        return Verdict("deadlock", False, f"no progress for {ev.stall_bound:g}s with "
+                       f"{ev.deadlock_pending} task(s) pending; stacks in "
+                       f"{ev.directory / 'stacks.txt'}", figures)
+    pending = unresolved(ev.book, ev.faults, ev.cell)
+    if pending:
+        return Verdict("deadlock", False, f"the run ended (max time) with {len(pending)} "
+                       "task(s) unresolved while the worker still made progress", figures)
+    return Verdict("deadlock", True, "the worker drained everything", figures)
+
+
+def pool_health(ev: Evidence) -> Verdict:
+    main_faults = len(_ok(ev.faults, MAIN_FAULTS))
+    figures: dict[str, Any] = {"worker_starts": ev.worker_starts}
+    problems = []
+    if ev.worker_starts > 1 + main_faults:
+        problems.append(f"the worker's main process died {ev.worker_starts - 1 - main_faults} "
+                        "time(s) without a fault")
+    if not ev.is_taskq:
+        message = "; ".join(problems) or "pool checks skipped for a --worker-cmd worker"
+        return Verdict("pool-health", not problems, message, figures)
+    if ev.health is None:
+        problems.append("the worker was not running at the end")
+    else:
+        want = ev.cell["concurrency"]
+        figures.update(children=ev.health.children, zombies=ev.health.zombies,
+                       fds=ev.health.fds, rss_mib=round(ev.health.rss_kib / 1024, 1))
+        if ev.health.children != want:
+            problems.append(f"{ev.health.children} pool children, expected {want}")
+        if ev.health.zombies:
+            problems.append(f"{ev.health.zombies} zombie children")
+        if ev.baseline is not None:
+            fd_bound = int(ev.suite.oracles.get("fd_growth", 16))
+            rss_bound = float(ev.suite.oracles.get("rss_growth_mib", 100))
+            figures.update(fds_start=ev.baseline.fds,
+                           rss_start_mib=round(ev.baseline.rss_kib / 1024, 1))
+            if ev.health.fds > ev.baseline.fds + fd_bound:
+                problems.append(f"open fds grew from {ev.baseline.fds} to {ev.health.fds}")
+            growth = (ev.health.rss_kib - ev.baseline.rss_kib) / 1024
+            if growth > rss_bound:
+                problems.append(f"main process RSS grew {growth:.0f} MiB")
+    if problems:
+        return Verdict("pool-health", False, "; ".join(problems), figures)
+    return Verdict("pool-health", True, "pool at full size, no zombies, no fd or RSS growth",
+                   figures)
+
+
+def judge(ev: Evidence) -> tuple[list[Verdict], dict[str, Any]]:
+    verdicts = [deadlock(ev), nothing_lost(ev), lost_process(ev), not_vacuous(ev),
+                pool_health(ev)]
+    figures: dict[str, Any] = {"publish_errors": ev.publish_errors}
+    child_kills = _ok(ev.faults, {"kill-child"})
+    if child_kills:
+        span = max(r.mono for r in child_kills) - min(r.mono for r in child_kills)
+        figures["kills_per_s"] = round(len(child_kills) / span, 1) if span > 0 else None
+    return verdicts, figures

@@ -1,0 +1,117 @@
+"""Reports: a summary table for humans, JSON with everything, JUnit XML for CI.
+
+JUnit has one testcase per cell and oracle, named ``<oracle>`` in class ``<suite>.<cell id>``:
+both stay the same between runs, so CI can track a case over time.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from stress.cell import CellResult
+from stress.oracles import ORACLES
+from stress.suites import Suite
+
+__all__ = ["replay_command", "summary_table", "write_json", "write_junit"]
+
+
+def replay_command(report: Path, cell_id: str) -> str:
+    return shlex.join(["taskq-stress", "replay", str(report), cell_id])
+
+
+def _figures(verdict_figures: dict[str, Any], oracle: str) -> str:
+    keys = {
+        "nothing-lost": ("published", "finished", "failed", "lost", "duplicates"),
+        "lost-process": ("kills_of_running", "p50_ms", "p99_ms"),
+        "not-vacuous": ("kills_of_running",),
+        "pool-health": ("children", "fds", "rss_mib"),
+        "deadlock": ("pending",),
+    }.get(oracle, ())
+    return " ".join(f"{k}={verdict_figures[k]}" for k in keys if verdict_figures.get(k) is not None)
+
+
+def summary_table(suite: Suite, results: Sequence[CellResult], console: Console) -> None:
+    table = Table(title=f"taskq-stress {suite.name}", show_lines=False)
+    table.add_column("cell")
+    for oracle in ORACLES:
+        table.add_column(oracle)
+    table.add_column("s", justify="right")
+    for result in results:
+        row = [result.cell.id]
+        if result.error:
+            row += [f"[red]ERROR[/] {result.error.splitlines()[0][:60]}"] + [""] * (
+                len(ORACLES) - 1)
+        else:
+            by_name = {v.oracle: v for v in result.verdicts}
+            for oracle in ORACLES:
+                v = by_name.get(oracle)
+                if v is None:
+                    row.append("-")
+                    continue
+                mark = "[green]pass[/]" if v.passed else "[red]FAIL[/]"
+                row.append(f"{mark} {_figures(v.figures, oracle)}".strip())
+        row.append(f"{result.seconds:.0f}")
+        table.add_row(*row)
+    console.print(table)
+
+
+def _result_json(result: CellResult) -> dict[str, Any]:
+    return {
+        "cell": result.cell.id, "params": dict(result.cell.params), "seed": result.seed,
+        "passed": result.passed, "error": result.error, "seconds": round(result.seconds, 2),
+        "directory": str(result.directory), "worker_command": result.worker_command,
+        "replay": result.replay, "figures": result.figures,
+        "verdicts": [{"oracle": v.oracle, "passed": v.passed, "message": v.message,
+                      "figures": v.figures} for v in result.verdicts],
+    }
+
+
+def write_json(path: Path, suite: Suite, run: dict[str, Any],
+               results: Sequence[CellResult]) -> None:
+    data = {"suite": suite.name, "suite_file": str(suite.path), "run": run,
+            "passed": all(r.passed for r in results),
+            "cells": [_result_json(r) for r in results]}
+    path.write_text(json.dumps(data, indent=2, default=str))
+
+
+def write_junit(path: Path, suite: Suite, results: Sequence[CellResult]) -> None:
+    cases = []
+    failures = errors = 0
+    for result in results:
+        classname = f"{suite.name}.{result.cell.id}"
+        if result.error:
+            errors += 1
+            case = ET.Element("testcase", classname=classname, name="run",
+                              time=f"{result.seconds:.2f}")
+            error = ET.SubElement(case, "error", message=result.error.splitlines()[0][:200])
+            error.text = f"{result.error}\nreplay: {result.replay}"
+            cases.append(case)
+            continue
+        for v in result.verdicts:
+            case = ET.Element("testcase", classname=classname, name=v.oracle,
+                              time=f"{result.seconds / max(1, len(result.verdicts)):.2f}")
+            if not v.passed:
+                failures += 1
+                failure = ET.SubElement(case, "failure", message=v.message[:200])
+                failure.text = (f"{v.message}\nfigures: {json.dumps(v.figures)}\n"
+                                f"seed: {result.seed}\nreplay: {result.replay}\n"
+                                f"artifacts: {result.directory}")
+            cases.append(case)
+    root = ET.Element("testsuite", name=f"taskq-stress.{suite.name}", tests=str(len(cases)),
+                      failures=str(failures), errors=str(errors))
+    root.extend(cases)
+    ET.indent(root)
+    path.write_bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
+
+
+def stderr_console() -> Console:
+    return Console(file=sys.stderr)
