@@ -13,7 +13,10 @@ Everything else about the worker (flags, ``TASKQ_*`` settings) is the user's rea
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import os
+import signal
 
 from stress import ledger
 from taskq import TaskQ
@@ -53,5 +56,10 @@ def install(target: TaskQ) -> TaskQ:
     target.hooks.task_postrun.append(on_postrun)
     return target
 
+
+# The deadlock oracle asks every worker process for its stacks with SIGUSR2 (the pool's
+# children register it themselves).
+with contextlib.suppress(AttributeError, OSError, ValueError, RuntimeError):
+    faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)
 
 app = install(find_app(os.environ.get(APP_ENV) or "stress.workload"))

@@ -1,0 +1,5 @@
+"""``python -m stress`` is ``taskq-stress``."""
+
+from stress.cli import main
+
+main()
