@@ -139,6 +139,7 @@ def test_terminate_job_signals_only_the_child_running_it(harness, tmp_path):
     inside = tmp_path / "inside"
     catcher = h.submit("soft_catcher", str(inside))
     h.run_until(inside.exists)
+    h.running_child(catcher)  # the parent has read its ``started``: it knows whom to signal
     h.pool.terminate_job(catcher, signal.SIGUSR1)  # SIGUSR1 is a soft limit: catchable
     h.run_until(lambda: any(j is catcher for j, _ in h.done))
     assert h.done[-1][1].summary == "'caught'"
