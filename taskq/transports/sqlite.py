@@ -136,7 +136,15 @@ class LeaseQoS(virtual.QoS):
         super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        self._settle(False, [delivery_tag])
+        transport = self.channel.connection
+        rowid = self.leases.pop(delivery_tag, None) if transport.defer_acks else None
+        if rowid is not None:
+            # On the event loop: deleted in the loop's next tick (before it waits again),
+            # in the transaction of the next fetch. A crash in between redelivers the
+            # message after its lease, as a crash just before the ack would.
+            transport.pending_acks.append((rowid, delivery_tag))
+        else:
+            self._settle(False, [delivery_tag])
         super().ack(delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
@@ -196,6 +204,7 @@ class Channel(virtual.Channel):
         self._no_ack_queues: set[str] = set()
         self._auto_delete: set[str] = set()
         self.maybe_ready = True  # a wake-up (or a full batch) since the last empty fetch
+        self._full_batch = False
 
     # -- declaring ------------------------------------------------------------------------
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
@@ -300,11 +309,17 @@ class Channel(virtual.Channel):
 
     def _fetch(self, queues: Sequence[str], limit: int, no_ack: set[str] | None = None
                ) -> list[Delivery]:
-        """Lease (or pop, for no-ack queues) up to ``limit`` messages."""
+        """Lease (or pop, for no-ack queues) up to ``limit`` messages (committing the
+        transport's deferred acks in the same transaction)."""
         no_ack = self._no_ack_queues if no_ack is None else no_ack
         self._batches += 1
-        rows = self.store.fetch(queues, limit, f"{self.consumer_id}.{self._batches}.",
-                                self.settings.lease_timeout, no_ack)
+        acks, self.connection.pending_acks = self.connection.pending_acks, []
+        try:
+            rows = self.store.fetch(queues, limit, f"{self.consumer_id}.{self._batches}.",
+                                    self.settings.lease_timeout, no_ack, acks)
+        except BaseException:
+            self.connection.pending_acks[:0] = acks
+            raise
         return self._decode(rows)
 
     def _decode(self, rows: list[Fetched]) -> list[Delivery]:
@@ -331,9 +346,18 @@ class Channel(virtual.Channel):
         return out
 
     def credit(self) -> int:
-        estimate = self.qos.can_consume_max_estimate()
+        """How many messages to fetch now: the free prefetch window (at most a batch), or
+        0 while more than half of the window is still held (fewer, larger transactions)."""
+        qos = self.qos
+        estimate = qos.can_consume_max_estimate()
         batch = self.settings.fetch_batch
-        return batch if estimate is None else max(0, min(int(estimate), batch))
+        if estimate is None:
+            return batch
+        free = max(0, min(int(estimate), batch))
+        held = len(qos._delivered) - len(qos._dirty)
+        if held and free * 2 < min(qos.prefetch_count, batch):
+            return 0
+        return free
 
     def fetch_and_deliver(self) -> int:
         """Fetch the free prefetch window from the consumed queues and deliver it."""
@@ -341,11 +365,12 @@ class Channel(virtual.Channel):
         limit = self.credit()
         if not queues or not limit or self.closed:
             return 0
-        if not self.store.any_ready(queues):  # a read: idle polls take no write lock
-            self.maybe_ready = False
+        if not self._full_batch and not self.store.any_ready(queues):
+            self.maybe_ready = False  # a read, no write lock: idle polls stay cheap
             return 0
         fetched = self._fetch(queues, limit)
-        self.maybe_ready = len(fetched) >= limit  # a full batch: there may be more
+        self._full_batch = len(fetched) >= limit
+        self.maybe_ready = self._full_batch  # there may be more
         if len(queues) > 1 and fetched:  # fairness: start from the next queue next time
             self._active_queues.append(self._active_queues.pop(0))
         self._deliver(fetched)
@@ -446,6 +471,7 @@ class Transport(virtual.Transport):
         self.store = Store(self.path, busy_timeout=self.settings.busy_timeout)
         self.wake = WakeDirectory(self.path + ".wake")
         self.incoming: dict[str, int] = {}  # fetched, being delivered: tag -> row id
+        self.pending_acks: list[tuple[int, str]] = []  # (row id, lease id), see LeaseQoS.ack
         self._hub: Any = None
         self._renew_due = monotonic() + self.settings.renew_interval
         self._restore_due = 0.0  # at the first chance: a dead predecessor's leases
@@ -462,6 +488,7 @@ class Transport(virtual.Transport):
 
     def close_connection(self, connection: Any) -> None:
         try:
+            self.flush_acks()
             super().close_connection(connection)
         finally:
             hub, self._hub = self._hub, None
@@ -504,12 +531,28 @@ class Transport(virtual.Transport):
         else:
             self._maintenance_failing = False
 
+    @property
+    def defer_acks(self) -> bool:
+        return self._hub is not None
+
     def _fetch_ready(self) -> int:
+        """The loop's tick: fetch where a wake-up or a full batch says there may be more;
+        commit deferred acks (with the first fetch, else on their own)."""
         delivered = 0
         for channel in self._consuming():
             if channel.maybe_ready and channel.qos.can_consume():
                 delivered += channel.fetch_and_deliver()
+        self.flush_acks()
         return delivered
+
+    def flush_acks(self) -> None:
+        acks, self.pending_acks = self.pending_acks, []
+        if acks:
+            try:
+                self.store.settle(False, acks)
+            except BaseException:
+                self.pending_acks[:0] = acks
+                raise
 
     # -- the event loop -------------------------------------------------------------------
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:

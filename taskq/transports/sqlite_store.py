@@ -130,9 +130,14 @@ class Store:
     def _open(self) -> sqlite3.Connection:
         parent = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(parent):
+            hint = ""
+            relative = os.path.relpath(self.path)
+            if not relative.startswith("..") and os.path.isdir(os.path.dirname("/" + relative)):
+                hint = (f" (sqlite:///{relative} is a path relative to the working directory; "
+                        f"for /{relative} write four slashes: sqlite:////{relative})")
             raise BrokerDatabaseError(
                 f"the broker database {self.path!r} cannot be created: its directory "
-                f"{parent!r} does not exist; create it or fix broker_url")
+                f"{parent!r} does not exist; create it or fix broker_url{hint}")
         try:
             db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                  check_same_thread=False)
@@ -242,10 +247,14 @@ class Store:
         return bool(self.read(check))
 
     def fetch(self, queues: Sequence[str], limit: int, lease_prefix: str, lease_timeout: float,
-              no_ack: frozenset[str] | set[str]) -> list[Fetched]:
-        """Lease (or, for ``no_ack`` queues, pop) up to ``limit`` messages, queue by queue."""
+              no_ack: frozenset[str] | set[str], acks: Sequence[tuple[int, str]] = ()
+              ) -> list[Fetched]:
+        """Lease (or, for ``no_ack`` queues, pop) up to ``limit`` messages, queue by queue,
+        after deleting the acked ``[(row id, lease id)]``, all in one transaction."""
 
         def work(db: sqlite3.Connection) -> list[Fetched]:
+            if acks:
+                db.executemany("DELETE FROM taskq_messages WHERE id = ? AND lease = ?", acks)
             deadline = self.clock() + lease_timeout
             out: list[Fetched] = []
             for queue in queues:
