@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -33,6 +34,15 @@ taskmeta = sa.Table(
 )
 
 
+def _dispose_before_fork(ref: weakref.ref[DatabaseBackend]) -> None:
+    backend = ref()
+    if backend is not None and backend._engine is not None and backend._pid == os.getpid():
+        try:
+            backend._engine.dispose()
+        except Exception:
+            pass
+
+
 class DatabaseBackend(Backend):
     def __init__(self, app: TaskQ, url: str, **engine_options: Any) -> None:
         super().__init__(app)
@@ -42,11 +52,21 @@ class DatabaseBackend(Backend):
         self._engine: sa.Engine | None = None
         self._pid = 0
         self._last_purge = 0.0
+        self._abandoned: list[sa.Engine] = []
+        # SQLite must not see a connection cross fork: the parent closes its pooled ones
+        # before every fork (the worker forks pool children from its loop, never while a
+        # connection is in use), so a child inherits none.
+        ref = weakref.ref(self)
+        os.register_at_fork(before=lambda: _dispose_before_fork(ref))
 
     @property
     def engine(self) -> sa.Engine:
         # Never share a connection across fork: a child makes its own engine.
         if self._engine is None or self._pid != os.getpid():
+            if self._engine is not None:
+                # A parent's engine: never close it here (closing an inherited SQLite
+                # connection can drop this process's own locks on the file).
+                self._abandoned.append(self._engine)
             options = dict(self._engine_options)
             if self.url.startswith("sqlite"):
                 options.setdefault("connect_args", {"timeout": 30})
