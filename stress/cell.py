@@ -106,9 +106,9 @@ class CellRun:
             watch = self._watch(worker, publisher, book, reader, journal, started)
             for runner in runners:
                 runner.stop()
-            health = self._settled_health(worker) if not watch["deadlock"] else None
             if watch["deadlock"]:
                 worker.dump_stacks(self.directory / "stacks.txt")
+            health = self._settled_health(worker, 0.0 if watch["deadlock"] else 10.0)
             worker.stop()
             book.add(reader.poll())
             evidence = Evidence(

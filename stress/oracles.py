@@ -36,6 +36,7 @@ ORACLES = ("deadlock", "nothing-lost", "lost-process", "not-vacuous", "pool-heal
 OK_OUTCOMES = {"ok", "soft-limit", "success"}
 MAIN_FAULTS = {"kill-main", "terminate-worker"}
 NET_FAULTS = {"proxy-cut", "proxy-reset", "proxy-blackhole"}
+EARLY_ACK_WINDOW = 1.0  # seconds from ``started`` within which an early ack may not have left
 
 
 @dataclass
@@ -121,8 +122,14 @@ def _rerun_allowed(history: History, previous: Entry, faults: Sequence[FaultReco
         window = [r for r in _ok(faults, MAIN_FAULTS | NET_FAULTS) if r.mono >= previous.mono]
         if window:
             return True  # redelivered after a dead main process or a lost connection
-    _ = end
-    return False
+        return False
+    # Early acks: the ack leaves the main process when the child reports ``started``, so a
+    # main process (or connection) that dies in the moment between the two leaves the message
+    # unacked and the broker redelivers it. DESIGN.md's table says "lost"; redelivering a
+    # task whose ack never left is the safer reading, bounded here to that moment.
+    return any(previous.mono <= r.mono <= previous.mono + EARLY_ACK_WINDOW
+               and (end is None or r.mono <= end)
+               for r in _ok(faults, MAIN_FAULTS | NET_FAULTS))
 
 
 def nothing_lost(ev: Evidence) -> Verdict:

@@ -46,7 +46,8 @@ class RunOptions:
 def run_suite(suite: Suite, cells: Sequence[Cell], options: RunOptions,
               console: Console | None = None) -> tuple[int, list[CellResult]]:
     """Run every cell; exit code 0 (all passed), 1 (an oracle failed), 2 (could not run)."""
-    console = console or Console(file=sys.stderr)
+    console = console or Console(file=sys.stderr,
+                                 width=None if sys.stderr.isatty() else 200)
     seed = options.seed if options.seed is not None else random.SystemRandom().randrange(2**31)
     duration = options.duration if options.duration is not None else suite.duration
     max_time = options.max_time if options.max_time is not None else suite.max_time
