@@ -119,10 +119,8 @@ def _rerun_allowed(history: History, previous: Entry, faults: Sequence[FaultReco
         if e.mono >= previous.mono and e.extra.get("requeued"):
             return True  # acks_late + reject_on_worker_lost: requeued by the table
     if cell["acks"] in ("late", "late-reject"):
-        window = [r for r in _ok(faults, MAIN_FAULTS | NET_FAULTS) if r.mono >= previous.mono]
-        if window:
-            return True  # redelivered after a dead main process or a lost connection
-        return False
+        # redelivered after a dead main process or a lost connection
+        return any(r.mono >= previous.mono for r in _ok(faults, MAIN_FAULTS | NET_FAULTS))
     # Early acks: the ack leaves the main process when the child reports ``started``, so a
     # main process (or connection) that dies in the moment between the two leaves the message
     # unacked and the broker redelivers it. DESIGN.md's table says "lost"; redelivering a
