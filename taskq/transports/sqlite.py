@@ -539,10 +539,14 @@ class Transport(virtual.Transport):
         """The loop's tick: fetch where a wake-up or a full batch says there may be more;
         commit deferred acks (with the first fetch, else on their own)."""
         delivered = 0
+        more = False
         for channel in self._consuming():
             if channel.maybe_ready and channel.qos.can_consume():
                 delivered += channel.fetch_and_deliver()
+                more = more or (channel.maybe_ready and channel.credit() > 0)
         self.flush_acks()
+        if more and self._hub is not None:
+            self.wake.poke()  # the loop is about to poll: let it come back at once
         return delivered
 
     def flush_acks(self) -> None:

@@ -115,6 +115,14 @@ class WakeDirectory:
                 os.close(self._dir_fd)
             self._dir_fd = None
 
+    def poke(self) -> None:
+        """Wake this process's own socket (the event loop has more to fetch)."""
+        sock = self._sock
+        if sock is None or self._pid != os.getpid():
+            return
+        with contextlib.suppress(OSError):
+            sock.sendto(b"\0", sock.getsockname())
+
     # -- the publisher's side -------------------------------------------------------------
     def _names(self) -> list[str]:
         try:
