@@ -44,6 +44,17 @@ def _need(host: str, port: int, what: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def _no_shared_embedded_broker(tmp_path_factory: pytest.TempPathFactory,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that leaves broker_url unset gets a private embedded directory, never the
+    per-user default (~/.local/share/taskq) that a developer's own workers use."""
+    if "TASKQ_EMBEDDED_DIR" not in os.environ:
+        monkeypatch.setenv("TASKQ_EMBEDDED_DIR", str(tmp_path_factory.mktemp("embedded")))
+    # Apps made with an explicit environ={} fall back to $XDG_DATA_HOME/taskq.
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg")))
+
+
 @pytest.fixture
 def unique() -> str:
     """A short name no other test (or xdist worker) uses: queue names, key prefixes."""

@@ -345,6 +345,10 @@ class Channel(virtual.Channel):
             self.settle(False, unreadable)
         return out
 
+    def wants_fetch(self) -> bool:
+        return (self.maybe_ready and not self.closed and bool(self._active_queues)
+                and self.credit() > 0)
+
     def credit(self) -> int:
         """How many messages to fetch now: the free prefetch window (at most a batch), or
         0 while more than half of the window is still held (fewer, larger transactions)."""
@@ -536,17 +540,13 @@ class Transport(virtual.Transport):
         return self._hub is not None
 
     def _fetch_ready(self) -> int:
-        """The loop's tick: fetch where a wake-up or a full batch says there may be more;
-        commit deferred acks (with the first fetch, else on their own)."""
+        """Fetch and deliver where a wake-up or a full batch says there may be more; then
+        commit deferred acks (they went with the first fetch, if there was one)."""
         delivered = 0
-        more = False
         for channel in self._consuming():
-            if channel.maybe_ready and channel.qos.can_consume():
+            if channel.wants_fetch():
                 delivered += channel.fetch_and_deliver()
-                more = more or (channel.maybe_ready and channel.credit() > 0)
         self.flush_acks()
-        if more and self._hub is not None:
-            self.wake.poke()  # the loop is about to poll: let it come back at once
         return delivered
 
     def flush_acks(self) -> None:
@@ -561,9 +561,23 @@ class Transport(virtual.Transport):
     # -- the event loop -------------------------------------------------------------------
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         self._hub = loop
-        loop.add_reader(self.wake.socket().fileno(), self._on_wake)
-        loop.on_tick.add(self._fetch_ready)
+        loop.add_reader(self.wake.socket().fileno(), self._on_readable)
+        loop.on_tick.add(self._on_tick)
         loop.call_repeatedly(self.settings.tick, self.maintain)
+
+    def _on_tick(self) -> None:
+        # Runs before the loop polls. Fetching here would deliver before the loop's
+        # call_soon queue runs and then block in the poll: instead, when there is something
+        # to fetch, poke our own socket so the poll returns at once and the fetch happens
+        # in _on_readable, where a broker socket's messages are delivered on other transports.
+        if any(channel.wants_fetch() for channel in self._consuming()):
+            self.wake.poke()
+        else:
+            self.flush_acks()  # committed before the loop waits
+
+    def _on_readable(self) -> None:
+        self._on_wake()
+        self._fetch_ready()
 
     def _on_wake(self) -> None:
         self.wake.drain()

@@ -135,7 +135,8 @@ def _store_many(url: str, prefix: str) -> None:
 
 
 def test_no_backend_says_how_to_configure_one():
-    app = TaskQ("none", environ={})
+    # An explicit broker: with none at all, results go to the embedded results.db.
+    app = TaskQ("none", broker="memory://", environ={})
     app.backend.mark_as_done("x", 1)  # storing is a no-op
     with pytest.raises(ResultBackendError, match="set result_backend"):
         app.AsyncResult("x").get(timeout=1)
