@@ -633,3 +633,26 @@ def test_stale_wake_sockets_of_dead_processes_are_removed(
     assert any(p.name.startswith(f"{proc.pid}-") for p in wake_dir.iterdir())
     publish(connect(), queue, ["two"])  # its wake-up finds nobody there
     assert not any(p.name.startswith(f"{proc.pid}-") for p in wake_dir.iterdir())
+
+
+# -- fork -------------------------------------------------------------------------------------
+def test_a_forked_child_opens_its_own_database_connection(connect: Connect) -> None:
+    queue = make_queue()
+    conn = connect()
+    publish(conn, queue, ["from the parent"])
+    parent_db = conn.transport.store.connection()
+    pid = os.fork()
+    if pid == 0:  # the child: publish through the inherited kombu connection, then vanish
+        code = 1
+        try:
+            publish(conn, queue, ["from the child"])
+            code = 0 if conn.transport.store.connection() is not parent_db else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    publish(conn, queue, ["parent again"])  # the parent's connection still works
+    assert conn.transport.store.connection() is parent_db
+    inbox = consume(conn, [queue])
+    assert drain_until([conn], lambda: len(inbox.messages) == 3, timeout=5)
+    assert inbox.bodies == ["from the parent", "from the child", "parent again"]
