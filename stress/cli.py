@@ -49,6 +49,9 @@ def list_suites() -> None:
               "or a path to a suite TOML file.")
 @click.option("-A", "--app", default=None, help="Your app (module or module:attr): its tasks "
               "are named in the suite's [workload] table.")
+@click.option("--workload", "workload_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="A TOML file whose [workload] table names your tasks "
+              "(default with -A: ./taskq-stress.toml).")
 @click.option("--matrix", "matrix_file", type=click.Path(exists=True, dir_okay=False,
                                                          path_type=Path),
               help="A TOML file whose [matrix] table replaces the suite's.")
@@ -70,8 +73,9 @@ def list_suites() -> None:
               default=None)
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None)
-def run(suite_name: str, app: str | None, matrix_file: Path | None, cell_text: str | None,
-        duration: float | None, max_time: float | None, seed: int | None,
+def run(suite_name: str, app: str | None, workload_file: Path | None,
+        matrix_file: Path | None, cell_text: str | None, duration: float | None,
+        max_time: float | None, seed: int | None,
         broker_url: str | None, worker_cmd: str | None, report_dir: Path | None,
         json_path: Path | None, junit_path: Path | None) -> None:
     """Run a suite over its matrix and judge every cell with the oracles."""
@@ -81,6 +85,7 @@ def run(suite_name: str, app: str | None, matrix_file: Path | None, cell_text: s
     from stress.spaces import transport_of
     from stress.suites import (
         DEFAULT_CELL,
+        apply_workload,
         cells_of,
         load_suite,
         parse_cell,
@@ -90,6 +95,14 @@ def run(suite_name: str, app: str | None, matrix_file: Path | None, cell_text: s
 
     try:
         suite = load_suite(suite_name)
+        if workload_file is None and app and not suite.app_tasks:
+            workload_file = Path("taskq-stress.toml")
+            if not workload_file.exists():
+                raise StressError(f"-A {app}: name the tasks to publish in a [workload] table "
+                                  "(--workload FILE, or ./taskq-stress.toml; see "
+                                  "examples/shop/taskq-stress.toml)")
+        if workload_file is not None:
+            apply_workload(suite, workload_file)
         if matrix_file is not None:
             data = tomllib.loads(matrix_file.read_text())
             suite.matrix, suite.combine = parse_matrix(data.get("matrix", data), str(matrix_file))
@@ -102,7 +115,8 @@ def run(suite_name: str, app: str | None, matrix_file: Path | None, cell_text: s
             cells = restrict(cells, transport_of(broker_url))
         options = RunOptions(seed=seed, duration=duration, max_time=max_time,
                              broker_url=broker_url, app=app, worker_cmd=worker_cmd,
-                             report_dir=report_dir, json_path=json_path, junit_path=junit_path)
+                             workload_file=workload_file, report_dir=report_dir,
+                             json_path=json_path, junit_path=junit_path)
         code, _ = run_suite(suite, cells, options)
     except StressError as exc:
         _fail(exc)
@@ -116,7 +130,7 @@ def run(suite_name: str, app: str | None, matrix_file: Path | None, cell_text: s
 def replay(report: Path, cell_id: str, report_dir: Path | None) -> None:
     """Run one cell of an earlier report again, with its seed, duration and broker."""
     from stress.run import RunOptions, load_report, run_suite
-    from stress.suites import Cell, load_suite
+    from stress.suites import Cell, apply_workload, load_suite
 
     try:
         data = load_report(report)
@@ -126,6 +140,8 @@ def replay(report: Path, cell_id: str, report_dir: Path | None) -> None:
         recorded = cells[cell_id]
         info = data.get("run", {})
         suite = load_suite(data.get("suite_file") or data["suite"])
+        if info.get("workload"):
+            apply_workload(suite, Path(info["workload"]))
         cell = Cell(recorded["params"])
         options = RunOptions(seed=info.get("seed"), duration=info.get("duration"),
                              max_time=info.get("max_time"), broker_url=info.get("broker"),

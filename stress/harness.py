@@ -19,6 +19,7 @@ import os
 import signal
 
 from stress import ledger
+from stress.workload import noop, task_name, traced
 from taskq import TaskQ
 from taskq.loading import find_app
 from taskq.task import Task
@@ -51,6 +52,8 @@ def install(target: TaskQ) -> TaskQ:
         if write is not None and not _own_ledger(task):
             write.write("finished", task_id, kind=task.name, outcome=state.lower())
 
+    if task_name("noop") not in target.tasks:  # the runner's warm-up task
+        target.task(name=task_name("noop"), bind=True)(traced("noop", noop))
     target.hooks.task_lost.append(on_lost)
     target.hooks.task_prerun.append(on_prerun)
     target.hooks.task_postrun.append(on_postrun)

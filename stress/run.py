@@ -37,6 +37,7 @@ class RunOptions:
     broker_url: str | None = None
     app: str | None = None
     worker_cmd: str | None = None
+    workload_file: Path | None = None
     report_dir: Path | None = None
     json_path: Path | None = None
     junit_path: Path | None = None
@@ -60,7 +61,9 @@ def run_suite(suite: Suite, cells: Sequence[Cell], options: RunOptions,
     results: list[CellResult] = []
     run_info: dict[str, Any] = {"seed": seed, "duration": duration, "max_time": max_time,
                                 "broker": options.broker_url, "app": options.app,
-                                "worker_cmd": options.worker_cmd, "started": stamp}
+                                "worker_cmd": options.worker_cmd, "started": stamp,
+                                "workload": str(options.workload_file.resolve())
+                                if options.workload_file else None}
     interrupted = False
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[phase]}"), TimeElapsedColumn())

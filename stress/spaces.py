@@ -123,7 +123,8 @@ def _delete_amqp(url: str, name: str) -> None:
 def make_space(transport: str, directory: Path, url: str | None = None) -> Space:
     name = f"tqs{uuid.uuid4().hex[:10]}"
     if transport == "sqlite":
-        url = url or f"sqlite:///{directory / 'broker.db'}"
+        if not url or url.rstrip("/") == "sqlite:":  # bare sqlite://: a file of the cell's own
+            url = f"sqlite:///{directory / 'broker.db'}"
         return Space(transport, url, name, directory,
                      transport_options={"lease_timeout": LEASE_TIMEOUT},
                      backend_url=f"db+sqlite:///{directory / 'results.db'}")

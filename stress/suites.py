@@ -184,6 +184,22 @@ def load_suite(name_or_path: str, directory: Path | None = None) -> Suite:
     )
 
 
+def apply_workload(suite: Suite, path: Path) -> None:
+    """Replace the suite's workload with the ``[workload]`` table of ``path`` (an app team's
+    own tasks, ``[[workload.tasks]]``)."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ScenarioError(f"cannot read workload file {path}: {exc}") from None
+    workload = dict(data.get("workload", {}))
+    if not workload:
+        raise ScenarioError(f"{path} has no [workload] table; name your tasks in "
+                            "[[workload.tasks]] (see examples/shop/taskq-stress.toml)")
+    suite.workload_params = workload.pop("params", {})
+    suite.app_tasks = list(workload.pop("tasks", []))
+    suite.workload = {k: float(v) for k, v in workload.items()}
+
+
 def _pairwise(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """A small set of rows covering every pair of values of every two axes (greedy, stable)."""
     names = list(axes)

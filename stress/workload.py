@@ -25,7 +25,7 @@ from typing import Any
 from stress import ledger
 from taskq import TaskQ
 
-__all__ = ["EXPECTED", "KINDS", "Mix", "TaskSpec", "app"]
+__all__ = ["EXPECTED", "KINDS", "Mix", "TaskSpec", "app", "task_name", "traced"]
 
 _held: list[bytes] = []  # memory the grow task keeps, as a leak would
 
@@ -36,7 +36,7 @@ def _soft_limit_error() -> tuple[type[BaseException], ...]:
     return (SoftTimeLimitExceeded,)
 
 
-def _traced(kind: str, body: Callable[..., Any]) -> Callable[..., Any]:
+def traced(kind: str, body: Callable[..., Any]) -> Callable[..., Any]:
     """``body`` wrapped with the ledger writes; bound, so it knows its task id."""
     def run(self: Any, *args: Any, **kwargs: Any) -> Any:
         write = ledger.writer("task")
@@ -117,7 +117,7 @@ def task_name(kind: str) -> str:
 
 app = TaskQ("stress")
 for _kind, _body in BODIES.items():
-    app.task(name=task_name(_kind), bind=True)(_traced(_kind, _body))
+    app.task(name=task_name(_kind), bind=True)(traced(_kind, _body))
 
 
 def _celery_app() -> Any:
@@ -125,7 +125,7 @@ def _celery_app() -> Any:
 
     capp = Celery("stress", set_as_current=False)
     for kind, body in BODIES.items():
-        capp.task(name=task_name(kind), bind=True)(_traced(kind, body))
+        capp.task(name=task_name(kind), bind=True)(traced(kind, body))
     return capp
 
 

@@ -33,11 +33,11 @@ class StressRun:
 def stress_run(tmp_path: Path):  # type: ignore[no-untyped-def]
     """``stress_run(*args, timeout=...)``: ``taskq-stress run ...`` with its reports in tmp_path."""
 
-    def run(*args: str, timeout: float = 240) -> StressRun:
+    def run(*args: str, timeout: float = 240, cwd: Path = ROOT) -> StressRun:
         report_dir = tmp_path / "reports"
         cmd = [sys.executable, "-m", "stress", "run", *args, "--report-dir", str(report_dir),
                "--json", str(tmp_path / "report.json"), "--junit", str(tmp_path / "junit.xml")]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
         output = done.stdout + done.stderr
         try:
             report = json.loads((tmp_path / "report.json").read_text())

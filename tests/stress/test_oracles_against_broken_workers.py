@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stress.conftest import HERE, write_suite
+from tests.stress.conftest import HERE, ROOT, write_suite
 
 pytestmark = pytest.mark.redis
 
@@ -93,3 +93,19 @@ def test_an_unreachable_broker_is_exit_code_2_not_a_verdict(stress_run) -> None:
 
     assert run.code == 2, run.output
     assert "not reachable" in run.output
+
+
+def test_an_app_teams_own_tasks_are_stressed_without_changing_them(stress_run,
+                                                                    redis_url: str) -> None:
+    # Given the shop example's tasks named in its taskq-stress.toml (no ledger code in them)
+    shop = ROOT / "examples" / "shop"
+
+    run = stress_run("--suite", "kill-children", "-A", "shop.tasks", "--broker", redis_url,
+                     "--seed", "6", "--duration", "3", "--cell", "acks=early", cwd=shop)
+
+    # Then the worker's hooks wrote their ledger, and the oracles judged them
+    assert run.code == 0, run.output
+    lost = run.verdict("nothing-lost")["figures"]
+    assert lost["published"] >= 50 and lost["lost"] == 0
+    assert run.report["run"]["workload"].endswith("taskq-stress.toml")
+    assert run.verdict("lost-process")["figures"]["kills_of_running"] >= 1

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# A short stress smoke: `taskq-stress run --suite kill-children` on Redis, RabbitMQ and the
+# embedded SQLite broker, a few seconds per cell. Reports (JSON, JUnit) go to stress-reports/.
+# Exit code: 0 every oracle passed, 1 an oracle failed, 2 the run could not be carried out.
+# Usage: bash ci/stress-smoke.sh [extra taskq-stress run options, e.g. -A yourapp]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/taskq-stress ]; then
+    python3 -m venv .venv
+    .venv/bin/python -m pip install -q -e '.[redis]'
+fi
+SEED="${TASKQ_STRESS_SEED:-$(date +%s)}"
+DURATION="${TASKQ_STRESS_DURATION:-3}"
+OUT="stress-reports/smoke-$SEED"
+status=0
+for broker in redis://127.0.0.1:6379/0 amqp://guest:guest@127.0.0.1:5672// sqlite://; do
+    kind="${broker%%:*}"
+    .venv/bin/taskq-stress run --suite kill-children --broker "$broker" --seed "$SEED" \
+        --duration "$DURATION" --report-dir "$OUT/$kind" --junit "$OUT/$kind-junit.xml" \
+        "$@" || status=$?
+    [ "$status" -eq 0 ] || break
+done
+exit "$status"
