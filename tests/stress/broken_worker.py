@@ -50,13 +50,13 @@ def main(mode: str, every: int) -> None:
         write.write("finished", task_id, kind=kind, outcome="ok")
         message.ack()  # type: ignore[attr-defined]
 
-    with Connection(os.environ["TASKQ_BROKER_URL"], transport_options=options) as conn:
-        with conn.Consumer(queue, callbacks=[on_message], prefetch_count=4):
-            while True:
-                try:
-                    conn.drain_events(timeout=1)
-                except TimeoutError:
-                    continue
+    conn = Connection(os.environ["TASKQ_BROKER_URL"], transport_options=options)
+    with conn, conn.Consumer(queue, callbacks=[on_message], prefetch_count=4):
+        while True:
+            try:
+                conn.drain_events(timeout=1)
+            except TimeoutError:
+                continue
 
 
 if __name__ == "__main__":
