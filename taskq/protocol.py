@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import reprlib
 import socket
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -88,6 +89,18 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat()
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 200
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 20
+ARGSREPR_MAX = 1024  # as Celery: headers stay small (RabbitMQ refuses header frames > frame_max)
+
+
+def short_repr(value: Any) -> str:
+    """``repr`` for the ``argsrepr``/``kwargsrepr`` headers, at most ``ARGSREPR_MAX`` chars."""
+    text = _REPR.repr(value)
+    return text if len(text) <= ARGSREPR_MAX else text[:ARGSREPR_MAX - 3] + "..."
+
+
 def to_wire(msg: TaskMessage) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
     """``(body, headers, properties)`` ready for ``kombu.Producer.publish``."""
     headers: dict[str, Any] = dict(msg.headers)
@@ -104,8 +117,9 @@ def to_wire(msg: TaskMessage) -> tuple[tuple[Any, ...], dict[str, Any], dict[str
         "timelimit": [msg.time_limit, msg.soft_time_limit],
         "root_id": msg.root_id or msg.id,
         "parent_id": msg.parent_id,
-        "argsrepr": msg.argsrepr if msg.argsrepr is not None else repr(tuple(msg.args)),
-        "kwargsrepr": msg.kwargsrepr if msg.kwargsrepr is not None else repr(dict(msg.kwargs)),
+        "argsrepr": msg.argsrepr if msg.argsrepr is not None else short_repr(tuple(msg.args)),
+        "kwargsrepr": (msg.kwargsrepr if msg.kwargsrepr is not None
+                       else short_repr(dict(msg.kwargs))),
         "origin": msg.origin or origin_name(),
         "ignore_result": msg.ignore_result,
     })

@@ -123,3 +123,13 @@ def test_naive_eta_is_taken_as_utc():
     msg = decode(json.dumps([[], {}, {}]), content_type="application/json",
                  content_encoding="utf-8", headers=headers, properties={}, accept=["json"])
     assert msg.eta == dt.datetime(2030, 1, 1, 10, tzinfo=dt.UTC)
+
+
+def test_argsrepr_headers_stay_small_for_big_arguments() -> None:
+    # RabbitMQ refuses a header frame larger than frame_max (128 KiB): Celery caps these too.
+    body, headers, _props = to_wire(TaskMessage(task="t", id="1", args=("x" * (1 << 20),),
+                                                kwargs={"blob": "y" * (1 << 20)}))
+    assert len(headers["argsrepr"]) <= 1024 and headers["argsrepr"].startswith("('xxx")
+    assert len(headers["kwargsrepr"]) <= 1024
+    args, kwargs, _embed = body  # the arguments themselves travel whole in the body
+    assert len(args[0]) == len(kwargs["blob"]) == 1 << 20
