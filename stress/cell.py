@@ -122,6 +122,8 @@ class CellRun:
             verdicts, figures = judge(evidence)
             figures["seconds"] = round(time.monotonic() - started, 2)
             figures["published"] = publisher.published
+            if publisher.last_error:
+                figures["last_publish_error"] = publisher.last_error
             return CellResult(self.cell, self.seed, verdicts, figures, self.directory,
                               time.monotonic() - started, worker.command)
         finally:

@@ -23,7 +23,6 @@ from stress.spaces import Space
 from stress.suites import Suite
 from stress.workload import EXPECTED, Mix, TaskSpec, task_name
 from taskq import TaskQ
-from taskq.errors import TaskqError
 
 __all__ = ["AppTasks", "Publisher"]
 
@@ -84,6 +83,7 @@ class Publisher:
         self.duration = duration
         self.published = 0
         self.errors = 0
+        self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -131,10 +131,9 @@ class Publisher:
                 continue
             try:
                 self._publish_next()
-            except (TaskqError, OSError) as exc:
+            except Exception as exc:  # a broker error of any kind: count it, retry
                 self.errors += 1
-                if self.errors <= 3:
-                    print(f"taskq-stress: publish failed ({exc}); retrying")
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
