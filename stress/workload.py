@@ -121,9 +121,27 @@ for _kind, _body in BODIES.items():
 
 
 def _celery_app() -> Any:
+    """The same tasks for a Celery worker, configured from the cell's ``TASKQ_*`` variables."""
+    import json
+
     from celery import Celery
 
+    env = os.environ
     capp = Celery("stress", set_as_current=False)
+    queue = env.get("TASKQ_TASK_DEFAULT_QUEUE", "celery")
+    backend = env.get("TASKQ_RESULT_BACKEND") or None
+    capp.conf.update(
+        broker_url=env.get("TASKQ_BROKER_URL"),
+        broker_transport_options=json.loads(env.get("TASKQ_BROKER_TRANSPORT_OPTIONS") or "{}"),
+        result_backend=backend if backend and backend.startswith("redis") else None,
+        result_backend_transport_options=json.loads(
+            env.get("TASKQ_RESULT_BACKEND_TRANSPORT_OPTIONS") or "{}"),
+        task_default_queue=queue, task_default_exchange=queue,
+        task_default_routing_key=queue,
+        task_acks_late=env.get("TASKQ_TASK_ACKS_LATE") == "true",
+        task_reject_on_worker_lost=env.get("TASKQ_TASK_REJECT_ON_WORKER_LOST") == "true",
+        worker_hijack_root_logger=False,
+    )
     for kind, body in BODIES.items():
         capp.task(name=task_name(kind), bind=True)(traced(kind, body))
     return capp
