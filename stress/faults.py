@@ -19,6 +19,7 @@ from typing import Any
 
 from chaos import (
     Blackhole,
+    ChaosError,
     CutConnections,
     FaultProxy,
     Injector,
@@ -108,10 +109,16 @@ def build_runners(faults: list[dict[str, Any]], cell: Mapping[str, Any], *, seed
     runners = []
     for n, fault in enumerate(faults):
         kind = fault["kind"]
-        spec = _format(str(fault.get("schedule", "every 1s")), cell)
+        template = str(fault.get("schedule", "every 1s"))
+        if "{kill_rate}" in template and not cell.get("kill_rate"):
+            continue  # kill_rate=0: this cell runs without the fault (a baseline)
+        spec = _format(template, cell)
         if " until " not in spec:
             spec += f" until {duration}s"
-        schedule = parse_schedule(spec, seed=seed + n)
+        try:
+            schedule = parse_schedule(spec, seed=seed + n)
+        except ChaosError as exc:
+            raise ScenarioError(f"fault {kind!r}: {exc}") from None
         sig = fault.get("signal", "KILL")
         injector: Injector
         if kind == "kill-children":

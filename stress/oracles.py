@@ -19,6 +19,7 @@ fails a cell whose faults did not hit running tasks).
 
 from __future__ import annotations
 
+import bisect
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -206,10 +207,31 @@ def _kills_of_running(ev: Evidence) -> list[tuple[float, History, Entry]]:
     return hits
 
 
+def _reported_kills(ev: Evidence, bound: float) -> dict[float, float]:
+    """Kills the worker itself reported as hitting a started job (its ``lost`` entries),
+    whether or not the task's body had begun: kill time -> detection latency. Each ``lost``
+    entry is paired with the latest kill before it; tasks that kill their own child are
+    left out (no injected kill explains their loss)."""
+    kill_times = sorted(r.mono for r in _ok(ev.faults, {"kill-child"}))
+    found: dict[float, float] = {}
+    if not kill_times:
+        return found
+    for h in ev.book.published():
+        if h.expect in ("lost", "timeout"):
+            continue
+        for loss in h.losses:
+            at = bisect.bisect_right(kill_times, loss.mono) - 1
+            if at >= 0 and loss.mono - kill_times[at] <= bound:
+                found.setdefault(kill_times[at], loss.mono - kill_times[at])
+    return found
+
+
 def lost_process(ev: Evidence) -> Verdict:
     bound = float(ev.suite.oracles.get("detect_bound", 5.0))
     hits = _kills_of_running(ev)
-    latencies, late, undetected = [], [], []
+    reported = _reported_kills(ev, bound)
+    latencies: dict[float, float] = {}
+    late, undetected = [], []
     for killed_at, h, run in hits:
         after = [e.mono for e in h.losses if e.mono >= run.mono]
         if not after and not ev.is_taskq:
@@ -219,20 +241,23 @@ def lost_process(ev: Evidence) -> Verdict:
                 undetected.append(h.task_id)
             continue
         latency = max(0.0, min(after) - killed_at)
-        latencies.append(latency)
+        latencies[killed_at] = latency
         if latency > bound:
             late.append(f"{h.task_id} after {latency:.2f}s")
-    figures: dict[str, Any] = {"kills_of_running": len(hits), "detected": len(latencies),
-                               **_percentiles(latencies)}
+    for killed_at, latency in reported.items():
+        latencies.setdefault(killed_at, latency)
+    values = list(latencies.values())
+    figures: dict[str, Any] = {"kills_of_running": len(latencies) + len(undetected),
+                               "detected": len(values), **_percentiles(values)}
     problems = ([f"{len(undetected)} killed task(s) never reached an end: "
                  f"{', '.join(undetected[:5])}"] if undetected else [])
     problems += [f"detected later than {bound:g}s: {', '.join(late[:5])}"] if late else []
     if problems:
         return Verdict("lost-process", False, "; ".join(problems), figures)
-    if not hits:
+    if not values:
         return Verdict("lost-process", True, "no child was killed while running a task",
                        figures)
-    return Verdict("lost-process", True, f"all {len(hits)} kills of running tasks detected "
+    return Verdict("lost-process", True, f"all {len(values)} kills of running tasks detected "
                    f"(p99 {figures['p99_ms']} ms)", figures)
 
 
@@ -255,7 +280,9 @@ def not_vacuous(ev: Evidence) -> Verdict:
     if published < int(ev.suite.oracles.get("min_tasks", 20)):
         problems.append(f"only {published} tasks were published")
     if "kill-children" in kinds:
-        running = len(_kills_of_running(ev))
+        bound = float(ev.suite.oracles.get("detect_bound", 5.0))
+        running = len({at for at, _h, _run in _kills_of_running(ev)}
+                      | set(_reported_kills(ev, bound)))
         figures["kills"] = sum(len(r.detail.get("pids", []))
                                for r in _ok(ev.faults, {"kill-child"}))
         figures["kills_of_running"] = running

@@ -78,6 +78,10 @@ class PoolStep(Step):
     requires = ("hub",)
 
     def start(self, worker: Worker) -> None:
+        # Load the result backend's modules here, once: forked children inherit them instead
+        # of each importing them on its first result (SQLAlchemy alone takes ~0.3 s, which
+        # made every recycled or replaced child stall).
+        _ = worker.app.backend
         worker.pool.start(worker.loop)
 
     def stop(self, worker: Worker) -> None:
