@@ -1,0 +1,105 @@
+"""The ledger and the oracles on hand-made histories: what each table cell allows."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from chaos import FaultRecord
+from stress.ledger import Book, Entry, LedgerReader, LedgerWriter
+from stress.oracles import Evidence, lost_process, nothing_lost, not_vacuous
+from stress.suites import Suite, parse_cell
+
+
+def test_the_reader_skips_a_torn_last_line_and_reads_it_once_whole(tmp_path: Path) -> None:
+    writer = LedgerWriter(tmp_path, "task")
+    writer.write("started", "a")
+    path = tmp_path / f"task-{os.getpid()}.jsonl"
+    with open(path, "ab") as fh:
+        fh.write(b'{"ev":"finished","id":"a"')  # a process killed mid-line
+    reader = LedgerReader(tmp_path)
+    assert [e.event for e in reader.poll()] == ["started"]
+    with open(path, "ab") as fh:
+        fh.write(b',"pid":1,"mono":2.0,"wall":3.0}\n')
+    assert [(e.event, e.task_id) for e in reader.poll()] == [("finished", "a")]
+    assert reader.poll() == []
+
+
+def _e(event: str, task_id: str, pid: int, mono: float, **extra: object) -> Entry:
+    return Entry(event, task_id, pid, mono, mono, dict(extra))
+
+
+def _evidence(entries: list[Entry], faults: list[FaultRecord], acks: str = "early",
+              suite: Suite | None = None) -> Evidence:
+    book = Book()
+    book.add(entries)
+    return Evidence(suite=suite or Suite("t", "", Path("t.toml")),
+                    cell=parse_cell(f"acks={acks}"), book=book, faults=faults,
+                    deadlock=False, deadlock_pending=0, stall_bound=10.0, baseline=None,
+                    health=None, worker_starts=1, is_taskq=True, publish_errors=0,
+                    directory=Path("."))
+
+
+def _kill(at: float, pid: int) -> FaultRecord:
+    return FaultRecord(mono=at, wall=at, kind="kill-child", target="children", outcome="ok",
+                       detail={"pids": [pid]})
+
+
+def _main_kill(at: float) -> FaultRecord:
+    return FaultRecord(mono=at, wall=at, kind="kill-main", target="main", outcome="ok")
+
+
+def test_a_killed_child_fails_its_task_once_and_the_latency_is_measured() -> None:
+    entries = [_e("published", "a", 1, 0.0, kind="sleep", expect="ok"),
+               _e("started", "a", 7, 1.0), _e("lost", "a", 2, 2.004, requeued=False)]
+    ev = _evidence(entries, [_kill(2.0, 7)])
+    assert nothing_lost(ev).passed
+    verdict = lost_process(ev)
+    assert verdict.passed and verdict.figures["p50_ms"] == 4.0
+
+
+def test_a_task_that_started_and_never_ended_is_lost() -> None:
+    entries = [_e("published", "a", 1, 0.0, kind="sleep", expect="ok"), _e("started", "a", 7, 1)]
+    verdict = nothing_lost(_evidence(entries, []))
+    assert not verdict.passed and "never ended" in verdict.message
+    assert verdict.figures["lost"] == 1
+
+
+def test_a_killed_task_that_is_never_reported_fails_lost_process() -> None:
+    entries = [_e("published", "a", 1, 0.0, kind="sleep", expect="ok"), _e("started", "a", 7, 1)]
+    verdict = lost_process(_evidence(entries, [_kill(2.0, 7)]))
+    assert not verdict.passed and "never reached an end" in verdict.message
+
+
+def test_early_acks_lose_a_running_task_only_when_the_main_process_dies() -> None:
+    entries = [_e("published", "a", 1, 0.0, kind="sleep", expect="ok"), _e("started", "a", 7, 1)]
+    assert nothing_lost(_evidence(entries, [_main_kill(3.0)])).figures["lost_allowed"] == 1
+    assert not nothing_lost(_evidence(entries, [_main_kill(3.0)], acks="late")).passed
+
+
+def test_running_twice_is_allowed_only_where_the_table_says_so() -> None:
+    twice = [_e("published", "a", 1, 0.0, kind="sleep", expect="ok"),
+             _e("started", "a", 7, 1.0), _e("started", "a", 8, 9.0),
+             _e("finished", "a", 8, 9.5, outcome="ok")]
+    # acks_late and the main process died while it ran: redelivered after the lease
+    assert nothing_lost(_evidence(twice, [_main_kill(3.0)], acks="late")).passed
+    # early acks and no fault: a forbidden duplicate
+    verdict = nothing_lost(_evidence(twice, []))
+    assert not verdict.passed and verdict.figures["forbidden_duplicates"] == 1
+
+
+def test_a_task_that_fails_with_no_fault_near_it_is_a_spurious_worker_lost() -> None:
+    entries = [_e("published", "a", 1, 0.0, kind="sleep", expect="ok"),
+               _e("started", "a", 7, 1.0), _e("lost", "a", 2, 1.5, requeued=False,
+                                              error="WorkerLostError")]
+    verdict = nothing_lost(_evidence(entries, []))
+    assert not verdict.passed and "although no fault hit it" in verdict.message
+
+
+def test_a_cell_whose_kills_missed_every_running_task_is_vacuous() -> None:
+    suite = Suite("t", "", Path("t.toml"), faults=[{"kind": "kill-children"}],
+                  oracles={"min_kills_of_running": 1, "min_tasks": 1})
+    entries = [_e("published", "a", 1, 0.0, kind="noop", expect="ok"),
+               _e("started", "a", 7, 1.0), _e("finished", "a", 7, 1.1, outcome="ok")]
+    verdict = not_vacuous(_evidence(entries, [_kill(5.0, 7)], suite=suite))
+    assert not verdict.passed and "0 kills hit a running task" in verdict.message
