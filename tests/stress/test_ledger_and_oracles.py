@@ -7,7 +7,7 @@ from pathlib import Path
 
 from chaos import FaultRecord
 from stress.ledger import Book, Entry, LedgerReader, LedgerWriter
-from stress.oracles import Evidence, lost_process, nothing_lost, not_vacuous
+from stress.oracles import Evidence, lost_process, not_vacuous, nothing_lost
 from stress.suites import Suite, parse_cell
 
 
