@@ -51,5 +51,5 @@ def test_restricting_to_one_broker_keeps_each_configuration_once() -> None:
 
 
 def test_an_unknown_suite_lists_the_known_ones() -> None:
-    with pytest.raises(ScenarioError, match="known suites: .*kill-children"):
+    with pytest.raises(ScenarioError, match=r"known suites: .*kill-children"):
         load_suite("kill-everything")
