@@ -358,9 +358,42 @@ def pool_health(ev: Evidence) -> Verdict:
                    figures)
 
 
+def _running_at(runs: list[tuple[float, float]], at: float) -> int:
+    return sum(start <= at < end for start, end in runs)
+
+
+def head_of_line(ev: Evidence) -> Verdict:
+    """Short tasks never wait longer than ``max_short_wait`` while a child is idle
+    (SCENARIOS #11: tasks stuck behind long ones despite -O fair)."""
+    bound = float(ev.suite.oracles["max_short_wait"])
+    short = set(ev.suite.oracles.get("short_kinds", ["noop"]))
+    concurrency = int(ev.cell["concurrency"])
+    runs: list[tuple[float, float]] = []
+    for h in ev.book.published():
+        for s in h.starts:
+            end = _run_end(h, s)
+            runs.append((s.mono, end if end is not None else float("inf")))
+    waits, stuck = [], []
+    for h in ev.book.published():
+        if h.kind not in short or not h.starts or h.published is None:
+            continue
+        wait = h.starts[0].mono - h.published
+        waits.append(wait)
+        if wait > bound and _running_at(runs, h.published + bound) < concurrency:
+            stuck.append(f"{h.task_id} waited {wait:.2f}s")
+    figures = {"short_tasks": len(waits), "stuck": len(stuck), **_percentiles(waits)}
+    if stuck:
+        return Verdict("head-of-line", False, f"{len(stuck)} short task(s) waited over "
+                       f"{bound:g}s while a child was idle: {', '.join(stuck[:5])}", figures)
+    return Verdict("head-of-line", True, f"no short task waited over {bound:g}s while a child "
+                   "was idle", figures)
+
+
 def judge(ev: Evidence) -> tuple[list[Verdict], dict[str, Any]]:
     verdicts = [deadlock(ev), nothing_lost(ev), lost_process(ev), not_vacuous(ev),
                 pool_health(ev)]
+    if "max_short_wait" in ev.suite.oracles:
+        verdicts.append(head_of_line(ev))
     figures: dict[str, Any] = {"publish_errors": ev.publish_errors}
     child_kills = _ok(ev.faults, {"kill-child"})
     if child_kills:

@@ -35,6 +35,7 @@ def _figures(verdict_figures: dict[str, Any], oracle: str) -> str:
         "not-vacuous": ("kills_of_running",),
         "pool-health": ("children", "fds", "rss_mib"),
         "deadlock": ("pending",),
+        "head-of-line": ("short_tasks", "p99_ms", "stuck"),
     }.get(oracle, ())
     return " ".join(f"{k}={verdict_figures[k]}" for k in keys if verdict_figures.get(k) is not None)
 
@@ -42,17 +43,19 @@ def _figures(verdict_figures: dict[str, Any], oracle: str) -> str:
 def summary_table(suite: Suite, results: Sequence[CellResult], console: Console) -> None:
     table = Table(title=f"taskq-stress {suite.name}", show_lines=False)
     table.add_column("cell")
-    for oracle in ORACLES:
+    names = list(ORACLES) + sorted({v.oracle for r in results for v in r.verdicts}
+                                   - set(ORACLES))
+    for oracle in names:
         table.add_column(oracle)
     table.add_column("s", justify="right")
     for result in results:
         row = [result.cell.id]
         if result.error:
             row += [f"[red]ERROR[/] {result.error.splitlines()[0][:60]}"] + [""] * (
-                len(ORACLES) - 1)
+                len(names) - 1)
         else:
             by_name = {v.oracle: v for v in result.verdicts}
-            for oracle in ORACLES:
+            for oracle in names:
                 v = by_name.get(oracle)
                 if v is None:
                     row.append("-")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from chaos import FaultRecord
 from stress.ledger import Book, Entry, LedgerReader, LedgerWriter
-from stress.oracles import Evidence, lost_process, not_vacuous, nothing_lost
+from stress.oracles import Evidence, head_of_line, lost_process, not_vacuous, nothing_lost
 from stress.suites import Suite, parse_cell
 
 
@@ -103,3 +103,18 @@ def test_a_cell_whose_kills_missed_every_running_task_is_vacuous() -> None:
                _e("started", "a", 7, 1.0), _e("finished", "a", 7, 1.1, outcome="ok")]
     verdict = not_vacuous(_evidence(entries, [_kill(5.0, 7)], suite=suite))
     assert not verdict.passed and "0 kills hit a running task" in verdict.message
+
+
+def test_a_short_task_waiting_while_a_child_is_idle_is_head_of_line_blocking() -> None:
+    suite = Suite("t", "", Path("t.toml"), oracles={"max_short_wait": 0.5})
+    long_run = [_e("published", "L", 1, 0.0, kind="sleep", expect="ok"),
+                _e("started", "L", 7, 0.1), _e("finished", "L", 7, 3.0, outcome="ok")]
+    short = [_e("published", "s", 1, 0.2, kind="noop", expect="ok"),
+             _e("started", "s", 7, 3.0), _e("finished", "s", 7, 3.01, outcome="ok")]
+    # -c 2, one child busy with the long task, the other idle: the short one waited 2.8 s
+    verdict = head_of_line(_evidence(long_run + short, [], suite=suite))
+    assert not verdict.passed and verdict.figures["stuck"] == 1
+    # both children busy with long tasks: waiting is no blocking
+    other = [_e("published", "M", 1, 0.0, kind="sleep", expect="ok"),
+             _e("started", "M", 8, 0.1), _e("finished", "M", 8, 3.0, outcome="ok")]
+    assert head_of_line(_evidence(long_run + other + short, [], suite=suite)).passed
