@@ -134,7 +134,8 @@ class WorkerProc:
         with contextlib.suppress(psutil.Error):
             pids += [c.pid for c in psutil.Process(pid).children(recursive=True)]
         out: list[str] = []
-        spy = shutil.which("py-spy")
+        beside = Path(sys.executable).parent / "py-spy"
+        spy = str(beside) if beside.exists() else shutil.which("py-spy")
         for p in pids:
             if spy:
                 with contextlib.suppress(OSError, subprocess.SubprocessError):
