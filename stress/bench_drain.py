@@ -76,7 +76,7 @@ def _done(url: str, options: dict[str, Any], queue: str, kind: str, node: str) -
 
     with Connection(url, transport_options=options) as conn:
         replies = Mailbox("celery", type="fanout", accept=["json"])(conn)._broadcast(
-            "stats", {}, [node], reply=True, timeout=1.0) or []
+            "stats", {}, [node], reply=True, timeout=1.0, limit=1) or []
     for reply in replies:
         stats = reply.get(node) or {}
         total = stats.get("total") or {}
@@ -95,9 +95,11 @@ def drain_once(kind: str, url: str, tasks: int, concurrency: int = 2,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while _done(url, options, queue, kind, node) < 0:
+        while (first := _done(url, options, queue, kind, node)) < 0:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"{kind} worker did not come up")
+        # The clock starts at the worker's first answer; what it finished before that is
+        # left out of the count (it may consume before it answers).
         start = time.monotonic()
         deadline = start + timeout
         while True:
@@ -107,7 +109,7 @@ def drain_once(kind: str, url: str, tasks: int, concurrency: int = 2,
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{kind} drained {done}/{tasks} in {timeout} s")
             time.sleep(0.05)
-        return DrainRun(kind, url.split("://")[0], tasks, time.monotonic() - start)
+        return DrainRun(kind, url.split("://")[0], tasks - first, time.monotonic() - start)
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
