@@ -31,7 +31,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from taskq.errors import BrokerBusy, BrokerDatabaseError
@@ -394,11 +394,3 @@ class Store:
             db.execute("DELETE FROM taskq_bindings WHERE exchange = ?", (name,))
 
         self.write(work)
-
-    def counts(self) -> Iterator[tuple[str, int, int]]:
-        """``(queue, ready, leased)`` for every queue holding messages (diagnostics)."""
-        rows = self.read(lambda db: db.execute(
-            "SELECT queue, sum(lease IS NULL), sum(lease IS NOT NULL) FROM taskq_messages "
-            "GROUP BY queue ORDER BY queue").fetchall())
-        for queue, ready, leased in rows:
-            yield str(queue), int(ready), int(leased)
