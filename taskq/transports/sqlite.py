@@ -21,9 +21,13 @@ that opens the file shares its queues. The same lease rules as taskq's Redis tra
   what the application holds comes back when its lease runs out (the worker releases what
   it will not start). ``no_ack`` consumers pop without a lease.
 - **wake-ups, not polling**: see ``sqlite_wake``. On the event loop the connection's wake
-  socket is a reader and fetching happens on the loop's tick while a wake-up (or a full
-  batch) says there may be more; ``drain_events`` blocks on the same socket. A fallback
-  poll every ``poll_interval`` (1 s) and the lease timers stay as a safety net.
+  socket is a reader: a wake-up marks its channels and the fetch runs in that reader, where
+  other transports deliver too (the loop's tick pokes the socket itself when a full batch
+  or freed prefetch leaves more to fetch). ``drain_events`` blocks on the same socket. A
+  fallback poll every ``poll_interval`` (1 s) and the lease timers stay as a safety net.
+- **acks on the loop** are committed in the loop's next tick, before it waits again, in the
+  transaction of the next fetch when there is one (fewer transactions); outside a loop at
+  once.
 - **exchanges**: direct and topic bindings, and fanout (a broadcast is copied into every
   bound queue; copies nobody takes within ``fanout_ttl``, 60 s, are dropped, as a broadcast
   to a dead worker is lost on RabbitMQ and Redis too) live in the database, so a reply or a
@@ -50,7 +54,7 @@ from kombu.transport import virtual
 
 from taskq.errors import BrokerBusy, ConfigurationError
 from taskq.transports.sqlite_channel import Channel, LeaseQoS
-from taskq.transports.sqlite_channel import Channel as _Channel
+from taskq.transports.sqlite_channel import Channel as _Channel  # Transport.Channel shadows
 from taskq.transports.sqlite_store import Store
 from taskq.transports.sqlite_wake import WakeDirectory
 
@@ -216,12 +220,17 @@ class Transport(virtual.Transport):
 
     def flush_acks(self) -> None:
         acks, self.pending_acks = self.pending_acks, []
-        if acks:
-            try:
-                self.store.settle(False, acks)
-            except BaseException:
-                self.pending_acks[:0] = acks
-                raise
+        if not acks:
+            return
+        try:
+            flags = self.store.settle(False, acks)
+        except BaseException:
+            self.pending_acks[:0] = acks
+            raise
+        for (_, lease), held in zip(acks, flags, strict=True):
+            if not held:
+                logger.debug("ack of delivery %s dropped: its lease expired and the message "
+                             "went back to its queue", lease)
 
     # -- the event loop -------------------------------------------------------------------
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
