@@ -18,8 +18,9 @@
   already written whole, then exits at EOF; frames not wholly written go back.
 - Time limits start when ``started`` is read: soft = SIGUSR1 (``SoftTimeLimitExceeded`` in
   the task), hard = SIGKILL. Children are signalled through their pidfd.
-- Children that die before ``ready`` count toward a restart storm: after a few in a row,
-  restarts back off exponentially (logged), never a busy loop.
+- Children that die before ``ready`` on their own (or killed by the pool for not getting
+  ready in time; a SIGKILL from outside does not count) make a restart storm: after a few in
+  a row, restarts back off exponentially (logged), never a busy loop.
 """
 
 from __future__ import annotations
@@ -125,6 +126,12 @@ def describe_exit(status: int | None) -> str:
     if os.WIFEXITED(status):
         return f"exitcode {os.WEXITSTATUS(status)}"
     return f"status {status}"
+
+
+def _killed_from_outside(child: Child, status: int | None) -> bool:
+    """SIGKILLed, and not by the pool (which kills children that are not ready in time)."""
+    return (status is not None and os.WIFSIGNALED(status)
+            and os.WTERMSIG(status) == signal.SIGKILL and not child.killed)
 
 
 def _call_all(calls: Iterable[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
@@ -544,6 +551,10 @@ class PreforkPool(Pool):
                          job.id)
         elif cold:
             pass
+        elif not child.ready and _killed_from_outside(child, status):
+            # The OOM killer, an operator or a chaos run: not a child that cannot start, so
+            # no reason to hold back its replacement (each death is one fork, never a loop).
+            logger.warning("pool child %d was killed before it was ready (%s)", child.pid, how)
         elif not child.ready:
             self._early_deaths += 1
             logger.error("pool child %d exited before it was ready (%s)", child.pid, how)

@@ -205,6 +205,35 @@ def test_a_restart_storm_backs_off_and_recovers(harness, hook, tmp_path, caplog)
     assert not zombies()
 
 
+def test_children_killed_from_outside_before_ready_are_replaced_without_backoff(
+        harness, hook, tmp_path, caplog):
+    # Given children that take a while to get ready, SIGKILLed from outside meanwhile (the
+    # OOM killer, a chaos run killing a child every 10 ms)
+    flag = tmp_path / "slow"
+    flag.write_text("yes")
+
+    def slow_init() -> None:
+        while flag.exists():
+            time.sleep(0.01)
+
+    hook(slow_init)
+    h = harness(start=False, concurrency=1)
+    with caplog.at_level(logging.WARNING, logger="taskq.pool.prefork"):
+        h.pool.start(h.loop)
+        for _ in range(6):
+            h.run_until(lambda: len(h.pool.pids()) == 1)
+            victim = h.pool.pids()[0]
+            os.kill(victim, signal.SIGKILL)
+            h.run_until(lambda v=victim: v not in h.pool.pids())
+        # Then each is replaced at once: no restart-storm backoff
+        flag.unlink()
+        h.run_until(lambda: h.ready_children() == 1, timeout=5)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("was killed before it was ready" in m for m in messages) == 6
+    assert not any("keep dying" in m for m in messages)
+    assert not zombies()
+
+
 def test_children_keep_only_their_own_pipes_stdio_and_log_files(harness, tmp_path):
     left, right = socket.socketpair()  # the parent's sockets must not leak into children
     out = tmp_path / "fds.json"
