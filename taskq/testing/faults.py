@@ -28,9 +28,12 @@ class TaskqChaos:
         parts = urlsplit(broker_url)
         self.scheme = parts.scheme
         self.upstream_url = broker_url
-        self.proxy = FaultProxy((parts.hostname or "127.0.0.1", parts.port or 0)).start()
-        auth = parts.netloc.rsplit("@", 1)[0] if "@" in parts.netloc else ""
-        self.broker_url = self.proxy.url(parts.scheme, parts.path or "", auth)
+        self.proxy: FaultProxy | None = None
+        self.broker_url = broker_url
+        if self.scheme != "sqlite":  # the embedded broker has no connection to cut
+            self.proxy = FaultProxy((parts.hostname or "127.0.0.1", parts.port or 0)).start()
+            auth = parts.netloc.rsplit("@", 1)[0] if "@" in parts.netloc else ""
+            self.broker_url = self.proxy.url(parts.scheme, parts.path or "", auth)
         self.app: TaskQ | None = None
         self.hostname: str | None = None
 
@@ -66,18 +69,27 @@ class TaskqChaos:
         return pid
 
     # -- the broker ---------------------------------------------------------------------------
+    def _network(self, what: str) -> FaultProxy:
+        if self.proxy is None:
+            raise AssertionError(
+                f"{what} needs a networked broker, and this test runs on the embedded SQLite "
+                "one: run with --taskq-broker redis://127.0.0.1:6379/0 (or TASKQ_TEST_BROKER), "
+                "or mark the test @pytest.mark.taskq_private_broker")
+        return self.proxy
+
     def cut_broker(self) -> int:
         """Close every connection through the proxy now; clients must reconnect."""
-        return self.proxy.cut()
+        return self._network("cut_broker").cut()
 
     def blackhole_broker(self, seconds: float) -> None:
         """Accept but never forward for ``seconds`` (a half-open broker), then heal."""
-        toxic = self.proxy.blackhole()
+        proxy = self._network("blackhole_broker")
+        toxic = proxy.blackhole()
         try:
             time.sleep(seconds)  # the fault's duration itself, not a wait for a condition
         finally:
-            self.proxy.remove(toxic)
-            self.proxy.cut()  # sockets stuck mid-frame cannot recover; make clients reconnect
+            proxy.remove(toxic)
+            proxy.cut()  # sockets stuck mid-frame cannot recover; make clients reconnect
 
     def restart_broker(self) -> None:
         if self.private is None:
@@ -87,7 +99,8 @@ class TaskqChaos:
         wait_until(self.private.is_ready, timeout=30, what="private redis up again")
 
     def close(self) -> None:
-        self.proxy.stop()
+        if self.proxy is not None:
+            self.proxy.stop()
         if self.private is not None:
             self.private.close()
 

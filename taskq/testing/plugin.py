@@ -20,16 +20,13 @@ import pytest
 from taskq.app import TaskQ
 from taskq.testing.workers import SubprocessWorker, ThreadWorker
 
-REDIS_DEFAULT = "redis://127.0.0.1:6379/0"
-
-
 # -- options and markers -----------------------------------------------------------------------
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("taskq")
     group.addoption("--taskq-broker", default=None, metavar="URL",
                     help="Broker for taskq test workers (default: $TASKQ_TEST_BROKER, then "
-                         "the embedded default when available, then local Redis).")
+                         "taskq's embedded SQLite broker in a folder of the session's own).")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -73,11 +70,14 @@ def taskq_app_spec() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def taskq_broker_url(pytestconfig: pytest.Config) -> str:
+def taskq_broker_url(pytestconfig: pytest.Config,
+                     tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``--taskq-broker`` or ``TASKQ_TEST_BROKER``; by default taskq's embedded SQLite broker
+    in a folder of this test session's own (no server needed)."""
     url = pytestconfig.getoption("--taskq-broker") or os.environ.get("TASKQ_TEST_BROKER")
     if url:
         return str(url)
-    return REDIS_DEFAULT
+    return f"sqlite:///{tmp_path_factory.mktemp('taskq-broker') / 'broker.db'}"
 
 
 # -- isolation ------------------------------------------------------------------------------------
@@ -92,6 +92,9 @@ def _isolated_settings(broker: str, name: str) -> dict[str, Any]:
         prefix = {"global_keyprefix": f"{name}:"}
         settings.update(broker_transport_options=prefix, result_backend=broker,
                         result_backend_transport_options=prefix)
+    elif scheme == "sqlite":  # results beside the session's broker file
+        folder = broker.split(":///", 1)[1].rsplit("/", 1)[0]
+        settings["result_backend"] = f"db+sqlite:///{folder}/results.db"
     else:
         settings["result_backend"] = "rpc://"
     return settings

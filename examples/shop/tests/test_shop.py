@@ -44,6 +44,7 @@ def test_marker_picks_the_pool(taskq_app, taskq_worker):
     assert tasks.add.delay(1, 2).get(timeout=10) == 3
 
 
+@pytest.mark.taskq_private_broker  # a network fault: a broker with connections to cut
 def test_worker_survives_a_cut_broker(taskq_chaos, taskq_app, taskq_worker):
     assert tasks.add.delay(1, 1).get(timeout=10) == 2
     assert taskq_chaos.cut_broker() >= 1
@@ -104,6 +105,7 @@ def test_a_frozen_child_finishes_after_it_thaws(taskq_app, taskq_worker, taskq_c
     assert time.monotonic() - started >= 1.0
 
 
+@pytest.mark.taskq_private_broker
 def test_worker_recovers_from_a_black_holed_broker(taskq_chaos, taskq_app, taskq_worker):
     assert tasks.add.delay(1, 2).get(timeout=10) == 3
     taskq_chaos.blackhole_broker(1.0)

@@ -59,13 +59,17 @@ def test_stuck(taskq_app, taskq_worker):
     result.stdout.fnmatch_lines(["*did not stop within 2.0 s; still running: never_returns*"])
 
 
-@pytest.mark.parametrize("broker", ["redis", "amqp"])
+@pytest.mark.parametrize("broker", ["redis", "amqp", "embedded"])
 @pytest.mark.parametrize("pool", ["solo", "threads", "prefork"])
 def test_the_example_project_passes(pool, broker, request):
-    url = request.getfixturevalue(f"{broker}_url")
-    env = {**os.environ, "TASKQ_TEST_BROKER": url, "SHOP_TEST_POOL": pool}
+    env = {**os.environ, "SHOP_TEST_POOL": pool}
+    env.pop("TASKQ_TEST_BROKER", None)
+    if broker != "embedded":  # else nothing set: the plugin's default, the SQLite broker
+        env["TASKQ_TEST_BROKER"] = request.getfixturevalue(f"{broker}_url")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"],
         cwd=EXAMPLE, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout
+    if broker == "embedded":
+        assert "skipped" not in proc.stdout
