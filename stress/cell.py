@@ -24,6 +24,7 @@ from typing import Any
 
 from chaos import FaultProxy, Journal, read_journal
 from stress import ledger as ledger_mod
+from stress.backend_probe import BackendProbe
 from stress.errors import RunnerError
 from stress.faults import NEEDS_PROXY, build_runners
 from stress.harness import APP_ENV
@@ -103,7 +104,12 @@ class CellRun:
             publisher.start()
             for runner in runners:
                 runner.start()
-            watch = self._watch(worker, publisher, book, reader, journal, started)
+            probe = BackendProbe(space) if self.worker_cmd else None
+            try:
+                watch = self._watch(worker, publisher, book, reader, journal, started, probe)
+            finally:
+                if probe is not None:
+                    probe.close()
             for runner in runners:
                 runner.stop()
             if watch["deadlock"]:
@@ -220,7 +226,8 @@ class CellRun:
 
     # -- watching the run ---------------------------------------------------------------------
     def _watch(self, worker: WorkerProc, publisher: Publisher, book: Book,
-               reader: LedgerReader, journal: Journal, started: float) -> dict[str, Any]:
+               reader: LedgerReader, journal: Journal, started: float,
+               probe: BackendProbe | None = None) -> dict[str, Any]:
         """Until drained, deadlocked or out of time; restarts a worker a fault killed."""
         bound = float(self.suite.oracles.get("deadlock_after", 30.0))
         last_events, last_progress = -1, time.monotonic()
@@ -228,6 +235,8 @@ class CellRun:
         result: dict[str, Any] = {"deadlock": False, "pending": 0, "bound": bound}
         while True:
             book.add(reader.poll())
+            if probe is not None:
+                probe.poll(book)
             now = time.monotonic()
             if book.events != last_events:
                 last_events, last_progress = book.events, now

@@ -119,6 +119,10 @@ def _rerun_allowed(history: History, previous: Entry, faults: Sequence[FaultReco
     for e in history.losses:
         if e.mono >= previous.mono and e.extra.get("requeued"):
             return True  # acks_late + reject_on_worker_lost: requeued by the table
+    if cell["acks"] == "late-reject" and any(
+            previous.pid in r.detail.get("pids", []) and r.mono >= previous.mono
+            and (end is None or r.mono <= end) for r in _ok(faults, {"kill-child"})):
+        return True  # its child was killed while it ran: requeued (seen without the hooks)
     if cell["acks"] in ("late", "late-reject"):
         # redelivered after a dead main process or a lost connection
         return any(r.mono >= previous.mono for r in _ok(faults, MAIN_FAULTS | NET_FAULTS))
