@@ -42,35 +42,22 @@ RESTARTS_WORKER = {"kill-main", "terminate-worker"}
 MainPid = Callable[[], int | None]
 
 
-class WorkerChildren:
-    """The pool children of whichever worker main process is current."""
+class WorkerProcesses:
+    """The current worker's pool children (or, with ``main``, its main process): the pid is
+    asked of the cell at each injection, so targets follow the worker across restarts."""
 
-    def __init__(self, main_pid: MainPid) -> None:
+    def __init__(self, main_pid: MainPid, *, main: bool = False) -> None:
         self.main_pid = main_pid
+        self.main = main
 
     def describe(self) -> str:
-        return "worker children"
+        return "worker main" if self.main else "worker children"
 
     def candidates(self) -> list[int]:
         pid = self.main_pid()
-        return child_pids(pid) if pid else []
-
-    def resolve(self, pid: int) -> ProcessRef | None:
-        return ProcessRef.of(pid)
-
-
-class WorkerMain:
-    """The current worker main process."""
-
-    def __init__(self, main_pid: MainPid) -> None:
-        self.main_pid = main_pid
-
-    def describe(self) -> str:
-        return "worker main"
-
-    def candidates(self) -> list[int]:
-        pid = self.main_pid()
-        return [pid] if pid else []
+        if not pid:
+            return []
+        return [pid] if self.main else child_pids(pid)
 
     def resolve(self, pid: int) -> ProcessRef | None:
         return ProcessRef.of(pid)
@@ -121,15 +108,11 @@ def build_runners(faults: list[dict[str, Any]], cell: Mapping[str, Any], *, seed
             raise ScenarioError(f"fault {kind!r}: {exc}") from None
         sig = fault.get("signal", "KILL")
         injector: Injector
-        if kind == "kill-children":
-            injector = Kill(WorkerChildren(main_pid), signal=sig, seed=seed + n,
-                            journal=journal, kind="kill-child")
-        elif kind == "kill-main":
-            injector = Kill(WorkerMain(main_pid), signal=sig, seed=seed + n, journal=journal,
-                            kind="kill-main")
-        elif kind == "terminate-worker":
-            injector = Kill(WorkerMain(main_pid), signal=signal.SIGTERM, seed=seed + n,
-                            journal=journal, kind="terminate-worker")
+        if kind in ("kill-children", "kill-main", "terminate-worker"):
+            targets = WorkerProcesses(main_pid, main=kind != "kill-children")
+            injector = Kill(targets, signal=signal.SIGTERM if kind == "terminate-worker" else sig,
+                            seed=seed + n, journal=journal,
+                            kind="kill-child" if kind == "kill-children" else kind)
         elif kind in NEEDS_PROXY:
             if proxy is None:
                 raise ScenarioError(f"fault {kind!r} needs the fault proxy")
