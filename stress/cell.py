@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos import FaultProxy, Journal, read_journal
+from chaos import ChaosError, FaultProxy, Journal, LocalRedis, read_journal
 from stress import ledger as ledger_mod
 from stress.backend_probe import BackendProbe
 from stress.errors import RunnerError
-from stress.faults import NEEDS_PROXY, build_runners
+from stress.faults import NEEDS_PRIVATE_BROKER, NEEDS_PROXY, build_runners
 from stress.harness import APP_ENV
 from stress.ledger import Book, LedgerReader
 from stress.oracles import Evidence, Verdict, judge, unresolved
@@ -76,8 +76,10 @@ class CellRun:
         self.directory.mkdir(parents=True, exist_ok=True)
         ledger_dir = self.directory / "ledger"
         ledger_dir.mkdir(exist_ok=True)
-        space = make_space(self.cell["transport"], self.directory, self.broker_url)
         journal = Journal(self.directory / "faults.jsonl")
+        private = self._private_broker(journal)
+        space = make_space(self.cell["transport"], self.directory,
+                           private.url if private is not None else self.broker_url)
         proxy: FaultProxy | None = None
         worker: WorkerProc | None = None
         runners: list[Any] = []
@@ -100,7 +102,7 @@ class CellRun:
             runners = build_runners(self.suite.faults, self.cell.params, seed=self.seed,
                                     duration=self.duration, journal=journal,
                                     main_pid=lambda: worker.pid if worker else None,
-                                    proxy=proxy)
+                                    proxy=proxy, broker=private)
             publisher.start()
             for runner in runners:
                 runner.start()
@@ -124,6 +126,7 @@ class CellRun:
                 stall_bound=watch["bound"], baseline=baseline, health=health,
                 worker_starts=worker.started, is_taskq=self.worker_cmd is None,
                 publish_errors=publisher.errors, directory=self.directory,
+                duration=self.duration,
             )
             verdicts, figures = judge(evidence)
             figures["seconds"] = round(time.monotonic() - started, 2)
@@ -148,6 +151,24 @@ class CellRun:
                     proxy.stop()
             journal.close()
             space.cleanup()
+            if private is not None:
+                with contextlib.suppress(Exception):
+                    private.close()
+
+    def _private_broker(self, journal: Journal) -> LocalRedis | None:
+        """A private redis-server for suites that restart the broker (never the shared one)."""
+        if not any(f["kind"] in NEEDS_PRIVATE_BROKER for f in self.suite.faults):
+            return None
+        if self.cell["transport"] != "redis":
+            raise RunnerError(f"suite {self.suite.name} restarts a private redis-server: use "
+                              "the redis transport (--broker redis://... or --cell "
+                              "transport=redis)")
+        try:
+            private = LocalRedis(directory=self.directory / "redis", journal=journal)
+            private.start()
+        except ChaosError as exc:
+            raise RunnerError(f"cannot start a private redis-server: {exc}") from None
+        return private
 
     # -- the worker ---------------------------------------------------------------------------
     def _worker(self, space: Space, proxy: FaultProxy | None, ledger_dir: Path) -> WorkerProc:

@@ -6,7 +6,9 @@ Kinds (each with a ``schedule`` in chaos's syntax, e.g. ``"poisson {kill_rate}/s
 - ``kill-main``: SIGKILL the worker's main process; the cell starts a new worker;
 - ``terminate-worker``: SIGTERM the worker (warm shutdown under load); a new one starts;
 - ``cut-connections``: close every broker connection through the fault proxy;
-- ``blackhole``: the proxy accepts but forwards nothing for ``duration`` seconds.
+- ``blackhole``: the proxy accepts but forwards nothing for ``duration`` seconds;
+- ``restart-broker``: a clean restart of the cell's private ``redis-server`` (the shared
+  brokers are never restarted), its data kept (AOF, fsync always).
 
 The targets follow the worker across restarts: they ask the cell for the current main pid.
 """
@@ -19,6 +21,8 @@ from typing import Any
 
 from chaos import (
     Blackhole,
+    Broker,
+    BrokerFault,
     ChaosError,
     CutConnections,
     FaultProxy,
@@ -33,10 +37,12 @@ from chaos import (
 from chaos.targets import child_pids
 from stress.errors import ScenarioError
 
-__all__ = ["KINDS", "NEEDS_PROXY", "RESTARTS_WORKER", "build_runners"]
+__all__ = ["KINDS", "NEEDS_PRIVATE_BROKER", "NEEDS_PROXY", "RESTARTS_WORKER", "build_runners"]
 
-KINDS = ("kill-children", "kill-main", "terminate-worker", "cut-connections", "blackhole")
+KINDS = ("kill-children", "kill-main", "terminate-worker", "cut-connections", "blackhole",
+         "restart-broker")
 NEEDS_PROXY = {"cut-connections", "blackhole"}
+NEEDS_PRIVATE_BROKER = {"restart-broker"}
 RESTARTS_WORKER = {"kill-main", "terminate-worker"}
 
 MainPid = Callable[[], int | None]
@@ -91,7 +97,7 @@ def _format(text: str, cell: Mapping[str, Any]) -> str:
 
 def build_runners(faults: list[dict[str, Any]], cell: Mapping[str, Any], *, seed: int,
                   duration: float, journal: Journal, main_pid: MainPid,
-                  proxy: FaultProxy | None) -> list[Runner]:
+                  proxy: FaultProxy | None, broker: Broker | None = None) -> list[Runner]:
     """One chaos Runner per fault, limited to the publishing window."""
     runners = []
     for n, fault in enumerate(faults):
@@ -113,6 +119,10 @@ def build_runners(faults: list[dict[str, Any]], cell: Mapping[str, Any], *, seed
             injector = Kill(targets, signal=signal.SIGTERM if kind == "terminate-worker" else sig,
                             seed=seed + n, journal=journal,
                             kind="kill-child" if kind == "kill-children" else kind)
+        elif kind in NEEDS_PRIVATE_BROKER:
+            if broker is None:
+                raise ScenarioError(f"fault {kind!r} needs the cell's private broker")
+            injector = BrokerFault(broker, "restart", journal=journal)
         elif kind in NEEDS_PROXY:
             if proxy is None:
                 raise ScenarioError(f"fault {kind!r} needs the fault proxy")

@@ -20,6 +20,7 @@ fails a cell whose faults did not hit running tasks).
 from __future__ import annotations
 
 import bisect
+import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ __all__ = ["ORACLES", "Evidence", "Verdict", "judge", "unresolved"]
 ORACLES = ("deadlock", "nothing-lost", "lost-process", "not-vacuous", "pool-health")
 OK_OUTCOMES = {"ok", "soft-limit", "success"}
 MAIN_FAULTS = {"kill-main", "terminate-worker"}
-NET_FAULTS = {"proxy-cut", "proxy-reset", "proxy-blackhole"}
+NET_FAULTS = {"proxy-cut", "proxy-reset", "proxy-blackhole", "broker-restart"}
 EARLY_ACK_WINDOW = 1.0  # seconds from ``started`` within which an early ack may not have left
 
 
@@ -63,6 +64,13 @@ class Evidence:
     is_taskq: bool
     publish_errors: int
     directory: Path
+    duration: float | None = None  # this run's publishing window (--duration), if not the suite's
+
+    def scaled(self, minimum: int) -> int:
+        """A suite's minimum count, scaled down for a run shorter than the suite's duration."""
+        if not self.duration or self.duration >= self.suite.duration:
+            return minimum
+        return max(1, math.ceil(minimum * self.duration / self.suite.duration))
 
 
 def _ok(records: Iterable[FaultRecord], kinds: set[str]) -> list[FaultRecord]:
@@ -281,7 +289,7 @@ def not_vacuous(ev: Evidence) -> Verdict:
     figures: dict[str, Any] = {}
     problems = []
     published = len(ev.book.published())
-    if published < int(ev.suite.oracles.get("min_tasks", 20)):
+    if published < ev.scaled(int(ev.suite.oracles.get("min_tasks", 20))):
         problems.append(f"only {published} tasks were published")
     if "kill-children" in kinds:
         bound = float(ev.suite.oracles.get("detect_bound", 5.0))
@@ -290,13 +298,14 @@ def not_vacuous(ev: Evidence) -> Verdict:
         figures["kills"] = sum(len(r.detail.get("pids", []))
                                for r in _ok(ev.faults, {"kill-child"}))
         figures["kills_of_running"] = running
-        need = int(ev.suite.oracles.get("min_kills_of_running", 3))
+        need = ev.scaled(int(ev.suite.oracles.get("min_kills_of_running", 3)))
         if running < need:
             problems.append(f"{running} kills hit a running task; at least {need} needed")
     for fault_kind, journal_kinds in (("kill-main", {"kill-main"}),
                                       ("terminate-worker", {"terminate-worker"}),
                                       ("cut-connections", {"proxy-cut"}),
-                                      ("blackhole", {"proxy-blackhole"})):
+                                      ("blackhole", {"proxy-blackhole"}),
+                                      ("restart-broker", {"broker-restart"})):
         if fault_kind not in kinds:
             continue
         records = _ok(ev.faults, journal_kinds)

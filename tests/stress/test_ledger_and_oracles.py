@@ -118,3 +118,16 @@ def test_a_short_task_waiting_while_a_child_is_idle_is_head_of_line_blocking() -
     other = [_e("published", "M", 1, 0.0, kind="sleep", expect="ok"),
              _e("started", "M", 8, 0.1), _e("finished", "M", 8, 3.0, outcome="ok")]
     assert head_of_line(_evidence(long_run + other + short, [], suite=suite)).passed
+
+
+def test_a_shorter_run_needs_proportionally_fewer_kills_to_count() -> None:
+    suite = Suite("t", "", Path("t.toml"), duration=10, faults=[{"kind": "kill-children"}],
+                  oracles={"min_kills_of_running": 5, "min_tasks": 1})
+    entries = [_e("published", "a", 1, 0.0, kind="sleep", expect="ok"),
+               _e("started", "a", 7, 1.0), _e("lost", "a", 2, 2.01, requeued=False),
+               _e("published", "b", 1, 0.0, kind="sleep", expect="ok"),
+               _e("started", "b", 8, 1.0), _e("lost", "b", 2, 3.01, requeued=False)]
+    ev = _evidence(entries, [_kill(2.0, 7), _kill(3.0, 8)], suite=suite)
+    assert not not_vacuous(ev).passed  # 2 of 5 over the suite's 10 s
+    ev.duration = 3.0
+    assert not_vacuous(ev).passed  # 2 of ceil(5 * 3 / 10) = 2 over a 3 s run
