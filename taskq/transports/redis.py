@@ -57,12 +57,12 @@ from typing import Any
 
 import redis
 from kombu.transport import redis as kredis
-from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from taskq.errors import ConfigurationError
 from taskq.transports import redis_lua
+from taskq.transports.lease import LeaseQoSBase, check_renewal
 
 __all__ = ["TRANSPORT", "TRANSPORT_ALIAS", "Channel", "LeaseQoS", "LeaseSettings", "Transport"]
 
@@ -110,10 +110,7 @@ class LeaseSettings:
     def from_options(cls, options: Mapping[str, Any]) -> LeaseSettings:
         lease = _number(options, "lease_timeout", 60.0)
         renew = _number(options, "renew_interval", lease / 3)
-        if renew >= lease:
-            raise ConfigurationError(
-                f"transport option renew_interval={renew:g} must be shorter than "
-                f"lease_timeout={lease:g} (a third of it is the default)")
+        check_renewal(lease, renew)
         restore = _number(options, "restore_interval", min(lease / 6, 5.0))
         batch = _number(options, "fetch_batch", 100, minimum=0.5)
         poll = _number(options, "fetch_poll_interval", 0.05)
@@ -131,49 +128,15 @@ class LeaseSettings:
 
 
 # -- acks -----------------------------------------------------------------------------------
-class LeaseQoS(virtual.QoS):
-    """Prefetch accounting (kombu's) plus the lease id of every message this channel holds."""
+class LeaseQoS(LeaseQoSBase[str]):
+    """The lease id of every message this channel holds (see ``lease.LeaseQoSBase``)."""
 
-    restore_at_shutdown = False  # see restore_unacked_once
+    def _take_incoming(self, delivery_tag: str) -> str | None:
+        lease: str | None = self.channel._incoming.pop(delivery_tag, None)
+        return lease
 
-    def __init__(self, channel: Channel, prefetch_count: int = 0) -> None:
-        super().__init__(channel, prefetch_count)
-        self.leases: dict[str, str] = {}  # delivery tag -> lease id
-
-    def append(self, message: Any, delivery_tag: str) -> None:
-        lease = self.channel._incoming.pop(delivery_tag, None)
-        if lease is not None:
-            self.leases[delivery_tag] = lease
-        super().append(message, delivery_tag)
-
-    def ack(self, delivery_tag: str) -> None:
-        self._settle("ack", [delivery_tag])
-        super().ack(delivery_tag)
-
-    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        self._settle("requeue" if requeue else "ack", [delivery_tag])
-        super().ack(delivery_tag)
-
-    def release(self, delivery_tags: Iterable[str]) -> int:
-        tags = list(delivery_tags)
-        released = self._settle("requeue", tags)
-        for tag in tags:
-            super().ack(tag)
-        return released
-
-    def _settle(self, mode: str, tags: Sequence[str]) -> int:
-        held = [(tag, self.leases.pop(tag)) for tag in tags if tag in self.leases]
-        unknown = len(tags) - len(held)
-        if unknown:
-            logger.debug("%s of %d deliveries dropped: this channel holds no lease for them",
-                         mode, unknown)
-        if not held:
-            return 0
-        try:
-            return self.channel._settle(mode, held)
-        except BaseException:
-            self.leases.update(held)  # still ours: renewed until they expire or settle
-            raise
+    def _settle_held(self, requeue: bool, held: list[tuple[str, str]]) -> int:
+        return int(self.channel._settle("requeue" if requeue else "ack", held))
 
     def forget(self, lease_ids: Iterable[str]) -> list[str]:
         """Drop leases that are gone; returns their delivery tags."""
@@ -182,18 +145,6 @@ class LeaseQoS(virtual.QoS):
         for tag in tags:
             del self.leases[tag]
         return tags
-
-    def restore_unacked(self, client: Any = None) -> list[Any]:
-        """``basic_recover(requeue=True)``: give back every message held, now."""
-        self.release(list(self.leases))
-        self._flush()
-        return []
-
-    def restore_unacked_once(self, stderr: Any = None) -> None:
-        # kombu requeues every unacked delivery here (on close, at exit, after fork), running
-        # tasks included. The leases do it right: running tasks are renewed by a live worker,
-        # the rest expire. Nothing to do.
-        self._on_collect.cancel()
 
 
 # -- the channel ----------------------------------------------------------------------------

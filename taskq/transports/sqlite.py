@@ -53,6 +53,7 @@ from typing import Any
 from kombu.transport import virtual
 
 from taskq.errors import BrokerBusy, ConfigurationError
+from taskq.transports.lease import check_renewal
 from taskq.transports.sqlite_channel import Channel, LeaseQoS
 from taskq.transports.sqlite_channel import Channel as _Channel  # Transport.Channel shadows
 from taskq.transports.sqlite_store import Store
@@ -100,10 +101,7 @@ class SQLiteSettings:
     def from_options(cls, options: Mapping[str, Any]) -> SQLiteSettings:
         lease = _seconds(options, "lease_timeout", 60.0)
         renew = _seconds(options, "renew_interval", lease / 3)
-        if renew >= lease:
-            raise ConfigurationError(
-                f"transport option renew_interval={renew:g} must be shorter than "
-                f"lease_timeout={lease:g} (a third of it is the default)")
+        check_renewal(lease, renew)
         return cls(
             lease_timeout=lease,
             renew_interval=renew,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 
+from taskq.transports.lease import LeaseQoSBase
 from taskq.transports.sqlite_store import Fetched, Store
 
 if TYPE_CHECKING:
@@ -28,71 +29,30 @@ Delivery = tuple[str, dict[str, Any], "str | None", int]
 
 
 # -- acks -----------------------------------------------------------------------------------
-class LeaseQoS(virtual.QoS):
-    """Prefetch accounting (kombu's) plus the lease of every message this channel holds."""
+class LeaseQoS(LeaseQoSBase[int]):
+    """The row of every message this channel holds; the delivery tag is the lease id."""
 
-    restore_at_shutdown = False  # see restore_unacked_once
+    def _take_incoming(self, delivery_tag: str) -> int | None:
+        rowid: int | None = self.channel.connection.incoming.pop(delivery_tag, None)
+        return rowid
 
-    def __init__(self, channel: Channel, prefetch_count: int = 0) -> None:
-        super().__init__(channel, prefetch_count)
-        self.leases: dict[str, int] = {}  # delivery tag (= lease id) -> row id
-
-    def append(self, message: Any, delivery_tag: str) -> None:
-        rowid = self.channel.connection.incoming.pop(delivery_tag, None)
-        if rowid is not None:
-            self.leases[delivery_tag] = rowid
-        super().append(message, delivery_tag)
+    def _settle_held(self, requeue: bool, held: list[tuple[str, int]]) -> int:
+        return int(self.channel.settle(requeue, held))
 
     def ack(self, delivery_tag: str) -> None:
         transport = self.channel.connection
         rowid = self.leases.pop(delivery_tag, None) if transport.defer_acks else None
-        if rowid is not None:
-            # On the event loop: deleted in the loop's next tick (before it waits again),
-            # in the transaction of the next fetch. A crash in between redelivers the
-            # message after its lease, as a crash just before the ack would.
-            transport.pending_acks.append((rowid, delivery_tag))
-        else:
-            self._settle(False, [delivery_tag])
-        super().ack(delivery_tag)
-
-    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        self._settle(requeue, [delivery_tag])
-        super().ack(delivery_tag)
-
-    def release(self, delivery_tags: Iterable[str]) -> int:
-        tags = list(delivery_tags)
-        released = self._settle(True, tags)
-        for tag in tags:
-            super().ack(tag)
-        return released
-
-    def _settle(self, requeue: bool, tags: Sequence[str]) -> int:
-        held = [(tag, self.leases.pop(tag)) for tag in tags if tag in self.leases]
-        if len(held) < len(tags):
-            logger.debug("%s of %d deliveries dropped: this channel holds no lease for them",
-                         "requeue" if requeue else "ack", len(tags) - len(held))
-        if not held:
-            return 0
-        try:
-            return self.channel.settle(requeue, held)
-        except BaseException:
-            self.leases.update(held)  # still ours: renewed until they expire or settle
-            raise
+        if rowid is None:
+            super().ack(delivery_tag)
+            return
+        # On the event loop: deleted in the loop's next tick (before it waits again), in the
+        # transaction of the next fetch. A crash in between redelivers the message after its
+        # lease, as a crash just before the ack would.
+        transport.pending_acks.append((rowid, delivery_tag))
+        virtual.QoS.ack(self, delivery_tag)
 
     def forget(self, lease_ids: Iterable[str]) -> list[str]:
-        tags = [tag for tag in lease_ids if self.leases.pop(tag, None) is not None]
-        return tags
-
-    def restore_unacked(self, client: Any = None) -> list[Any]:
-        """``basic_recover(requeue=True)``: give back every message held, now."""
-        self.release(list(self.leases))
-        self._flush()
-        return []
-
-    def restore_unacked_once(self, stderr: Any = None) -> None:
-        # kombu requeues every unacked delivery here (close, exit, after fork), running tasks
-        # included. With leases a live worker renews what runs and the rest expires.
-        self._on_collect.cancel()
+        return [tag for tag in lease_ids if self.leases.pop(tag, None) is not None]
 
 
 # -- the channel ----------------------------------------------------------------------------
