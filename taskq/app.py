@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
+import logging
 import os
 import threading
 import uuid
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
     from taskq.backends.base import Backend
     from taskq.control import Control
+
+logger = logging.getLogger("taskq")
 
 PublishHook = Callable[[TaskMessage, Mapping[str, Any]], TaskMessage | None]
 
@@ -55,6 +58,15 @@ class Hooks:
     """Called in the worker's main process when the child running a task died: with the task
     id, its name, the error (``WorkerLostError`` or ``TimeLimitExceeded``) and whether the
     task was requeued to run again. A hook that raises is logged and ignored."""
+
+
+def run_hooks(hooks: Iterable[Callable[..., Any]], *args: Any) -> None:
+    """Call each hook with ``args``; one that raises is logged and the rest still run."""
+    for hook in hooks:
+        try:
+            hook(*args)
+        except Exception:
+            logger.exception("hook %r failed", hook)
 
 
 class TaskQ:

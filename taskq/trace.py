@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import time
 import traceback as tb
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskq import states
+from taskq.app import run_hooks
 from taskq.canvas import Signature
 from taskq.errors import Ignore, Reject, Retry
 from taskq.result import EagerResult
@@ -83,7 +83,7 @@ def execute(
     started = time.monotonic()
     task.push_request(context)
     task.app.push_current(context)
-    _run_hooks(task.app.hooks.task_prerun, task, msg.id)
+    run_hooks(task.app.hooks.task_prerun, task, msg.id)
     try:
         value = _call(task, msg)
     except Retry as retry:
@@ -102,7 +102,7 @@ def execute(
         task.app.pop_current()
         task.pop_request()
 
-    _run_hooks(task.app.hooks.task_postrun, task, msg.id, outcome.state)
+    run_hooks(task.app.hooks.task_postrun, task, msg.id, outcome.state)
     if backend is not None:
         _store(task, context, outcome, ignore_result)
     if outcome.state == states.SUCCESS:
@@ -110,14 +110,6 @@ def execute(
     elif outcome.state == states.FAILURE:
         _send_errbacks(task, msg, eager)
     return outcome
-
-
-def _run_hooks(hooks: list[Callable[..., None]], *args: Any) -> None:
-    for hook in hooks:
-        try:
-            hook(*args)
-        except Exception:
-            logger.exception("hook %r failed", hook)
 
 
 def _store(task: Task, context: Context, outcome: Outcome, ignore_result: bool) -> None:

@@ -15,7 +15,7 @@ from kombu.transport import virtual
 
 from taskq.errors import ConfigurationError
 
-__all__ = ["LeaseQoSBase", "check_renewal"]
+__all__ = ["LeaseChannelMixin", "LeaseQoSBase", "check_renewal"]
 
 logger = logging.getLogger("taskq.transports")
 
@@ -90,3 +90,17 @@ class LeaseQoSBase(virtual.QoS, Generic[L]):
         # tasks included. The leases do it right: running tasks are renewed by a live worker,
         # the rest expire. Nothing to do.
         self._on_collect.cancel()
+
+
+class LeaseChannelMixin:
+    """What a lease channel offers the worker beyond kombu's channel API."""
+
+    qos: LeaseQoSBase[Any]
+
+    def release(self, delivery_tags: Iterable[str]) -> int:
+        """Requeue these held messages now, where they are consumed next, in order.
+
+        For reserved messages the application will not start (warm shutdown, far eta).
+        Returns how many were still held; tags without a lease are ignored.
+        """
+        return self.qos.release(delivery_tags)

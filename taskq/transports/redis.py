@@ -62,7 +62,7 @@ from kombu.utils.json import loads
 
 from taskq.errors import ConfigurationError
 from taskq.transports import redis_lua
-from taskq.transports.lease import LeaseQoSBase, check_renewal
+from taskq.transports.lease import LeaseChannelMixin, LeaseQoSBase, check_renewal
 
 __all__ = ["TRANSPORT", "TRANSPORT_ALIAS", "Channel", "LeaseQoS", "LeaseSettings", "Transport"]
 
@@ -148,7 +148,7 @@ class LeaseQoS(LeaseQoSBase[str]):
 
 
 # -- the channel ----------------------------------------------------------------------------
-class Channel(kredis.Channel):
+class Channel(LeaseChannelMixin, kredis.Channel):
     """kombu's Redis channel with leased deliveries (see the module docstring)."""
 
     QoS = LeaseQoS  # type: ignore[assignment]
@@ -388,14 +388,6 @@ class Channel(kredis.Channel):
                     logger.debug("%s of delivery %s dropped: its lease %s expired and the "
                                  "message went back to its queue", mode, tag, lease)
         return done
-
-    def release(self, delivery_tags: Iterable[str]) -> int:
-        """Requeue these held messages now, where they are consumed next, in order.
-
-        For reserved messages the application will not start (warm shutdown, far eta).
-        Returns how many were still held; tags without a lease are ignored.
-        """
-        return self.qos.release(delivery_tags)
 
     def renew_leases(self) -> int:
         """Extend every lease this channel holds; returns how many are still held."""

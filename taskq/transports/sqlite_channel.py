@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 
-from taskq.transports.lease import LeaseQoSBase
+from taskq.transports.lease import LeaseChannelMixin, LeaseQoSBase
 from taskq.transports.sqlite_store import Fetched, Store
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class LeaseQoS(LeaseQoSBase[int]):
 
 
 # -- the channel ----------------------------------------------------------------------------
-class Channel(virtual.Channel):
+class Channel(LeaseChannelMixin, virtual.Channel):
     """A virtual channel whose queues, bindings and leases live in the SQLite file."""
 
     QoS = LeaseQoS
@@ -290,14 +290,6 @@ class Channel(virtual.Channel):
         if requeue and done:
             self.connection.wake.wake_all()
         return done
-
-    def release(self, delivery_tags: Iterable[str]) -> int:
-        """Requeue these held messages now, where they are consumed next, in order.
-
-        For reserved messages the application will not start (warm shutdown, far eta).
-        Returns how many were still held; tags without a lease are ignored.
-        """
-        return self.qos.release(delivery_tags)
 
     def renew_leases(self) -> int:
         """Extend every lease this channel holds; returns how many are still held."""

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskq import states
+from taskq.app import run_hooks
 from taskq.errors import ConfigurationError, TaskqError, TimeLimitExceeded, WorkerLostError
 from taskq.pool import Job, JobResult, Pool, pool_for
 from taskq.worker.cluster import Events, Gossip, GossipStep, HeartbeatStep, MingleStep
@@ -419,8 +420,7 @@ class Worker:
         self.consumer.reject(request, requeue=False)
         with contextlib.suppress(TaskqError):
             self.app.backend.mark_as_revoked(request.id, "revoked")
-        for hook in self.app.hooks.task_revoked:
-            hook(request)
+        run_hooks(self.app.hooks.task_revoked, request)
 
     # -- pool callbacks -----------------------------------------------------------------------
     def on_job_started(self, job: Job, pid: int) -> None:
@@ -481,13 +481,13 @@ class Worker:
             count = int(request.msg.headers.get("redelivered_count") or 0)
             limit = self.app.conf.task_max_redeliveries
             if count < limit:
-                self._lost_hooks(request, exc, requeued=True)
+                run_hooks(self.app.hooks.task_lost, request.id, request.name, exc, True)
                 self._redeliver(request, count + 1)
                 self.feed_pool()
                 return
             exc = WorkerLostError(f"{exc}; given up after {count} redeliveries "
                                   f"(task_max_redeliveries={limit})")
-        self._lost_hooks(request, exc, requeued=False)
+        run_hooks(self.app.hooks.task_lost, request.id, request.name, exc, False)
         self.events.task("task-failed", uuid=job.id, exception=repr(exc), traceback=None)
         try:
             self.app.backend.mark_as_failure(job.id, exc, request=request.msg)
@@ -495,13 +495,6 @@ class Worker:
             logger.debug("could not store the failure of %s: %s", job.id, err)
         self.consumer.ack(request)
         self.feed_pool()
-
-    def _lost_hooks(self, request: Request, exc: BaseException, *, requeued: bool) -> None:
-        for hook in self.app.hooks.task_lost:
-            try:
-                hook(request.id, request.name, exc, requeued)
-            except Exception:
-                logger.exception("task_lost hook %r failed", hook)
 
     def _redeliver(self, request: Request, count: int) -> None:
         """Requeue a lost task with its redelivery count: publish a copy, then ack."""
