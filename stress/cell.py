@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from chaos import ChaosError, FaultProxy, Journal, LocalRedis, read_journal
 from stress import ledger as ledger_mod
@@ -175,11 +176,9 @@ class CellRun:
         cell = self.cell
         broker = space.url
         if proxy is not None:
-            parts = space.url.split("://", 1)
-            rest = parts[1].split("@", 1)
-            userinfo = rest[0] + "@" if len(rest) == 2 else ""
-            path = "/" + rest[-1].split("/", 1)[1] if "/" in rest[-1] else ""
-            broker = f"{parts[0]}://{userinfo}{proxy.address}{path}"
+            parts = urlsplit(space.url)
+            auth = parts.netloc.rsplit("@", 1)[0] if "@" in parts.netloc else ""
+            broker = proxy.url(parts.scheme, parts.path, auth)
         late = cell["acks"] in ("late", "late-reject")
         env = {
             **os.environ, **space.env(broker),
@@ -265,8 +264,7 @@ class CellRun:
                 worker.reap()
                 worker.start()  # a fault (or a crash) took it: the next one redelivers
                 last_progress = now
-            pending = unresolved(book, read_journal(journal.path) if journal.path else [],
-                                 self.cell)
+            pending = unresolved(book, journal.records, self.cell)  # in memory: every tick
             done = not publisher.running
             if self.progress:
                 total = len(book.published())

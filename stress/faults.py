@@ -29,9 +29,9 @@ from chaos import (
     Injector,
     Journal,
     Kill,
-    Outcome,
     ProcessRef,
     Runner,
+    TimedFault,
     parse_schedule,
 )
 from chaos.targets import child_pids
@@ -67,24 +67,6 @@ class WorkerProcesses:
 
     def resolve(self, pid: int) -> ProcessRef | None:
         return ProcessRef.of(pid)
-
-
-class _Blackhole(Injector):
-    """The proxy black-holes new and open connections for ``duration`` seconds."""
-
-    kind = "proxy-blackhole"
-
-    def __init__(self, proxy: FaultProxy, duration: float, journal: Journal) -> None:
-        from chaos import TimedFault
-
-        super().__init__(journal=journal)
-        self._timed = TimedFault(proxy, Blackhole(), duration=duration, journal=journal)
-
-    def apply(self) -> Outcome:
-        return self._timed.apply()
-
-    def close(self) -> None:
-        self._timed.close()
 
 
 def _format(text: str, cell: Mapping[str, Any]) -> str:
@@ -129,7 +111,8 @@ def build_runners(faults: list[dict[str, Any]], cell: Mapping[str, Any], *, seed
             if kind == "cut-connections":
                 injector = CutConnections(proxy, journal=journal)
             else:
-                injector = _Blackhole(proxy, float(fault.get("duration", 3.0)), journal)
+                injector = TimedFault(proxy, Blackhole(), journal=journal,
+                                      duration=float(fault.get("duration", 3.0)))
         else:  # pragma: no cover - load_suite checked the kind
             raise ScenarioError(f"unknown fault kind {kind!r}")
         runners.append(Runner(schedule, injector, name=f"stress-{kind}"))

@@ -19,13 +19,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ENV", "Book", "Entry", "History", "LedgerReader", "LedgerWriter", "histories",
-           "read_ledger", "writer"]
+__all__ = ["ENV", "Book", "Entry", "History", "LedgerReader", "LedgerWriter", "writer"]
 
 ENV = "TASKQ_STRESS_LEDGER"
 """The environment variable naming the ledger directory of the current cell."""
@@ -93,11 +92,6 @@ def _entry(line: bytes) -> Entry | None:
         return None
 
 
-def read_ledger(directory: str | os.PathLike[str]) -> Iterator[Entry]:
-    """Every whole line of every file (a torn last line of a killed process is skipped)."""
-    yield from LedgerReader(directory).poll()
-
-
 class LedgerReader:
     """Reads what was appended since the last :meth:`poll` (whole lines only)."""
 
@@ -133,15 +127,6 @@ class History:
     finishes: list[Entry] = field(default_factory=list)
     losses: list[Entry] = field(default_factory=list)
 
-    @property
-    def terminal(self) -> bool:
-        """Finished, or lost and not requeued (a lost requeued task runs again)."""
-        return bool(self.finishes) or any(not e.extra.get("requeued") for e in self.losses)
-
-    def last_event(self) -> float | None:
-        times = [e.mono for e in (*self.starts, *self.finishes, *self.losses)]
-        return max(times) if times else self.published
-
 
 class Book:
     """Histories by task id, fed with entries as they are read."""
@@ -176,9 +161,3 @@ def _insert(entries: list[Entry], entry: Entry) -> None:
     entries.append(entry)
     if len(entries) > 1 and entries[-2].mono > entry.mono:
         entries.sort(key=lambda e: e.mono)
-
-
-def histories(entries: Iterable[Entry]) -> dict[str, History]:
-    book = Book()
-    book.add(entries)
-    return book.by_id

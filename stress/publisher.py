@@ -14,6 +14,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from stress.errors import ScenarioError
 from stress.ledger import LedgerWriter
 from stress.spaces import Space
 from stress.suites import Suite
-from stress.workload import EXPECTED, Mix, TaskSpec, task_name
+from stress.workload import EXPECTED, Mix, task_name
 from taskq import TaskQ
 
 __all__ = ["AppTasks", "Publisher"]
@@ -91,27 +92,28 @@ class Publisher:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def publish_one(self, kind: str, task_id: str | None = None,
-                    spec: TaskSpec | None = None) -> str:
-        spec = spec or TaskSpec(kind)
+    def _send(self, name: str, args: tuple[Any, ...], *, kind: str, expect: str,
+              task_id: str | None = None, options: Mapping[str, Any] | None = None) -> str:
+        """Publish, then (the broker has it) write ``published`` to the ledger."""
         task_id = task_id or str(uuid.uuid4())
-        self.app.send_task(task_name(spec.kind), spec.args, task_id=task_id,
-                           **dict(spec.options or {}))
-        self.ledger.write("published", task_id, kind=spec.kind, expect=EXPECTED[spec.kind])
+        self.app.send_task(name, args, task_id=task_id, **dict(options or {}))
+        self.ledger.write("published", task_id, kind=kind, expect=expect)
         self.published += 1
         return task_id
+
+    def publish_one(self, kind: str, task_id: str | None = None) -> str:
+        return self._send(task_name(kind), (), kind=kind, expect=EXPECTED[kind],
+                          task_id=task_id)
 
     def _publish_next(self) -> None:
         if self.own is not None:
             name, args, expect = self.own.draw()
-            task_id = str(uuid.uuid4())
-            self.app.send_task(name, args, task_id=task_id)
-            self.ledger.write("published", task_id, kind=name, expect=expect)
-            self.published += 1
+            self._send(name, args, kind=name, expect=expect)
         else:
             assert self.mix is not None
             spec = self.mix.draw()
-            self.publish_one(spec.kind, spec=spec)
+            self._send(task_name(spec.kind), spec.args, kind=spec.kind,
+                       expect=EXPECTED[spec.kind], options=spec.options)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="stress-publisher", daemon=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,7 +113,3 @@ def write_junit(path: Path, suite: Suite, results: Sequence[CellResult]) -> None
     root.extend(cases)
     ET.indent(root)
     path.write_bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
-
-
-def stderr_console() -> Console:
-    return Console(file=sys.stderr)
