@@ -6,6 +6,7 @@ Every test has its own database under ``tmp_path``; other processes are real sub
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -478,20 +479,27 @@ def hold_write_lock(db_path: Path, seconds: float, holding: threading.Event) -> 
     db.close()
 
 
+@contextlib.contextmanager
+def write_locked(db_path: Path, seconds: float) -> Iterator[None]:
+    """Another connection holds the write lock for ``seconds`` from when this block starts."""
+    holding = threading.Event()
+    holder = threading.Thread(target=hold_write_lock, args=(db_path, seconds, holding))
+    holder.start()
+    try:
+        assert holding.wait(5)
+        yield
+    finally:
+        holder.join()
+
+
 def test_a_locked_database_is_waited_for_not_surfaced(connect: Connect, db_path: Path) -> None:
     queue = make_queue()
     conn = connect(busy_timeout=5)
     publish(conn, queue, ["before"])
-    holding = threading.Event()
-    holder = threading.Thread(target=hold_write_lock, args=(db_path, 0.4, holding))
-    holder.start()
-    try:
-        assert holding.wait(5)
+    with write_locked(db_path, 0.4):
         started = time.monotonic()
         publish(conn, queue, ["while locked"])
         waited = time.monotonic() - started
-    finally:
-        holder.join()
     assert waited >= 0.3  # it did wait for the other writer
     assert rows(db_path) == 2
 
@@ -501,16 +509,9 @@ def test_a_lock_held_past_the_busy_timeout_is_a_connection_error(
     queue = make_queue()
     conn = connect(busy_timeout=0.2)
     publish(conn, queue, ["before"])
-    holding = threading.Event()
-    holder = threading.Thread(target=hold_write_lock, args=(db_path, 1.0, holding))
-    holder.start()
-    try:
-        assert holding.wait(5)
-        with pytest.raises(BrokerBusy, match="stayed locked") as raised:
-            conn.default_channel.queue_purge("jobs")
-        assert isinstance(raised.value, conn.connection_errors)
-    finally:
-        holder.join()
+    with write_locked(db_path, 1.0), pytest.raises(BrokerBusy, match="stayed locked") as raised:
+        conn.default_channel.queue_purge("jobs")
+    assert isinstance(raised.value, conn.connection_errors)
 
 
 def test_a_corrupted_file_is_named_with_what_to_do(url: str, db_path: Path) -> None:
