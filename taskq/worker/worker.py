@@ -374,20 +374,22 @@ class Worker:
         self.feed_pool()
 
     def _reject_invalid(self, message: Message, rejection: Rejection) -> None:
+        # The state is stored before the line is logged: whoever reads the log (a person, a
+        # test) then finds the REVOKED/FAILURE state already there.
         task_id = rejection.task_id or "?"
-        logger.error("rejected message %s: %s", task_id, rejection.reason)
         self.totals["rejected"] += 1
         self.consumer.reject_raw(message)
-        if rejection.task_id is None or rejection.store is None:
-            return
-        try:
-            backend = self.app.backend
-            if rejection.store == states.REVOKED:
-                backend.mark_as_revoked(rejection.task_id, rejection.reason)
-            elif rejection.exc is not None:
-                backend.mark_as_failure(rejection.task_id, rejection.exc)
-        except TaskqError as exc:
-            logger.debug("could not store the state of rejected %s: %s", task_id, exc)
+        if rejection.task_id is not None and rejection.store is not None:
+            try:
+                backend = self.app.backend
+                if rejection.store == states.REVOKED:
+                    backend.mark_as_revoked(rejection.task_id, rejection.reason)
+                elif rejection.exc is not None:
+                    backend.mark_as_failure(rejection.task_id, rejection.exc)
+            except TaskqError as exc:
+                logger.debug("could not store the state of rejected %s: %s", task_id, exc)
+        level = logging.INFO if rejection.store == states.REVOKED else logging.ERROR
+        logger.log(level, "rejected message %s: %s", task_id, rejection.reason)
 
     def _eta_due(self, request: Request) -> None:
         if self.held.pop(request, None) is None:
@@ -415,11 +417,11 @@ class Worker:
             self.pool.apply(job)
 
     def _discard_revoked(self, request: Request) -> None:
-        logger.info("discarded revoked task %s[%s]", request.name, request.id)
         self.events.task("task-revoked", uuid=request.id, terminated=False, expired=False)
         self.consumer.reject(request, requeue=False)
         with contextlib.suppress(TaskqError):
             self.app.backend.mark_as_revoked(request.id, "revoked")
+        logger.info("discarded revoked task %s[%s]", request.name, request.id)
         run_hooks(self.app.hooks.task_revoked, request)
 
     # -- pool callbacks -----------------------------------------------------------------------
