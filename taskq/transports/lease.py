@@ -44,6 +44,10 @@ class LeaseQoSBase(virtual.QoS, Generic[L]):
     def _settle_held(self, requeue: bool, held: list[tuple[str, L]]) -> int:
         raise NotImplementedError
 
+    def _defer_ack(self, delivery_tag: str, lease: L) -> bool:
+        """Queue this ack for the channel's next round trip; False to settle it now."""
+        return False
+
     def append(self, message: Any, delivery_tag: str) -> None:
         lease = self._take_incoming(delivery_tag)
         if lease is not None:
@@ -51,7 +55,15 @@ class LeaseQoSBase(virtual.QoS, Generic[L]):
         super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        self._settle(False, [delivery_tag])
+        # On an event loop the ack is deferred to the loop's next tick (before it waits
+        # again), riding with the next fetch when there is one: one round trip for many acks.
+        # A crash in between redelivers the message after its lease, as a crash just before
+        # an immediate ack would. The prefetch credit is freed now.
+        lease = self.leases.get(delivery_tag)
+        if lease is not None and self._defer_ack(delivery_tag, lease):
+            del self.leases[delivery_tag]
+        else:
+            self._settle(False, [delivery_tag])
         super().ack(delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:

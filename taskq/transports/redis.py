@@ -48,6 +48,7 @@ Select it with ``Connection(url, transport=TRANSPORT)`` (taskq does for ``redis:
 from __future__ import annotations
 
 import logging
+import select
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -137,6 +138,13 @@ class LeaseQoS(LeaseQoSBase[str]):
 
     def _settle_held(self, requeue: bool, held: list[tuple[str, str]]) -> int:
         return int(self.channel._settle("requeue" if requeue else "ack", held))
+
+    def _defer_ack(self, delivery_tag: str, lease: str) -> bool:
+        transport = self.channel.connection
+        if transport.hub is None:
+            return False
+        transport.pending_acks.append((delivery_tag, lease))
+        return True
 
     def forget(self, lease_ids: Iterable[str]) -> list[str]:
         """Drop leases that are gone; returns their delivery tags."""
@@ -259,15 +267,26 @@ class Channel(LeaseChannelMixin, kredis.Channel):
             modes = ("L" if leased else "N") * len(lists)
         self._batches += 1
         prefix = f"{self.consumer_id}:{self._batches:010d}:"
-        flat = self._run("FETCH", [self.leases_key, self.leased_key, *lists],
-                         [limit, self.lease.lease_ms, prefix, modes])
+        transport = self.connection
+        acks, transport.pending_acks = transport.pending_acks[:_CHUNK], \
+            transport.pending_acks[_CHUNK:]
+        try:
+            flat = self._run("FETCH", [self.leases_key, self.leased_key, *lists],
+                             [limit, self.lease.lease_ms, prefix, modes,
+                              *(lease for _, lease in acks)])
+        except BaseException:
+            transport.pending_acks[:0] = acks
+            raise
         if self._expires:
             with self.conn_or_acquire() as client:
                 for queue in queues:
                     self._maybe_update_queues_expire(client, queue)
         fetched: list[tuple[str, str, dict[str, Any]]] = []
         unreadable: list[tuple[str, str]] = []
-        for i in range(0, len(flat), 3):
+        if int(flat[0]):
+            logger.debug("%d deferred acks dropped: their leases expired and the messages "
+                         "went back to their queues", int(flat[0]))
+        for i in range(1, len(flat), 3):
             queue, lease, raw = owners[int(flat[i]) - 1], bytes_to_str(flat[i + 1]), flat[i + 2]
             try:
                 payload = loads(bytes_to_str(raw))
@@ -365,13 +384,22 @@ class Channel(LeaseChannelMixin, kredis.Channel):
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()
         self.maintain_leases()  # drain_events users renew here too
-        if reply is None and self._peek_single:
-            raise Empty()
-        if not self.active_queues or not self.qos.can_consume():
-            raise Empty()
-        if self._fetch_and_deliver():
+        if (reply is not None or not self._peek_single) and self.active_queues \
+                and self.qos.can_consume() and self._fetch_and_deliver():
             return True
+        self.flush_acks()  # the loop's tick left them for this fetch (Transport._flush_acks)
         raise Empty()
+
+    def reply_waiting(self) -> bool:
+        """Whether the reply to our BLMOVE is there to read (in this loop iteration)."""
+        connection = self._in_poll
+        sock = getattr(connection, "_sock", None)
+        if sock is None:
+            return False
+        try:
+            return bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
 
     # -- leases ---------------------------------------------------------------------------
     def _settle(self, mode: str, held: Sequence[tuple[str, str]]) -> int:
@@ -388,6 +416,18 @@ class Channel(LeaseChannelMixin, kredis.Channel):
                     logger.debug("%s of delivery %s dropped: its lease %s expired and the "
                                  "message went back to its queue", mode, tag, lease)
         return done
+
+    def flush_acks(self) -> None:
+        """Send the transport's deferred acks (see ``LeaseQoSBase.ack``)."""
+        transport = self.connection
+        acks, transport.pending_acks = transport.pending_acks, []
+        if not acks:
+            return
+        try:
+            self._settle("ack", acks)
+        except BaseException:
+            transport.pending_acks[:0] = acks
+            raise
 
     def renew_leases(self) -> int:
         """Extend every lease this channel holds; returns how many are still held."""
@@ -446,6 +486,14 @@ class Channel(LeaseChannelMixin, kredis.Channel):
         # A pending BLMOVE holds no message: drop it instead of reading it (kombu reads its
         # BRPOP reply here, blocking for up to brpop_timeout).
         self._in_poll = None  # type: ignore[assignment]
+        if not self.closed and self.connection.pending_acks:
+            try:
+                self.flush_acks()
+            except Exception as exc:  # the leases run out and the messages come back
+                logger.warning("%d acks not sent before closing (%r): those messages come "
+                               "back after their lease", len(self.connection.pending_acks),
+                               exc)
+                self.connection.pending_acks.clear()
         super().close()
 
 
@@ -486,6 +534,8 @@ class Transport(kredis.Transport):
         self.lease = LeaseSettings.from_options(client.transport_options or {})
         self.scripts: dict[str, Any] = {}
         self.incoming: dict[str, str] = {}
+        self.pending_acks: list[tuple[str, str]] = []  # (delivery tag, lease id)
+        self.hub: Any = None  # the event loop, once registered: acks are deferred to its tick
         super().__init__(client, **kwargs)
         self.cycle = LeasePoller(self.lease.maintenance_tick)  # type: ignore[assignment]
 
@@ -499,3 +549,23 @@ class Transport(kredis.Transport):
         if cycle._lease_tref is not None:
             cycle._lease_tref.cancel()
         cycle._lease_tref = loop.call_repeatedly(cycle.tick, cycle.maintain)
+        self.hub = loop
+        loop.on_tick.add(self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        # Before the loop waits: whatever the fetches of this iteration did not carry, unless
+        # a BLMOVE reply is already waiting: then the fetch (or _brpop_read without one)
+        # sends them in this iteration.
+        if not self.pending_acks:
+            return
+        if any(channel.reply_waiting() for channel in self.channels if not channel.closed):
+            return
+        for channel in self.channels:
+            if channel.closed:
+                continue
+            try:
+                channel.flush_acks()
+            except tuple(self.channel_errors) as exc:  # kept, sent again next tick
+                logger.warning("sending %d acks failed (%r); retrying",
+                               len(self.pending_acks), exc)
+            return

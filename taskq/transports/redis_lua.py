@@ -50,14 +50,21 @@ local function redelivered(item)
 end
 """
 
-#: Pops up to ARGV[1] messages from the lists KEYS[3..], in that order, and leases each for
-#: ARGV[2] ms under the id ARGV[3] .. n; ARGV[4] has one letter per list, 'N' for a no-ack
+#: Acks the leases ARGV[5..] (deferred acks ride along with the next fetch: one round trip),
+#: then pops up to ARGV[1] messages from the lists KEYS[3..], in that order, and leases each
+#: for ARGV[2] ms under the id ARGV[3] .. n; ARGV[4] has one letter per list, 'N' for a no-ack
 #: consumer's list (popped without a lease). KEYS[1] leases, KEYS[2] leased.
-#: Returns a flat array: list number (1-based), lease id ('' without a lease), message.
+#: Returns a flat array: how many of the acked leases were gone, then per message its list
+#: number (1-based), its lease id ('' without a lease) and the message.
 FETCH = _NOW + """
+local gone = 0
+for i = 5, #ARGV do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 0 then gone = gone + 1 end
+  redis.call('HDEL', KEYS[2], ARGV[i], ARGV[i] .. ':q')
+end
 local limit = tonumber(ARGV[1])
 local deadline = now_ms() + tonumber(ARGV[2])
-local out, n = {}, 0
+local out, n = {gone}, 0
 for k = 3, #KEYS do
   if n >= limit then break end
   local items = redis.call('RPOP', KEYS[k], limit - n)

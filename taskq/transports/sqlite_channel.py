@@ -39,17 +39,12 @@ class LeaseQoS(LeaseQoSBase[int]):
     def _settle_held(self, requeue: bool, held: list[tuple[str, int]]) -> int:
         return int(self.channel.settle(requeue, held))
 
-    def ack(self, delivery_tag: str) -> None:
+    def _defer_ack(self, delivery_tag: str, lease: int) -> bool:
         transport = self.channel.connection
-        rowid = self.leases.pop(delivery_tag, None) if transport.defer_acks else None
-        if rowid is None:
-            super().ack(delivery_tag)
-            return
-        # On the event loop: deleted in the loop's next tick (before it waits again), in the
-        # transaction of the next fetch. A crash in between redelivers the message after its
-        # lease, as a crash just before the ack would.
-        transport.pending_acks.append((rowid, delivery_tag))
-        virtual.QoS.ack(self, delivery_tag)
+        if not transport.defer_acks:
+            return False
+        transport.pending_acks.append((lease, delivery_tag))  # in the next fetch's transaction
+        return True
 
     def forget(self, lease_ids: Iterable[str]) -> list[str]:
         return [tag for tag in lease_ids if self.leases.pop(tag, None) is not None]

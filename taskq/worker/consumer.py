@@ -22,6 +22,7 @@ from kombu.exceptions import OperationalError
 from taskq.errors import ConfigurationError
 from taskq.publish import broker_url
 from taskq.urls import safe_url
+from taskq.worker.acks import AmqpAcks
 
 if TYPE_CHECKING:
     from kombu import Connection, Message
@@ -89,6 +90,7 @@ class BrokerConsumer:
         self.connection: Connection | None = None
         self.qos: QoS | None = None
         self._consumer: KombuConsumer | None = None
+        self._acks: AmqpAcks | None = None  # AMQP: acks deferred to the loop's tick
         self._registration: Registration | None = None
         self._attempt = 0
         self._reconnect_entry: Any = None
@@ -157,6 +159,8 @@ class BrokerConsumer:
 
         self.qos = QoS(set_prefetch, self.prefetch)
         self.qos.update()
+        if conn.transport.driver_type == "amqp":
+            self._acks = AmqpAcks(channel)
         consumer.consume()
         self._consumer = consumer
         self.on_connected(conn)
@@ -170,6 +174,7 @@ class BrokerConsumer:
         self.loop.hub.propagate_errors = tuple(conn.connection_errors) + tuple(
             conn.channel_errors)
         self.loop.hub.on_tick.add(self._update_qos)
+        self.loop.hub.on_tick.add(self._flush_acks)
 
     def _schedule_reconnect(self, exc: BaseException) -> None:
         delay = RECONNECT_DELAYS[min(self._attempt, len(RECONNECT_DELAYS) - 1)]
@@ -211,9 +216,20 @@ class BrokerConsumer:
         self.on_lost(old_generation)
         self._schedule_reconnect(exc)
 
+    def _flush_acks(self) -> None:
+        if self._acks is not None and self._acks.pending:
+            try:
+                self._acks.flush()
+            except Exception as exc:
+                if not self.is_connection_error(exc):
+                    raise
+                self.on_connection_error(exc)
+
     def _teardown(self) -> None:
         self.generation += 1
         self.loop.hub.on_tick.discard(self._update_qos)
+        self.loop.hub.on_tick.discard(self._flush_acks)
+        self._acks = None  # unsent acks are lost with the connection: those messages come back
         if self._registration is not None:
             self.loop.release(self._registration)
             self._registration = None
@@ -227,6 +243,8 @@ class BrokerConsumer:
 
     # -- messages -----------------------------------------------------------------------------
     def _on_message(self, message: Message) -> None:
+        if self._acks is not None:
+            self._acks.delivered(message.delivery_tag)
         self.on_message(message)
 
     def _settle(self, request: Request, action: str, fn: Callable[[], Any]) -> bool:
@@ -248,16 +266,28 @@ class BrokerConsumer:
         return True
 
     def ack(self, request: Request) -> bool:
-        return self._settle(request, "ack", request.message.ack)
+        return self._settle(request, "ack", lambda: self._ack(request.message))
+
+    def _ack(self, message: Message) -> None:
+        if self._acks is None:
+            message.ack()
+            return
+        self._acks.ack(message.delivery_tag)  # sent in the loop's next tick
+        message._state = "ACK"
+
+    def _reject(self, message: Message, requeue: bool) -> None:
+        message.reject(requeue=requeue)
+        if self._acks is not None:
+            self._acks.settled(message.delivery_tag)
 
     def reject(self, request: Request, requeue: bool) -> bool:
         return self._settle(request, "requeue" if requeue else "reject",
-                            lambda: request.message.reject(requeue=requeue))
+                            lambda: self._reject(request.message, requeue))
 
     def reject_raw(self, message: Message) -> None:
         """Reject (drop) a message that never became a request (invalid, unknown task)."""
         try:
-            message.reject(requeue=False)
+            self._reject(message, False)
         except Exception as exc:
             if self.is_connection_error(exc):
                 self.on_connection_error(exc)
@@ -326,6 +356,12 @@ class BrokerConsumer:
             self._registration = None
         conn, self.connection = self.connection, None
         if conn is not None:
+            if self._acks is not None:
+                try:
+                    self._acks.flush()
+                except Exception as exc:  # the broker redelivers what was not acked
+                    logger.warning("sending the last acks failed: %r", exc)
+                self._acks = None
             if self._consumer is not None:
                 with contextlib.suppress(Exception):
                     self._consumer.cancel()

@@ -317,6 +317,9 @@ def test_a_renewing_consumer_keeps_its_message_through_three_leases(
     assert stolen.messages == [] and held.bodies == ["long task"]
 
     held.messages[0].ack()
+    if loop == "hub":  # on an event loop the ack goes in the loop's next tick
+        assert lease_count(redis_client, prefix) == 1
+        hub.run_once()
     assert lease_count(redis_client, prefix) == 0
     hub.close()
 
@@ -447,3 +450,50 @@ def test_lease_defaults_follow_the_lease_timeout() -> None:
         == (60.0, 20.0, 5.0)
     short = lease_redis.LeaseSettings.from_options({"lease_timeout": 3})
     assert (short.renew_interval, short.restore_interval) == (1.0, 0.5)
+
+
+# -- deferred acks on an event loop ---------------------------------------------------------
+def test_on_a_loop_acks_are_sent_together_with_the_next_fetch_or_tick_or_close(
+        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, list(range(9)))
+    conn = connect()
+    inbox = consume(conn, [queue], prefetch=3)
+    hub = Hub()
+    conn.register_with_event_loop(hub)
+    calls: list[str] = []
+    for channel in conn.transport.channels:
+        run = channel._run
+
+        def counting_run(name: str, keys: Any, args: Any, run: Any = run) -> Any:
+            calls.append(name)
+            return run(name, keys, args)
+
+        channel._run = counting_run  # type: ignore[method-assign]
+
+    def deliver(count: int) -> list[Any]:
+        deadline = time.monotonic() + 5
+        while len(inbox.messages) < count and time.monotonic() < deadline:
+            hub.run_once()
+        return inbox.messages[count - 3:count]
+
+    # Acked between ticks: one SETTLE for the three, in the loop's next tick.
+    for message in deliver(3):
+        message.ack()
+    assert lease_count(redis_client, prefix) == 3
+    calls.clear()
+    hub.run_once()
+    assert calls.count("SETTLE") == 1
+    assert lease_count(redis_client, prefix) == len(inbox.messages) - 3  # the next ones
+    # Acks pending when a fetch runs go in the fetch's script.
+    for message in deliver(6):
+        message.ack()
+    calls.clear()
+    assert conn.default_channel.basic_get(unique) is not None
+    assert calls == ["FETCH"] and lease_count(redis_client, prefix) == 1
+    # Closing sends what is still pending.
+    for message in deliver(8)[1:]:
+        message.ack()
+    conn.release()
+    assert lease_count(redis_client, prefix) == 1  # the basic_get delivery, never acked
+    hub.close()
