@@ -94,7 +94,8 @@ def test_a_run_of_acks_at_the_head_goes_as_one_frame_and_holes_are_kept(
     assert left_in_queue(amqp_url, queue) == [4]
 
 
-def test_behind_an_unacked_head_acks_go_one_by_one_and_none_is_lost(amqp_url: str, queue: Queue) -> None:
+def test_behind_an_unacked_head_acks_go_one_by_one_and_none_is_lost(
+        amqp_url: str, queue: Queue) -> None:
     fill(amqp_url, queue, 5)
     with Connection(amqp_url) as conn:
         messages = receive(conn, queue, 5)
