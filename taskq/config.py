@@ -256,6 +256,7 @@ class Config(Mapping[str, Any]):
         self._cli: dict[str, Any] = {}
         self._environ = os.environ if environ is None else environ
         self._env_cache: dict[str, Any] | None = None
+        self._resolved: dict[str, Any] = {}  # read on the worker's hot path: cleared on writes
 
     # -- writing ------------------------------------------------------------------------------
     def update(self, settings: Mapping[str, Any] | None = None, **more: Any) -> None:
@@ -263,10 +264,12 @@ class Config(Mapping[str, Any]):
         merged = {**(settings or {}), **more}
         checked = {name: validate(name, value) for name, value in merged.items()}
         self._code.update(checked)
+        self._resolved.clear()
 
     def override(self, settings: Mapping[str, Any]) -> None:
         """Set command-line values (level 4), which beat everything else."""
         self._cli.update({name: validate(name, value) for name, value in settings.items()})
+        self._resolved.clear()
 
     def overrides(self) -> dict[str, Any]:
         """A copy of the command-line level settings (to restore them later)."""
@@ -274,6 +277,7 @@ class Config(Mapping[str, Any]):
 
     def restore_overrides(self, saved: dict[str, Any]) -> None:
         self._cli = dict(saved)
+        self._resolved.clear()
 
     def from_object(self, obj: object | str) -> None:
         """Load the lowercase settings of a module, class or object (or a module path)."""
@@ -346,12 +350,20 @@ class Config(Mapping[str, Any]):
         return "code" if name in self._code else "default"
 
     def __getitem__(self, name: str) -> Any:
+        try:
+            return self._resolved[name]
+        except KeyError:
+            pass
         setting = lookup(name)
         for layer in (self._cli, self._env(), self._code):
             if name in layer:
-                return layer[name]
+                value = self._resolved[name] = layer[name]
+                return value
         default = setting.default
-        return type(default)(default) if isinstance(default, dict | list) else default
+        if isinstance(default, dict | list):
+            return type(default)(default)  # a fresh copy each time: callers may change it
+        self._resolved[name] = default
+        return default
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name not in SETTINGS:
