@@ -539,6 +539,16 @@ class Transport(kredis.Transport):
         super().__init__(client, **kwargs)
         self.cycle = LeasePoller(self.lease.maintenance_tick)  # type: ignore[assignment]
 
+    def _collect(self, connection: Any) -> None:
+        # kombu's Connection.collect (a lost connection, a fork): close without talking to
+        # Redis, which may be gone or black-holed; the deferred acks are dropped and those
+        # messages come back when their leases run out.
+        if self.pending_acks:
+            logger.debug("dropped %d deferred acks with the lost connection",
+                         len(self.pending_acks))
+            self.pending_acks.clear()
+        self.close_connection(connection)
+
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         super().register_with_event_loop(connection, loop)
         cycle = self.cycle

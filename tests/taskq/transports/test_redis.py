@@ -497,3 +497,27 @@ def test_on_a_loop_acks_are_sent_together_with_the_next_fetch_or_tick_or_close(
     conn.release()
     assert lease_count(redis_client, prefix) == 1  # the basic_get delivery, never acked
     hub.close()
+
+
+def test_collecting_a_lost_connection_sends_nothing_and_drops_the_deferred_acks(
+        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
+    # collect() is what the worker calls on a connection it lost: talking to a Redis that may
+    # be black-holed would block the loop, so the acks are left to the leases.
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, [1, 2])
+    conn = connect(lease_timeout=1, restore_interval=0.2)
+    inbox = consume(conn, [queue], prefetch=2)
+    hub = Hub()
+    conn.register_with_event_loop(hub)
+    deadline = time.monotonic() + 5
+    while len(inbox.messages) < 2 and time.monotonic() < deadline:
+        hub.run_once()
+    for message in inbox.messages:
+        message.ack()
+    conn.collect()
+    hub.close()
+    assert lease_count(redis_client, prefix) == 2
+    again = connect(lease_timeout=1, restore_interval=0.2)
+    redelivered = consume(again, [queue], prefetch=2)
+    assert drain_until([again], lambda: len(redelivered.messages) == 2, timeout=5)
+    assert all(m.delivery_info["redelivered"] for m in redelivered.messages)
