@@ -16,7 +16,7 @@ return them to the broker.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -126,6 +126,13 @@ class Pool(ABC):
     @abstractmethod
     def terminate(self) -> None:
         """Cold stop: kill what runs now."""
+
+    def withdraw(self, jobs: Collection[Job]) -> None:
+        """Take back jobs given to the pool that have not started (their broker connection is
+        lost and the broker delivers their messages again). Each comes back through
+        ``on_unstarted`` once it is sure not to run; one that starts meanwhile runs as usual.
+        A pool that starts every job as soon as it gets it has nothing to take back."""
+        return None
 
     def is_idle(self) -> bool:
         return not self.active()

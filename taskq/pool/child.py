@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from taskq import states
 from taskq.errors import SoftTimeLimitExceeded
 from taskq.pool.base import Job, JobResult, run_job
-from taskq.pool.ipc import read_frame, write_frames
+from taskq.pool.ipc import JobInbox, write_frames
 
 if TYPE_CHECKING:
     from taskq.app import TaskQ
@@ -164,11 +164,15 @@ def child_main(app: TaskQ, parent_pid: int, job_fd: int, event_fd: int, *,
         import taskq.trace  # noqa: F401
         write_frames(event_fd, ("ready", os.getpid()))
         done = 0
+        inbox = JobInbox(job_fd)
         while True:
-            frame = read_frame(job_fd)
+            frame = inbox.next()
             if frame is None:
                 break  # the parent closed our job pipe: finish cleanly
             _kind, seq, msg, delivery_info = frame
+            if inbox.cancelled(seq):
+                write_frames(event_fd, ("skipped", seq))
+                continue
             signal.pthread_sigmask(signal.SIG_BLOCK, _SOFT)
             write_frames(event_fd, ("started", seq))
             result = _run(app, Job(msg=msg, delivery_info=delivery_info), hostname)

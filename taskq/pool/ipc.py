@@ -3,7 +3,8 @@
 The parent never blocks: ``PendingWrites`` keeps the frames a non-blocking write could not
 take (each tagged with its job, so the parent knows which jobs a child cannot have read) and
 is flushed again when the pipe is writable; ``FrameReader`` reads until EAGAIN and hands out
-whole frames only. The child uses the blocking ``read_frame`` / ``write_frames``.
+whole frames only. The child reads its jobs through ``JobInbox`` and writes with the blocking
+``write_frames``.
 
 Pickle is safe here: both ends are the same program, the pipes are private to one parent and
 the child it forked, and what crosses them was already decoded from an accepted content type.
@@ -15,6 +16,7 @@ import collections
 import errno
 import os
 import pickle
+import select
 import struct
 from typing import Any
 
@@ -141,32 +143,67 @@ class FrameReader:
 
 # -- the child's side: blocking -----------------------------------------------------------------
 
-def read_frame(fd: int) -> Any | None:
-    """One whole frame, or None at EOF, also when EOF cuts a frame short (the parent closed
-    the pipe in the middle of writing a job: that job was never this child's to run)."""
-    header = _read_exact(fd, HEADER.size)
-    if header is None:
-        return None
-    (size,) = HEADER.unpack(header)
-    payload = _read_exact(fd, size)
-    if payload is None:
-        return None
-    return pickle.loads(payload)
+class JobInbox:
+    """The child's end of its job pipe: job frames in the order written, and the ``cancel``
+    frames that may follow them (jobs the parent takes back after a lost broker connection).
 
+    Before each job the child reads whatever else has arrived (without waiting), so a cancel
+    written after a job it has not started yet is seen in time.
+    """
 
-def _read_exact(fd: int, size: int) -> bytearray | None:
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
-        try:
-            n = os.readv(fd, [view[got:]])
-        except InterruptedError:
-            continue
-        if not n:
-            return None
-        got += n
-    return buf
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buf = bytearray()
+        self._jobs: collections.deque[Any] = collections.deque()
+        self._cancelled: set[int] = set()
+        self._eof = False
+
+    def _parse(self) -> None:
+        buf = self._buf
+        while len(buf) >= HEADER.size:
+            (size,) = HEADER.unpack_from(buf)
+            end = HEADER.size + size
+            if len(buf) < end:
+                return
+            frame = pickle.loads(memoryview(buf)[HEADER.size:end])
+            del buf[:end]
+            if frame[0] == "cancel":
+                self._cancelled.update(frame[1])
+            else:
+                self._jobs.append(frame)
+
+    def _read(self, wait: bool) -> None:
+        if self._eof:
+            return
+        if not wait and not select.select([self.fd], [], [], 0)[0]:
+            return
+        while True:
+            try:
+                chunk = os.read(self.fd, READ_CHUNK)
+            except InterruptedError:
+                continue
+            break
+        if not chunk:
+            self._eof = True  # a frame cut short by EOF was never this child's to run
+            return
+        self._buf += chunk
+        self._parse()
+
+    def next(self) -> Any | None:
+        """The next job frame (waiting for one), or None at EOF."""
+        while not self._jobs:
+            if self._eof:
+                return None
+            self._read(wait=True)
+        return self._jobs.popleft()
+
+    def cancelled(self, seq: int) -> bool:
+        """Whether the parent took job ``seq`` back (it must not run)."""
+        self._read(wait=False)
+        if seq in self._cancelled:
+            self._cancelled.discard(seq)
+            return True
+        return False
 
 
 def write_frames(fd: int, *objs: Any) -> None:

@@ -35,7 +35,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 from taskq.errors import ConfigurationError, TimeLimitExceeded, WorkerLostError
@@ -361,6 +361,19 @@ class PreforkPool(Pool):
         child.pending.append(seq, frame)
         self._flush(child)
 
+    def withdraw(self, jobs: Collection[Job]) -> None:
+        # A cancel frame after the jobs: the child reads ahead before each job it starts and
+        # answers ``skipped`` for those it will not run.
+        wanted = set(jobs)
+        for child in self.children.values():
+            if child.dead or child.broken or child.job_fd < 0:
+                continue  # its death (or exit) gives back what it holds
+            seqs = [seq for seq, job in child.queued if job in wanted]
+            if seqs:
+                child.pending.append(None, encode(("cancel", seqs)))
+                self.stats["withdrawn"] += len(seqs)
+                self._flush(child)
+
     def _flush(self, child: Child) -> None:
         try:
             empty = child.pending.write(child.job_fd)
@@ -427,6 +440,10 @@ class PreforkPool(Pool):
             child.tasks += 1
             result: JobResult = frame[2]
             self.on_done(job, result)
+        elif kind == "skipped":  # withdrawn before it started
+            job = self._take_queued(child, frame[1])
+            if job is not None:
+                self.on_unstarted(job)
         elif kind == "ready":
             child.ready = True
             self._early_deaths = 0

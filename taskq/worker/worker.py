@@ -339,9 +339,15 @@ class Worker:
         kept = [r for r in self.ready if r.generation != old_generation]
         dropped = len(self.ready) - len(kept)
         self.ready = collections.deque(kept)
-        if dropped:
-            logger.info("dropped %d reserved tasks of the lost connection; the broker "
-                        "redelivers them", dropped)
+        # Given to the pool but not started (queued in a child with -O fast, or written to
+        # one that has not begun): the broker redelivers them too, so they must not run here.
+        given = [job for job, r in self.dispatched.items()
+                 if r.generation == old_generation and job.started_at is None]
+        if given:
+            self.pool.withdraw(given)
+        if dropped or given:
+            logger.info("dropped %d reserved tasks of the lost connection and took %d back "
+                        "from the pool; the broker redelivers them", dropped, len(given))
 
     def on_message(self, message: Message) -> None:
         conf = self.app.conf

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskq.pool.ipc import FrameReader, PendingWrites, encode, read_frame, write_frames
+from taskq.pool.ipc import FrameReader, JobInbox, PendingWrites, encode, write_frames
 
 
 @pytest.fixture
@@ -116,21 +116,36 @@ def test_a_write_to_a_closed_pipe_raises(pipe):
 def test_blocking_reader_returns_none_at_eof_and_on_a_truncated_frame(pipe):
     r, w = pipe
     frame = encode({"job": 1})
-    os.write(w, encode("whole") + frame[:-3])
+    os.write(w, encode(("job", 1)) + frame[:-3])
     os.close(w)
-    assert read_frame(r) == "whole"
-    assert read_frame(r) is None  # cut short: the parent closed mid-job
+    inbox = JobInbox(r)
+    assert inbox.next() == ("job", 1)
+    assert inbox.next() is None  # cut short: the parent closed mid-job
 
 
 def test_blocking_reader_reads_big_frames(pipe):
     import threading
 
     r, w = pipe
-    big = "z" * (3 << 20)
-    writer = threading.Thread(target=write_frames, args=(w, big, "next"))
+    big = ("job", 1, "z" * (3 << 20))
+    writer = threading.Thread(target=write_frames, args=(w, big, ("job", 2)))
     writer.start()
-    assert read_frame(r) == big
-    assert read_frame(r) == "next"
+    inbox = JobInbox(r)
+    assert inbox.next() == big
+    assert inbox.next() == ("job", 2)
     writer.join()
     os.close(w)
-    assert read_frame(r) is None
+    assert inbox.next() is None
+
+
+def test_a_cancel_written_after_a_job_is_seen_before_the_job_runs(pipe):
+    r, w = pipe
+    write_frames(w, ("job", 1), ("job", 2), ("job", 3))
+    inbox = JobInbox(r)
+    assert inbox.next() == ("job", 1)
+    assert not inbox.cancelled(1)
+    write_frames(w, ("cancel", [2]))  # the parent takes job 2 back while job 1 runs
+    assert inbox.next() == ("job", 2)
+    assert inbox.cancelled(2)
+    assert inbox.next() == ("job", 3)
+    assert not inbox.cancelled(3)

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 import pytest
-from e2e_support import REDIS_URL, Broker, Ledger, StartWorker, WorkerProcess
+from e2e_support import REDIS_URL, Broker, Ledger, StartWorker, WorkerProcess, wait_until
 
 from taskq import states
 
@@ -129,6 +129,40 @@ def test_reserved_tasks_of_a_lost_connection_are_redelivered_and_run_once(
     assert [len(ledger.starts(r.id)) for r in reserved] == [1, 1, 1]
     assert running.get(timeout=10) == "slept"
     assert len(ledger.starts(running.id)) == 1
+
+
+@pytest.mark.parametrize("broker", ["amqp", "redis"], indirect=True)
+def test_jobs_queued_in_a_fast_child_are_taken_back_when_the_connection_is_lost(
+        broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
+    """-O fast: jobs already written to a busy child's pipe are reserved messages of the lost
+    connection like any other; the broker redelivers them, so the child must skip its copies
+    (found by kill-connections: they ran twice)."""
+    w = worker(broker, pool="prefork", concurrency=1, args=["-O", "fast"],
+               env={"TASKQ_WORKER_FAST_QUEUE_DEPTH": "3"})
+    client = broker.app()
+    running = client.send_task("appmod.sleeper", (1.5, str(ledger)))
+    ledger.wait_started(running.id)
+    queued = [client.send_task("appmod.stamp", (str(ledger),)) for _ in range(3)]
+    for r in queued:
+        w.wait_log(rf"received appmod\.stamp\[{r.id}\]")
+    offset = len(w.log())
+    assert _cut(broker, w) >= 1
+    w.wait_log(r"took 3 back from the pool", 10, after=offset)
+    for r in queued:
+        r.get(timeout=15)
+    if broker.kind == "redis":
+        # A copy run here would have left its lease unacked (its connection was gone); the
+        # message comes back when the lease ends (4 s in these tests) and runs again.
+        import redis
+
+        leases = redis.Redis.from_url(REDIS_URL)
+        try:
+            wait_until(lambda: leases.zcard(f"{broker.name}:taskq:leases") == 0, 15,
+                       "no lease left")
+        finally:
+            leases.close()
+    assert [len(ledger.starts(r.id)) for r in queued] == [1, 1, 1]
+    assert running.get(timeout=10) == "slept"
 
 
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
