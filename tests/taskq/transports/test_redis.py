@@ -477,13 +477,14 @@ def test_on_a_loop_acks_are_sent_together_with_the_next_fetch_or_tick_or_close(
             hub.run_once()
         return inbox.messages[count - 3:count]
 
-    # Acked between ticks: one SETTLE for the three, in the loop's next tick.
+    # Acked between ticks: one script for the three in the loop's next tick (a SETTLE, or the
+    # FETCH when the reply to the wait for messages is already there).
     for message in deliver(3):
         message.ack()
     assert lease_count(redis_client, prefix) == 3
     calls.clear()
     hub.run_once()
-    assert calls.count("SETTLE") == 1
+    assert calls in (["SETTLE"], ["SETTLE", "FETCH"], ["FETCH"])
     assert lease_count(redis_client, prefix) == len(inbox.messages) - 3  # the next ones
     # Acks pending when a fetch runs go in the fetch's script.
     for message in deliver(6):

@@ -140,7 +140,8 @@ def test_jobs_queued_in_a_fast_child_are_taken_back_when_the_connection_is_lost(
     w = worker(broker, pool="prefork", concurrency=1, args=["-O", "fast"],
                env={"TASKQ_WORKER_FAST_QUEUE_DEPTH": "3"})
     client = broker.app()
-    running = client.send_task("appmod.sleeper", (1.5, str(ledger)))
+    # Long enough for rabbitmqctl to close the connection on a loaded machine.
+    running = client.send_task("appmod.sleeper", (6.0, str(ledger)))
     ledger.wait_started(running.id)
     queued = [client.send_task("appmod.stamp", (str(ledger),)) for _ in range(3)]
     for r in queued:
@@ -149,7 +150,7 @@ def test_jobs_queued_in_a_fast_child_are_taken_back_when_the_connection_is_lost(
     assert _cut(broker, w) >= 1
     w.wait_log(r"took 3 back from the pool", 10, after=offset)
     for r in queued:
-        r.get(timeout=15)
+        r.get(timeout=20)
     if broker.kind == "redis":
         # A copy run here would have left its lease unacked (its connection was gone); the
         # message comes back when the lease ends (4 s in these tests) and runs again.
@@ -162,7 +163,7 @@ def test_jobs_queued_in_a_fast_child_are_taken_back_when_the_connection_is_lost(
         finally:
             leases.close()
     assert [len(ledger.starts(r.id)) for r in queued] == [1, 1, 1]
-    assert running.get(timeout=10) == "slept"
+    assert running.get(timeout=15) == "slept"
 
 
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
