@@ -7,6 +7,7 @@ does not stop the run of acks behind it from going as one frame.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -70,16 +71,24 @@ def left_in_queue(url: str, queue: Queue) -> list[int]:
     return sorted(bodies)
 
 
-def test_a_run_of_acks_at_the_head_goes_as_one_frame_and_holes_are_kept(
-        amqp_url: str, queue: Queue) -> None:
-    fill(amqp_url, queue, 8)
-    with Connection(amqp_url) as conn:
-        messages = receive(conn, queue, 8)
+@contextlib.contextmanager
+def delivered(url: str, queue: Queue, count: int
+              ) -> Iterator[tuple[list[Any], list[int], AmqpAcks, Recorder]]:
+    """``count`` messages delivered on a live channel, known to an ``AmqpAcks``."""
+    fill(url, queue, count)
+    with Connection(url) as conn:
+        messages = receive(conn, queue, count)
         recorder = Recorder(messages[0].channel)
         acks = AmqpAcks(recorder)
-        for m in messages:
-            acks.delivered(m.delivery_tag)
         tags = [m.delivery_tag for m in messages]
+        for tag in tags:
+            acks.delivered(tag)
+        yield messages, tags, acks, recorder
+
+
+def test_a_run_of_acks_at_the_head_goes_as_one_frame_and_holes_are_kept(
+        amqp_url: str, queue: Queue) -> None:
+    with delivered(amqp_url, queue, 8) as (messages, tags, acks, recorder):
         # 0-3 acked, 4 still running (acks_late), 5 acked, 6 rejected, 7 acked.
         for i in (0, 1, 2, 3, 5, 7):
             acks.ack(tags[i])
@@ -96,14 +105,7 @@ def test_a_run_of_acks_at_the_head_goes_as_one_frame_and_holes_are_kept(
 
 def test_behind_an_unacked_head_acks_go_one_by_one_and_none_is_lost(
         amqp_url: str, queue: Queue) -> None:
-    fill(amqp_url, queue, 5)
-    with Connection(amqp_url) as conn:
-        messages = receive(conn, queue, 5)
-        recorder = Recorder(messages[0].channel)
-        acks = AmqpAcks(recorder)
-        tags = [m.delivery_tag for m in messages]
-        for tag in tags:
-            acks.delivered(tag)
+    with delivered(amqp_url, queue, 5) as (_messages, tags, acks, recorder):
         for tag in tags[1:]:
             acks.ack(tag)
         assert acks.flush() == 4

@@ -68,6 +68,24 @@ def _cut(broker: Broker, w: WorkerProcess) -> int:
     return _kill_redis_clients(w) if broker.kind == "redis" else _close_amqp_connections(w)
 
 
+def _cut_and_see(broker: Broker, w: WorkerProcess, pattern: str) -> None:
+    """Cut the worker's broker connections; wait for ``pattern`` in its log after that."""
+    offset = len(w.log())
+    assert _cut(broker, w) >= 1
+    w.wait_log(pattern, 10, after=offset)
+
+
+def _three_behind_a_sleeper(w: WorkerProcess, client: Any, ledger: Ledger, seconds: float
+                            ) -> tuple[Any, list[Any]]:
+    """A running sleeper, and three stamp tasks the worker has received behind it."""
+    running = client.send_task("appmod.sleeper", (seconds, str(ledger)))
+    ledger.wait_started(running.id)
+    waiting = [client.send_task("appmod.stamp", (str(ledger),)) for _ in range(3)]
+    for r in waiting:
+        w.wait_log(rf"received appmod\.stamp\[{r.id}\]")
+    return running, waiting
+
+
 def test_worker_reconnects_within_5s_and_running_tasks_finish(
         broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
     """Given a running early-ack task and a running acks_late task, when the broker drops the
@@ -115,15 +133,8 @@ def test_reserved_tasks_of_a_lost_connection_are_redelivered_and_run_once(
     """Given tasks reserved behind a running one, when the connection is lost, then each of
     them comes back from the broker and runs exactly once."""
     w = worker(broker, pool="threads", concurrency=1)
-    client = broker.app()
-    running = client.send_task("appmod.sleeper", (1.0, str(ledger)))
-    ledger.wait_started(running.id)
-    reserved = [client.send_task("appmod.stamp", (str(ledger),)) for _ in range(3)]
-    for r in reserved:
-        w.wait_log(rf"received appmod\.stamp\[{r.id}\]")
-    offset = len(w.log())
-    assert _cut(broker, w) >= 1
-    w.wait_log(r"lost the broker connection", 10, after=offset)
+    running, reserved = _three_behind_a_sleeper(w, broker.app(), ledger, 1.0)
+    _cut_and_see(broker, w, r"lost the broker connection")
     for r in reserved:
         r.get(timeout=10)
     assert [len(ledger.starts(r.id)) for r in reserved] == [1, 1, 1]
@@ -139,16 +150,9 @@ def test_jobs_queued_in_a_fast_child_are_taken_back_when_the_connection_is_lost(
     (found by kill-connections: they ran twice)."""
     w = worker(broker, pool="prefork", concurrency=1, args=["-O", "fast"],
                env={"TASKQ_WORKER_FAST_QUEUE_DEPTH": "3"})
-    client = broker.app()
     # Long enough for rabbitmqctl to close the connection on a loaded machine.
-    running = client.send_task("appmod.sleeper", (6.0, str(ledger)))
-    ledger.wait_started(running.id)
-    queued = [client.send_task("appmod.stamp", (str(ledger),)) for _ in range(3)]
-    for r in queued:
-        w.wait_log(rf"received appmod\.stamp\[{r.id}\]")
-    offset = len(w.log())
-    assert _cut(broker, w) >= 1
-    w.wait_log(r"took 3 back from the pool", 10, after=offset)
+    running, queued = _three_behind_a_sleeper(w, broker.app(), ledger, 6.0)
+    _cut_and_see(broker, w, r"took 3 back from the pool")
     for r in queued:
         r.get(timeout=20)
     if broker.kind == "redis":
