@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from taskq.pool.base import Job, JobResult, Pool, run_job
@@ -29,7 +28,6 @@ class ThreadPool(Pool):
         self._busy: dict[int, Job] = {}   # thread ident -> job (written in the loop thread)
         self._queued = 0
         self._stopped = False
-        self._withdrawn: set[Job] = set()  # written in the loop thread, read by workers
         self._threads = [
             threading.Thread(target=self._work, name=f"taskq-pool-{n}", daemon=True)
             for n in range(self.concurrency)
@@ -50,9 +48,6 @@ class ThreadPool(Pool):
             job = self._jobs.get()
             if job is _STOP:
                 return
-            if job in self._withdrawn:
-                self._loop.post(self._skipped, job)
-                continue
             self._loop.post(self._started, job, ident)
             try:
                 result = run_job(self.app, job, self.hostname)
@@ -62,19 +57,10 @@ class ThreadPool(Pool):
             self._loop.post(self._done, job, ident, result)
 
     def _started(self, job: Job, ident: int) -> None:
-        self._withdrawn.discard(job)  # withdrawn too late: it runs
         self._queued -= 1
         self._busy[ident] = job
         job.pid = ident
         self.on_started(job, ident)
-
-    def withdraw(self, jobs: Collection[Job]) -> None:
-        self._withdrawn.update(jobs)  # a thread that took one already has started it
-
-    def _skipped(self, job: Job) -> None:
-        self._withdrawn.discard(job)
-        self._queued -= 1
-        self.on_unstarted(job)
 
     def _done(self, job: Job, ident: int, result: JobResult) -> None:
         self._busy.pop(ident, None)
