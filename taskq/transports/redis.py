@@ -47,10 +47,11 @@ Select it with ``Connection(url, transport=TRANSPORT)`` (taskq does for ``redis:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from queue import Empty
 from time import monotonic
@@ -267,16 +268,10 @@ class Channel(LeaseChannelMixin, kredis.Channel):
             modes = ("L" if leased else "N") * len(lists)
         self._batches += 1
         prefix = f"{self.consumer_id}:{self._batches:010d}:"
-        transport = self.connection
-        acks, transport.pending_acks = transport.pending_acks[:_CHUNK], \
-            transport.pending_acks[_CHUNK:]
-        try:
+        with self.connection.taking_acks(_CHUNK) as acks:
             flat = self._run("FETCH", [self.leases_key, self.leased_key, *lists],
                              [limit, self.lease.lease_ms, prefix, modes,
                               *(lease for _, lease in acks)])
-        except BaseException:
-            transport.pending_acks[:0] = acks
-            raise
         if self._expires:
             with self.conn_or_acquire() as client:
                 for queue in queues:
@@ -419,15 +414,9 @@ class Channel(LeaseChannelMixin, kredis.Channel):
 
     def flush_acks(self) -> None:
         """Send the transport's deferred acks (see ``LeaseQoSBase.ack``)."""
-        transport = self.connection
-        acks, transport.pending_acks = transport.pending_acks, []
-        if not acks:
-            return
-        try:
-            self._settle("ack", acks)
-        except BaseException:
-            transport.pending_acks[:0] = acks
-            raise
+        with self.connection.taking_acks() as acks:
+            if acks:
+                self._settle("ack", acks)
 
     def renew_leases(self) -> int:
         """Extend every lease this channel holds; returns how many are still held."""
@@ -539,6 +528,17 @@ class Transport(kredis.Transport):
         super().__init__(client, **kwargs)
         self.cycle = LeasePoller(self.lease.maintenance_tick)  # type: ignore[assignment]
 
+    @contextlib.contextmanager
+    def taking_acks(self, limit: int | None = None) -> Iterator[list[tuple[str, str]]]:
+        """The oldest deferred acks (up to ``limit``), put back if sending them fails."""
+        acks = self.pending_acks[:limit]
+        del self.pending_acks[:len(acks)]
+        try:
+            yield acks
+        except BaseException:
+            self.pending_acks[:0] = acks
+            raise
+
     def _collect(self, connection: Any) -> None:
         # kombu's Connection.collect (a lost connection, a fork): close without talking to
         # Redis, which may be gone or black-holed; the deferred acks are dropped and those
@@ -568,14 +568,11 @@ class Transport(kredis.Transport):
         # sends them in this iteration.
         if not self.pending_acks:
             return
-        if any(channel.reply_waiting() for channel in self.channels if not channel.closed):
+        channels = [channel for channel in self.channels if not channel.closed]
+        if not channels or any(channel.reply_waiting() for channel in channels):
             return
-        for channel in self.channels:
-            if channel.closed:
-                continue
-            try:
-                channel.flush_acks()
-            except tuple(self.channel_errors) as exc:  # kept, sent again next tick
-                logger.warning("sending %d acks failed (%r); retrying",
-                               len(self.pending_acks), exc)
-            return
+        try:
+            channels[0].flush_acks()
+        except tuple(self.channel_errors) as exc:  # kept, sent again next tick
+            logger.warning("sending %d acks failed (%r); retrying", len(self.pending_acks),
+                           exc)
