@@ -5,6 +5,13 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Deterministic in CI, and no wall-clock health checks: on a busy machine generating inputs
+# may be slow, which says nothing about the tasks under test.
+settings.register_profile("shop", derandomize=bool(os.environ.get("CI")), deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("shop")
 
 
 @pytest.fixture(scope="session")

@@ -65,6 +65,23 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str,
         time.sleep(interval)
 
 
+def wait_while_progressing(remaining: Callable[[], int], stall: float, what: str,
+                           interval: float = 0.5) -> None:
+    """Wait until ``remaining()`` is 0; fail only when it has not gone down for ``stall``
+    seconds. For long runs whose speed depends on the machine: a busy machine is slow, a
+    stuck worker makes no progress at all."""
+    best = remaining()
+    moved = time.monotonic()
+    while best:
+        time.sleep(interval)
+        now_left = remaining()
+        if now_left < best:
+            best, moved = now_left, time.monotonic()
+        elif time.monotonic() - moved >= stall:
+            raise AssertionError(f"no progress for {stall:g} s waiting for {what} "
+                                 f"({best} left)")
+
+
 # -- brokers ----------------------------------------------------------------------------------
 
 def _need(host: str, port: int, what: str) -> None:
