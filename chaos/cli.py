@@ -118,7 +118,7 @@ def _run(runner: Runner, *, linger: Callable[[], bool] | None = None) -> None:
             runner.stop()
 
 
-@click.group(name="chaos")
+@click.group(name="chaos", context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Fault injectors: kill and freeze processes, break connections through a proxy."""
 

@@ -17,7 +17,7 @@ from stress.errors import StressError
 __all__ = ["main"]
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Stress taskq under injected faults."""
 

@@ -77,7 +77,9 @@ def _setup_logging(level: str, logfile: str | None) -> None:
                                 case_sensitive=False))
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Pool size.")
 @click.option("-P", "--pool", type=click.Choice(["prefork", "solo", "threads"]))
-@click.option("-O", "optimization", type=click.Choice(["fair", "fast"]))
+@click.option("-O", "optimization", type=click.Choice(["fair", "fast"]),
+              help="Prefork scheduling: fair gives a job only to an idle child (default); "
+                   "fast lets each child queue a few jobs.")
 @click.option("-Q", "--queues", help="Comma-separated queues to consume from.")
 @click.option("-X", "--exclude-queues", help="Comma-separated queues not to consume from.")
 @click.option("-n", "--hostname", help="Node name, e.g. worker1@%h.")
