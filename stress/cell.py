@@ -71,6 +71,8 @@ class CellRun:
     worker_cmd: str | None = None
     progress: Progress | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    transport_options: dict[str, Any] = field(default_factory=dict)  # over the space's own
+    taskq_cmd: list[str] | None = None  # another taskq build's command (another checkout)
 
     def run(self) -> CellResult:
         started = time.monotonic()
@@ -81,6 +83,7 @@ class CellRun:
         private = self._private_broker(journal)
         space = make_space(self.cell["transport"], self.directory,
                            private.url if private is not None else self.broker_url)
+        space.transport_options.update(self.transport_options)
         proxy: FaultProxy | None = None
         worker: WorkerProc | None = None
         runners: list[Any] = []
@@ -205,9 +208,10 @@ class CellRun:
                 raise RunnerError(f"--worker-cmd: cannot fill in {exc}; placeholders: "
                                   f"{', '.join('{' + k + '}' for k in values)}") from None
         else:
-            argv = [*taskq_command(), "worker", "-A", "stress.harness", "-P", "prefork",
-                    "-c", str(cell["concurrency"]), "-O", cell["pool"], "-Q", space.queue,
-                    "-n", node, "--without-mingle", "--without-gossip", "-l", "info"]
+            argv = [*(self.taskq_cmd or taskq_command()), "worker", "-A", "stress.harness",
+                    "-P", "prefork", "-c", str(cell["concurrency"]), "-O", cell["pool"],
+                    "-Q", space.queue, "-n", node, "--without-mingle", "--without-gossip",
+                    "-l", "info"]
             if cell["max_tasks_per_child"]:
                 argv += ["--max-tasks-per-child", str(cell["max_tasks_per_child"])]
             argv += self.suite.worker_args
@@ -234,7 +238,7 @@ class CellRun:
 
     def _settled_health(self, worker: WorkerProc, timeout: float = 10.0) -> Health | None:
         """The pool once it is back to its size (or what it is after ``timeout``)."""
-        want = self.cell["concurrency"] if self.worker_cmd is None else None
+        want = self.cell.children if self.worker_cmd is None else None
         deadline = time.monotonic() + timeout
         health = worker.health()
         while want is not None and time.monotonic() < deadline:

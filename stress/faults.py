@@ -8,7 +8,10 @@ Kinds (each with a ``schedule`` in chaos's syntax, e.g. ``"poisson {kill_rate}/s
 - ``cut-connections``: close every broker connection through the fault proxy;
 - ``blackhole``: the proxy accepts but forwards nothing for ``duration`` seconds;
 - ``restart-broker``: a clean restart of the cell's private ``redis-server`` (the shared
-  brokers are never restarted), its data kept (AOF, fsync always).
+  brokers are never restarted), its data kept (AOF, fsync always);
+- ``freeze-children``: SIGSTOP a random pool child, SIGCONT it ``duration`` seconds later;
+- ``reset-connections``: RST every broker connection through the fault proxy;
+- ``latency``: the proxy delays every chunk by ``ms`` milliseconds for ``duration`` seconds.
 
 The targets follow the worker across restarts: they ask the cell for the current main pid.
 """
@@ -26,9 +29,11 @@ from chaos import (
     ChaosError,
     CutConnections,
     FaultProxy,
+    Freeze,
     Injector,
     Journal,
     Kill,
+    Latency,
     ProcessRef,
     Runner,
     TimedFault,
@@ -40,8 +45,8 @@ from stress.errors import ScenarioError
 __all__ = ["KINDS", "NEEDS_PRIVATE_BROKER", "NEEDS_PROXY", "RESTARTS_WORKER", "build_runners"]
 
 KINDS = ("kill-children", "kill-main", "terminate-worker", "cut-connections", "blackhole",
-         "restart-broker")
-NEEDS_PROXY = {"cut-connections", "blackhole"}
+         "restart-broker", "freeze-children", "reset-connections", "latency")
+NEEDS_PROXY = {"cut-connections", "blackhole", "reset-connections", "latency"}
 NEEDS_PRIVATE_BROKER = {"restart-broker"}
 RESTARTS_WORKER = {"kill-main", "terminate-worker"}
 
@@ -101,6 +106,9 @@ def build_runners(faults: list[dict[str, Any]], cell: Mapping[str, Any], *, seed
             injector = Kill(targets, signal=signal.SIGTERM if kind == "terminate-worker" else sig,
                             seed=seed + n, journal=journal,
                             kind="kill-child" if kind == "kill-children" else kind)
+        elif kind == "freeze-children":
+            injector = Freeze(WorkerProcesses(main_pid), duration=float(fault.get("duration", 2.0)),
+                              seed=seed + n, journal=journal)
         elif kind in NEEDS_PRIVATE_BROKER:
             if broker is None:
                 raise ScenarioError(f"fault {kind!r} needs the cell's private broker")
@@ -108,8 +116,12 @@ def build_runners(faults: list[dict[str, Any]], cell: Mapping[str, Any], *, seed
         elif kind in NEEDS_PROXY:
             if proxy is None:
                 raise ScenarioError(f"fault {kind!r} needs the fault proxy")
-            if kind == "cut-connections":
-                injector = CutConnections(proxy, journal=journal)
+            if kind in ("cut-connections", "reset-connections"):
+                injector = CutConnections(proxy, reset=kind == "reset-connections",
+                                          journal=journal)
+            elif kind == "latency":
+                injector = TimedFault(proxy, Latency(float(fault.get("ms", 200.0))),
+                                      journal=journal, duration=float(fault.get("duration", 3.0)))
             else:
                 injector = TimedFault(proxy, Blackhole(), journal=journal,
                                       duration=float(fault.get("duration", 3.0)))

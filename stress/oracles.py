@@ -348,7 +348,7 @@ def pool_health(ev: Evidence) -> Verdict:
     if ev.health is None:
         problems.append("the worker was not running at the end")
     else:
-        want = ev.cell["concurrency"]
+        want = ev.cell.children
         figures.update(children=ev.health.children, zombies=ev.health.zombies,
                        fds=ev.health.fds, rss_mib=round(ev.health.rss_kib / 1024, 1))
         if ev.health.children != want:

@@ -67,7 +67,18 @@ class Cell:
 
     @property
     def id(self) -> str:
-        return ",".join(f"{k}={_show(self.params[k])}" for k in AXES if k in self.params)
+        """The matrix axes in their order, then any other parameter (an explored case's
+        pool type, lease, ...) by name."""
+        known = [f"{k}={_show(self.params[k])}" for k in AXES if k in self.params]
+        extra = [f"{k}={_show(self.params[k])}" for k in sorted(self.params) if k not in AXES]
+        return ",".join(known + extra)
+
+    @property
+    def children(self) -> int:
+        """The pool children a healthy worker has: none for the solo and threads pools."""
+        if self.params.get("pool_type", "prefork") != "prefork":
+            return 0
+        return int(self.params["concurrency"])
 
     def __getitem__(self, key: str) -> Any:
         return self.params[key]
