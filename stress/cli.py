@@ -45,7 +45,10 @@ def list_suites() -> None:
 
 
 @main.command()
-@click.option("--suite", "suite_name", required=True, help="A suite name (taskq-stress list) "
+@click.option("--corpus", "corpus", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Replay the cases saved by explore (a folder such as stress-corpus/, or one "
+                   "file) as a regression suite, instead of --suite.")
+@click.option("--suite", "suite_name", default=None, help="A suite name (taskq-stress list) "
               "or a path to a suite TOML file.")
 @click.option("-A", "--app", default=None, help="Your app (module or module:attr): its tasks "
               "are named in the suite's [workload] table.")
@@ -73,7 +76,8 @@ def list_suites() -> None:
               default=None)
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None)
-def run(suite_name: str, app: str | None, workload_file: Path | None,
+def run(corpus: Path | None, suite_name: str | None, app: str | None,
+        workload_file: Path | None,
         matrix_file: Path | None, cell_text: str | None, duration: float | None,
         max_time: float | None, seed: int | None,
         broker_url: str | None, worker_cmd: str | None, report_dir: Path | None,
@@ -93,6 +97,12 @@ def run(suite_name: str, app: str | None, workload_file: Path | None,
         restrict,
     )
 
+    if corpus is not None:
+        _run_corpus(corpus, broker_url, worker_cmd, app, report_dir, json_path, junit_path)
+    if suite_name is None:
+        _fail(StressError("name a suite (--suite NAME; taskq-stress list) or a corpus "
+                          "(--corpus DIR)"))
+    assert suite_name is not None
     try:
         suite = load_suite(suite_name)
         if workload_file is None and app and not suite.app_tasks:
@@ -118,6 +128,85 @@ def run(suite_name: str, app: str | None, workload_file: Path | None,
                              workload_file=workload_file, report_dir=report_dir,
                              json_path=json_path, junit_path=junit_path)
         code, _ = run_suite(suite, cells, options)
+    except StressError as exc:
+        _fail(exc)
+    sys.exit(code)
+
+
+def _run_corpus(corpus: Path, broker_url: str | None, worker_cmd: str | None, app: str | None,
+                report_dir: Path | None, json_path: Path | None, junit_path: Path | None) -> None:
+    from stress.explorer import ExploreOptions, run_corpus
+
+    try:
+        options = ExploreOptions(brokers=[broker_url] if broker_url else [],
+                                 worker_cmd=worker_cmd, app=app, report_dir=report_dir,
+                                 json_path=json_path, junit_path=junit_path)
+        code = run_corpus(corpus, options)
+    except StressError as exc:
+        _fail(exc)
+    sys.exit(code)
+
+
+def _seconds(text: str) -> float:
+    """``20m``, ``90s``, ``1h`` or plain seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: a duration such as 20m, 90s or 1h") from None
+
+
+@main.command()
+@click.option("--budget", default="20m", show_default=True,
+              help="How long to search (20m, 600s, 1h); shrinking a failure comes on top.")
+@click.option("--shrink-budget", default="15m", show_default=True,
+              help="How long shrinking a failure may take; the smallest failure so far is "
+                   "saved when it runs out.")
+@click.option("--seed", type=int, default=None, help="Seed (printed when not given).")
+@click.option("--broker", "brokers", multiple=True,
+              help="Brokers to search on (repeat; one per transport). Default: the local "
+                   "Redis and RabbitMQ and the embedded SQLite broker.")
+@click.option("--worker-cmd", default=None,
+              help="Another worker: a taskq executable (another checkout's, e.g. "
+                   "/path/.venv/bin/taskq; the runner adds every flag), or a full command line "
+                   "with {queue} {concurrency} {pool} {broker} {node} {max_tasks_per_child} "
+                   "{acks_late} placeholders (a Celery worker; fewer axes vary).")
+@click.option("-A", "--app", default=None, help="Your app (module or module:attr).")
+@click.option("--runs-per-candidate", type=click.IntRange(min=2), default=3,
+              show_default=True, help="Runs of each shrink candidate; 2 must fail.")
+@click.option("--corpus-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("stress-corpus"), show_default=True,
+              help="Where the shrunk case is saved (and whose cases weigh in the search).")
+@click.option("--corner-weight", type=click.FloatRange(0, 1), default=0.4, show_default=True,
+              help="Share of cases drawn from the corners that broke before.")
+@click.option("--max-cases", type=click.IntRange(min=1), default=None,
+              help="Stop after this many cases even with budget left.")
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None)
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None)
+def explore(budget: str, shrink_budget: str, seed: int | None, brokers: tuple[str, ...],
+            worker_cmd: str | None, app: str | None, runs_per_candidate: int,
+            corpus_dir: Path, corner_weight: float, max_cases: int | None,
+            report_dir: Path | None, json_path: Path | None, junit_path: Path | None) -> None:
+    """Search for failing cases: random configurations, task mixes and fault schedules, each
+    run as a cell; a failure is shrunk to a minimal case, saved under --corpus-dir and printed
+    with the command that replays it. Exit code: 0 nothing found, 1 found, 2 could not run."""
+    from stress.explorer import ExploreOptions
+    from stress.explorer import explore as search
+
+    try:
+        options = ExploreOptions(
+            budget=_seconds(budget), shrink_budget=_seconds(shrink_budget), seed=seed,
+            brokers=list(brokers), worker_cmd=worker_cmd, app=app,
+            runs_per_candidate=runs_per_candidate, corpus_dir=corpus_dir,
+            corner_weight=corner_weight, max_cases=max_cases, report_dir=report_dir,
+            json_path=json_path, junit_path=junit_path)
+        code = search(options)
     except StressError as exc:
         _fail(exc)
     sys.exit(code)

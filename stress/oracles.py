@@ -20,6 +20,7 @@ fails a cell whose faults did not hit running tasks).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import statistics
 from collections.abc import Iterable, Sequence
@@ -407,9 +408,144 @@ def judge(ev: Evidence) -> tuple[list[Verdict], dict[str, Any]]:
                 pool_health(ev)]
     if "max_short_wait" in ev.suite.oracles:
         verdicts.append(head_of_line(ev))
+    verdicts = explore_verdicts(ev, verdicts)
     figures: dict[str, Any] = {"publish_errors": ev.publish_errors}
     child_kills = _ok(ev.faults, {"kill-child"})
     if child_kills:
         span = max(r.mono for r in child_kills) - min(r.mono for r in child_kills)
         figures["kills_per_s"] = round(len(child_kills) / span, 1) if span > 0 else None
     return verdicts, figures
+
+
+# -- explore's oracles (each on when the suite's [oracles] names its bound) ----------------------
+
+def _observed_until(ev: Evidence) -> float:
+    times = [r.mono for r in ev.faults]
+    for h in ev.book.published():
+        times += [e.mono for e in (*h.starts, *h.finishes, *h.losses)]
+        if h.published is not None:
+            times.append(h.published)
+    end = max(times, default=0.0)
+    return end + (ev.stall_bound if ev.deadlock else 0.0)
+
+
+def _fault_windows(ev: Evidence, grace: float) -> list[tuple[float, float]]:
+    """From each fault until ``grace`` after it (after its end, for faults that stay on)."""
+    windows = []
+    for r in ev.faults:
+        if r.outcome != "ok" or r.kind.endswith("-off") or r.kind == "thaw":
+            continue
+        on = float(r.params.get("duration", 0.0) or 0.0) if isinstance(r.params, dict) else 0.0
+        windows.append((r.mono, r.mono + on + grace))
+    return windows
+
+
+def pool_capacity(ev: Evidence) -> Verdict:
+    """Tasks wait while a child is idle for longer than ``pool_capacity_after`` seconds, away
+    from faults: the pool lost capacity (issue 13 #1: a child that is never given work again
+    after a lost connection, with max-tasks-per-child)."""
+    bound = float(ev.suite.oracles["pool_capacity_after"])
+    capacity = int(ev.suite.oracles.get("capacity", ev.cell["concurrency"]))
+    grace = float(ev.suite.oracles.get("fault_grace", bound))
+    until = _observed_until(ev)
+    changes: list[tuple[float, int, int]] = []  # (time, waiting delta, running delta)
+    for h in ev.book.published():
+        if h.published is None:
+            continue
+        first = h.starts[0].mono if h.starts else until
+        changes += [(h.published, 1, 0), (first, -1, 0)]
+        for s in h.starts:
+            end = _run_end(h, s)
+            changes += [(s.mono, 0, 1), (end if end is not None else until, 0, -1)]
+    changes.sort()
+    windows = _fault_windows(ev, grace)
+    waiting = running = 0
+    stall_from: float | None = None
+    longest, worst_at = 0.0, 0.0
+    for n, (at, dw, dr) in enumerate(changes):
+        waiting += dw
+        running += dr
+        if n + 1 < len(changes) and changes[n + 1][0] == at:
+            continue  # judge the state once every change at this instant is in
+        quiet = not any(lo <= at <= hi for lo, hi in windows)
+        stalled = waiting > 0 and running < capacity and quiet
+        if stalled and stall_from is None:
+            stall_from = at
+        elif not stalled and stall_from is not None:
+            if at - stall_from > longest:
+                longest, worst_at = at - stall_from, stall_from
+            stall_from = None
+    if stall_from is not None and until - stall_from > longest:
+        longest, worst_at = until - stall_from, stall_from
+    start = min((h.published for h in ev.book.published() if h.published is not None),
+                default=0.0)
+    figures = {"longest_idle_wait_s": round(longest, 2), "capacity": capacity,
+               "bound_s": bound, "at_s": round(worst_at - start, 2) if longest else None}
+    if longest > bound:
+        return Verdict("pool-capacity", False, f"tasks waited {longest:.1f}s while the pool "
+                       f"ran fewer than {capacity} (from +{worst_at - start:.1f}s, away from "
+                       "any fault): the pool lost capacity", figures)
+    return Verdict("pool-capacity", True, f"no task waited over {bound:g}s while a child was "
+                   "idle", figures)
+
+
+_LAG = "event loop lagged "
+
+
+def loop_lag(ev: Evidence) -> Verdict:
+    """The worker's own loop-lag measure (its ``event loop lagged N s`` warnings) stays under
+    ``max_loop_lag`` seconds."""
+    bound = float(ev.suite.oracles["max_loop_lag"])
+    lags: list[float] = []
+    for log in sorted(ev.directory.glob("worker-*.log")):
+        try:
+            text = log.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            at = line.find(_LAG)
+            if at >= 0:
+                with contextlib.suppress(ValueError, IndexError):
+                    lags.append(float(line[at + len(_LAG):].split()[0]))
+    worst = max(lags, default=0.0)
+    figures = {"lag_warnings": len(lags), "max_lag_s": round(worst, 3), "bound_s": bound}
+    if worst > bound:
+        return Verdict("loop-lag", False, f"the worker's loop lagged {worst:.2f}s (bound "
+                       f"{bound:g}s; {len(lags)} warning(s) in its log)", figures)
+    return Verdict("loop-lag", True, f"loop lag under {bound:g}s", figures)
+
+
+def resources_settle(ev: Evidence) -> Verdict:
+    """After the run, the worker's child count is back to its start value and its open fds
+    within ``settle_fds`` of theirs (a worker restarted by a fault is judged on children)."""
+    tolerance = int(ev.suite.oracles["settle_fds"])
+    figures: dict[str, Any] = {}
+    if not ev.is_taskq or ev.baseline is None or ev.health is None:
+        return Verdict("settle", True, "nothing to compare (no start or end snapshot)", figures)
+    figures.update(children_start=ev.baseline.children, children_end=ev.health.children,
+                   fds_start=ev.baseline.fds, fds_end=ev.health.fds)
+    problems = []
+    if ev.health.children != ev.baseline.children:
+        problems.append(f"{ev.health.children} children at the end, {ev.baseline.children} "
+                        "at the start")
+    if ev.health.pid == ev.baseline.pid and abs(ev.health.fds - ev.baseline.fds) > tolerance:
+        problems.append(f"{ev.health.fds} open fds at the end, {ev.baseline.fds} at the start")
+    if problems:
+        return Verdict("settle", False, "; ".join(problems), figures)
+    return Verdict("settle", True, "children and fds back to their start values", figures)
+
+
+def explore_verdicts(ev: Evidence, verdicts: list[Verdict]) -> list[Verdict]:
+    """The verdicts with explore's oracles added (when the suite names their bounds), and
+    ``not-vacuous`` reported without failing when the suite says ``vacuity = "report"``."""
+    oracles = ev.suite.oracles
+    if oracles.get("vacuity") == "report":
+        verdicts = [Verdict(v.oracle, True, f"not judged here: {v.message}", v.figures)
+                    if v.oracle == "not-vacuous" else v for v in verdicts]
+    if "pool_capacity_after" in oracles:
+        verdicts.append(pool_capacity(ev))
+    if "max_loop_lag" in oracles:
+        verdicts.append(loop_lag(ev))
+    if "settle_fds" in oracles:
+        verdicts.append(resources_settle(ev))
+    return verdicts

@@ -1,0 +1,377 @@
+"""``taskq-stress explore`` and ``run --corpus``: run drawn cases as cells, shrink a failure,
+save it to the corpus, report coverage.
+
+Each case runs through :class:`stress.cell.CellRun`, the runner ``taskq-stress run`` uses:
+the same worker process, ledger, fault journal and oracles (plus explore's own, see
+:func:`stress.oracles.explore_verdicts`). A case fails when an oracle fails; a case that could
+not be run (a broker down, a worker that does not start) is an error, and three errors in a
+row end the search with exit code 2.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import shlex
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from stress.cell import CellResult, CellRun
+from stress.corpus import load_corpus, save
+from stress.errors import ScenarioError, StressError
+from stress.explore import CORNERS, SPACE, Case, Corner, Generator, smaller
+from stress.shrink import reproduces, shrink
+from stress.spaces import DEFAULT_URLS, transport_of
+
+__all__ = ["ExploreOptions", "explore", "run_corpus"]
+
+MAX_ERRORS_IN_A_ROW = 3
+# A worker that is not taskq (a --worker-cmd with {placeholders}) is started from its own
+# command line: only the axes that command carries vary.
+FOREIGN_WORKER_AXES: dict[str, list[Any]] = {
+    "pool_type": ["prefork"], "prefetch": [4], "max_memory_per_child": [0], "time_limit": [0]}
+
+
+@dataclass
+class ExploreOptions:
+    budget: float = 1200.0
+    seed: int | None = None
+    brokers: Sequence[str] = ()
+    worker_cmd: str | None = None
+    app: str | None = None
+    runs_per_candidate: int = 3
+    corpus_dir: Path = Path("stress-corpus")
+    report_dir: Path | None = None
+    json_path: Path | None = None
+    junit_path: Path | None = None
+    shrink_budget: float = 900.0
+    corner_weight: float = 0.4
+    max_cases: int | None = None
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+
+    def __post_init__(self) -> None:
+        self.urls: dict[str, str | None] = {}
+        for url in self.brokers:
+            self.urls[transport_of(url)] = url
+        if not self.urls:
+            self.urls = {"redis": DEFAULT_URLS["redis"], "amqp": DEFAULT_URLS["amqp"],
+                         "sqlite": None}
+
+    @property
+    def foreign(self) -> bool:
+        return bool(self.worker_cmd and "{" in self.worker_cmd)
+
+    def restrict(self) -> dict[str, list[Any]]:
+        restrict: dict[str, list[Any]] = {"transport": list(self.urls)}
+        if self.foreign:
+            restrict.update(FOREIGN_WORKER_AXES)
+        return restrict
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def replay_command(self, path: Path) -> str:
+        argv = ["taskq-stress", "run", "--corpus", str(path)]
+        for url in self.brokers:
+            argv += ["--broker", url]
+        if self.worker_cmd:
+            argv += ["--worker-cmd", self.worker_cmd]
+        if self.app:
+            argv += ["-A", self.app]
+        return shlex.join(argv)
+
+
+def run_case(case: Case, directory: Path, options: ExploreOptions) -> CellResult:
+    """One case as one cell, through the runner ``taskq-stress run`` uses."""
+    suite = case.suite()
+    transport = case.config["transport"]
+    started = time.monotonic()
+    run = CellRun(suite, case.cell(), case.seed, directory, case.duration, suite.max_time,
+                  broker_url=options.urls.get(transport), app=options.app,
+                  worker_cmd=options.worker_cmd if options.foreign else None,
+                  taskq_cmd=shlex.split(options.worker_cmd)
+                  if options.worker_cmd and not options.foreign else None,
+                  transport_options=case.transport_options())
+    try:
+        return run.run()
+    except StressError as exc:
+        return CellResult(case.cell(), case.seed, [], {}, directory,
+                          time.monotonic() - started, "", error=str(exc))
+
+
+def outcome(result: CellResult) -> bool | None:
+    """True: an oracle failed; False: passed; None: the case could not be run."""
+    return None if result.error else not result.passed
+
+
+def failed_oracles(result: CellResult) -> list[str]:
+    return [v.oracle for v in result.verdicts if not v.passed]
+
+
+class Coverage:
+    """Cases tried per axis value, fault kind and task kind."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, Counter[str]] = {name: Counter() for name in SPACE}
+        self.counts["faults"] = Counter()
+        self.counts["tasks"] = Counter()
+        self.counts["origin"] = Counter()
+
+    def add(self, case: Case) -> None:
+        for name in SPACE:
+            self.counts[name][str(case.config[name])] += 1
+        self.counts["faults"].update({f.kind for f in case.faults} or {"none"})
+        self.counts["tasks"].update(list(case.workload))
+        self.counts["origin"][case.origin] += 1
+
+    def table(self) -> str:
+        lines = ["coverage (cases tried per value):"]
+        for name, counts in self.counts.items():
+            values = list(SPACE[name].values) if name in SPACE else sorted(counts)
+            cells = [f"{v}={counts.get(str(v), 0)}" for v in values]
+            cells += [f"{v}={n}" for v, n in counts.items()
+                      if v not in {str(x) for x in values}]
+            lines.append(f"  {name:20} " + "  ".join(cells))
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, dict[str, int]]:
+        return {name: dict(counts) for name, counts in self.counts.items()}
+
+
+def _corpus_corners(directory: Path) -> list[Corner]:
+    """Each saved case's axes off their defaults and its fault kinds, as a corner."""
+    corners = []
+    if directory.is_dir():
+        for path, case in load_corpus(directory):
+            off = {k: (v,) for k, v in case.config.items() if v != SPACE[k].default}
+            off.setdefault("transport", (case.config["transport"],))
+            corners.append(Corner(f"corpus:{path.stem}", off,
+                                  tuple(sorted({f.kind for f in case.faults}))))
+    return corners
+
+
+def _result_json(result: CellResult, case: Case | None, role: str) -> dict[str, Any]:
+    return {
+        "role": role, "case": case.name if case else None,
+        "describe": case.describe() if case else None,
+        "cell": result.cell.id, "params": dict(result.cell.params), "seed": result.seed,
+        "passed": result.passed, "error": result.error, "seconds": round(result.seconds, 2),
+        "directory": str(result.directory), "worker_command": result.worker_command,
+        "figures": result.figures,
+        "verdicts": [{"oracle": v.oracle, "passed": v.passed, "message": v.message,
+                      "figures": v.figures} for v in result.verdicts],
+    }
+
+
+def _write_junit(path: Path, name: str, rows: Sequence[tuple[Case, CellResult, str]]) -> None:
+    cases, failures, errors = [], 0, 0
+    for case, result, replay in rows:
+        classname = f"{name}.{case.name}"
+        if result.error:
+            errors += 1
+            element = ET.Element("testcase", classname=classname, name="run",
+                                 time=f"{result.seconds:.2f}")
+            ET.SubElement(element, "error", message=result.error.splitlines()[0][:200]).text = (
+                f"{result.error}\ncase: {case.describe()}")
+            cases.append(element)
+            continue
+        for v in result.verdicts:
+            element = ET.Element("testcase", classname=classname, name=v.oracle,
+                                 time=f"{result.seconds / max(1, len(result.verdicts)):.2f}")
+            if not v.passed:
+                failures += 1
+                ET.SubElement(element, "failure", message=v.message[:200]).text = (
+                    f"{v.message}\ncase: {case.describe()}\nreplay: {replay}\n"
+                    f"artifacts: {result.directory}")
+            cases.append(element)
+    root = ET.Element("testsuite", name=f"taskq-stress.{name}", tests=str(len(cases)),
+                      failures=str(failures), errors=str(errors))
+    root.extend(cases)
+    ET.indent(root)
+    path.write_bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
+
+
+def _report_dir(options: ExploreOptions, what: str) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    directory = options.report_dir or Path("stress-reports") / f"{what}-{stamp}"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic) -> int:
+    """Draw and run cases until the budget is spent or one fails; shrink it, save it.
+
+    Exit code: 0 nothing found, 1 a case failed (shrunk and saved), 2 cases could not run."""
+    seed = options.seed if options.seed is not None else random.SystemRandom().randrange(2**31)
+    report_dir = _report_dir(options, "explore")
+    restrict = options.restrict()
+    corners = [*CORNERS, *_corpus_corners(options.corpus_dir)]
+    gen = Generator(seed, corner_weight=options.corner_weight, corners=corners,
+                    restrict=restrict)
+    coverage = Coverage()
+    began = clock()
+    options.say(f"taskq-stress explore: seed {seed}, budget {options.budget:g}s, transports "
+                f"{', '.join(options.urls)}, {len(gen.corners)} corners, reports in "
+                f"{report_dir}")
+    rows: list[tuple[Case, CellResult, str]] = []
+    log: list[dict[str, Any]] = []
+    found: tuple[Case, CellResult] | None = None
+    errors_in_a_row = 0
+    code = 0
+    n = 0
+    while clock() - began < options.budget and (options.max_cases is None
+                                                  or n < options.max_cases):
+        n += 1
+        case = gen.draw()
+        coverage.add(case)
+        result = run_case(case, report_dir / f"case-{n:03d}", options)
+        mark = {None: "ERROR", True: "FAIL", False: "pass"}[outcome(result)]
+        options.say(f"[{n}] {mark:5} {result.seconds:5.0f}s {case.describe()}"
+                    + (f" -- {', '.join(failed_oracles(result))}" if mark == "FAIL" else "")
+                    + (f" -- {result.error.splitlines()[0][:160]}" if result.error else ""))
+        rows.append((case, result, ""))
+        log.append(_result_json(result, case, "explore"))
+        if result.error:
+            errors_in_a_row += 1
+            if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
+                options.say(f"taskq-stress explore: {errors_in_a_row} cases in a row could not "
+                            "run; stopping")
+                code = 2
+                break
+            continue
+        errors_in_a_row = 0
+        if not result.passed:
+            found = (case, result)
+            break
+    searched = clock() - began
+    summary: dict[str, Any] = {
+        "seed": seed, "budget_s": options.budget, "cases": n, "search_s": round(searched, 1),
+        "cases_per_minute": round(n / (searched / 60), 2) if searched > 0 else None,
+        "brokers": list(options.brokers), "worker_cmd": options.worker_cmd,
+        "runs_per_candidate": options.runs_per_candidate,
+    }
+    if found is not None:
+        code = 1
+        summary["failure"] = _shrink_and_save(found, n, searched, report_dir, options, rows,
+                                              log, restrict)
+    options.say(coverage.table())
+    summary["coverage"] = coverage.to_json()
+    report_json = options.json_path or report_dir / "report.json"
+    report_json.write_text(json.dumps({"explore": summary, "cells": log}, indent=2,
+                                      default=str))
+    if options.junit_path:
+        _write_junit(options.junit_path, "explore", rows)
+    verdict = ("FOUND a failure" if code == 1 else "could not run" if code == 2
+               else "nothing found")
+    options.say(f"taskq-stress explore: {verdict}: {n} cases in {searched / 60:.1f} min "
+                f"({summary['cases_per_minute']} cases/min, seed {seed}); JSON {report_json}"
+                + (f", JUnit {options.junit_path}" if options.junit_path else ""))
+    return code
+
+
+def _shrink_and_save(found: tuple[Case, CellResult], n: int, searched: float, report_dir: Path,
+                     options: ExploreOptions, rows: list[tuple[Case, CellResult, str]],
+                     log: list[dict[str, Any]], restrict: Mapping[str, Sequence[Any]]
+                     ) -> dict[str, Any]:
+    case, result = found
+    first_oracles = failed_oracles(result)
+    options.say(f"taskq-stress explore: case {case.name} failed {', '.join(first_oracles)} "
+                f"after {searched:.0f}s; confirming and shrinking "
+                f"({options.runs_per_candidate} runs per candidate, 2 must fail)")
+    runs = 0
+    last_failure: dict[str, CellResult] = {case.key(): result}
+
+    def once(candidate: Case) -> bool | None:
+        nonlocal runs
+        runs += 1
+        res = run_case(candidate, report_dir / f"shrink-{runs:03d}", options)
+        log.append(_result_json(res, candidate, "shrink"))
+        if outcome(res):
+            last_failure[candidate.key()] = res
+        return outcome(res)
+
+    def fails(candidate: Case) -> bool:
+        return reproduces(lambda: once(candidate), options.runs_per_candidate, 2)
+
+    began = time.monotonic()
+    # the original failed once: one more failure in the remaining runs confirms it
+    confirmed = reproduces(lambda: once(case), max(1, options.runs_per_candidate - 1), 1)
+    info: dict[str, Any] = {"case": case.name, "describe": case.describe(),
+                            "oracles": first_oracles, "after_cases": n,
+                            "seconds_to_find": round(searched, 1), "confirmed": confirmed}
+    if not confirmed:
+        options.say(f"taskq-stress explore: {case.name} did not fail again: a flaky failure, "
+                    "saved unshrunk")
+        minimal, complete, steps = case, False, 0
+    else:
+        def on_step(candidate: Case, failed: bool) -> None:
+            options.say(f"  shrink {'FAIL' if failed else 'pass'}: {candidate.describe()}")
+
+        shrunk = shrink(case, lambda c: smaller(c, restrict), fails, key=Case.key,
+                        budget=options.shrink_budget, on_step=on_step)
+        minimal, complete, steps = shrunk.case, shrunk.complete, len(shrunk.steps)
+        info.update(candidates_tried=shrunk.tried)
+    final = last_failure.get(minimal.key(), result)
+    path = save(minimal, options.corpus_dir, {
+        "failed": failed_oracles(final),
+        "found": f"{dt.datetime.now():%Y-%m-%d %H:%M} by taskq-stress explore (seed "
+                 f"{options.seed}, case {n}, {searched:.0f}s); shrunk from {case.name} in "
+                 f"{steps} steps" + ("" if complete else " (stopped by the shrink budget)"),
+        "worker": options.worker_cmd or "taskq"})
+    replay = options.replay_command(path)
+    rows.append((minimal, final, replay))
+    info.update(shrunk=minimal.name, shrunk_describe=minimal.describe(), shrink_steps=steps,
+                shrink_complete=complete, shrink_s=round(time.monotonic() - began, 1),
+                runs=runs, corpus_file=str(path), replay=replay,
+                messages=[v.message for v in final.verdicts if not v.passed])
+    options.say(f"taskq-stress explore: minimal case {minimal.describe()}")
+    for v in final.verdicts:
+        if not v.passed:
+            options.say(f"  FAIL {v.oracle}: {v.message[:400]}")
+    options.say(f"  saved to {path}; artifacts in {final.directory}\n  replay with: {replay}")
+    return info
+
+
+def run_corpus(path: Path, options: ExploreOptions) -> int:
+    """Every case of a corpus (a folder or one file) as a cell: 0 all pass, 1 one failed,
+    2 one could not run."""
+    cases = load_corpus(path)
+    if not cases:
+        raise ScenarioError(f"no cases (*.toml) in {path}")
+    report_dir = _report_dir(options, "corpus")
+    rows: list[tuple[Case, CellResult, str]] = []
+    log = []
+    for n, (file, case) in enumerate(cases, 1):
+        if case.config["transport"] not in options.urls:
+            options.say(f"[{n}] skip  {file.name}: needs a {case.config['transport']} broker "
+                        "(--broker)")
+            continue
+        result = run_case(case, report_dir / f"case-{n:03d}", options)
+        mark = {None: "ERROR", True: "FAIL", False: "pass"}[outcome(result)]
+        options.say(f"[{n}] {mark:5} {result.seconds:5.0f}s {file.name}: {case.describe()}")
+        for v in result.verdicts:
+            if not v.passed:
+                options.say(f"    FAIL {v.oracle}: {v.message[:300]}")
+        if result.error:
+            options.say(f"    ERROR {result.error.splitlines()[0][:300]}")
+        replay = options.replay_command(file)
+        rows.append((case, result, replay))
+        log.append(_result_json(result, case, "corpus"))
+    report_json = options.json_path or report_dir / "report.json"
+    report_json.write_text(json.dumps({"corpus": str(path), "cells": log}, indent=2,
+                                      default=str))
+    if options.junit_path:
+        _write_junit(options.junit_path, "corpus", rows)
+    results = [r for _c, r, _p in rows]
+    code = 2 if any(r.error for r in results) else (0 if all(r.passed for r in results) else 1)
+    passed = sum(r.passed for r in results)
+    options.say(f"taskq-stress corpus {path}: {passed}/{len(results)} cases passed; JSON "
+                f"{report_json}")
+    return code
