@@ -39,16 +39,53 @@ def _figures(verdict_figures: dict[str, Any], oracle: str) -> str:
     return " ".join(f"{k}={verdict_figures[k]}" for k in keys if verdict_figures.get(k) is not None)
 
 
+def _varying(results: Sequence[CellResult]) -> tuple[list[str], dict[str, Any]]:
+    """The parameters that differ between the cells, and the ones all cells share."""
+    keys: list[str] = []
+    for result in results:
+        keys += [k for k in result.cell.params if k not in keys]
+    varying, fixed = [], {}
+    for key in keys:
+        values = {_text(r.cell.params.get(key)) for r in results}
+        if len(values) > 1:
+            varying.append(key)
+        else:
+            fixed[key] = results[0].cell.params.get(key)
+    return varying, fixed
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+# Under the table: why figures that look bad can be a pass (docs/guarantees.md).
+LEGEND = (
+    "failed: tasks that ended FAILURE where the delivery table allows it (their child was "
+    "killed while they ran, without reject_on_worker_lost; a hard time limit); "
+    "duplicates: tasks that ran again where the table allows it (acks_late after a dead main "
+    "process or a lost connection; reject_on_worker_lost requeues; retries); "
+    "a cell fails only on outcomes the table forbids. See docs/guarantees.md."
+)
+
+
 def summary_table(suite: Suite, results: Sequence[CellResult], console: Console) -> None:
-    table = Table(title=f"taskq-stress {suite.name}", show_lines=False)
-    table.add_column("cell")
+    varying, fixed = _varying(results)
+    shared = ",".join(f"{k}={_text(v)}" for k, v in fixed.items())
+    title = f"taskq-stress {suite.name}" + (f" (every cell: {shared})" if shared else "")
+    table = Table(title=title, show_lines=False)
+    table.add_column("#", justify="right")
+    table.add_column("cell", overflow="fold")
     names = list(ORACLES) + sorted({v.oracle for r in results for v in r.verdicts}
                                    - set(ORACLES))
     for oracle in names:
-        table.add_column(oracle)
+        table.add_column(oracle, overflow="fold")
     table.add_column("s", justify="right")
-    for result in results:
-        row = [result.cell.id]
+    for n, result in enumerate(results, 1):
+        params = result.cell.params
+        name = ",".join(f"{k}={_text(params.get(k))}" for k in varying) or result.cell.id
+        row = [str(n), name]
         if result.error:
             row += [f"[red]ERROR[/] {result.error.splitlines()[0][:60]}"] + [""] * (
                 len(names) - 1)
@@ -64,6 +101,8 @@ def summary_table(suite: Suite, results: Sequence[CellResult], console: Console)
         row.append(f"{result.seconds:.0f}")
         table.add_row(*row)
     console.print(table)
+    if results:
+        console.print(LEGEND, highlight=False)
 
 
 def _result_json(result: CellResult) -> dict[str, Any]:
