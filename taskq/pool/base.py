@@ -15,6 +15,8 @@ return them to the broker.
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +40,9 @@ class Job:
     reject_on_worker_lost: bool = False
     pid: int | None = None          # set when started
     started_at: float | None = None
+    start_failures: int = 0
+    """Pool children that died holding this job before it started (set by the prefork pool;
+    past ``task_max_redeliveries`` the job is reported lost, unstarted: a poison message)."""
 
     @property
     def id(self) -> str:
@@ -64,12 +69,28 @@ LostCallback = Callable[[Job, BaseException], None]
 UnstartedCallback = Callable[[Job], None]
 
 
-def run_job(app: TaskQ, job: Job, hostname: str | None) -> JobResult:
-    """Run a job in this process (a child, a thread or the main process) and summarise it."""
+def run_job(app: TaskQ, job: Job, hostname: str | None, *,
+            on_storing: Callable[[], None] | None = None,
+            on_stored: Callable[[str], None] | None = None) -> JobResult:
+    """Run a job in this process (a child, a thread or the main process) and summarise it.
+
+    ``on_storing`` / ``on_stored(state)``: called just before and just after the outcome is
+    stored (see ``taskq.trace.execute``); the prefork child blocks its soft-limit signal and
+    tells the parent, so that a death after the store never overwrites or reruns it."""
     from taskq.trace import execute
 
+    expires = job.msg.expires
+    if expires is not None and expires <= dt.datetime.now(dt.UTC):
+        # Expired while it waited in this child (-O fast): revoked unrun, as Celery does.
+        try:
+            app.backend.mark_as_revoked(job.id, "expired", request=job.msg)
+        except Exception as exc:
+            logging.getLogger("taskq.pool").warning("storing REVOKED of expired %s failed: %r",
+                                                    job.id, exc)
+        return JobResult("REVOKED", summary="expired")
     task = app.get_task(job.name)
-    outcome = execute(task, job.msg, delivery_info=job.delivery_info, hostname=hostname)
+    outcome = execute(task, job.msg, delivery_info=job.delivery_info, hostname=hostname,
+                      on_storing=on_storing, on_stored=on_stored)
     summary = "" if outcome.value is None else repr(outcome.value)[:200]
     return JobResult(outcome.state, outcome.requeue, outcome.runtime, summary)
 

@@ -26,12 +26,17 @@ class Rejection(Exception):
     """The message cannot be run; ``reason`` says why, ``state`` what to store (if anything)."""
 
     def __init__(self, reason: str, *, task_id: str | None = None, store: str | None = None,
-                 exc: BaseException | None = None) -> None:
+                 exc: BaseException | None = None, msg: TaskMessage | None = None,
+                 revoked_reason: str = "revoked") -> None:
         super().__init__(reason)
         self.reason = reason
         self.task_id = task_id
         self.store = store
         self.exc = exc
+        # The decoded message when there is one: the rpc backend replies to its reply_to.
+        self.msg = msg
+        # What a stored REVOKED says (Celery: "revoked" or "expired").
+        self.revoked_reason = revoked_reason
 
 
 @dataclass(eq=False)
@@ -45,6 +50,7 @@ class Request:
     received_at: float
     acknowledged: bool = False
     settled_reason: str | None = field(default=None)
+    terminated: int | None = None  # the signal revoke(terminate=True) sent its child
 
     @property
     def id(self) -> str:
@@ -57,6 +63,11 @@ class Request:
     @property
     def acks_late(self) -> bool:
         return self.task.acks_late
+
+    def expired(self, now: dt.datetime | None = None) -> bool:
+        """Its ``expires`` has passed (Celery's worker revokes such a task, as "expired")."""
+        expires = self.msg.expires
+        return expires is not None and expires <= (now or dt.datetime.now(dt.UTC))
 
     @property
     def delivery_info(self) -> dict[str, Any]:
@@ -96,18 +107,19 @@ class Request:
         try:
             task = app.get_task(msg.task)
         except NotRegistered as exc:
-            raise Rejection(str(exc), task_id=msg.id, store="FAILURE", exc=exc) from None
+            raise Rejection(str(exc), task_id=msg.id, store="FAILURE", exc=exc,
+                            msg=msg) from None
         if msg.chord is not None:
             err = InvalidTaskMessage(
                 "body.embed.chord", "chords are not supported by taskq yet; send the header "
                 "tasks and the callback separately")
-            raise Rejection(str(err), task_id=msg.id, store="FAILURE", exc=err)
+            raise Rejection(str(err), task_id=msg.id, store="FAILURE", exc=err, msg=msg)
         if msg.id in revoked:
             raise Rejection(f"task {msg.task}[{msg.id}] was revoked", task_id=msg.id,
-                            store="REVOKED")
+                            store="REVOKED", msg=msg)
         if msg.expires is not None and msg.expires <= now:
             raise Rejection(
                 f"task {msg.task}[{msg.id}] expired at {msg.expires.isoformat()}",
-                task_id=msg.id, store="REVOKED")
+                task_id=msg.id, store="REVOKED", msg=msg, revoked_reason="expired")
         return cls(msg=msg, message=message, task=task, generation=generation,
                    received_at=received_at)

@@ -59,13 +59,32 @@ class RevokedSet:
 
 
 class StateDB:
-    """``--statedb FILE``: revoked ids (later also the clock) as JSON, written atomically."""
+    """``--statedb FILE``: revoked ids (later also the clock) as JSON, written atomically.
+
+    The worker does not write it on every revoke (an fsync on the main loop): ``changed()``
+    marks it dirty, ``snapshot()`` (on the loop) takes what to write when it is, and
+    ``write(snapshot)`` (off the loop) writes it; ``save()`` at shutdown writes it at once.
+    """
+
+    SAVE_INTERVAL = 2.0  # seconds between writes of a changed state
 
     def __init__(self, path: str, revoked: RevokedSet, clock: LamportClock | None = None
                  ) -> None:
         self.path = path
         self.revoked = revoked
         self.clock = clock
+        self.dirty = False
+
+    def changed(self) -> None:
+        self.dirty = True
+
+    def snapshot(self) -> dict[str, object] | None:
+        """What to write, when something changed since the last snapshot (loop thread)."""
+        if not self.dirty:
+            return None
+        self.dirty = False
+        clock = self.clock.forward() if self.clock is not None else 0
+        return {"version": 1, "revoked": self.revoked.as_dict(), "clock": clock}
 
     def load(self) -> None:
         try:
@@ -83,13 +102,21 @@ class StateDB:
             self.clock.adjust(data["clock"])
 
     def save(self) -> None:
+        """Write the state now (shutdown: durable before the worker exits)."""
+        self.dirty = True
+        snapshot = self.snapshot()
+        assert snapshot is not None
+        self.write(snapshot)
+
+    def write(self, snapshot: dict[str, object]) -> None:
+        """Write ``snapshot`` atomically (any thread; the worker's writes are serialised on
+        one offload lane, and the shutdown save runs after that lane has stopped)."""
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".statedb.", dir=folder)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                clock = self.clock.forward() if self.clock is not None else 0
-                json.dump({"version": 1, "revoked": self.revoked.as_dict(), "clock": clock}, fh)
+                json.dump(snapshot, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)

@@ -8,7 +8,6 @@ results were stored by whoever ran the task.
 from __future__ import annotations
 
 import collections
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -20,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from taskq import states
 from taskq.app import run_hooks
-from taskq.errors import ConfigurationError, TaskqError, TimeLimitExceeded, WorkerLostError
+from taskq.errors import ConfigurationError, TimeLimitExceeded, WorkerLostError
 from taskq.pool import Job, JobResult, Pool, pool_for
 from taskq.worker.cluster import Events, Gossip, GossipStep, HeartbeatStep, MingleStep
 from taskq.worker.consumer import BrokerConsumer, queues_for
 from taskq.worker.control import ControlNode
 from taskq.worker.loop import Loop
+from taskq.worker.offload import Offload, Outcome
 from taskq.worker.request import Rejection, Request
 from taskq.worker.state import RevokedSet, StateDB
 from taskq.worker.steps import Step, order
@@ -116,9 +116,32 @@ class ControlStep(Step):
     # The control node attaches on every (re)connect through Worker.on_connected.
 
 
+class OffloadStep(Step):
+    """The lanes that run the loop's blocking calls (offload.py). Stops before the consumer,
+    so the acks that follow the last stored states still reach the broker; the state file is
+    written from here every ``StateDB.SAVE_INTERVAL`` seconds when it changed."""
+
+    name = "offload"
+    requires = ("consumer",)
+    SHUTDOWN_WAIT = 5.0  # seconds for the calls still queued when the worker stops
+
+    def start(self, worker: Worker) -> None:
+        if worker.statedb is not None:
+            self._timer = worker.loop.hub.call_repeatedly(
+                worker.statedb.SAVE_INTERVAL, worker.save_state_soon)
+
+    def stop(self, worker: Worker) -> None:
+        timer = getattr(self, "_timer", None)
+        if timer is not None:
+            timer.cancel()
+        deadline = time.monotonic() + self.SHUTDOWN_WAIT
+        for lane in (worker.offload_results, worker.offload_io):
+            lane.close(max(0.1, deadline - time.monotonic()))
+
+
 def default_steps() -> list[Step]:
     return [HubStep(), StateStep(), PoolStep(), MingleStep(), ConsumerStep(), ControlStep(),
-            HeartbeatStep(), GossipStep()]
+            HeartbeatStep(), GossipStep(), OffloadStep()]
 
 
 # -- the worker -------------------------------------------------------------------------------
@@ -157,6 +180,10 @@ class Worker:
                          lag_warning=float("inf") if self.pool_kind == "solo" else 0.5)
         self.revoked = RevokedSet()
         self.statedb = StateDB(statedb, self.revoked, app.clock) if statedb else None
+        # Blocking calls the loop must not make (result-backend writes; republishing and the
+        # state file), each lane on its own thread, completions posted back to the loop.
+        self.offload_results = Offload(self.loop, "result backend")
+        self.offload_io = Offload(self.loop, "broker and disk")
         self.mingle = mingle
         self.task_events = conf.worker_send_task_events if task_events is None else task_events
         self.events = Events(self)
@@ -382,25 +409,39 @@ class Worker:
     def _reject_invalid(self, message: Message, rejection: Rejection) -> None:
         # The state is stored before the line is logged: whoever reads the log (a person, a
         # test) then finds the REVOKED/FAILURE state already there.
+        # The store runs off the loop (offload.py); the line is logged when it is done.
         task_id = rejection.task_id or "?"
         self.totals["rejected"] += 1
         self.consumer.reject_raw(message)
-        if rejection.task_id is not None and rejection.store is not None:
-            try:
-                backend = self.app.backend
-                if rejection.store == states.REVOKED:
-                    backend.mark_as_revoked(rejection.task_id, rejection.reason)
-                elif rejection.exc is not None:
-                    backend.mark_as_failure(rejection.task_id, rejection.exc)
-            except TaskqError as exc:
-                logger.debug("could not store the state of rejected %s: %s", task_id, exc)
         level = logging.INFO if rejection.store == states.REVOKED else logging.ERROR
-        logger.log(level, "rejected message %s: %s", task_id, rejection.reason)
+
+        def logged(outcome: Outcome | None = None) -> None:
+            if outcome is not None and not outcome.ok:
+                logger.debug("could not store the state of rejected %s: %r", task_id,
+                             outcome.error)
+            logger.log(level, "rejected message %s: %s", task_id, rejection.reason)
+
+        def store() -> None:
+            assert rejection.task_id is not None
+            backend = self.app.backend
+            if rejection.store == states.REVOKED:
+                backend.mark_as_revoked(rejection.task_id, rejection.revoked_reason,
+                                        request=rejection.msg)
+            elif rejection.exc is not None:
+                backend.mark_as_failure(rejection.task_id, rejection.exc, request=rejection.msg)
+
+        if (rejection.task_id is None or rejection.store is None
+                or not self.offload_results.submit(f"storing the state of rejected {task_id}",
+                                                   store, logged)):
+            logged()
 
     def _eta_due(self, request: Request) -> None:
         if self.held.pop(request, None) is None:
             return
         self.consumer.decrement_prefetch()
+        if request.expired():
+            self._discard_revoked(request)  # no need to wait for a free child to say so
+            return
         self.ready.append(request)
         self.feed_pool()
 
@@ -409,7 +450,7 @@ class Worker:
             request = self.ready.popleft()
             if request.generation != self.consumer.generation:
                 continue  # its connection is gone; the broker redelivers it
-            if request.id in self.revoked:
+            if request.id in self.revoked or request.expired():
                 self._discard_revoked(request)
                 continue
             job = Job(
@@ -423,11 +464,24 @@ class Worker:
             self.pool.apply(job)
 
     def _discard_revoked(self, request: Request) -> None:
-        self.events.task("task-revoked", uuid=request.id, terminated=False, expired=False)
+        """Revoked, or its ``expires`` passed while it waited: REVOKED, as Celery's worker
+        stores it ("revoked"/"expired"), with the request so rpc:// replies reach the client;
+        stored off the loop, the line logged once it is stored."""
+        expired = request.expired()
+        reason = "expired" if expired else "revoked"
+        self.events.task("task-revoked", uuid=request.id, terminated=False, expired=expired)
         self.consumer.reject(request, requeue=False)
-        with contextlib.suppress(TaskqError):
-            self.app.backend.mark_as_revoked(request.id, "revoked")
-        logger.info("discarded revoked task %s[%s]", request.name, request.id)
+
+        def logged(outcome: Outcome | None = None) -> None:
+            if outcome is not None and not outcome.ok:
+                logger.debug("could not store REVOKED of %s: %r", request.id, outcome.error)
+            logger.info("discarded %s task %s[%s]", reason, request.name, request.id)
+
+        if not self.offload_results.submit(
+                f"storing REVOKED of {request.name}[{request.id}]",
+                lambda: self.app.backend.mark_as_revoked(request.id, reason,
+                                                         request=request.msg), logged):
+            logged()
         run_hooks(self.app.hooks.task_revoked, request)
 
     # -- pool callbacks -----------------------------------------------------------------------
@@ -479,6 +533,9 @@ class Worker:
         if not started:
             self.on_job_unstarted(job, request)
             return
+        if request.terminated is not None:
+            self._terminated(job, request)
+            return
         logger.error("task %s[%s] lost: %r", job.name, job.id, exc)
         # DESIGN.md's table: a hard time limit is a FAILURE whatever the ack policy; a lost
         # child requeues only with acks_late + reject_on_worker_lost, and only
@@ -497,31 +554,69 @@ class Worker:
                                   f"(task_max_redeliveries={limit})")
         run_hooks(self.app.hooks.task_lost, request.id, request.name, exc, False)
         self.events.task("task-failed", uuid=job.id, exception=repr(exc), traceback=None)
-        try:
-            self.app.backend.mark_as_failure(job.id, exc, request=request.msg)
-        except TaskqError as err:
-            logger.debug("could not store the failure of %s: %s", job.id, err)
-        self.consumer.ack(request)
+        lost = exc
+        self._store_then_ack(request, states.FAILURE, lambda: self.app.backend.mark_as_failure(
+            job.id, lost, request=request.msg))
         self.feed_pool()
+
+    def _terminated(self, job: Job, request: Request) -> None:
+        """The child we signalled for revoke(terminate=True) died: REVOKED ``terminated``
+        and acked, never requeued, as Celery's worker does (acks_late or not)."""
+        logger.info("task %s[%s] terminated by revoke (signal %d)", job.name, job.id,
+                    request.terminated)
+        self.events.task("task-revoked", uuid=job.id, terminated=True,
+                         signum=request.terminated, expired=False)
+        run_hooks(self.app.hooks.task_revoked, request)
+        self._store_then_ack(request, states.REVOKED, lambda: self.app.backend.mark_as_revoked(
+            job.id, "terminated", request=request.msg))
+        self.feed_pool()
+
+    def _store_then_ack(self, request: Request, state: str, store: Callable[[], Any]) -> None:
+        """Store ``state`` off the loop, then ack on the loop: the broker forgets the message
+        only once its end state is stored (DESIGN.md's table). A full lane (the backend has
+        been stalled for a long while) acks without the state: the table forbids a rerun
+        more than a missing state; the log says so."""
+
+        def then(outcome: Outcome) -> None:
+            if not outcome.ok:
+                logger.warning("could not store %s of %s[%s]: %r", state, request.name,
+                               request.id, outcome.error)
+            self.consumer.ack(request)
+
+        if not self.offload_results.submit(f"storing {state} of {request.name}[{request.id}]",
+                                           store, then):
+            logger.error("task %s[%s] ends %s without a stored state: the result backend is "
+                         "not keeping up", request.name, request.id, state)
+            self.consumer.ack(request)
 
     def _redeliver(self, request: Request, count: int) -> None:
         """Requeue a lost task with its redelivery count: publish a copy, then ack."""
+        # Published off the loop (the producer pool waits up to 30 s for a connection, and
+        # a publish retries); acked back on the loop once the copy is on the broker. A full
+        # lane requeues the message as it is, as a failed publish does.
         msg = request.msg.evolve(headers={**request.msg.headers, "redelivered_count": count})
         info = request.message.delivery_info or {}
-        try:
+
+        def publish() -> None:
             self.app.publish_message(
                 msg, queue=info.get("routing_key") or None,
                 exchange=info.get("exchange"), routing_key=info.get("routing_key"),
                 retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
             )
-        except TaskqError as exc:
-            logger.warning("could not republish lost task %s (%s); requeueing it as it is",
-                           request.id, exc)
+
+        def then(outcome: Outcome) -> None:
+            if not outcome.ok:
+                logger.warning("could not republish lost task %s (%r); requeueing it as it is",
+                               request.id, outcome.error)
+                self.consumer.reject(request, requeue=True)
+                return
+            logger.warning("task %s[%s] requeued after its worker was lost (redelivery %d of "
+                           "%d)", request.name, request.id, count,
+                           self.app.conf.task_max_redeliveries)
+            self.consumer.ack(request)
+
+        if not self.offload_io.submit(f"republishing lost task {request.id}", publish, then):
             self.consumer.reject(request, requeue=True)
-            return
-        logger.warning("task %s[%s] requeued after its worker was lost (redelivery %d of %d)",
-                       request.name, request.id, count, self.app.conf.task_max_redeliveries)
-        self.consumer.ack(request)
 
     def on_job_unstarted(self, job: Job, request: Request | None = None) -> None:
         """A job the pool took but never started: run it elsewhere, or give it back."""
@@ -552,10 +647,31 @@ class Worker:
                     if terminate_job is None:
                         logger.warning("revoke(terminate=True) of %s: the %s pool cannot "
                                        "terminate a running task", job.id, self.pool_kind)
-                    else:
+                    elif job.started_at is not None:
+                        # Its child's death is then REVOKED "terminated" (on_job_lost); one
+                        # not started yet is discarded as revoked when it comes back.
+                        self.dispatched[job].terminated = int(signum)
                         terminate_job(job, signum)
         if self.statedb is not None:
-            self.statedb.save()
+            self.statedb.changed()  # written within StateDB.SAVE_INTERVAL, off the loop
+
+    def save_state_soon(self) -> None:
+        """Hand a changed --statedb to the io lane (timer; the fsync is not the loop's)."""
+        assert self.statedb is not None
+        snapshot = self.statedb.snapshot()
+        if snapshot is None:
+            return
+        statedb = self.statedb
+        if not self.offload_io.submit("writing the state file", lambda: statedb.write(snapshot),
+                                      lambda outcome: self._state_written(outcome)):
+            statedb.changed()  # try again on the next timer
+
+    def _state_written(self, outcome: Outcome) -> None:
+        if not outcome.ok:
+            assert self.statedb is not None
+            logger.error("writing the state file %s failed: %r", self.statedb.path,
+                         outcome.error)
+            self.statedb.changed()
 
     def pool_size(self) -> int:
         size = getattr(self.pool, "size", None)

@@ -41,7 +41,7 @@ def test_celery_inspect_and_control_work_against_a_taskq_worker(
     assert "clock" in celery(broker, "inspect", "clock", *dest)
     out = celery(broker, "control", "terminate", "KILL", running.id, *dest)
     assert "terminated and revoked" in out, out
-    wait_until(lambda: running.state == "FAILURE", timeout=10, what="terminated task failed")
+    wait_until(lambda: running.state == "REVOKED", timeout=10, what="terminated task revoked")
 
 
 def test_celery_events_dump_shows_taskq_events(amqp_broker: Broker, worker: StartWorker
@@ -156,3 +156,54 @@ def test_taskq_control_and_inspect_cli(broker: Broker, worker: StartWorker) -> N
                                                       w.hostname),
                timeout=10, what="pool grown")
     assert w.hostname in run("status")
+
+
+def test_a_taskq_worker_starts_beside_a_celery_worker_that_has_revoked_ids(
+        redis_broker: Broker, worker: StartWorker, tmp_path: Path) -> None:
+    """A rolling migration: Celery 5.7 answers mingle with ``"revoked": [ids]`` (a list); the
+    taskq worker starts, takes the ids, and never runs a task revoked on the Celery worker."""
+    env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "CELERY_EQUIV_BROKER": redis_broker.url,
+           "CELERY_EQUIV_OPTIONS": redis_broker.env.get("TASKQ_BROKER_TRANSPORT_OPTIONS", "{}")}
+    node = f"celery-{redis_broker.name}@localhost"
+    log = tmp_path / "celery.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "celery_equiv", "worker", "-P", "solo",
+             "-n", node, "-Q", f"{redis_broker.name}-celery-only", "--without-gossip",
+             "--without-mingle", "-l", "info"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        client = redis_broker.app()
+        wait_until(lambda: client.control.ping(destination=[node], timeout=1.0), timeout=60,
+                   what="the Celery worker answers a ping")
+        client.control.revoke("revoked-on-celery", destination=[node], reply=True, timeout=5)
+        taskq_worker = worker(redis_broker, pool="threads", mingle=True)
+        taskq_worker.wait_log(rf"mingle: synced with .*{node}", timeout=30)
+        taskq_worker.wait_log(r"ready", timeout=30)
+        revoked = client.control.broadcast("revoked", destination=[taskq_worker.hostname],
+                                           reply=True, timeout=5)
+        assert "revoked-on-celery" in revoked[0][taskq_worker.hostname]
+        result = client.send_task("appmod.add", (1, 2), task_id="revoked-on-celery")
+        wait_until(lambda: result.state == "REVOKED", timeout=30,
+                   what="the task revoked on the Celery worker is discarded by taskq")
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_active_queues_has_celerys_shape_for_flower(broker: Broker, worker: StartWorker
+                                                    ) -> None:
+    """Flower's worker page reads every key of kombu's Queue.as_dict (``exclusive``,
+    ``alias``, ``no_ack``, ...): a missing one was an HTTP 500."""
+    w = worker(broker, pool="threads")
+    client = broker.app()
+    [reply] = client.control.broadcast("active_queues", destination=[w.hostname], reply=True,
+                                       timeout=5)
+    [queue] = reply[w.hostname]
+    for key in ("name", "exchange", "routing_key", "durable", "exclusive", "auto_delete",
+                "no_ack", "alias", "bindings", "binding_arguments", "queue_arguments",
+                "consumer_arguments", "expires", "message_ttl", "max_length",
+                "max_priority"):
+        assert key in queue, key
+    assert queue["name"] == broker.queue and queue["exchange"]["name"]
