@@ -209,7 +209,8 @@ def test_release_requeues_reserved_messages_at_once_in_order(
     assert channel.release([m.delivery_tag for m in inbox.messages[:2]]) == 2
     other = connect()
     taken = consume(other, [queue], prefetch=2)
-    assert drain_until([other], lambda: len(taken.messages) == 2, timeout=2)
+    # Well before the 60 s lease would have brought them back.
+    assert drain_until([other], lambda: len(taken.messages) == 2, timeout=30)
     assert taken.bodies == ["a", "b"]
     inbox.messages[0].ack()  # released: no lease any more, dropped
     assert rows(db_path, "lease IS NOT NULL") == 3  # c still held; a and b by the other
@@ -285,7 +286,7 @@ def test_an_expired_lease_comes_back_redelivered_and_the_old_holders_ack_is_a_no
     conn = connect(lease_timeout=30, restore_interval=0.1)
     inbox = consume(conn, [queue])
 
-    assert drain_until([conn], lambda: bool(inbox.messages), timeout=3)
+    assert drain_until([conn], lambda: bool(inbox.messages), timeout=30)
     again = inbox.messages[0]
     assert again.payload == {"n": 2**60} and again.headers["text"] == "é \" \\ /"
     assert again.delivery_info["redelivered"] is True
@@ -298,7 +299,8 @@ def test_an_expired_lease_comes_back_redelivered_and_the_old_holders_ack_is_a_no
 @pytest.mark.parametrize("loop", ["drain_events", "hub"])
 def test_a_renewing_consumer_keeps_its_message_through_three_leases(
         connect: Connect, db_path: Path, loop: str) -> None:
-    lease = 1.0
+    # Renewed every 0.2 s, a lease of 3 s survives a 2.8 s stall of this process.
+    lease = 3.0
     queue = make_queue()
     publish(connect(), queue, ["long task"])
     options = {"lease_timeout": lease, "renew_interval": 0.2, "restore_interval": 0.1}
@@ -312,12 +314,12 @@ def test_a_renewing_consumer_keeps_its_message_through_three_leases(
         def step() -> None:
             drain_until([holder], lambda: False, timeout=0.05)
     try:
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while not held.messages and time.monotonic() < deadline:
             step()
         assert held.bodies == ["long task"]
         stolen = consume(other, [queue], prefetch=1)
-        until = time.monotonic() + 3.2 * lease
+        until = time.monotonic() + 3.2 * lease  # a lower bound: a slow machine waits longer
         while time.monotonic() < until:
             step()
             drain_until([other], lambda: False, timeout=0.05)  # restores every 0.1 s
@@ -342,7 +344,7 @@ def test_closing_a_connection_requeues_nothing_the_lease_brings_it_back(
 
     conn = connect(restore_interval=0.1)
     again = consume(conn, [queue])
-    assert drain_until([conn], lambda: bool(again.messages), timeout=1 + 2)
+    assert drain_until([conn], lambda: bool(again.messages), timeout=30)
     assert again.bodies == ["running"] and again.messages[0].delivery_info["redelivered"]
 
 
@@ -351,7 +353,8 @@ HOLDER = textwrap.dedent("""
     import taskq
     from kombu import Connection, Consumer, Exchange, Queue
     url, count = sys.argv[1], int(sys.argv[2])
-    conn = Connection(url, transport_options={"lease_timeout": 1.5, "restore_interval": 0.2})
+    conn = Connection(url, transport_options={"lease_timeout": 3, "renew_interval": 0.25,
+                                              "restore_interval": 0.2})
     held = []
     consumer = Consumer(conn, [Queue("jobs", Exchange("jobs"), routing_key="jobs")],
                         callbacks=[lambda body, message: held.append(message)],
@@ -392,15 +395,25 @@ def test_a_sigkilled_consumers_messages_come_back_after_the_lease_none_lost(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    killed_at = time.monotonic()
+    with sqlite3.connect(db_path) as db:  # the dead holder's lease deadlines, final now
+        deadlines = [d for (d,) in db.execute(
+            "SELECT deadline FROM taskq_messages WHERE lease IS NOT NULL")]
+    assert len(deadlines) == 20
     conn = connect(lease_timeout=1.5, restore_interval=0.2)
-    inbox = consume(conn, [queue], prefetch=20)
+    clock = conn.transport.store.clock  # the clock the deadlines are on
+    first_seen: list[float] = []
 
-    assert drain_until([conn], lambda: len(inbox.messages) == 20, timeout=1.5 + 0.2 + 5)
-    elapsed = time.monotonic() - killed_at
+    def all_back() -> bool:
+        if inbox.messages and not first_seen:
+            first_seen.append(clock())
+        return len(inbox.messages) == 20
+
+    inbox = consume(conn, [queue], prefetch=20)
+    # After the lease (3 s), with a deadline generous for a loaded machine.
+    assert drain_until([conn], all_back, timeout=30)
     assert inbox.bodies == list(range(20))  # all of them, in publish order
     assert all(m.delivery_info["redelivered"] for m in inbox.messages)
-    assert elapsed < 1.5 + 0.2 + 2.0, f"took {elapsed:.2f} s"
+    assert first_seen[0] >= min(deadlines), "a message came back before its lease ended"
 
 
 WORKER = textwrap.dedent("""
@@ -494,13 +507,32 @@ def write_locked(db_path: Path, seconds: float) -> Iterator[None]:
 
 def test_a_locked_database_is_waited_for_not_surfaced(connect: Connect, db_path: Path) -> None:
     queue = make_queue()
-    conn = connect(busy_timeout=5)
+    conn = connect(busy_timeout=30)
     publish(conn, queue, ["before"])
-    with write_locked(db_path, 0.4):
-        started = time.monotonic()
-        publish(conn, queue, ["while locked"])
-        waited = time.monotonic() - started
-    assert waited >= 0.3  # it did wait for the other writer
+    errors: list[BaseException] = []
+
+    def publish_while_locked() -> None:
+        try:
+            publish(conn, queue, ["while locked"])
+        except BaseException as exc:
+            errors.append(exc)
+
+    # This test holds the write lock itself, so the publish cannot get through before it
+    # lets go, however slow the machine.
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    publisher = threading.Thread(target=publish_while_locked)
+    try:
+        publisher.start()
+        publisher.join(1.0)  # the stimulus: the lock stays held this long at least
+        waiting = publisher.is_alive()
+        during = rows(db_path)
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+        publisher.join(30)
+    assert not errors  # the lock was waited for, not surfaced
+    assert waiting and during == 1  # it was still waiting while the lock was held
     assert rows(db_path) == 2
 
 
@@ -509,8 +541,14 @@ def test_a_lock_held_past_the_busy_timeout_is_a_connection_error(
     queue = make_queue()
     conn = connect(busy_timeout=0.2)
     publish(conn, queue, ["before"])
-    with write_locked(db_path, 1.0), pytest.raises(BrokerBusy, match="stayed locked") as raised:
-        conn.default_channel.queue_purge("jobs")
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # held until the purge has given up, however slow
+    try:
+        with pytest.raises(BrokerBusy, match="stayed locked") as raised:
+            conn.default_channel.queue_purge("jobs")
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
     assert isinstance(raised.value, conn.connection_errors)
 
 
@@ -557,7 +595,10 @@ def test_a_url_without_a_file_is_refused() -> None:
 def test_on_the_event_loop_a_publish_from_elsewhere_wakes_the_consumer(
         connect: Connect) -> None:
     queue = make_queue()
-    conn = connect(poll_interval=30)  # only a wake-up can deliver within the bound below
+    # The transport's timers (fallback poll, lease upkeep) are minutes away: only a wake-up
+    # can deliver within the wait below.
+    poll = 600.0
+    conn = connect(poll_interval=poll, lease_timeout=3 * poll, restore_interval=2 * poll)
     inbox = consume(conn, [queue])
     hub = Hub()
     conn.register_with_event_loop(hub)
@@ -566,10 +607,10 @@ def test_on_the_event_loop_a_publish_from_elsewhere_wakes_the_consumer(
         assert not any(c.maybe_ready for c in conn.transport.channels if c._consumers)
         published = time.monotonic()
         publish(connect(), queue, ["hello"])
-        while not inbox.messages and time.monotonic() - published < 5:
+        while not inbox.messages and time.monotonic() - published < poll / 10:
             hub.run_once()
         assert inbox.bodies == ["hello"]
-        assert inbox.times[0] - published < 0.5
+        assert inbox.times[0] - published < poll / 10
     finally:
         hub.close()
 
@@ -578,23 +619,28 @@ def test_on_the_event_loop_batch_after_batch_is_fetched_without_waiting(
         connect: Connect) -> None:
     queue = make_queue()
     publish(connect(), queue, list(range(250)))
-    conn = connect(poll_interval=30, fetch_batch=50)
+    # The transport's timers (fallback poll, lease upkeep) are minutes away: a wait for one
+    # between batches would take longer than the whole wait below.
+    poll = 600.0
+    conn = connect(poll_interval=poll, lease_timeout=3 * poll, restore_interval=2 * poll,
+                   fetch_batch=50)
     inbox = consume(conn, [queue], no_ack=True)  # no prefetch limit: 5 full batches
     hub = Hub()
     conn.register_with_event_loop(hub)
     try:
         started = time.monotonic()
-        while len(inbox.messages) < 250 and time.monotonic() - started < 10:
+        while len(inbox.messages) < 250 and time.monotonic() - started < poll / 10:
             hub.run_once()
         assert inbox.bodies == list(range(250))
-        assert inbox.times[-1] - started < 0.5  # not a poll timeout per batch
+        assert inbox.times[-1] - started < poll / 10  # not a poll timeout per batch
     finally:
         hub.close()
 
 
 def test_drain_events_blocks_on_the_wake_socket_not_a_sleep(connect: Connect) -> None:
     queue = make_queue()
-    conn = connect(poll_interval=30)
+    poll = 600.0  # the fallback poll: only a wake-up can deliver within the wait below
+    conn = connect(poll_interval=poll)
     inbox = consume(conn, [queue])
     with pytest.raises(TimeoutError):
         conn.drain_events(timeout=0.05)  # nothing there: now idle
@@ -603,7 +649,7 @@ def test_drain_events_blocks_on_the_wake_socket_not_a_sleep(connect: Connect) ->
 
     def publisher() -> None:
         # Wait until the consumer has found the queue empty, then publish once.
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while any(c.maybe_ready for c in consuming) and time.monotonic() < deadline:
             time.sleep(0.005)
         publish(connect(), queue, ["wake"])
@@ -612,11 +658,11 @@ def test_drain_events_blocks_on_the_wake_socket_not_a_sleep(connect: Connect) ->
     thread = threading.Thread(target=publisher)
     thread.start()
     try:
-        conn.drain_events(timeout=10)
+        conn.drain_events(timeout=poll / 10)
     finally:
         thread.join()
     assert inbox.bodies == ["wake"]
-    assert inbox.times[0] - published[0] < 0.5
+    assert inbox.times[0] - published[0] < poll / 10
 
 
 def test_stale_wake_sockets_of_dead_processes_are_removed(
