@@ -26,6 +26,7 @@ from taskq.worker.steps import Step
 if TYPE_CHECKING:
     from kombu import Connection, Message
 
+    from taskq.worker.state import RevokedSet
     from taskq.worker.worker import Worker
 
 logger = logging.getLogger("taskq.worker.cluster")
@@ -81,6 +82,28 @@ class HeartbeatStep(Step):
         worker.events.send("worker-offline", **worker_fields())
 
 
+def merge_revoked(revoked: RevokedSet, received: Any) -> int:
+    """Add ids revoked on another worker; returns how many were read.
+
+    Celery 5.7 workers send a list of ids, older ones (and taskq) a mapping of id to stamp:
+    both are read. Stamps are dropped and the ids are stamped with the local clock, as Celery
+    does: another host's clock is not comparable with ours. Anything else is ignored with a
+    log line (a neighbour's odd reply must not stop this worker from starting)."""
+    if not received:
+        return 0
+    if isinstance(received, dict):
+        ids: list[Any] = list(received)
+    elif isinstance(received, list | tuple):
+        ids = list(received)
+    else:
+        logger.warning("mingle: ignored revoked ids in an unknown shape (%s)",
+                       type(received).__name__)
+        return 0
+    ids = [str(task_id) for task_id in ids if isinstance(task_id, str | bytes)]
+    revoked.update(ids)
+    return len(ids)
+
+
 class MingleStep(Step):
     """Ask the neighbours for revoked ids and the clock before consuming (1 s at most)."""
 
@@ -107,8 +130,7 @@ class MingleStep(Step):
                 if node == worker.hostname or not isinstance(answer, dict):
                     continue
                 neighbours.append(node)
-                for task_id, stamp in (answer.get("revoked") or {}).items():
-                    worker.revoked.add(str(task_id), float(stamp) if stamp else None)
+                merge_revoked(worker.revoked, answer.get("revoked"))
                 if isinstance(answer.get("clock"), int):
                     worker.app.clock.adjust(answer["clock"])
         if neighbours:

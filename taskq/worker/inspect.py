@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskq import __version__
 from taskq.config import SETTINGS
+from taskq.worker.cluster import merge_revoked
 
 if TYPE_CHECKING:
     from taskq.pool.base import Job
@@ -231,9 +232,8 @@ def conf(worker: Worker, with_defaults: bool = False, **_: Any) -> dict[str, Any
 
 @handler
 def active_queues(worker: Worker, **_: Any) -> list[dict[str, Any]]:
-    return [{"name": q.name, "exchange": {"name": q.exchange.name, "type": q.exchange.type},
-             "routing_key": q.routing_key, "durable": q.durable, "auto_delete": q.auto_delete}
-            for q in worker.consumer.queues]
+    # Celery's shape (kombu's Queue.as_dict): Flower reads exclusive, alias, no_ack, ...
+    return [_json_safe(q.as_dict(recurse=True)) for q in worker.consumer.queues]
 
 
 @handler
@@ -296,9 +296,7 @@ def hello(worker: Worker, from_node: str | None = None, revoked: Any = None, **_
     """Mingle: a starting neighbour asks for our revoked ids and clock."""
     if from_node == worker.hostname:
         return {}
-    if isinstance(revoked, dict):
-        for task_id, stamp in revoked.items():
-            worker.revoked.add(str(task_id), float(stamp) if stamp else None)
+    merge_revoked(worker.revoked, revoked)
     return {"revoked": worker.revoked.as_dict(), "clock": worker.app.clock.forward()}
 
 
