@@ -9,6 +9,7 @@ backend (the child stores, so storing scales with concurrency) and sends ``link`
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback as tb
 from dataclasses import dataclass
@@ -17,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 from taskq import states
 from taskq.app import run_hooks
 from taskq.canvas import Signature
-from taskq.errors import Ignore, Reject, Retry
+from taskq.errors import Ignore, Reject, Retry, TaskqError
 from taskq.result import EagerResult
 from taskq.task import Context
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from taskq.protocol import TaskMessage
     from taskq.task import Task
@@ -74,8 +75,17 @@ def execute(
     hostname: str | None = None,
     eager: bool = False,
     store: bool = True,
+    on_storing: Callable[[], None] | None = None,
+    on_stored: Callable[[str], None] | None = None,
 ) -> Outcome:
-    """Run ``task`` for ``msg`` and record the outcome; never raises for a task's own error."""
+    """Run ``task`` for ``msg`` and record the outcome; never raises for a task's own error.
+
+    With ``track_started`` (the task's or ``task_track_started``) STARTED is stored first,
+    with this process's pid and the worker's hostname, as Celery does. ``on_storing()`` runs
+    just before the outcome is stored and ``on_stored(state)`` just after (before callbacks
+    are sent): the prefork child uses them to shield the store from its soft-limit signal and
+    to tell the parent that the outcome is final (a death after that must not undo it).
+    """
     context = Context.from_message(msg, delivery_info=delivery_info, hostname=hostname,
                                    is_eager=eager)
     backend = task.app.backend if store else None
@@ -85,6 +95,8 @@ def execute(
     task.app.push_current(context)
     run_hooks(task.app.hooks.task_prerun, task, msg.id)
     try:
+        if backend is not None and not eager and not ignore_result and task.track_started:
+            _store_started(task, context)
         value = _call(task, msg)
     except Retry as retry:
         outcome = Outcome(states.RETRY, retry.exc or retry, _format_tb(retry),
@@ -104,12 +116,25 @@ def execute(
 
     run_hooks(task.app.hooks.task_postrun, task, msg.id, outcome.state)
     if backend is not None:
+        if on_storing is not None:
+            on_storing()
         _store(task, context, outcome, ignore_result)
+        if on_stored is not None:
+            on_stored(outcome.state)
     if outcome.state == states.SUCCESS:
         _send_callbacks(task, msg, outcome.value, eager)
     elif outcome.state == states.FAILURE:
         _send_errbacks(task, msg, eager)
     return outcome
+
+
+def _store_started(task: Task, context: Context) -> None:
+    assert context.id is not None
+    try:
+        task.app.backend.mark_as_started(context.id, pid=os.getpid(), hostname=context.hostname)
+    except TaskqError as exc:  # only a marker: the task runs all the same
+        logger.warning("task %s[%s]: storing its STARTED state failed: %s", task.name,
+                       context.id, exc)
 
 
 def _store(task: Task, context: Context, outcome: Outcome, ignore_result: bool) -> None:

@@ -42,8 +42,15 @@ except OSError:  # pragma: no cover - no libc to speak of
 _KEEPALIVE: list[Any] = []  # the parent's clients: referenced forever, never finalized here
 
 
+HARD_LIMIT_GRACE = 3.0
+"""Seconds past its hard time limit after which a child stops its task itself (SIGALRM, whose
+default action ends the process), in case the parent, which normally kills it at the limit,
+is stalled: a stalled parent cannot leave a task running forever."""
+
+
 class _State:
     in_task = False
+    stored: str | None = None  # the state this job's outcome was stored as (final)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -56,7 +63,8 @@ def _die_with_parent(parent_pid: int) -> None:
 def _reset_signals() -> None:
     signal.set_wakeup_fd(-1)  # the parent's loop pipe: not ours to write to
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the whole group; the parent decides
-    for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
+    for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD,
+                   signal.SIGALRM):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGUSR1, _on_soft_limit)
     # The stress oracles dump every process's stacks on SIGUSR2.
@@ -131,17 +139,48 @@ def _rss_kib() -> int:
 _SOFT = {signal.SIGUSR1}
 
 
-def _run(app: TaskQ, job: Job, hostname: str | None) -> JobResult:
+def _discard_late_soft_limit() -> None:
+    """Drop a soft-limit signal left pending by the previous job (it landed while that job's
+    result was stored, when the signal is blocked): it is not this job's."""
+    if signal.SIGUSR1 in signal.sigpending():
+        signal.sigtimedwait(_SOFT, 0)
+
+
+def _arm_backstop(hard: float | None) -> None:
+    if hard:
+        if signal.getsignal(signal.SIGALRM) is not signal.SIG_DFL:  # a task may have set one
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, hard + HARD_LIMIT_GRACE)
+
+
+def _run(app: TaskQ, job: Job, hostname: str | None, seq: int, event_fd: int) -> JobResult:
     _State.in_task = True
+    _State.stored = None
+
+    def storing() -> None:
+        # A soft limit from here on would cut the store short: the result lost while the
+        # parent acks SUCCESS. It stays blocked until the next job (which drops it).
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SOFT)
+        write_frames(event_fd, ("storing", seq))
+
+    def stored(state: str) -> None:
+        _State.stored = state
+        write_frames(event_fd, ("stored", seq, state))
+
     try:
         # Blocked since before ``started`` was sent: a soft limit (or revoke) signalled in
         # between is delivered now, not lost.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SOFT)
-        return run_job(app, job, hostname)
+        return run_job(app, job, hostname, on_storing=storing, on_stored=stored)
     except BaseException as exc:  # outside the task's own try (a late soft limit, exit())
+        summary = f"{type(exc).__name__}: {exc}"[:200]
+        if _State.stored is not None:  # after the store: what was stored is the outcome
+            return JobResult(_State.stored, summary=summary)
         with contextlib.suppress(Exception):
+            storing()
             app.backend.mark_as_failure(job.id, exc, request=job.msg)
-        return JobResult(states.FAILURE, summary=f"{type(exc).__name__}: {exc}"[:200])
+            stored(states.FAILURE)
+        return JobResult(states.FAILURE, summary=summary)
     finally:
         _State.in_task = False
 
@@ -169,13 +208,18 @@ def child_main(app: TaskQ, parent_pid: int, job_fd: int, event_fd: int, *,
             frame = inbox.next()
             if frame is None:
                 break  # the parent closed our job pipe: finish cleanly
-            _kind, seq, msg, delivery_info = frame
+            _kind, seq, msg, delivery_info, hard = frame
             if inbox.cancelled(seq):
                 write_frames(event_fd, ("skipped", seq))
                 continue
             signal.pthread_sigmask(signal.SIG_BLOCK, _SOFT)
+            _discard_late_soft_limit()
             write_frames(event_fd, ("started", seq))
-            result = _run(app, Job(msg=msg, delivery_info=delivery_info), hostname)
+            _arm_backstop(hard)
+            result = _run(app, Job(msg=msg, delivery_info=delivery_info, time_limit=hard),
+                          hostname, seq, event_fd)
+            if hard:
+                signal.setitimer(signal.ITIMER_REAL, 0)
             done += 1
             reason = None
             if max_tasks and done >= max_tasks:

@@ -157,6 +157,10 @@ class JobInbox:
         self._jobs: collections.deque[Any] = collections.deque()
         self._cancelled: set[int] = set()
         self._eof = False
+        # poll, not select: select() fails for fd numbers >= 1024, and a child inherits the
+        # numbering of a parent that may hold that many sockets (issue 13 #4).
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN)
 
     def _parse(self) -> None:
         buf = self._buf
@@ -175,7 +179,7 @@ class JobInbox:
     def _read(self, wait: bool) -> None:
         if self._eof:
             return
-        if not wait and not select.select([self.fd], [], [], 0)[0]:
+        if not wait and not self._readable():
             return
         while True:
             try:
@@ -188,6 +192,9 @@ class JobInbox:
             return
         self._buf += chunk
         self._parse()
+
+    def _readable(self) -> bool:
+        return bool(self._poll.poll(0))  # EINTR is retried by Python (PEP 475)
 
     def next(self) -> Any | None:
         """The next job frame (waiting for one), or None at EOF."""

@@ -34,10 +34,12 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
+from taskq import states
 from taskq.errors import ConfigurationError, TimeLimitExceeded, WorkerLostError
 from taskq.pool.base import Job, JobResult, Pool
 from taskq.pool.child import child_main, log_fds
@@ -71,8 +73,8 @@ class Child:
     __slots__ = (
         "alarm_at", "broken", "current", "current_seq", "dead", "event_eof", "event_fd", "hard_at",
         "job_fd", "kill_reason", "killed", "pending", "pid", "pidfd", "queued", "reader", "ready",
-        "reap_delay", "reap_scheduled", "retired_at", "retiring", "soft_at", "spawned_at", "taken",
-        "tasks", "writing",
+        "reap_delay", "reap_scheduled", "retired_at", "retiring", "soft_at", "spawned_at",
+        "stored", "storing", "taken", "tasks", "writing",
     )
 
     def __init__(self, pid: int, pidfd: int, job_fd: int, event_fd: int, now: float) -> None:
@@ -91,8 +93,10 @@ class Child:
         self.queued: collections.deque[tuple[int, Job]] = collections.deque()  # not started
         self.current: Job | None = None
         self.current_seq = -1
-        self.taken = 0                  # jobs given to it
+        self.taken = 0                  # jobs given to it and not given back (it runs them)
         self.tasks = 0                  # jobs it finished
+        self.storing = False            # the current job's outcome is being stored
+        self.stored: str | None = None  # ... and was stored, as this state: it is final
         self.soft_at = 0.0              # monotonic deadlines of the current job (0: none)
         self.hard_at = 0.0
         self.alarm_at = 0.0             # when the armed timer fires (0: none armed)
@@ -187,7 +191,10 @@ class PreforkPool(Pool):
         self.stats: collections.Counter[str] = collections.Counter()
         self.parent_pid = os.getpid()
         self._seq = itertools.count()
-        self._early_deaths = 0
+        self._early_deaths = 0      # children that died before ``ready``, in a row
+        self._unstarted_deaths = 0  # ready children that died before their first ``started``
+        self._start_failures: dict[str, int] = {}  # job id -> children it died in, unstarted
+        self._settling: set[Job] = set()  # lost while storing: is the outcome stored?
         self._spawn_timer: Entry | None = None
         self._housekeeping: Entry | None = None
         self._log_fds: frozenset[int] = frozenset()
@@ -210,7 +217,7 @@ class PreforkPool(Pool):
         return sum(1 for c in self.children.values() if not c.retiring)
 
     def _storm_delay(self) -> float:
-        over = self._early_deaths - STORM_FREE
+        over = self._early_deaths + self._unstarted_deaths - STORM_FREE
         return 0.0 if over <= 0 else min(STORM_MAX_DELAY, STORM_BASE_DELAY * 2 ** (over - 1))
 
     def _maintain(self, *, now: bool = False) -> None:
@@ -221,8 +228,9 @@ class PreforkPool(Pool):
             delay = 0.0 if now else self._storm_delay()
             now = False  # after a wait, one child starts: if it dies early, the wait doubles
             if delay:
-                logger.error("pool children keep dying before they are ready (%d in a row): "
-                             "next start in %.2f s", self._early_deaths, delay)
+                logger.error("pool children keep dying before they are ready or start their "
+                             "first job (%d in a row): next start in %.2f s",
+                             self._early_deaths + self._unstarted_deaths, delay)
                 self._spawn_timer = self.hub.call_later(delay, self._spawn_later)
                 return
             if not self._spawn():
@@ -355,7 +363,9 @@ class PreforkPool(Pool):
             self.on_unstarted(job)
             return
         seq = next(self._seq)
-        frame = encode(("job", seq, job.msg, dict(job.delivery_info)))
+        # The hard limit goes along: the child stops the task itself a grace after it, in
+        # case this process is too stalled to (child.HARD_LIMIT_GRACE).
+        frame = encode(("job", seq, job.msg, dict(job.delivery_info), job.time_limit))
         child.queued.append((seq, job))
         child.taken += 1
         child.pending.append(seq, frame)
@@ -425,7 +435,11 @@ class PreforkPool(Pool):
                 return
             child.current = job
             child.current_seq = frame[1]
+            child.storing, child.stored = False, None
             job.pid = child.pid
+            self._early_deaths = self._unstarted_deaths = 0  # children can run jobs
+            if self._start_failures:
+                self._start_failures.pop(job.id, None)
             if job.time_limit or job.soft_time_limit:
                 self._start_limits(child, job)
             self.on_started(job, child.pid)
@@ -437,12 +451,23 @@ class PreforkPool(Pool):
                 return
             child.current = None
             child.soft_at = child.hard_at = 0.0
+            child.storing, child.stored = False, None
             child.tasks += 1
             result: JobResult = frame[2]
             self.on_done(job, result)
+        elif kind == "storing":
+            if child.current is not None and child.current_seq == frame[1]:
+                child.storing = True
+        elif kind == "stored":
+            if child.current is not None and child.current_seq == frame[1]:
+                child.stored = frame[2]
         elif kind == "skipped":  # withdrawn before it started
             job = self._take_queued(child, frame[1])
             if job is not None:
+                # It will not run there: its slot counts toward max_tasks_per_child no more
+                # (or a child holding only withdrawn jobs never reaches its limit, never
+                # exits, and is never given work again; issue 13 #1).
+                child.taken -= 1
                 self.on_unstarted(job)
         elif kind == "ready":
             child.ready = True
@@ -557,18 +582,19 @@ class PreforkPool(Pool):
         finally:
             self._close_fds(child)
         job, child.current = child.current, None
+        unwritten = set(child.pending.take())
+        # The job it was reading (written whole, first in line) when it died on its own:
+        # a poison message, or a child that cannot run jobs at all (issue 13 #4).
+        suspect = (child.queued[0][1] if child.queued and job is None and not cold
+                   and child.ready and child.queued[0][0] not in unwritten
+                   and not _killed_from_outside(child, status)
+                   and not (child.retiring and status == 0) else None)
         unstarted = [queued for _, queued in child.queued]
         child.queued.clear()
-        child.pending.take()
         how = describe_exit(status)
         calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         if job is not None and not cold:
-            self.stats["lost"] += 1
-            exc = child.kill_reason or WorkerLostError(
-                f"Worker exited prematurely: {how} Job: {job.id}.")
-            calls.append((self.on_lost, (job, exc)))
-            logger.debug("pool child %d died (%s) running %s[%s]", child.pid, how, job.name,
-                         job.id)
+            calls.append(self._lost_running(child, job, status, how))
         elif cold:
             pass
         elif not child.ready and _killed_from_outside(child, status):
@@ -578,6 +604,16 @@ class PreforkPool(Pool):
         elif not child.ready:
             self._early_deaths += 1
             logger.error("pool child %d exited before it was ready (%s)", child.pid, how)
+        elif suspect is not None:
+            if child.current_seq < 0:  # it never started a job: restarts back off too
+                self._unstarted_deaths += 1
+            if self._failed_start(child, suspect, how):
+                unstarted.remove(suspect)
+                calls.append((self.on_lost, (suspect, WorkerLostError(
+                    f"Worker exited prematurely: {how} Job: {suspect.id}; pool children died "
+                    f"{suspect.start_failures} times reading this job before it started "
+                    f"(task_max_redeliveries={self.app.conf.task_max_redeliveries}): given "
+                    "up"))))
         elif not child.retiring or (status is not None and status != 0):
             logger.warning("pool child %d exited (%s)", child.pid, how)
         calls.extend((self.on_unstarted, (queued,)) for queued in unstarted)
@@ -586,6 +622,82 @@ class PreforkPool(Pool):
         finally:
             if not cold:
                 self._maintain()
+
+    def _lost_running(self, child: Child, job: Job, status: int | None, how: str
+                      ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """What to report for the job a dead child had started."""
+        exc = child.kill_reason
+        if exc is None and job.time_limit and status is not None and os.WIFSIGNALED(status) \
+                and os.WTERMSIG(status) == signal.SIGALRM:
+            # The child's own backstop: this process did not kill it at the hard limit.
+            logger.error("pool child %d stopped %s[%s] itself, past its hard time limit "
+                         "(%ss): this process did not in time", child.pid, job.name, job.id,
+                         job.time_limit)
+            exc = TimeLimitExceeded(job.time_limit)
+        if exc is None:
+            exc = WorkerLostError(f"Worker exited prematurely: {how} Job: {job.id}.")
+        if child.stored is not None:
+            # Its outcome was stored before it died (sending callbacks, say): that is the
+            # end. Failing it now would overwrite the stored result; requeueing it would run
+            # it (and its chain) twice (issue 13 #9).
+            logger.warning("pool child %d died (%s) after %s[%s] stored %s: kept", child.pid,
+                           how, job.name, job.id, child.stored)
+            return self.on_done, (job, JobResult(child.stored,
+                                                 summary=f"stored; then its process: {exc}"))
+        self.stats["lost"] += 1
+        logger.debug("pool child %d died (%s) running %s[%s]", child.pid, how, job.name,
+                     job.id)
+        if child.storing:
+            return self._settle_after_store, (job, exc)
+        return self.on_lost, (job, exc)
+
+    def _settle_after_store(self, job: Job, exc: BaseException) -> None:
+        """The child died while it stored the outcome: done if the store got through, lost
+        if not. The backend is asked from a thread (the loop never waits on a backend)."""
+        backend = self.app.backend
+        from taskq.backends.rpc import RPCBackend
+
+        if not backend.persistent or isinstance(backend, RPCBackend):
+            self.on_lost(job, exc)  # nothing to look up: replies are messages
+            return
+        self._settling.add(job)
+
+        def look_up() -> None:
+            state: str | None = None
+            try:
+                state = backend.get_task_meta(job.id)["status"]
+            except Exception as err:
+                logger.warning("could not read the stored state of %s[%s]: %s", job.name,
+                               job.id, err)
+            self.loop.post(self._settled, job, exc, state)
+
+        threading.Thread(target=look_up, name="taskq-pool-settle", daemon=True).start()
+
+    def _settled(self, job: Job, exc: BaseException, state: str | None) -> None:
+        if job not in self._settling:
+            return  # terminated meanwhile
+        self._settling.discard(job)
+        if state in states.READY_STATES:
+            logger.warning("%s[%s] stored %s before its pool child died: kept", job.name,
+                           job.id, state)
+            self.on_done(job, JobResult(state, summary=f"stored; then its process: {exc}"))
+        else:
+            self.on_lost(job, exc)
+
+    def _failed_start(self, child: Child, job: Job, how: str) -> bool:
+        """Count a death of a child that held ``job``, unstarted; True: give the job up."""
+        failures = self._start_failures.pop(job.id, 0) + 1
+        job.start_failures = failures
+        limit = self.app.conf.task_max_redeliveries
+        logger.error("pool child %d died (%s) reading %s[%s], before it started it (%d of "
+                     "%d times allowed)", child.pid, how, job.name, job.id, failures, limit + 1)
+        if failures > limit:
+            self.stats["unstartable"] += 1
+            return True
+        if len(self._start_failures) >= 10_000:  # jobs that never came back: forget the oldest
+            del self._start_failures[next(iter(self._start_failures))]
+        self._start_failures[job.id] = failures
+        return False
 
     def _close_fds(self, child: Child) -> None:
         for fd in (child.event_fd, child.pidfd, child.job_fd):
@@ -635,7 +747,8 @@ class PreforkPool(Pool):
         _call_all((self.on_unstarted, (job,)) for job in given)
 
     def is_idle(self) -> bool:
-        return not any(c.current is not None or c.queued for c in self.children.values())
+        return not self._settling and not any(c.current is not None or c.queued
+                                              for c in self.children.values())
 
     def terminate(self) -> None:
         """Cold: SIGKILL the children (idle retiring ones get a moment to exit on their own),
@@ -647,6 +760,7 @@ class PreforkPool(Pool):
             if entry is not None:
                 entry.cancel()
         self._spawn_timer = self._housekeeping = None
+        self._settling.clear()  # like the started jobs below: not reported
         children = list(self.children.values())
         given: list[Job] = []
         for child in children:

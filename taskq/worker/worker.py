@@ -530,7 +530,7 @@ class Worker:
             return
         self.totals["lost"] += 1
         started = job.started_at is not None
-        if not started:
+        if not started and not job.start_failures:
             self.on_job_unstarted(job, request)
             return
         if request.terminated is not None:
@@ -540,7 +540,9 @@ class Worker:
         # DESIGN.md's table: a hard time limit is a FAILURE whatever the ack policy; a lost
         # child requeues only with acks_late + reject_on_worker_lost, and only
         # task_max_redeliveries times, so a poison message cannot loop forever.
-        requeue = (request.acks_late and request.task.reject_on_worker_lost
+        # Never started (children kept dying reading it: job.start_failures) is a poison
+        # message already retried by the pool: a FAILURE too.
+        requeue = (started and request.acks_late and request.task.reject_on_worker_lost
                    and not isinstance(exc, TimeLimitExceeded))
         if requeue:
             count = int(request.msg.headers.get("redelivered_count") or 0)
