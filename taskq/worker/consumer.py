@@ -10,7 +10,9 @@ timer with backoff. The pool keeps running throughout.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,7 @@ from taskq.errors import ConfigurationError
 from taskq.publish import broker_url
 from taskq.urls import safe_url
 from taskq.worker.acks import AmqpAcks
+from taskq.worker.offload import Offload, Outcome
 
 if TYPE_CHECKING:
     from kombu import Connection, Message
@@ -94,6 +97,10 @@ class BrokerConsumer:
         self._registration: Registration | None = None
         self._attempt = 0
         self._reconnect_entry: Any = None
+        # DNS is looked up off the loop before each connect (a resolver can take 5 s per
+        # try); the address found is used for that connect only.
+        self._dns = Offload(loop, "broker address lookup", maxsize=1)
+        self._addresses: dict[str, str] = {}
         self._consuming = True
         self.connected_once = False
 
@@ -114,6 +121,8 @@ class BrokerConsumer:
         if not self._consuming:
             return
         try:
+            if self._look_up_first():
+                return  # _looked_up() calls again once the address is known
             self._connect()
         except Exception as exc:
             fatal = _is_fatal(exc)
@@ -138,6 +147,9 @@ class BrokerConsumer:
         conf = self.app.conf
         heartbeat = conf.broker_heartbeat or None
         conn = self.app.connection(self.url, heartbeat=heartbeat)
+        address = self._addresses.pop(str(conn.hostname), None)
+        if address is not None:
+            conn.hostname = address  # looked up off the loop just now
         conn.connect_timeout = min(conf.broker_connection_timeout, MAX_BLOCKING)
         if conn.transport.driver_type == "redis":
             # redis-py answers a failed read by reconnecting and reading again, and reads
@@ -175,6 +187,40 @@ class BrokerConsumer:
             conn.channel_errors)
         self.loop.hub.on_tick.add(self._update_qos)
         self.loop.hub.on_tick.add(self._flush_acks)
+
+    def _look_up_first(self) -> bool:
+        """Start an off-loop lookup of the broker's host name when connecting would look it
+        up on the loop; True when one runs. Not for an address, a socket path, a transport
+        without a host, or TLS (whose certificate check needs the name)."""
+        conn = self.app.connection(self.url)
+        host, port = conn.hostname, conn.port or conn.transport.default_port
+        if (not host or host in self._addresses or host.startswith("socket:")
+                or conn.transport.driver_type not in {"amqp", "redis"} or conn.ssl
+                or self.url.split("://", 1)[0].lower() in {"amqps", "rediss"}):
+            return False
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(host.strip("[]"))
+            return False
+        if self._dns.pending():
+            return True  # the lookup under way calls _try_connect when it is done
+
+        def look_up() -> str:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            ipv4 = [info[4][0] for info in infos if info[0] == socket.AF_INET]
+            return str(ipv4[0]) if ipv4 else host  # IPv6 only: left to the transport
+
+        return self._dns.submit(f"looking up the broker host {host}", look_up,
+                                lambda outcome: self._looked_up(host, outcome))
+
+    def _looked_up(self, host: str, outcome: Outcome) -> None:
+        if not self._consuming or self.connection is not None:
+            return
+        if not outcome.ok:
+            assert outcome.error is not None
+            self._schedule_reconnect(outcome.error)
+            return
+        self._addresses[host] = outcome.value
+        self._try_connect()
 
     def _schedule_reconnect(self, exc: BaseException) -> None:
         delay = RECONNECT_DELAYS[min(self._attempt, len(RECONNECT_DELAYS) - 1)]
@@ -349,6 +395,7 @@ class BrokerConsumer:
 
     def close(self) -> None:
         self._consuming = False
+        self._dns.close(0.0)
         if self._reconnect_entry is not None:
             self._reconnect_entry.cancel()
         if self._registration is not None:
