@@ -391,8 +391,10 @@ class Channel(LeaseChannelMixin, kredis.Channel):
         sock = getattr(connection, "_sock", None)
         if sock is None:
             return False
-        try:
-            return bool(select.select([sock], [], [], 0)[0])
+        try:  # poll, not select: select() fails for fd numbers >= 1024
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
         except (OSError, ValueError):
             return False
 

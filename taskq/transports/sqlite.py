@@ -261,7 +261,9 @@ class Transport(virtual.Transport):
         """Deliver what is ready; else wait on the wake socket (renewing, restoring and
         polling on the way) until something is, or ``timeout`` passes (``TimeoutError``)."""
         deadline = None if timeout is None else monotonic() + timeout
-        sock = self.wake.socket()
+        # poll, not select: select() fails for fd numbers >= 1024 (a busy process has them)
+        poller = select.poll()
+        poller.register(self.wake.socket(), select.POLLIN)
         while True:
             self.maintain()
             if self._fetch_ready():
@@ -272,11 +274,7 @@ class Transport(virtual.Transport):
                 if left <= 0:
                     raise TimeoutError()
                 wait = min(wait, left)
-            try:
-                readable, _, _ = select.select([sock], [], [], wait)
-            except InterruptedError:
-                readable = []
-            if readable:
+            if poller.poll(max(1, round(wait * 1000))):
                 self._on_wake()
 
     @property

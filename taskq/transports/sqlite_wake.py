@@ -4,7 +4,7 @@ SQLite cannot tell a waiting consumer that a row arrived, and polling it (kombu'
 transports sleep a second between tries) adds up to a second to every task on an idle
 worker. Instead every consuming connection binds a non-blocking datagram socket in a
 directory next to the database, ``<pid>-<random>.sock``, and waits on it (the event loop
-watches its fd; ``drain_events`` selects on it). A publisher, after its commit, sends one
+watches its fd; ``drain_events`` polls it). A publisher, after its commit, sends one
 byte to every socket there. Sends never block and their errors are ignored: a full socket
 already has a wake-up pending, and a socket file nobody is bound to any more (its process
 died) answers ECONNREFUSED and is removed. A lost wake-up only costs latency: consumers
