@@ -299,10 +299,6 @@ class Generator:
                             self.rng.choice(SLEEP_PROFILES), float(config["lease"]))
         workload = self._workload(config, corner)
         faults = self._faults(config, duration, corner)
-        if "hard_limit" in workload and any(f.kind == "kill-children" for f in faults):
-            # nothing-lost expects TimeLimitExceeded even when an injected kill lands inside
-            # the hard limit (WorkerLostError, as the table says): not drawn until it knows
-            workload = {k: w for k, w in workload.items() if k != "hard_limit"} or {"noop": 1.0}
         rate = self._rate(config, workload, sleep, duration)
         return Case(config, workload, sleep, tuple(faults), duration, rate,
                     seed=self.rng.randrange(2**31), origin=corner.name if corner else "random")

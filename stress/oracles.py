@@ -175,7 +175,11 @@ def nothing_lost(ev: Evidence) -> Verdict:
             error = failed[-1].extra.get("error")
             hit = any(s.pid in kills for s in h.starts) or any(
                 failed[-1].mono - 2.0 <= at <= failed[-1].mono for at in kills.values())
-            if h.expect == "timeout" and error != "TimeLimitExceeded":
+            # a hard-limit task whose own child an injected kill hit inside the limit ends
+            # WorkerLostError (the table's "its child dies" row), not TimeLimitExceeded
+            killed_inside = error == "WorkerLostError" and any(
+                s.pid in kills and s.mono <= kills[s.pid] <= failed[-1].mono for s in h.starts)
+            if h.expect == "timeout" and error != "TimeLimitExceeded" and not killed_inside:
                 counts["wrong_outcome"] += 1
                 problems.append(f"{h.task_id} ({h.kind}) failed with {error}; expected "
                                 "TimeLimitExceeded")
