@@ -89,7 +89,14 @@ class Loop:
                     self._post_scheduled = False
                     return
                 fn, args = self._posted.popleft()
-            fn(*args)
+            try:
+                fn(*args)
+            except BaseException:
+                # The error goes where any loop error goes (iterate_handling's on_error); the
+                # callbacks posted after this one still run, in order, next iteration.
+                # _post_scheduled stays True for that drain, so later posts do not stall.
+                self.call_soon(self._drain_posted)
+                raise
 
     # -- signals ------------------------------------------------------------------------------
     def install_signals(self, handlers: dict[int, Callable[[int], None]]) -> None:
@@ -156,17 +163,29 @@ class Loop:
         """Run loop iterations forever, yielding after each; an exception that escapes the
         hub (a connection error it propagates) goes to ``on_error``, which returns True when
         it was handled, and the loop goes on."""
-        self.hub.call_repeatedly(self.lag_interval, self._check_lag)
-        loop = self.hub.create_loop()
+        hub = self.hub
+        hub.call_repeatedly(self.lag_interval, self._check_lag)
+        # kombu's create_loop reads hub.propagate_errors once, when the generator starts: a
+        # generator made while the set was different (no connection yet, or a torn down one)
+        # would swallow the errors of the connection made since (a missed heartbeat, a lease
+        # renewal on a dead socket: only "Error in timer" in the log). So a new generator
+        # whenever the set changes; between iterations nothing is lost by that.
+        propagate = hub.propagate_errors
+        loop = hub.create_loop()
         while True:
+            if hub.propagate_errors is not propagate:
+                propagate = hub.propagate_errors
+                loop = hub.create_loop()
             try:
                 next(loop)
             except StopIteration:
-                loop = self.hub.create_loop()
+                propagate = hub.propagate_errors
+                loop = hub.create_loop()
             except Exception as exc:
                 if not on_error(exc):
                     raise
-                loop = self.hub.create_loop()
+                propagate = hub.propagate_errors
+                loop = hub.create_loop()
             yield None
 
     def close(self) -> None:
