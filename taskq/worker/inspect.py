@@ -6,6 +6,7 @@ They run in the loop thread: nothing here blocks.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import resource
@@ -51,11 +52,13 @@ def _json_safe(value: Any) -> Any:
     return repr(value)
 
 
-def request_info(request: Request, job: Job | None = None, worker: Worker | None = None
-                 ) -> dict[str, Any]:
+def request_info(request: Request, worker: Worker, job: Job | None = None) -> dict[str, Any]:
+    """A request as Celery's ``Request.info()`` shows it (``hostname`` is this worker's node
+    name; ``priority`` comes from the message's properties)."""
     info = request.delivery_info
+    properties = getattr(request.message, "properties", None) or {}
     time_start = None
-    if job is not None and job.started_at is not None and worker is not None:
+    if job is not None and job.started_at is not None:
         time_start = time.time() - (worker.clock() - job.started_at)  # wall time, as Celery
     return {
         "id": request.id,
@@ -63,13 +66,13 @@ def request_info(request: Request, job: Job | None = None, worker: Worker | None
         "args": _json_safe(list(request.msg.args)),
         "kwargs": _json_safe(dict(request.msg.kwargs)),
         "type": request.name,
-        "hostname": request.message.headers.get("origin") if request.message.headers else None,
+        "hostname": worker.hostname,
         "time_start": time_start,
         "acknowledged": request.acknowledged,
         "delivery_info": {
             "exchange": info.get("exchange"),
             "routing_key": info.get("routing_key"),
-            "priority": info.get("priority"),
+            "priority": properties.get("priority", info.get("priority")),
             "redelivered": info.get("redelivered", False),
         },
         "worker_pid": job.pid if job is not None else None,
@@ -178,14 +181,14 @@ def rate_limit(worker: Worker, task_name: str, rate_limit: Any = None, **_: Any
 
 @handler
 def active(worker: Worker, **_: Any) -> list[dict[str, Any]]:
-    return [request_info(req, job, worker) for job, req in worker.dispatched.items()
+    return [request_info(req, worker, job) for job, req in worker.dispatched.items()
             if job.started_at is not None]
 
 
 @handler
 def reserved(worker: Worker, **_: Any) -> list[dict[str, Any]]:
-    waiting = [request_info(req) for req in worker.ready]
-    waiting += [request_info(req, job) for job, req in worker.dispatched.items()
+    waiting = [request_info(req, worker) for req in worker.ready]
+    waiting += [request_info(req, worker, job) for job, req in worker.dispatched.items()
                 if job.started_at is None]
     return waiting
 
@@ -197,7 +200,7 @@ def scheduled(worker: Worker, **_: Any) -> list[dict[str, Any]]:
         eta = req.msg.eta
         out.append({"eta": eta.isoformat() if isinstance(eta, dt.datetime) else None,
                     "priority": req.delivery_info.get("priority"),
-                    "request": request_info(req)})
+                    "request": request_info(req, worker)})
     return out
 
 
@@ -244,13 +247,13 @@ def query_task(worker: Worker, ids: list[str] | str | None = None, **_: Any
     for job, req in worker.dispatched.items():
         if req.id in wanted:
             state = "active" if job.started_at is not None else "reserved"
-            out[req.id] = [state, request_info(req, job)]
+            out[req.id] = [state, request_info(req, worker, job)]
     for req in worker.ready:
         if req.id in wanted:
-            out[req.id] = ["reserved", request_info(req)]
+            out[req.id] = ["reserved", request_info(req, worker)]
     for req in worker.held:
         if req.id in wanted:
-            out[req.id] = ["scheduled", request_info(req)]
+            out[req.id] = ["scheduled", request_info(req, worker)]
     return out
 
 
@@ -264,21 +267,44 @@ def stats(worker: Worker, **_: Any) -> dict[str, Any]:
         "uptime": round(worker.clock() - worker.started_at, 3),
         "total": dict(worker.completed_by_name),
         "totals": dict(worker.totals),
-        "pool": {
-            "implementation": worker.pool_kind,
-            "max-concurrency": worker.pool_size(),
-            "processes": worker.pool.pids(),
-            "optimization": worker.app.conf.worker_optimization,
-            **{k: _json_safe(v) for k, v in worker.pool.info().items()},
-        },
+        "pool": _pool_stats(worker),
         "prefetch_count": worker.consumer.qos.value if worker.consumer.qos else None,
-        "broker": {"connected": worker.consumer.connected,
-                   "transport": worker.consumer.transport_name()},
+        "broker": _broker_stats(worker),
         "loop_lag": {"last": worker.loop.last_lag, "max": worker.loop.max_lag},
         "rusage": {"maxrss": usage.ru_maxrss, "utime": usage.ru_utime,
                    "stime": usage.ru_stime},
         "sw_ident": "py-taskq", "sw_ver": __version__,
     }
+
+
+def _pool_stats(worker: Worker) -> dict[str, Any]:
+    """Celery's pool fields (Flower and ``celery inspect stats`` read them), then taskq's."""
+    conf = worker.app.conf
+    return {
+        "implementation": worker.pool_kind,
+        "max-concurrency": worker.pool_size(),
+        "processes": worker.pool.pids(),
+        "max-tasks-per-child": (getattr(worker.pool, "max_tasks", None)
+                                or conf.worker_max_tasks_per_child or "N/A"),
+        "put-guarded-by-semaphore": False,  # no semaphore anywhere (docs/design.md)
+        "timeouts": [conf.task_soft_time_limit or 0, conf.task_time_limit or 0],
+        "writes": "N/A",
+        "optimization": conf.worker_optimization,
+        **{k: _json_safe(v) for k, v in worker.pool.info().items()},
+    }
+
+
+def _broker_stats(worker: Worker) -> dict[str, Any]:
+    """Celery's ``broker`` fields (kombu's ``Connection.info()``, password left out)."""
+    out: dict[str, Any] = {"connected": worker.consumer.connected,
+                           "transport": worker.consumer.transport_name()}
+    conn = worker.consumer.connection
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            info = dict(conn.info())
+            info.pop("password", None)
+            out = {**_json_safe(info), **out}
+    return out
 
 
 @handler

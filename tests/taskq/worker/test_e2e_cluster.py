@@ -207,3 +207,30 @@ def test_active_queues_has_celerys_shape_for_flower(broker: Broker, worker: Star
                 "max_priority"):
         assert key in queue, key
     assert queue["name"] == broker.queue and queue["exchange"]["name"]
+
+
+def test_inspect_answers_in_celerys_shapes(amqp_broker: Broker, worker: StartWorker,
+                                           ledger: Ledger) -> None:
+    """What Flower and ``celery inspect`` read: the worker's node name as a request's
+    ``hostname`` (not the sender's), the message priority, Celery's broker and pool fields."""
+    w = worker(amqp_broker, pool="prefork", concurrency=1, args=["--max-tasks-per-child", "5"])
+    client = amqp_broker.app()
+    running = client.send_task("appmod.sleeper", (20, str(ledger)), priority=3)
+    ledger.wait_started(running.id)
+    [active] = client.control.broadcast("active", destination=[w.hostname], reply=True,
+                                        timeout=5)
+    [request] = active[w.hostname]
+    assert request["hostname"] == w.hostname
+    assert request["delivery_info"]["priority"] == 3
+    [stats] = client.control.broadcast("stats", destination=[w.hostname], reply=True,
+                                       timeout=5)
+    mine = stats[w.hostname]
+    for key in ("hostname", "port", "userid", "virtual_host", "transport"):
+        assert key in mine["broker"], key
+    assert "password" not in mine["broker"]
+    assert mine["broker"]["port"] == 5672
+    pool = mine["pool"]
+    assert pool["max-tasks-per-child"] == 5 and pool["max-concurrency"] == 1
+    for key in ("processes", "timeouts", "writes", "put-guarded-by-semaphore"):
+        assert key in pool, key
+    client.control.revoke(running.id, terminate=True, signal="SIGKILL")
