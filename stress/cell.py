@@ -30,7 +30,14 @@ from stress.errors import RunnerError
 from stress.faults import NEEDS_PRIVATE_BROKER, NEEDS_PROXY, build_runners
 from stress.harness import APP_ENV
 from stress.ledger import Book, LedgerReader
-from stress.oracles import Evidence, Verdict, judge, unresolved
+from stress.oracles import (
+    Evidence,
+    Verdict,
+    certain_violations,
+    judge,
+    pool_capacity,
+    unresolved,
+)
 from stress.publisher import Publisher
 from stress.spaces import Space, address_of, make_space
 from stress.suites import Cell, Suite
@@ -112,15 +119,17 @@ class CellRun:
                 runner.start()
             probe = BackendProbe(space) if self.worker_cmd else None
             try:
-                watch = self._watch(worker, publisher, book, reader, journal, started, probe)
+                watch = self._watch(worker, publisher, book, reader, journal, started, probe,
+                                    runners)
             finally:
                 if probe is not None:
                     probe.close()
             for runner in runners:
                 runner.stop()
-            if watch["deadlock"]:
+            if watch["deadlock"] or watch.get("early") == "pool-capacity":
                 worker.dump_stacks(self.directory / "stacks.txt")
-            health = self._settled_health(worker, 0.0 if watch["deadlock"] else 10.0)
+            health = self._settled_health(
+                worker, 0.0 if watch["deadlock"] or watch.get("early") else 10.0)
             worker.stop()
             book.add(reader.poll())
             evidence = Evidence(
@@ -130,11 +139,14 @@ class CellRun:
                 stall_bound=watch["bound"], baseline=baseline, health=health,
                 worker_starts=worker.started, is_taskq=self.worker_cmd is None,
                 publish_errors=publisher.errors, directory=self.directory,
-                duration=self.duration,
+                duration=self.duration, stopped_early=watch.get("early"),
+                observed_until=watch.get("until"),
             )
             verdicts, figures = judge(evidence)
             figures["seconds"] = round(time.monotonic() - started, 2)
             figures["published"] = publisher.published
+            if watch.get("early"):
+                figures["stopped_early"] = f"{watch['early']}: {watch['early_reason']}"[:300]
             if publisher.last_error:
                 figures["last_publish_error"] = publisher.last_error
             return CellResult(self.cell, self.seed, verdicts, figures, self.directory,
@@ -249,11 +261,35 @@ class CellRun:
         return health
 
     # -- watching the run ---------------------------------------------------------------------
+    def _certain_failure(self, book: Book, journal: Journal, runners: list[Any],
+                         done: bool, now: float) -> tuple[str, str] | None:
+        """(oracle, why) when the run's failure is already certain (``early_stop`` suites:
+        explore): a re-run the table forbids once no fault is left to come, or tasks waiting
+        while the pool is short of capacity for longer than ``pool_capacity_after``."""
+        faults = journal.records
+        if done and all(r.done for r in runners):
+            problems = certain_violations(book, faults, self.cell)
+            if problems:
+                return "nothing-lost", problems[0]
+        if "pool_capacity_after" in self.suite.oracles:
+            verdict = pool_capacity(Evidence(
+                suite=self.suite, cell=self.cell, book=book, faults=list(faults),
+                deadlock=False, deadlock_pending=0, stall_bound=0.0, baseline=None, health=None,
+                worker_starts=1, is_taskq=True, publish_errors=0, directory=self.directory,
+                observed_until=now))
+            if not verdict.passed:
+                return "pool-capacity", verdict.message
+        return None
+
     def _watch(self, worker: WorkerProc, publisher: Publisher, book: Book,
                reader: LedgerReader, journal: Journal, started: float,
-               probe: BackendProbe | None = None) -> dict[str, Any]:
-        """Until drained, deadlocked or out of time; restarts a worker a fault killed."""
+               probe: BackendProbe | None = None, runners: list[Any] | None = None
+               ) -> dict[str, Any]:
+        """Until drained, deadlocked or out of time (or, for ``early_stop`` suites, a failure
+        is certain); restarts a worker a fault killed."""
         bound = float(self.suite.oracles.get("deadlock_after", 30.0))
+        early_stop = bool(self.suite.oracles.get("early_stop"))
+        last_check = 0.0
         last_events, last_progress = -1, time.monotonic()
         deadline = started + self.max_time
         result: dict[str, Any] = {"deadlock": False, "pending": 0, "bound": bound}
@@ -275,6 +311,13 @@ class CellRun:
                 self.progress(total - len(pending), total, "drain" if done else "run")
             if done and not pending:
                 return result
+            if early_stop and now - last_check >= 1.0:
+                last_check = now
+                certain = self._certain_failure(book, journal, runners or [], done, now)
+                if certain is not None:
+                    result.update(early=certain[0], early_reason=certain[1], until=now,
+                                  pending=len(pending))
+                    return result
             if pending and now - last_progress > bound:
                 result.update(deadlock=True, pending=len(pending))
                 return result

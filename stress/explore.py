@@ -201,6 +201,7 @@ class Case:
             "vacuity": "report",  # a case whose faults missed is weak, not failed
             "pool_capacity_after": max(10.0, self.longest_task() + lease + 5.0),
             "capacity": self.capacity, "settle_fds": 8,
+            "early_stop": True,  # stop as soon as a failure is certain (cases cost seconds)
         }
         if self.config["pool_type"] != "solo":  # solo runs tasks on the loop: it lags by design
             oracles["max_loop_lag"] = 5.0

@@ -226,30 +226,37 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
     errors_in_a_row = 0
     code = 0
     n = 0
-    while clock() - began < options.budget and (options.max_cases is None
-                                                  or n < options.max_cases):
-        n += 1
-        case = gen.draw()
-        coverage.add(case)
-        result = run_case(case, report_dir / f"case-{n:03d}", options)
-        mark = {None: "ERROR", True: "FAIL", False: "pass"}[outcome(result)]
-        options.say(f"[{n}] {mark:5} {result.seconds:5.0f}s {case.describe()}"
-                    + (f" -- {', '.join(failed_oracles(result))}" if mark == "FAIL" else "")
-                    + (f" -- {result.error.splitlines()[0][:160]}" if result.error else ""))
-        rows.append((case, result, ""))
-        log.append(_result_json(result, case, "explore"))
-        if result.error:
-            errors_in_a_row += 1
-            if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
-                options.say(f"taskq-stress explore: {errors_in_a_row} cases in a row could not "
-                            "run; stopping")
-                code = 2
+    interrupted = False
+    try:
+        while clock() - began < options.budget and (options.max_cases is None
+                                                      or n < options.max_cases):
+            n += 1
+            case = gen.draw()
+            coverage.add(case)
+            result = run_case(case, report_dir / f"case-{n:03d}", options)
+            mark = {None: "ERROR", True: "FAIL", False: "pass"}[outcome(result)]
+            early = result.figures.get("stopped_early")
+            options.say(f"[{n}] {mark:5} {result.seconds:5.0f}s {case.describe()}"
+                        + (f" -- {', '.join(failed_oracles(result))}" if mark == "FAIL" else "")
+                        + (f" (stopped early, {early.split(':')[0]} certain)" if early else "")
+                        + (f" -- {result.error.splitlines()[0][:160]}" if result.error else ""))
+            rows.append((case, result, ""))
+            log.append(_result_json(result, case, "explore"))
+            if result.error:
+                errors_in_a_row += 1
+                if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
+                    options.say(f"taskq-stress explore: {errors_in_a_row} cases in a row could "
+                                "not run; stopping")
+                    code = 2
+                    break
+                continue
+            errors_in_a_row = 0
+            if not result.passed:
+                found = (case, result)
                 break
-            continue
-        errors_in_a_row = 0
-        if not result.passed:
-            found = (case, result)
-            break
+    except KeyboardInterrupt:
+        interrupted = True
+        options.say("taskq-stress explore: interrupted; the running case was cleaned up")
     searched = clock() - began
     summary: dict[str, Any] = {
         "seed": seed, "budget_s": options.budget, "cases": n, "search_s": round(searched, 1),
@@ -261,6 +268,10 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
         code = 1
         summary["failure"] = _shrink_and_save(found, n, searched, report_dir, options, rows,
                                               log, restrict)
+        interrupted = interrupted or bool(summary["failure"].get("interrupted"))
+    elif interrupted:
+        code = 2
+    summary["interrupted"] = interrupted
     options.say(coverage.table())
     summary["coverage"] = coverage.to_json()
     report_json = options.json_path or report_dir / "report.json"
@@ -268,8 +279,8 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
                                       default=str))
     if options.junit_path:
         _write_junit(options.junit_path, "explore", rows)
-    verdict = ("FOUND a failure" if code == 1 else "could not run" if code == 2
-               else "nothing found")
+    verdict = ("FOUND a failure" if code == 1 else "INTERRUPTED" if interrupted
+               else "could not run" if code == 2 else "nothing found")
     options.say(f"taskq-stress explore: {verdict}: {n} cases in {searched / 60:.1f} min "
                 f"({summary['cases_per_minute']} cases/min, seed {seed}); JSON {report_json}"
                 + (f", JUnit {options.junit_path}" if options.junit_path else ""))
@@ -301,23 +312,35 @@ def _shrink_and_save(found: tuple[Case, CellResult], n: int, searched: float, re
         return reproduces(lambda: once(candidate), options.runs_per_candidate, 2)
 
     began = time.monotonic()
-    # the original failed once: one more failure in the remaining runs confirms it
-    confirmed = reproduces(lambda: once(case), max(1, options.runs_per_candidate - 1), 1)
     info: dict[str, Any] = {"case": case.name, "describe": case.describe(),
                             "oracles": first_oracles, "after_cases": n,
-                            "seconds_to_find": round(searched, 1), "confirmed": confirmed}
-    if not confirmed:
-        options.say(f"taskq-stress explore: {case.name} did not fail again: a flaky failure, "
-                    "saved unshrunk")
-        minimal, complete, steps = case, False, 0
-    else:
-        def on_step(candidate: Case, failed: bool) -> None:
-            options.say(f"  shrink {'FAIL' if failed else 'pass'}: {candidate.describe()}")
+                            "seconds_to_find": round(searched, 1)}
+    accepted: list[Case] = []
 
-        shrunk = shrink(case, lambda c: smaller(c, restrict), fails, key=Case.key,
-                        budget=options.shrink_budget, on_step=on_step)
-        minimal, complete, steps = shrunk.case, shrunk.complete, len(shrunk.steps)
-        info.update(candidates_tried=shrunk.tried)
+    def on_step(candidate: Case, failed: bool) -> None:
+        if failed:
+            accepted.append(candidate)
+        options.say(f"  shrink {'FAIL' if failed else 'pass'}: {candidate.describe()}")
+
+    try:
+        # the original failed once: one more failure in the remaining runs confirms it
+        confirmed = reproduces(lambda: once(case), max(1, options.runs_per_candidate - 1), 1)
+        info["confirmed"] = confirmed
+        if not confirmed:
+            options.say(f"taskq-stress explore: {case.name} did not fail again: a flaky "
+                        "failure, saved unshrunk")
+            minimal, complete, steps = case, False, 0
+        else:
+            shrunk = shrink(case, lambda c: smaller(c, restrict), fails, key=Case.key,
+                            budget=options.shrink_budget, on_step=on_step)
+            minimal, complete, steps = shrunk.case, shrunk.complete, len(shrunk.steps)
+            info.update(candidates_tried=shrunk.tried)
+    except KeyboardInterrupt:  # save the smallest failure so far
+        options.say("taskq-stress explore: interrupted while shrinking; saving the smallest "
+                    "failing case so far")
+        minimal = accepted[-1] if accepted else case
+        complete, steps = False, len(accepted)
+        info["interrupted"] = True
     final = last_failure.get(minimal.key(), result)
     path = save(minimal, options.corpus_dir, {
         "failed": failed_oracles(final),

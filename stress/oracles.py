@@ -66,6 +66,9 @@ class Evidence:
     publish_errors: int
     directory: Path
     duration: float | None = None  # this run's publishing window (--duration), if not the suite's
+    # explore: the watch stopped the run early because this oracle's failure was certain
+    stopped_early: str | None = None
+    observed_until: float | None = None  # when the run was last observed (a live check)
 
     def scaled(self, minimum: int) -> int:
         """A suite's minimum count, scaled down for a run shorter than the suite's duration."""
@@ -430,6 +433,8 @@ def _observed_until(ev: Evidence) -> float:
         if h.published is not None:
             times.append(h.published)
     end = max(times, default=0.0)
+    if ev.observed_until is not None:
+        end = max(end, ev.observed_until)
     return end + (ev.stall_bound if ev.deadlock else 0.0)
 
 
@@ -539,6 +544,47 @@ def resources_settle(ev: Evidence) -> Verdict:
     return Verdict("settle", True, "children and fds back to their start values", figures)
 
 
+def certain_violations(book: Book, faults: Sequence[FaultRecord], cell: Cell) -> list[str]:
+    """The nothing-lost violations no later event can undo once no fault is left to come (the
+    fault schedule is over): a re-run the table forbids, a finished task with the wrong
+    outcome. Explore stops a case as soon as one shows (a re-run loop otherwise keeps the
+    deadlock watch quiet until the case's max time)."""
+    problems = []
+    for h in book.published():
+        for previous, nxt in zip(h.starts, h.starts[1:], strict=False):
+            if not _rerun_allowed(h, previous, faults, cell):
+                problems.append(f"{h.task_id} ({h.kind}) ran again at +"
+                                f"{nxt.mono - previous.mono:.2f}s where the table forbids it")
+        finished = [e for e in h.finishes if e.extra.get("outcome") != "retry"]
+        if finished:
+            outcome = str(finished[-1].extra.get("outcome"))
+            if (h.expect in ("lost", "timeout") and outcome in OK_OUTCOMES) or (
+                    h.expect == "ok" and outcome not in OK_OUTCOMES):
+                problems.append(f"{h.task_id} ({h.kind}) finished {outcome!r}; expected "
+                                f"{h.expect!r}")
+    return problems
+
+
+def _stopped_early(ev: Evidence, verdicts: list[Verdict]) -> list[Verdict]:
+    """A run the watch stopped early: the oracle that stopped it keeps its verdict (nothing-lost
+    only its certain violations), every other failing oracle is not judged (its work was cut
+    short, not wrong)."""
+    out = []
+    for v in verdicts:
+        if v.oracle == ev.stopped_early == "nothing-lost":
+            problems = certain_violations(ev.book, ev.faults, ev.cell)
+            message = (f"{len(problems)} violation(s) (the run stopped at the first): "
+                       + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""))
+            out.append(Verdict(v.oracle, not problems, message if problems else v.message,
+                               v.figures))
+        elif v.passed or v.oracle == ev.stopped_early:
+            out.append(v)
+        else:
+            out.append(Verdict(v.oracle, True, f"not judged: the run stopped early on a certain "
+                               f"{ev.stopped_early} failure ({v.message})", v.figures))
+    return out
+
+
 def explore_verdicts(ev: Evidence, verdicts: list[Verdict]) -> list[Verdict]:
     """The verdicts with explore's oracles added (when the suite names their bounds), and
     ``not-vacuous`` reported without failing when the suite says ``vacuity = "report"``."""
@@ -552,4 +598,6 @@ def explore_verdicts(ev: Evidence, verdicts: list[Verdict]) -> list[Verdict]:
         verdicts.append(loop_lag(ev))
     if "settle_fds" in oracles:
         verdicts.append(resources_settle(ev))
+    if ev.stopped_early:
+        verdicts = _stopped_early(ev, verdicts)
     return verdicts

@@ -1,0 +1,79 @@
+"""Explore stops a case once its failure is certain, and writes its JSON report when
+interrupted (Ctrl-C)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaos import FaultRecord
+from stress import explorer
+from stress.cell import CellResult
+from stress.explore import Generator
+from stress.ledger import Book, Entry
+from stress.oracles import Evidence, Verdict, certain_violations, explore_verdicts
+from stress.suites import Suite, parse_cell
+
+
+def _e(event: str, task_id: str, pid: int, mono: float, **extra: object) -> Entry:
+    return Entry(event, task_id, pid, mono, mono, dict(extra))
+
+
+def _rerun(acks: str) -> tuple[Book, Any]:
+    book = Book()
+    book.add([_e("published", "t", 1, 0.0, kind="sleep", expect="ok"),
+              _e("started", "t", 7, 1.0), _e("finished", "t", 7, 5.0, outcome="ok"),
+              _e("started", "t", 7, 5.5), _e("finished", "t", 7, 9.0, outcome="ok")])
+    return book, parse_cell(f"acks={acks}")
+
+
+def test_a_rerun_without_a_fault_is_certain_and_one_the_table_allows_is_not() -> None:
+    book, cell = _rerun("late")
+    assert any("ran again" in p for p in certain_violations(book, [], cell))
+    cut = FaultRecord(mono=2.0, wall=2.0, kind="proxy-cut", target="proxy", outcome="ok")
+    assert certain_violations(book, [cut], cell) == []
+
+
+def test_a_stopped_run_keeps_the_oracle_that_stopped_it_and_judges_no_other() -> None:
+    book, cell = _rerun("early")
+    book.add([_e("published", "pending", 1, 6.0, kind="noop", expect="ok")])
+    ev = Evidence(suite=Suite("t", "", Path("t.toml")), cell=cell, book=book, faults=[],
+                  deadlock=False, deadlock_pending=0, stall_bound=10.0, baseline=None,
+                  health=None, worker_starts=1, is_taskq=True, publish_errors=0,
+                  directory=Path("."), stopped_early="nothing-lost")
+    verdicts = explore_verdicts(ev, [Verdict("deadlock", False, "ended with 1 unresolved"),
+                                     Verdict("nothing-lost", False, "never started ..."),
+                                     Verdict("pool-health", True, "fine")])
+    by = {v.oracle: v for v in verdicts}
+    assert by["deadlock"].passed and "not judged" in by["deadlock"].message
+    assert not by["nothing-lost"].passed
+    assert "ran again" in by["nothing-lost"].message
+    assert "never started" not in by["nothing-lost"].message
+
+
+def test_an_interrupted_search_still_writes_its_json_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_run(case: Any, directory: Path, options: Any) -> CellResult:
+        calls.append(case)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return CellResult(case.cell(), case.seed, [Verdict("deadlock", True, "ok")], {},
+                          directory, 1.0, "taskq worker")
+
+    monkeypatch.setattr(explorer, "run_case", fake_run)
+    out = io.StringIO()
+    options = explorer.ExploreOptions(budget=600, seed=3, report_dir=tmp_path / "r",
+                                      corpus_dir=tmp_path / "corpus", out=out)
+    code = explorer.explore(options)
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert code == 2
+    assert report["explore"]["interrupted"] is True
+    assert report["explore"]["cases"] == 2 and len(report["cells"]) == 1
+    assert "INTERRUPTED" in out.getvalue()
+    assert Generator(3).draw().key() == calls[0].key()
