@@ -80,6 +80,8 @@ class CellRun:
     extra_env: dict[str, str] = field(default_factory=dict)
     transport_options: dict[str, Any] = field(default_factory=dict)  # over the space's own
     taskq_cmd: list[str] | None = None  # another taskq build's command (another checkout)
+    fleet: int = 1  # workers on the cell's queue (explore); main-process faults pick one
+    _others: list[WorkerProc] = field(default_factory=list, init=False, repr=False)
 
     def run(self) -> CellResult:
         started = time.monotonic()
@@ -104,16 +106,25 @@ class CellRun:
                 proxy = FaultProxy(address_of(space.url), journal=journal, seed=self.seed)
                 proxy.start()
             worker = self._worker(space, proxy, ledger_dir)
+            self._others = [self._worker(space, proxy, ledger_dir, member)
+                            for member in range(2, self.fleet + 1)]
             book, reader = Book(), LedgerReader(ledger_dir)
             publisher = Publisher(space, self.suite, ledger_dir, seed=self.seed,
                                   rate=self.suite.rate, duration=self.duration)
             worker.start()
+            for other in self._others:
+                other.start()
             self._warm_up(publisher, worker, book, reader)
+            for other in self._others:
+                self._warm_up(publisher, other, book, reader)
             baseline = self._settled_health(worker)
+            fleet = [worker, *self._others]
             runners = build_runners(self.suite.faults, self.cell.params, seed=self.seed,
                                     duration=self.duration, journal=journal,
                                     main_pid=lambda: worker.pid if worker else None,
-                                    proxy=proxy, broker=private)
+                                    proxy=proxy, broker=private,
+                                    main_pids=lambda: [p for w in fleet if (p := w.pid)],
+                                    running=lambda: _running_pids(book))
             publisher.start()
             for runner in runners:
                 runner.start()
@@ -128,16 +139,21 @@ class CellRun:
                 runner.stop()
             if watch["deadlock"] or watch.get("early") == "pool-capacity":
                 worker.dump_stacks(self.directory / "stacks.txt")
+                for other in self._others:
+                    other.dump_stacks(self.directory / f"stacks-{other.name}.txt")
             health = self._settled_health(
                 worker, 0.0 if watch["deadlock"] or watch.get("early") else 10.0)
             worker.stop()
+            for other in self._others:
+                other.stop()
             book.add(reader.poll())
             evidence = Evidence(
                 suite=self.suite, cell=self.cell, book=book,
                 faults=read_journal(journal.path) if journal.path else [],
                 deadlock=watch["deadlock"], deadlock_pending=watch["pending"],
                 stall_bound=watch["bound"], baseline=baseline, health=health,
-                worker_starts=worker.started, is_taskq=self.worker_cmd is None,
+                worker_starts=worker.started + sum(o.started - 1 for o in self._others),
+                is_taskq=self.worker_cmd is None,
                 publish_errors=publisher.errors, directory=self.directory,
                 duration=self.duration, stopped_early=watch.get("early"),
                 observed_until=watch.get("until"),
@@ -162,6 +178,9 @@ class CellRun:
                 publisher.stop()
             if worker is not None:
                 worker.stop(grace=5.0)
+            for other in self._others:
+                with contextlib.suppress(Exception):
+                    other.stop(grace=5.0)
             if proxy is not None:
                 with contextlib.suppress(Exception):
                     proxy.stop()
@@ -187,7 +206,8 @@ class CellRun:
         return private
 
     # -- the worker ---------------------------------------------------------------------------
-    def _worker(self, space: Space, proxy: FaultProxy | None, ledger_dir: Path) -> WorkerProc:
+    def _worker(self, space: Space, proxy: FaultProxy | None, ledger_dir: Path,
+                member: int = 1) -> WorkerProc:
         cell = self.cell
         broker = space.url
         if proxy is not None:
@@ -209,7 +229,13 @@ class CellRun:
         }
         if self.app:
             env[APP_ENV] = self.app
-        node = f"stress-{space.name}@{socket.gethostname()}"
+        if self.fleet > 1:
+            env[ledger_mod.MEMBER_ENV] = str(member)
+        shim = self._stress_path()
+        if shim is not None:  # this stress package, not the one in another checkout's tree
+            env["PYTHONPATH"] = os.pathsep.join((str(shim), env["PYTHONPATH"]))
+        node = (f"stress-{space.name}@{socket.gethostname()}" if member == 1
+                else f"stress{member}-{space.name}@{socket.gethostname()}")
         values = {"queue": space.queue, "concurrency": cell["concurrency"], "pool": cell["pool"],
                   "broker": broker, "node": node, "acks_late": str(late).lower(),
                   "max_tasks_per_child": cell["max_tasks_per_child"]}
@@ -227,7 +253,21 @@ class CellRun:
             if cell["max_tasks_per_child"]:
                 argv += ["--max-tasks-per-child", str(cell["max_tasks_per_child"])]
             argv += self.suite.worker_args
-        return WorkerProc(argv, env, self.directory)
+        return WorkerProc(argv, env, self.directory,
+                          "worker" if member == 1 else f"worker-m{member}")
+
+    def _stress_path(self) -> Path | None:
+        """A directory holding only this ``stress`` package, for a worker started from another
+        checkout (whose own tree, first on its path, may hold an older harness)."""
+        here = Path(__file__).resolve().parent
+        if (Path.cwd() / "stress").resolve() == here:
+            return None
+        shim = self.directory / "pythonpath"
+        shim.mkdir(exist_ok=True)
+        link = shim / "stress"
+        if not link.exists():
+            link.symlink_to(here, target_is_directory=True)
+        return shim
 
     def _warm_up(self, publisher: Publisher, worker: WorkerProc, book: Book,
                  reader: LedgerReader, timeout: float = 60.0) -> None:
@@ -300,10 +340,11 @@ class CellRun:
             now = time.monotonic()
             if book.events != last_events:
                 last_events, last_progress = book.events, now
-            if not worker.alive():
-                worker.reap()
-                worker.start()  # a fault (or a crash) took it: the next one redelivers
-                last_progress = now
+            for member in (worker, *self._others):
+                if not member.alive():
+                    member.reap()
+                    member.start()  # a fault (or a crash) took it: the next one redelivers
+                    last_progress = now
             pending = unresolved(book, journal.records, self.cell)  # in memory: every tick
             done = not publisher.running
             if self.progress:
@@ -325,3 +366,18 @@ class CellRun:
                 result.update(pending=len(pending))
                 return result
             time.sleep(0.25)
+
+
+def _running_pids(book: Book) -> set[int]:
+    """The pids the ledger shows running a task now (a run started and not ended)."""
+    pids: set[int] = set()
+    try:
+        for h in list(book.by_id.values()):
+            for s in list(h.starts):
+                ended = any(e.mono >= s.mono and e.pid == s.pid for e in list(h.finishes)) or any(
+                    e.mono >= s.mono for e in list(h.losses))
+                if not ended:
+                    pids.add(s.pid)
+    except RuntimeError:  # the watch loop changed the book under us: try at the next call
+        return set()
+    return pids

@@ -59,22 +59,27 @@ SPACE: dict[str, Axis] = {
     "lease": Axis((LEASE_TIMEOUT, 2.0, 3.0, 10.0), LEASE_TIMEOUT, (2, 1, 1, 1)),
     "heartbeat": Axis((10.0, 2.0), 10.0),  # AMQP only
     "time_limit": Axis((0, 30), 0, (3, 1)),  # the worker's hard limit; 0: none
+    # workers on one broker: leases and redelivery show their bugs when another can take it
+    "fleet": Axis((1, 2, 3), 1, (3, 2, 1)),
+    "fds": Axis((0, 1100), 0, (4, 1)),  # fds the worker's main process holds open at start
 }
-SHRINK_ORDER = ("pool_type", "transport", "acks", "max_tasks_per_child", "strategy",
+SHRINK_ORDER = ("fleet", "pool_type", "transport", "acks", "max_tasks_per_child", "strategy",
                 "concurrency", "max_memory_per_child", "prefetch", "lease", "heartbeat",
-                "time_limit")
+                "time_limit", "fds")
 
-TASK_KINDS = ("noop", "sleep", "cpu", "big", "grow", "exit", "crash", "soft_limit", "hard_limit")
+TASK_KINDS = ("noop", "sleep", "cpu", "big", "grow", "exit", "crash", "soft_limit", "hard_limit",
+              "eta")
 TASK_WEIGHTS = {"noop": 4, "sleep": 5, "cpu": 2, "big": 1, "grow": 1, "exit": 1, "crash": 1,
-                "soft_limit": 1, "hard_limit": 1}
+                "soft_limit": 1, "hard_limit": 1, "eta": 2}
 PREFORK_ONLY_TASKS = {"grow", "exit", "crash", "soft_limit", "hard_limit"}
 
 FAULT_KINDS = ("kill-children", "freeze-children", "kill-main", "terminate-worker",
                "cut-connections", "reset-connections", "blackhole", "latency",
-               "restart-broker")
-FAULT_WEIGHTS = {"kill-children": 4, "freeze-children": 1, "kill-main": 2,
+               "restart-broker", "kill-running", "hup-worker", "cold-shutdown")
+FAULT_WEIGHTS = {"kill-children": 3, "freeze-children": 1, "kill-main": 2,
                  "terminate-worker": 1, "cut-connections": 4, "reset-connections": 1,
-                 "blackhole": 2, "latency": 1, "restart-broker": 1}
+                 "blackhole": 2, "latency": 1, "restart-broker": 1, "kill-running": 3,
+                 "hup-worker": 1, "cold-shutdown": 1}
 TIMED_FAULTS = {"freeze-children", "blackhole", "latency"}  # on for ``duration`` seconds
 SLEEP_PROFILES = ("short", "medium", "around-lease")
 DURATIONS = (4.0, 6.0, 8.0, 12.0)
@@ -160,10 +165,17 @@ class Case:
 
     def cell(self) -> Cell:
         c = self.config
-        return Cell({"transport": c["transport"], "pool": c["strategy"],
-                     "max_tasks_per_child": c["max_tasks_per_child"], "acks": c["acks"],
-                     "concurrency": c["concurrency"], "case": self.name,
-                     "pool_type": c["pool_type"]})
+        params = {"transport": c["transport"], "pool": c["strategy"],
+                  "max_tasks_per_child": c["max_tasks_per_child"], "acks": c["acks"],
+                  "concurrency": c["concurrency"], "case": self.name,
+                  "pool_type": c["pool_type"]}
+        if self.fleet > 1:
+            params["fleet"] = self.fleet
+        return Cell(params)
+
+    @property
+    def fleet(self) -> int:
+        return int(self.config.get("fleet", 1))
 
     def worker_args(self) -> list[str]:
         c = self.config
@@ -177,9 +189,12 @@ class Case:
         return args
 
     def worker_env(self) -> dict[str, str]:
+        env = {}
         if self.config["transport"] == "amqp":
-            return {"TASKQ_BROKER_HEARTBEAT": str(self.config["heartbeat"])}
-        return {}
+            env["TASKQ_BROKER_HEARTBEAT"] = str(self.config["heartbeat"])
+        if self.config.get("fds"):
+            env["TASKQ_STRESS_FDS"] = str(self.config["fds"])  # read by stress.harness
+        return env
 
     def transport_options(self) -> dict[str, Any]:
         if self.config["transport"] in ("redis", "sqlite"):
@@ -189,6 +204,8 @@ class Case:
 
     def longest_task(self) -> float:
         longest = self.sleep[1] if "sleep" in self.workload else 0.1
+        if "eta" in self.workload:
+            longest = max(longest, 4.0)  # countdowns up to 4 s
         if "hard_limit" in self.workload or "soft_limit" in self.workload:
             longest = max(longest, 2.0)
         return longest
@@ -202,6 +219,7 @@ class Case:
             "pool_capacity_after": max(10.0, self.longest_task() + lease + 5.0),
             "capacity": self.capacity, "settle_fds": 8,
             "early_stop": True,  # stop as soon as a failure is certain (cases cost seconds)
+            "lease_held": self.fleet > 1,
         }
         if self.config["pool_type"] != "solo":  # solo runs tasks on the loop: it lags by design
             oracles["max_loop_lag"] = 5.0
@@ -246,6 +264,9 @@ CORNERS: tuple[Corner, ...] = (
     Corner("late-lease-cut", {"acks": ("late",), "lease": (2.0, 3.0),
                               "transport": ("redis", "sqlite")}, ("cut-connections",),
            "around-lease"),
+    # issue 13 #5 with another worker on the queue: the orphaned leases' messages go to it
+    Corner("fleet-lease-cut", {"acks": ("late",), "lease": (2.0, 3.0), "transport": ("redis",),
+                               "fleet": (2, 3)}, ("cut-connections",), "around-lease"),
     # SCENARIOS #1-3: recycling under kills and memory limits
     Corner("recycle-kill", {"max_tasks_per_child": (1, 2), "pool_type": ("prefork",),
                             "max_memory_per_child": (65536,)}, ("kill-children",), "short"),
@@ -323,9 +344,9 @@ class Generator:
         return {k: float(self.rng.choice((1, 2, 4))) for k in sorted(chosen)}
 
     def fault_kinds(self, config: Mapping[str, Any]) -> list[str]:
-        kinds = ["kill-main", "terminate-worker"]
+        kinds = ["kill-main", "terminate-worker", "hup-worker", "cold-shutdown"]
         if config["pool_type"] == "prefork":
-            kinds += ["kill-children", "freeze-children"]
+            kinds += ["kill-children", "freeze-children", "kill-running"]
         if config["transport"] != "sqlite":
             kinds += ["cut-connections", "reset-connections", "blackhole", "latency"]
         if config["transport"] == "redis":

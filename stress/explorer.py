@@ -36,7 +36,8 @@ MAX_ERRORS_IN_A_ROW = 3
 # A worker that is not taskq (a --worker-cmd with {placeholders}) is started from its own
 # command line: only the axes that command carries vary.
 FOREIGN_WORKER_AXES: dict[str, list[Any]] = {
-    "pool_type": ["prefork"], "prefetch": [4], "max_memory_per_child": [0], "time_limit": [0]}
+    "pool_type": ["prefork"], "prefetch": [4], "max_memory_per_child": [0], "time_limit": [0],
+    "fds": [0]}
 
 
 @dataclass
@@ -98,7 +99,7 @@ def run_case(case: Case, directory: Path, options: ExploreOptions) -> CellResult
                   worker_cmd=options.worker_cmd if options.foreign else None,
                   taskq_cmd=shlex.split(options.worker_cmd)
                   if options.worker_cmd and not options.foreign else None,
-                  transport_options=case.transport_options())
+                  transport_options=case.transport_options(), fleet=case.fleet)
     try:
         return run.run()
     except StressError as exc:

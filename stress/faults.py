@@ -11,7 +11,14 @@ Kinds (each with a ``schedule`` in chaos's syntax, e.g. ``"poisson {kill_rate}/s
   brokers are never restarted), its data kept (AOF, fsync always);
 - ``freeze-children``: SIGSTOP a random pool child, SIGCONT it ``duration`` seconds later;
 - ``reset-connections``: RST every broker connection through the fault proxy;
-- ``latency``: the proxy delays every chunk by ``ms`` milliseconds for ``duration`` seconds.
+- ``latency``: the proxy delays every chunk by ``ms`` milliseconds for ``duration`` seconds;
+- ``kill-running``: SIGKILL a pool child that is running a task (from the ledger; it waits up
+  to 2 s for one), journaled as a child kill;
+- ``hup-worker``: SIGHUP the worker (a warm restart that re-executes itself, same pid);
+- ``cold-shutdown``: SIGQUIT the worker (cold shutdown: running tasks are not waited for);
+  a new one starts.
+
+With a fleet (several workers on one broker), the main-process faults pick one of them.
 
 The targets follow the worker across restarts: they ask the cell for the current main pid.
 """
@@ -19,6 +26,7 @@ The targets follow the worker across restarts: they ask the cell for the current
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -42,33 +50,62 @@ from chaos import (
 from chaos.targets import child_pids
 from stress.errors import ScenarioError
 
-__all__ = ["KINDS", "NEEDS_PRIVATE_BROKER", "NEEDS_PROXY", "RESTARTS_WORKER", "build_runners"]
+__all__ = ["KINDS", "MAIN_SIGNALS", "NEEDS_PRIVATE_BROKER", "NEEDS_PROXY", "RESTARTS_WORKER",
+           "build_runners"]
 
 KINDS = ("kill-children", "kill-main", "terminate-worker", "cut-connections", "blackhole",
-         "restart-broker", "freeze-children", "reset-connections", "latency")
+         "restart-broker", "freeze-children", "reset-connections", "latency", "kill-running",
+         "hup-worker", "cold-shutdown")
 NEEDS_PROXY = {"cut-connections", "blackhole", "reset-connections", "latency"}
 NEEDS_PRIVATE_BROKER = {"restart-broker"}
-RESTARTS_WORKER = {"kill-main", "terminate-worker"}
+RESTARTS_WORKER = {"kill-main", "terminate-worker", "cold-shutdown"}
+MAIN_SIGNALS = {"kill-main": "KILL", "terminate-worker": "TERM", "hup-worker": "HUP",
+                "cold-shutdown": "QUIT"}
 
 MainPid = Callable[[], int | None]
+MainPids = Callable[[], list[int]]
+RunningPids = Callable[[], set[int]]
 
 
 class WorkerProcesses:
     """The current worker's pool children (or, with ``main``, its main process): the pid is
     asked of the cell at each injection, so targets follow the worker across restarts."""
 
-    def __init__(self, main_pid: MainPid, *, main: bool = False) -> None:
+    def __init__(self, main_pid: MainPid, *, main: bool = False,
+                 main_pids: MainPids | None = None, running: RunningPids | None = None,
+                 wait: float = 2.0) -> None:
         self.main_pid = main_pid
         self.main = main
+        self.main_pids = main_pids
+        self.running = running
+        self.wait = wait
 
     def describe(self) -> str:
+        if self.running is not None:
+            return "worker children running a task"
         return "worker main" if self.main else "worker children"
 
-    def candidates(self) -> list[int]:
+    def _mains(self) -> list[int]:
+        if self.main_pids is not None:
+            return self.main_pids()
         pid = self.main_pid()
-        if not pid:
-            return []
-        return [pid] if self.main else child_pids(pid)
+        return [pid] if pid else []
+
+    def candidates(self) -> list[int]:
+        mains = self._mains()
+        if self.main:
+            return mains
+        children = [c for pid in mains for c in child_pids(pid)]
+        if self.running is None:
+            return children
+        deadline = time.monotonic() + self.wait
+        while True:  # aimed: only a child the ledger shows running a task
+            busy = self.running()
+            aimed = [c for c in children if c in busy]
+            if aimed or time.monotonic() >= deadline:
+                return aimed
+            time.sleep(0.05)
+            children = [c for pid in self._mains() for c in child_pids(pid)]
 
     def resolve(self, pid: int) -> ProcessRef | None:
         return ProcessRef.of(pid)
@@ -84,8 +121,12 @@ def _format(text: str, cell: Mapping[str, Any]) -> str:
 
 def build_runners(faults: list[dict[str, Any]], cell: Mapping[str, Any], *, seed: int,
                   duration: float, journal: Journal, main_pid: MainPid,
-                  proxy: FaultProxy | None, broker: Broker | None = None) -> list[Runner]:
-    """One chaos Runner per fault, limited to the publishing window."""
+                  proxy: FaultProxy | None, broker: Broker | None = None,
+                  main_pids: MainPids | None = None,
+                  running: RunningPids | None = None) -> list[Runner]:
+    """One chaos Runner per fault, limited to the publishing window. ``main_pids``: every
+    worker of a fleet (main-process faults pick one); ``running``: the pids the ledger shows
+    running a task (for ``kill-running``)."""
     runners = []
     for n, fault in enumerate(faults):
         kind = fault["kind"]
@@ -102,10 +143,21 @@ def build_runners(faults: list[dict[str, Any]], cell: Mapping[str, Any], *, seed
         sig = fault.get("signal", "KILL")
         injector: Injector
         if kind in ("kill-children", "kill-main", "terminate-worker"):
-            targets = WorkerProcesses(main_pid, main=kind != "kill-children")
+            targets = WorkerProcesses(main_pid, main=kind != "kill-children",
+                                      main_pids=main_pids)
             injector = Kill(targets, signal=signal.SIGTERM if kind == "terminate-worker" else sig,
                             seed=seed + n, journal=journal,
                             kind="kill-child" if kind == "kill-children" else kind)
+        elif kind == "kill-running":
+            if running is None:
+                raise ScenarioError("fault 'kill-running' needs the cell's ledger")
+            targets = WorkerProcesses(main_pid, main_pids=main_pids, running=running)
+            injector = Kill(targets, signal=sig, seed=seed + n, journal=journal,
+                            kind="kill-child")
+        elif kind in ("hup-worker", "cold-shutdown"):
+            targets = WorkerProcesses(main_pid, main=True, main_pids=main_pids)
+            injector = Kill(targets, signal=MAIN_SIGNALS[kind], seed=seed + n, journal=journal,
+                            kind=kind)
         elif kind == "freeze-children":
             injector = Freeze(WorkerProcesses(main_pid), duration=float(fault.get("duration", 2.0)),
                               seed=seed + n, journal=journal)

@@ -24,7 +24,7 @@ from taskq import TaskQ
 from taskq.loading import find_app
 from taskq.task import Task
 
-__all__ = ["APP_ENV", "app", "install"]
+__all__ = ["APP_ENV", "FDS_ENV", "app", "fd_pressure", "install"]
 
 APP_ENV = "TASKQ_STRESS_APP"
 
@@ -45,7 +45,7 @@ def install(target: TaskQ) -> TaskQ:
     def on_prerun(task: Task, task_id: str) -> None:
         write = ledger.writer("task")
         if write is not None and not _own_ledger(task):
-            write.write("started", task_id, kind=task.name)
+            write.write("started", task_id, kind=task.name, **ledger.member())
 
     def on_postrun(task: Task, task_id: str, state: str) -> None:
         write = ledger.writer("task")
@@ -64,5 +64,28 @@ def install(target: TaskQ) -> TaskQ:
 # children register it themselves).
 with contextlib.suppress(AttributeError, OSError, ValueError, RuntimeError):
     faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)
+
+FDS_ENV = "TASKQ_STRESS_FDS"
+_pressure: list[int] = []  # the fds held open in the worker's main process
+
+
+def fd_pressure(count: int) -> None:
+    """Open ``count`` fds (``/dev/null``) and keep them, so every socket and pipe the worker
+    opens after this has a number above them (above 1024: ``select()`` cannot take it)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = count + 512
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY
+                                                    else min(want, hard), hard))
+    while len(_pressure) < count:
+        _pressure.append(os.open(os.devnull, os.O_RDONLY))
+
+
+# A cell with fd pressure: the worker's main process imports this module before it connects.
+if os.environ.get(FDS_ENV, "0").isdigit() and int(os.environ.get(FDS_ENV, "0")) > 0:
+    with contextlib.suppress(OSError, ValueError):
+        fd_pressure(int(os.environ[FDS_ENV]))
 
 app = install(find_app(os.environ.get(APP_ENV) or "stress.workload"))

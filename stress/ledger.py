@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ENV", "Book", "Entry", "History", "LedgerReader", "LedgerWriter", "writer"]
+__all__ = ["ENV", "MEMBER_ENV", "Book", "Entry", "History", "LedgerReader", "LedgerWriter",
+           "member", "writer"]
 
 ENV = "TASKQ_STRESS_LEDGER"
 """The environment variable naming the ledger directory of the current cell."""
@@ -59,6 +60,16 @@ class LedgerWriter:
 
 
 _writers: dict[str, LedgerWriter] = {}
+
+MEMBER_ENV = "TASKQ_STRESS_MEMBER"
+"""The environment variable naming a worker's place in a cell's fleet (1, 2, 3)."""
+
+
+def member() -> dict[str, Any]:
+    """What a ``started`` entry says about who runs it: the fleet member (when the cell runs
+    several workers) and the parent pid (the worker's main process for a pool child)."""
+    found = os.environ.get(MEMBER_ENV)
+    return {"member": found, "ppid": os.getppid()} if found else {}
 
 
 def writer(role: str) -> LedgerWriter | None:
@@ -123,6 +134,7 @@ class History:
     kind: str = "?"
     expect: str = "ok"
     published: float | None = None
+    not_before: float | None = None  # published with a countdown: not due before this
     starts: list[Entry] = field(default_factory=list)
     finishes: list[Entry] = field(default_factory=list)
     losses: list[Entry] = field(default_factory=list)
@@ -144,6 +156,8 @@ class Book:
                 history.published = entry.mono
                 history.kind = entry.extra.get("kind", history.kind)
                 history.expect = entry.extra.get("expect", history.expect)
+                if "countdown" in entry.extra:
+                    history.not_before = entry.mono + float(entry.extra["countdown"])
                 continue
             self.events += 1
             if entry.event == "started":

@@ -37,7 +37,7 @@ __all__ = ["ORACLES", "Evidence", "Verdict", "judge", "unresolved"]
 
 ORACLES = ("deadlock", "nothing-lost", "lost-process", "not-vacuous", "pool-health")
 OK_OUTCOMES = {"ok", "soft-limit", "success"}
-MAIN_FAULTS = {"kill-main", "terminate-worker"}
+MAIN_FAULTS = {"kill-main", "terminate-worker", "cold-shutdown", "hup-worker"}
 NET_FAULTS = {"proxy-cut", "proxy-reset", "proxy-blackhole", "broker-restart"}
 EARLY_ACK_WINDOW = 1.0  # seconds from ``started`` within which an early ack may not have left
 
@@ -462,7 +462,8 @@ def pool_capacity(ev: Evidence) -> Verdict:
         if h.published is None:
             continue
         first = h.starts[0].mono if h.starts else until
-        changes += [(h.published, 1, 0), (first, -1, 0)]
+        due = max(h.published, h.not_before or 0.0)  # a countdown task waits from when due
+        changes += [(min(due, first), 1, 0), (first, -1, 0)]
         for s in h.starts:
             end = _run_end(h, s)
             changes += [(s.mono, 0, 1), (end if end is not None else until, 0, -1)]
@@ -544,6 +545,43 @@ def resources_settle(ev: Evidence) -> Verdict:
     return Verdict("settle", True, "children and fds back to their start values", figures)
 
 
+def _member(entry: Entry) -> str | None:
+    found = entry.extra.get("member")
+    return None if found is None else str(found)
+
+
+def lease_held(ev: Evidence) -> Verdict:
+    """No message is delivered to one worker of the fleet while another worker's run of it has
+    started and not ended, where the table forbids a re-run (a lease is held while its task
+    runs; only a fault the table names lets the message go). A run whose worker a fault killed
+    ends with that fault."""
+    main_faults = sorted(r.mono for r in _ok(ev.faults, MAIN_FAULTS))
+    problems: list[str] = []
+    overlaps = 0
+    for h in ev.book.published():
+        for n, a in enumerate(h.starts):
+            if _member(a) is None:
+                continue
+            end = _run_end(h, a)
+            killed = [t for t in main_faults if t >= a.mono]
+            if killed and (end is None or killed[0] < end):
+                end = killed[0]
+            for b in h.starts[n + 1:]:
+                if _member(b) in (None, _member(a)) or (end is not None and b.mono >= end):
+                    continue
+                overlaps += 1
+                if not _rerun_allowed(h, a, ev.faults, ev.cell):
+                    problems.append(
+                        f"{h.task_id} ({h.kind}) started on worker {_member(b)} at +"
+                        f"{b.mono - a.mono:.2f}s while worker {_member(a)} still ran it")
+    figures = {"overlapping_runs": overlaps, "violations": len(problems)}
+    if problems:
+        return Verdict("lease-held", False, f"{len(problems)} delivery(ies) while another "
+                       "worker held the lease: " + "; ".join(problems[:5]), figures)
+    return Verdict("lease-held", True, "no message was delivered while another worker held "
+                   "its lease", figures)
+
+
 def certain_violations(book: Book, faults: Sequence[FaultRecord], cell: Cell) -> list[str]:
     """The nothing-lost violations no later event can undo once no fault is left to come (the
     fault schedule is over): a re-run the table forbids, a finished task with the wrong
@@ -598,6 +636,8 @@ def explore_verdicts(ev: Evidence, verdicts: list[Verdict]) -> list[Verdict]:
         verdicts.append(loop_lag(ev))
     if "settle_fds" in oracles:
         verdicts.append(resources_settle(ev))
+    if oracles.get("lease_held"):
+        verdicts.append(lease_held(ev))
     if ev.stopped_early:
         verdicts = _stopped_early(ev, verdicts)
     return verdicts

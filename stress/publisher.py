@@ -97,7 +97,8 @@ class Publisher:
         """Publish, then (the broker has it) write ``published`` to the ledger."""
         task_id = task_id or str(uuid.uuid4())
         self.app.send_task(name, args, task_id=task_id, **dict(options or {}))
-        self.ledger.write("published", task_id, kind=kind, expect=expect)
+        extra = {"countdown": options["countdown"]} if options and "countdown" in options else {}
+        self.ledger.write("published", task_id, kind=kind, expect=expect, **extra)
         self.published += 1
         return task_id
 

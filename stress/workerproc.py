@@ -63,10 +63,12 @@ class Health:
 class WorkerProc:
     """One cell's worker; ``restart`` starts the next one (``worker-2.log``, ...)."""
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str], directory: Path) -> None:
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], directory: Path,
+                 name: str = "worker") -> None:
         self.argv = list(argv)
         self.env = dict(env)
         self.directory = directory
+        self.name = name  # its logs: <name>-1.log, <name>-2.log, ...
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0
         self.exits: list[int] = []
@@ -77,7 +79,7 @@ class WorkerProc:
 
     @property
     def log_path(self) -> Path:
-        return self.directory / f"worker-{self.started}.log"
+        return self.directory / f"{self.name}-{self.started}.log"
 
     def start(self) -> WorkerProc:
         self.started += 1

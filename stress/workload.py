@@ -5,7 +5,7 @@ any worker that speaks Celery's protocol can be judged: taskq's, or Celery's thr
 ``celery -A stress.workload:celery worker``. Every task's expected end is in ``EXPECTED``:
 
 - ``ok``: the body returns (noop, sleeps, CPU bursts, big arguments and results, memory growth,
-  a soft time limit the task catches);
+  a soft time limit the task catches, a short task published with a countdown);
 - ``lost``: the task kills its own child (``os._exit``, a segfault): ``WorkerLostError``;
 - ``timeout``: the task outlives its hard time limit: ``TimeLimitExceeded``.
 
@@ -42,7 +42,7 @@ def traced(kind: str, body: Callable[..., Any]) -> Callable[..., Any]:
         write = ledger.writer("task")
         task_id = self.request.id
         if write is not None:
-            write.write("started", task_id, kind=kind)
+            write.write("started", task_id, kind=kind, **ledger.member())
         outcome = "ok"
         try:
             return body(*args, **kwargs)
@@ -102,9 +102,15 @@ def hard_limit(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def eta(seconds: float) -> None:
+    """Published with a countdown: the worker holds it (reserved, not started) until due."""
+    time.sleep(seconds)
+
+
 BODIES: dict[str, Callable[..., Any]] = {
     "noop": noop, "sleep": sleep, "cpu": cpu, "big": big, "grow": grow,
     "exit": exit_child, "crash": crash, "soft_limit": soft_limit, "hard_limit": hard_limit,
+    "eta": eta,
 }
 KINDS = tuple(BODIES)
 EXPECTED = {kind: "ok" for kind in KINDS} | {"exit": "lost", "crash": "lost",
@@ -177,6 +183,10 @@ def _args(kind: str, rng: random.Random, params: Mapping[str, Any]) -> TaskSpec:
     if kind == "hard_limit":
         hard = float(params.get("hard_limit", 0.3))
         return TaskSpec(kind, (hard * 20,), {"time_limit": hard})
+    if kind == "eta":
+        low, high = params.get("countdown", (0.5, 4.0))
+        return TaskSpec(kind, (round(rng.uniform(0.0, 0.2), 4),),
+                        {"countdown": round(rng.uniform(low, high), 2)})
     return TaskSpec(kind)
 
 

@@ -45,7 +45,7 @@ def test_drawn_cases_are_runnable_configurations() -> None:
         case = gen.draw()
         kinds = {f.kind for f in case.faults}
         if case.config["pool_type"] != "prefork":
-            assert not kinds & {"kill-children", "freeze-children"}
+            assert not kinds & {"kill-children", "freeze-children", "kill-running"}
             assert not set(case.workload) & {"exit", "crash", "grow", "hard_limit"}
         if case.config["transport"] == "sqlite":
             assert not kinds & {"cut-connections", "blackhole", "latency", "reset-connections"}

@@ -1,0 +1,116 @@
+"""The axes and faults explore wires into a cell: a fleet's lease oracle, kills aimed at a
+running task, fd pressure in the worker's main process, countdown tasks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from chaos import FaultRecord
+from stress.explore import Case, FaultEvent, Generator
+from stress.faults import WorkerProcesses
+from stress.ledger import Book, Entry
+from stress.oracles import Evidence, lease_held, pool_capacity
+from stress.suites import Suite, parse_cell
+from stress.workload import Mix
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def _e(event: str, task_id: str, pid: int, mono: float, **extra: object) -> Entry:
+    return Entry(event, task_id, pid, mono, mono, dict(extra))
+
+
+def _ev(entries: list[Entry], faults: list[FaultRecord] | None = None, acks: str = "late",
+        **oracles: object) -> Evidence:
+    book = Book()
+    book.add(entries)
+    return Evidence(suite=Suite("t", "", Path("t.toml"), oracles=dict(oracles)),
+                    cell=parse_cell(f"acks={acks}"), book=book, faults=faults or [],
+                    deadlock=False, deadlock_pending=0, stall_bound=10.0, baseline=None,
+                    health=None, worker_starts=1, is_taskq=True, publish_errors=0,
+                    directory=Path("."))
+
+
+def _taken_while_held() -> list[Entry]:
+    """Worker 1 runs t from 1.0 to 6.0; worker 2 starts it at 4.0."""
+    return [_e("published", "t", 1, 0.5, kind="sleep", expect="ok"),
+            _e("started", "t", 11, 1.0, member="1"), _e("started", "t", 21, 4.0, member="2"),
+            _e("finished", "t", 21, 5.0, outcome="ok"),
+            _e("finished", "t", 11, 6.0, outcome="ok")]
+
+
+def test_a_message_delivered_while_another_worker_runs_it_fails_lease_held() -> None:
+    verdict = lease_held(_ev(_taken_while_held()))
+    assert not verdict.passed
+    assert "started on worker 2" in verdict.message
+
+
+def test_a_fault_the_table_names_or_runs_one_after_the_other_pass_lease_held() -> None:
+    cut = FaultRecord(mono=2.0, wall=2.0, kind="proxy-cut", target="proxy", outcome="ok")
+    assert lease_held(_ev(_taken_while_held(), [cut])).passed  # may run twice
+    kill = FaultRecord(mono=3.0, wall=3.0, kind="kill-main", target="worker main",
+                       outcome="ok", detail={"pids": [10]})
+    assert lease_held(_ev(_taken_while_held(), [kill])).passed  # its run ended with it
+    apart = [_e("published", "t", 1, 0.5, kind="sleep", expect="ok"),
+             _e("started", "t", 11, 1.0, member="1"),
+             _e("finished", "t", 11, 2.0, outcome="ok"),
+             _e("started", "t", 21, 4.0, member="2")]
+    assert lease_held(_ev(apart)).passed  # nothing-lost judges this one
+
+
+def test_a_countdown_task_waits_for_capacity_only_from_when_it_is_due() -> None:
+    entries = [_e("published", "e", 1, 0.0, kind="eta", expect="ok", countdown=30.0),
+               _e("started", "e", 7, 30.5), _e("finished", "e", 7, 30.6, outcome="ok")]
+    assert pool_capacity(_ev(entries, pool_capacity_after=10.0, capacity=2)).passed
+    late = [*entries[:1], _e("started", "e", 7, 45.0), _e("finished", "e", 7, 45.1,
+                                                          outcome="ok")]
+    assert not pool_capacity(_ev(late, pool_capacity_after=10.0, capacity=2)).passed
+
+
+def test_eta_tasks_are_published_with_a_countdown() -> None:
+    spec = Mix({"eta": 1.0}, seed=1).draw()
+    assert spec.kind == "eta" and spec.options is not None
+    assert 0.5 <= spec.options["countdown"] <= 4.0
+
+
+def test_an_aimed_kill_picks_only_a_child_running_a_task() -> None:
+    kids = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+            for _ in range(3)]
+    try:
+        busy = {kids[1].pid}
+        targets = WorkerProcesses(lambda: None, main_pids=lambda: [os.getpid()],
+                                  running=lambda: busy, wait=0.2)
+        assert targets.candidates() == [kids[1].pid]
+        busy = set()
+        began = time.monotonic()
+        assert targets.candidates() == []  # none running: it waited, then gave up
+        assert time.monotonic() - began >= 0.2
+    finally:
+        for kid in kids:
+            kid.kill()
+            kid.wait()
+
+
+def test_fd_pressure_puts_the_worker_s_sockets_above_1024() -> None:
+    code = ("import socket, stress.harness as h; s = socket.socket(); "
+            "print(len(h._pressure), s.fileno())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60,
+                          env={**os.environ, "TASKQ_STRESS_FDS": "1100"})
+    assert done.returncode == 0, done.stderr
+    held, fileno = map(int, done.stdout.split())
+    assert held == 1100 and fileno > 1024
+
+
+def test_a_fleet_case_runs_several_workers_and_judges_leases() -> None:
+    gen = Generator(9)
+    case = next(c for c in (gen.draw() for _ in range(500)) if c.fleet > 1)
+    assert case.cell()["fleet"] == case.fleet
+    assert case.suite().oracles["lease_held"] is True
+    solo = Case({**case.config, "fleet": 1}, case.workload, case.sleep,
+                (FaultEvent("kill-main", 1.0),), case.duration, case.rate, case.seed)
+    assert "fleet" not in solo.cell().params and not solo.suite().oracles["lease_held"]
