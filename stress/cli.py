@@ -147,6 +147,18 @@ def _run_corpus(corpus: Path, broker_url: str | None, worker_cmd: str | None, ap
     sys.exit(code)
 
 
+def _interrupt_on_term() -> None:
+    """SIGTERM (and SIGINT, which a shell ignores for a background job) end a search as Ctrl-C
+    does: the running case is cleaned up and the report written."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _seconds(text: str) -> float:
     """``20m``, ``90s``, ``1h`` or plain seconds."""
     units = {"s": 1, "m": 60, "h": 3600}
@@ -199,6 +211,7 @@ def explore(budget: str, shrink_budget: str, seed: int | None, brokers: tuple[st
     from stress.explorer import ExploreOptions
     from stress.explorer import explore as search
 
+    _interrupt_on_term()
     try:
         options = ExploreOptions(
             budget=_seconds(budget), shrink_budget=_seconds(shrink_budget), seed=seed,

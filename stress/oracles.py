@@ -141,10 +141,18 @@ def _rerun_allowed(history: History, previous: Entry, faults: Sequence[FaultReco
     # Early acks: the ack leaves the main process when the child reports ``started``, so a
     # main process (or connection) that dies in the moment between the two leaves the message
     # unacked and the broker redelivers it. DESIGN.md's table says "lost"; redelivering a
-    # task whose ack never left is the safer reading, bounded here to that moment.
-    return any(previous.mono <= r.mono <= previous.mono + EARLY_ACK_WINDOW
+    # task whose ack never left is the safer reading, bounded here to that moment (and to a
+    # black hole that was on when the task started: its ack could not leave either).
+    return any((previous.mono <= r.mono <= previous.mono + EARLY_ACK_WINDOW
+                or r.mono <= previous.mono <= r.mono + _on_for(r) + EARLY_ACK_WINDOW)
                and (end is None or r.mono <= end)
                for r in _ok(faults, MAIN_FAULTS | NET_FAULTS))
+
+
+def _on_for(record: FaultRecord) -> float:
+    """How long a timed fault stayed on (0 for a one-shot fault)."""
+    params = record.params if isinstance(record.params, dict) else {}
+    return float(params.get("duration", 0.0) or 0.0)
 
 
 def nothing_lost(ev: Evidence) -> Verdict:
