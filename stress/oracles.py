@@ -90,11 +90,30 @@ def _run_end(history: History, start: Entry) -> float | None:
 
 def _allowed_lost(history: History, faults: Sequence[FaultRecord], cell: Cell) -> bool:
     """Early ack, and the worker's main process died while the task ran (the one "lost" cell
-    of the table)."""
-    if cell["acks"] != "early" or not history.starts:
+    of the table). The early ack is sent before the job goes to the pool, so the task "runs"
+    from then on: a main process that dies before the child starts it loses it without a
+    start record (how many: ``_unstarted_losses_bound``)."""
+    if cell["acks"] != "early":
         return False
-    last = history.starts[-1].mono
-    return any(r.mono >= last for r in _ok(faults, MAIN_FAULTS))
+    if history.starts:
+        since = history.starts[-1].mono
+    elif history.published is not None:
+        since = history.published
+    else:
+        return False
+    return any(r.mono >= since for r in _ok(faults, MAIN_FAULTS))
+
+
+def _unstarted_losses_bound(faults: Sequence[FaultRecord], cell: Cell) -> int:
+    """How many early-ack tasks the main-process kills may lose before they start: each kill
+    at most the jobs its pool held (acked, not started): one per child, and with ``-O fast``
+    the jobs each child queues."""
+    per_kill = int(cell["concurrency"])
+    if cell.params.get("pool") == "fast":
+        from taskq.config import SETTINGS
+
+        per_kill *= 1 + int(SETTINGS["worker_fast_queue_depth"].default)
+    return per_kill * len(_ok(faults, MAIN_FAULTS))
 
 
 def _resolved(history: History, faults: Sequence[FaultRecord], cell: Cell) -> bool:
@@ -138,15 +157,15 @@ def _rerun_allowed(history: History, previous: Entry, faults: Sequence[FaultReco
     if cell["acks"] in ("late", "late-reject"):
         # redelivered after a dead main process or a lost connection
         return any(r.mono >= previous.mono for r in _ok(faults, MAIN_FAULTS | NET_FAULTS))
-    # Early acks: the ack leaves the main process when the child reports ``started``, so a
-    # main process (or connection) that dies in the moment between the two leaves the message
-    # unacked and the broker redelivers it. DESIGN.md's table says "lost"; redelivering a
-    # task whose ack never left is the safer reading, bounded here to that moment (and to a
-    # black hole that was on when the task started: its ack could not leave either).
+    # Early acks are sent before the job goes to the pool (Redis and SQLite: and answered), so
+    # a dying main process never leaves a started task unacked: the table's "lost", never a
+    # rerun. An AMQP ack gets no answer: one written just before the connection was cut, or
+    # into a black hole that was on when the task started, may never reach the broker, which
+    # then redelivers the task; bounded here to those moments.
     return any((previous.mono <= r.mono <= previous.mono + EARLY_ACK_WINDOW
                 or r.mono <= previous.mono <= r.mono + _on_for(r) + EARLY_ACK_WINDOW)
                and (end is None or r.mono <= end)
-               for r in _ok(faults, MAIN_FAULTS | NET_FAULTS))
+               for r in _ok(faults, NET_FAULTS))
 
 
 def _on_for(record: FaultRecord) -> float:
@@ -156,7 +175,8 @@ def _on_for(record: FaultRecord) -> float:
 
 
 def nothing_lost(ev: Evidence) -> Verdict:
-    counts = {"published": 0, "finished": 0, "failed": 0, "lost_allowed": 0, "lost": 0,
+    counts = {"published": 0, "finished": 0, "failed": 0, "lost_allowed": 0,
+              "lost_unstarted": 0, "lost": 0,
               "never_started": 0, "wrong_outcome": 0, "duplicates": 0,
               "forbidden_duplicates": 0}
     problems: list[str] = []
@@ -200,6 +220,8 @@ def nothing_lost(ev: Evidence) -> Verdict:
                                 "fault hit it")
         elif _allowed_lost(h, ev.faults, ev.cell):
             counts["lost_allowed"] += 1
+            if not h.starts:
+                counts["lost_unstarted"] += 1
         elif not ev.is_taskq and h.expect in ("lost", "timeout") and h.starts:
             counts["failed"] += 1  # a worker without taskq's hooks: its child died as meant
         elif not h.starts:
@@ -210,6 +232,11 @@ def nothing_lost(ev: Evidence) -> Verdict:
             counts["lost"] += 1
             problems.append(f"{h.task_id} ({h.kind}) started {len(h.starts)} time(s) "
                             "and never ended")
+    bound = _unstarted_losses_bound(ev.faults, ev.cell)
+    if counts["lost_unstarted"] > bound:
+        problems.append(f"{counts['lost_unstarted']} early-ack tasks lost before they started; "
+                        f"the main-process kills account for {bound} at most (the jobs their "
+                        "pools held)")
     passed = not problems
     message = ("every published task reached an end the table allows" if passed else
                f"{len(problems)} violation(s): " + "; ".join(problems[:5])

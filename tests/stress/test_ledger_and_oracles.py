@@ -77,6 +77,31 @@ def test_early_acks_lose_a_running_task_only_when_the_main_process_dies() -> Non
     assert not nothing_lost(_evidence(entries, [_main_kill(3.0)], acks="late")).passed
 
 
+def test_early_acks_lose_a_task_the_pool_held_unstarted_only_when_the_main_process_dies(
+        ) -> None:
+    """The early ack goes before the job reaches the pool (issue 13 #7): a main process that
+    dies before the child starts it loses the task without a start record, as many as its
+    pool held (concurrency 2 here); without a main-process kill that is a lost task."""
+    held = [_e("published", t, 1, 0.0, kind="sleep", expect="ok") for t in "ab"]
+    verdict = nothing_lost(_evidence(held, [_main_kill(3.0)]))
+    assert verdict.passed and verdict.figures["lost_unstarted"] == 2
+    assert not nothing_lost(_evidence(held, [])).passed
+    assert not nothing_lost(_evidence(held, [_main_kill(3.0)], acks="late")).passed
+    too_many = [_e("published", t, 1, 0.0, kind="sleep", expect="ok") for t in "abc"]
+    verdict = nothing_lost(_evidence(too_many, [_main_kill(3.0)]))
+    assert not verdict.passed and "lost before they started" in verdict.message
+
+
+def test_early_acks_never_rerun_a_started_task_after_the_main_process_dies() -> None:
+    """The early ack was sent before the child got the job, so the broker has nothing to
+    deliver again: a second start is forbidden, however close to the kill."""
+    twice = [_e("published", "a", 1, 0.0, kind="sleep", expect="ok"),
+             _e("started", "a", 7, 1.0), _e("started", "a", 8, 9.0),
+             _e("finished", "a", 8, 9.5, outcome="ok")]
+    verdict = nothing_lost(_evidence(twice, [_main_kill(1.003)]))
+    assert not verdict.passed and verdict.figures["forbidden_duplicates"] == 1
+
+
 def test_running_twice_is_allowed_only_where_the_table_says_so() -> None:
     twice = [_e("published", "a", 1, 0.0, kind="sleep", expect="ok"),
              _e("started", "a", 7, 1.0), _e("started", "a", 8, 9.0),
