@@ -21,7 +21,7 @@ from kombu import Queue
 from kombu.common import QoS
 from kombu.exceptions import OperationalError
 
-from taskq.errors import ConfigurationError
+from taskq.errors import BrokerBusy, ConfigurationError
 from taskq.publish import broker_url
 from taskq.urls import safe_url
 from taskq.worker.acks import AmqpAcks
@@ -272,6 +272,12 @@ class BrokerConsumer:
                 self.on_connection_error(exc)
 
     def _teardown(self) -> None:
+        unsent = self._unsent_acks()
+        if unsent:
+            # Never silently: for acks_late tasks (early acks are sent before their job
+            # starts) this means they may run again, as DESIGN.md's table allows.
+            logger.warning("%d acks not sent before the connection was lost: those messages "
+                           "come back from the broker (acks_late tasks may run again)", unsent)
         self.generation += 1
         self.loop.hub.on_tick.discard(self._update_qos)
         self.loop.hub.on_tick.discard(self._flush_acks)
@@ -313,6 +319,62 @@ class BrokerConsumer:
 
     def ack(self, request: Request) -> bool:
         return self._settle(request, "ack", lambda: self._ack(request.message))
+
+    def ack_now(self, requests: Sequence[Request]) -> list[Request]:
+        """Ack ``requests`` and send the acks before returning, in one round trip for all
+        (bounded by the socket timeouts): the early acks of jobs about to go to the pool
+        (DESIGN.md: for early ack a task counts as running from then on). Returns those whose
+        ack was sent, now ``acknowledged``. The rest stay unacked: their connection is gone
+        (the broker delivers them again), or the broker was busy and the acks are still
+        queued (the loop's tick sends them; call again)."""
+        generation = self.generation
+        queued: list[Request] = []
+        for request in requests:
+            if request.acknowledged:
+                queued.append(request)
+                continue
+            if request.generation != generation or self.connection is None:
+                continue
+            if not request.message.acknowledged:  # queued by an earlier call: not twice
+                try:
+                    self._ack(request.message)
+                except Exception as exc:
+                    if not self.is_connection_error(exc):
+                        raise
+                    self.on_connection_error(exc)
+                    return []
+            queued.append(request)
+        if not queued or not self._send_acks():
+            return []
+        for request in queued:
+            request.acknowledged = True
+        return queued
+
+    def _send_acks(self) -> bool:
+        """Send the deferred acks now; True when none is left unsent on this connection."""
+        generation = self.generation
+        try:
+            if self._acks is not None:
+                self._acks.flush()
+            elif self._consumer is not None:
+                flush = getattr(self._consumer.channel, "flush_acks", None)  # lease channels
+                if flush is not None:
+                    flush()
+        except BrokerBusy as exc:  # the embedded broker's lock: kept, sent again later
+            logger.warning("sending acks failed (%s); the tasks wait for them", exc)
+            return False
+        except Exception as exc:
+            if not self.is_connection_error(exc):
+                raise
+            self.on_connection_error(exc)
+            return False
+        return self.generation == generation and not self._unsent_acks()
+
+    def _unsent_acks(self) -> int:
+        if self._acks is not None:
+            return len(self._acks.pending)
+        transport = getattr(self.connection, "_transport", None)  # never create one here
+        return len(getattr(transport, "pending_acks", ()))
 
     def _ack(self, message: Message) -> None:
         if self._acks is None:

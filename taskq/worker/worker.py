@@ -446,22 +446,54 @@ class Worker:
         self.feed_pool()
 
     def feed_pool(self) -> None:
+        """Hand ready requests to the pool while it takes them.
+
+        Early acks are sent before the jobs reach the pool, one round trip per batch: a main
+        process that dies after that loses those tasks (DESIGN.md's table: for early ack a
+        task is "running" once the pool has it), and one that dies before leaves them unacked
+        (redelivered). Acked at ``started`` instead, a task a child began in the moment the
+        main process died was redelivered and ran twice.
+        """
         while self.ready and not self.stopping and self.pool.can_accept():
+            batch = self._next_batch()
+            early = [r for r in batch if not r.acks_late and not r.acknowledged]
+            if early:
+                self.consumer.ack_now(early)
+            for n, request in enumerate(batch):
+                if request.generation != self.consumer.generation:
+                    continue  # its connection is gone; the broker redelivers it
+                if (not request.acks_late and not request.acknowledged) or \
+                        not self.pool.can_accept():
+                    # the broker was busy (its acks go out with the loop's tick, this feed
+                    # sends them next time), or the pool took fewer than estimated
+                    self.ready.extendleft(reversed(batch[n:]))
+                    return
+                self._dispatch(request)
+
+    def _next_batch(self) -> list[Request]:
+        """The next ready requests, about as many as the pool takes now (at least one)."""
+        room = max(1, self.pool_size() - len(self.dispatched))
+        batch: list[Request] = []
+        while self.ready and len(batch) < room:
             request = self.ready.popleft()
             if request.generation != self.consumer.generation:
                 continue  # its connection is gone; the broker redelivers it
             if request.id in self.revoked or request.expired():
                 self._discard_revoked(request)
                 continue
-            job = Job(
-                msg=request.msg, delivery_info=request.delivery_info,
-                time_limit=request.msg.time_limit or request.task.time_limit,
-                soft_time_limit=request.msg.soft_time_limit or request.task.soft_time_limit,
-                acks_late=request.acks_late,
-                reject_on_worker_lost=request.task.reject_on_worker_lost,
-            )
-            self.dispatched[job] = request
-            self.pool.apply(job)
+            batch.append(request)
+        return batch
+
+    def _dispatch(self, request: Request) -> None:
+        job = Job(
+            msg=request.msg, delivery_info=request.delivery_info,
+            time_limit=request.msg.time_limit or request.task.time_limit,
+            soft_time_limit=request.msg.soft_time_limit or request.task.soft_time_limit,
+            acks_late=request.acks_late,
+            reject_on_worker_lost=request.task.reject_on_worker_lost,
+        )
+        self.dispatched[job] = request
+        self.pool.apply(job)
 
     def _discard_revoked(self, request: Request) -> None:
         """Revoked, or its ``expires`` passed while it waited: REVOKED, as Celery's worker
@@ -491,8 +523,7 @@ class Worker:
             return
         job.started_at = self.clock()
         self.events.task("task-started", uuid=job.id, pid=pid)
-        if not request.acks_late:
-            self.consumer.ack(request)
+        # Early acks were sent before the job reached the pool (feed_pool).
 
     def on_job_done(self, job: Job, result: JobResult) -> None:
         request = self.dispatched.pop(job, None)
