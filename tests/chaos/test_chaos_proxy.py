@@ -105,7 +105,8 @@ def test_blackhole_swallows_data_but_keeps_the_connection(proxy: FaultProxy) -> 
             sock.recv(10)
         assert len(proxy.connections()) == 1, "the connection stays open"
         proxy.remove(toxic)
-        assert _rtt(sock, b"back") < 0.2
+        sock.settimeout(10)  # generous for a loaded machine: it answers, and only "back"
+        _rtt(sock, b"back")
 
 
 def test_bandwidth_limits_throughput(proxy: FaultProxy) -> None:
@@ -116,7 +117,8 @@ def test_bandwidth_limits_throughput(proxy: FaultProxy) -> None:
         sock.sendall(payload)
         assert _recv_exactly(sock, len(payload)) == payload
         elapsed = time.monotonic() - start
-    assert 0.25 <= elapsed < 0.6, elapsed
+    # Throttled (30 kB at 100 kB/s), and not by far more than asked (loose: shared CPU)
+    assert 0.25 <= elapsed < 3.0, elapsed
 
 
 def test_slicer_delivers_small_delayed_pieces(proxy: FaultProxy) -> None:
@@ -163,7 +165,7 @@ def test_cut_closes_every_connection_and_clients_can_reconnect(proxy: FaultProxy
             pass
         s.close()
     with _connect(proxy) as again:
-        assert _rtt(again) < 1
+        _rtt(again)  # a new connection is served
     assert [c.index for c in proxy.connections()] == [3]
 
 
@@ -183,13 +185,14 @@ def test_select_by_index_and_label_hits_only_those(proxy: FaultProxy) -> None:
         _rtt(consumer), _rtt(results)
         port = consumer.getsockname()[1]
         assert proxy.set_label("consumer", where=lambda c: c.client_port == port) == 1
-        with proxy.fault(Latency(100), label="consumer"):
-            assert _rtt(consumer) >= 0.1 and _rtt(results) < 0.09
-        with proxy.fault(Latency(100), connections=[1]):
-            assert _rtt(results) >= 0.1 and _rtt(consumer) < 0.09
+        # A delay far above a loaded machine's noise: an untouched connection is well under.
+        with proxy.fault(Latency(1000), label="consumer"):
+            assert _rtt(consumer) >= 1.0 and _rtt(results) < 0.5
+        with proxy.fault(Latency(1000), connections=[1]):
+            assert _rtt(results) >= 1.0 and _rtt(consumer) < 0.5
         assert proxy.cut(label="consumer") == 1
         assert consumer.recv(10) == b""
-        assert _rtt(results) < 0.09, "the other connection is untouched"
+        assert _rtt(results) < 0.5, "the other connection is untouched"
     finally:
         consumer.close()
         results.close()
@@ -203,11 +206,11 @@ def test_down_refuses_then_up_accepts_on_the_same_port(proxy: FaultProxy) -> Non
         assert not proxy.enabled
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=1)
-        assert _rtt(open_one) < 0.1, "open connections survive down() without cut"
+        _rtt(open_one)  # open connections survive down() without cut: it still answers
         proxy.up()
     assert proxy.port == port
     with _connect(proxy) as sock:
-        assert _rtt(sock) < 0.1
+        _rtt(sock)  # served again
 
 
 def test_upstream_down_closes_the_client(unused_port: int) -> None:

@@ -33,17 +33,18 @@ def test_add_list_remove_a_fault_over_http(controlled: tuple[FaultProxy, ProxyCl
     proxy, client = controlled
     with socket.create_connection((proxy.host, proxy.port), timeout=5) as sock:
         _rtt(sock)
-        added = client.add("latency", stream="upstream", name="slow", ms=100)
+        # A delay far above a loaded machine's noise: removed, it is clearly gone.
+        added = client.add("latency", stream="upstream", name="slow", ms=1000)
         assert added == {
             "name": "slow",
             "type": "latency",
             "stream": "upstream",
-            "attributes": {"ms": 100, "jitter": 0.0},
+            "attributes": {"ms": 1000, "jitter": 0.0},
         }
-        assert _rtt(sock) >= 0.1
+        assert _rtt(sock) >= 1.0
         assert [t["name"] for t in client.toxics()] == ["slow"]
         client.remove("slow")
-        assert _rtt(sock) < 0.09
+        assert _rtt(sock) < 0.5
         assert client.toxics() == []
 
 
@@ -75,7 +76,7 @@ def test_cut_reset_down_up_over_http(controlled: tuple[FaultProxy, ProxyClient])
         socket.create_connection((proxy.host, proxy.port), timeout=1)
     client.up()
     with socket.create_connection((proxy.host, proxy.port), timeout=5) as again:
-        assert _rtt(again) < 0.5
+        _rtt(again)  # it answers again
     for s in socks:
         s.close()
 
