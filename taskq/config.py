@@ -266,6 +266,25 @@ class Config(Mapping[str, Any]):
         self._code.update(checked)
         self._resolved.clear()
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """``conf.task_acks_late = True``: a checked code-level write, as ``update``; a
+        misspelt name or a bad value raises ``ConfigurationError`` (never a silent new
+        attribute that nothing reads)."""
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        self.update({name: value})
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        """``conf["task_acks_late"] = True``: the same checked write as an attribute."""
+        self.update({name: value})
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The value of setting ``name`` (as ``conf[name]``); a name that is no setting raises
+        ``ConfigurationError`` with the closest valid one instead of returning ``default``
+        (every setting has a value, so ``default`` is never used)."""
+        return self[name]
+
     def override(self, settings: Mapping[str, Any]) -> None:
         """Set command-line values (level 4), which beat everything else."""
         self._cli.update({name: validate(name, value) for name, value in settings.items()})

@@ -106,3 +106,51 @@ def test_defaults_are_copies_not_shared():
     conf = Config(environ={})
     conf.accept_content.append("pickle")
     assert conf.accept_content == ["json"]
+
+
+# -- writes and reads of app.conf go through one checked path (issue 13 #14) ------------------
+
+def test_a_misspelt_attribute_write_names_the_closest_setting():
+    app = TaskQ("t", environ={})
+    with pytest.raises(ConfigurationError, match=r"task_acks_lat.*did you mean 'task_acks_late'"):
+        app.conf.task_acks_lat = True
+    assert app.conf.task_acks_late is False
+
+
+def test_a_bad_value_written_as_an_attribute_names_the_setting_and_the_expected_type():
+    app = TaskQ("t", environ={})
+    with pytest.raises(ConfigurationError, match=r"worker_concurrency.*whole number.*'two'"):
+        app.conf.worker_concurrency = "two"
+    assert app.conf.worker_concurrency is None
+
+
+def test_attribute_writes_are_checked_and_agree_with_get_and_items():
+    conf = Config(environ={})
+    conf.task_default_queue = "mine"
+    conf.worker_concurrency = "3"  # as from a form or a file: normalised like the environment
+    assert conf.task_default_queue == conf["task_default_queue"] == "mine"
+    assert conf.get("task_default_queue") == "mine" and conf.source("task_default_queue") == "code"
+    assert conf.worker_concurrency == conf.get("worker_concurrency") == 3
+
+
+def test_item_writes_are_checked_like_attribute_writes():
+    conf = Config(environ={})
+    conf["task_acks_late"] = "yes"
+    assert conf.task_acks_late is True and conf.get("task_acks_late") is True
+    with pytest.raises(ConfigurationError, match="did you mean 'task_acks_late'"):
+        conf["task_ack_late"] = True
+    with pytest.raises(ConfigurationError, match=r"task_acks_late.*true or false"):
+        conf["task_acks_late"] = "maybe"
+
+
+def test_get_of_a_misspelt_name_is_an_error_not_the_default():
+    conf = Config(environ={})
+    with pytest.raises(ConfigurationError, match="did you mean 'task_default_queue'"):
+        conf.get("task_default_queu")
+    assert conf.get("task_default_queue", "other") == "celery"
+
+
+def test_the_environment_still_beats_an_attribute_write():
+    conf = Config(environ={"TASKQ_TASK_DEFAULT_QUEUE": "env"})
+    conf.task_default_queue = "code"
+    assert conf.task_default_queue == conf.get("task_default_queue") == "env"
