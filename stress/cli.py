@@ -196,6 +196,9 @@ def _seconds(text: str) -> float:
               help="Share of cases drawn from the corners that broke before.")
 @click.option("--max-cases", type=click.IntRange(min=1), default=None,
               help="Stop after this many cases even with budget left.")
+@click.option("--keep-going", is_flag=True,
+              help="After a failure is shrunk and saved, search on until the budget is spent "
+                   "(shrinking does not count against it).")
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None)
@@ -203,7 +206,7 @@ def _seconds(text: str) -> float:
               default=None)
 def explore(budget: str, shrink_budget: str, seed: int | None, brokers: tuple[str, ...],
             worker_cmd: str | None, app: str | None, runs_per_candidate: int,
-            corpus_dir: Path, corner_weight: float, max_cases: int | None,
+            corpus_dir: Path, corner_weight: float, max_cases: int | None, keep_going: bool,
             report_dir: Path | None, json_path: Path | None, junit_path: Path | None) -> None:
     """Search for failing cases: random configurations, task mixes and fault schedules, each
     run as a cell; a failure is shrunk to a minimal case, saved under --corpus-dir and printed
@@ -217,7 +220,8 @@ def explore(budget: str, shrink_budget: str, seed: int | None, brokers: tuple[st
             budget=_seconds(budget), shrink_budget=_seconds(shrink_budget), seed=seed,
             brokers=list(brokers), worker_cmd=worker_cmd, app=app,
             runs_per_candidate=runs_per_candidate, corpus_dir=corpus_dir,
-            corner_weight=corner_weight, max_cases=max_cases, report_dir=report_dir,
+            corner_weight=corner_weight, max_cases=max_cases, keep_going=keep_going,
+            report_dir=report_dir,
             json_path=json_path, junit_path=junit_path)
         code = search(options)
     except StressError as exc:

@@ -55,6 +55,7 @@ class ExploreOptions:
     shrink_budget: float = 900.0
     corner_weight: float = 0.4
     max_cases: int | None = None
+    keep_going: bool = False  # after a failure is shrunk and saved, search on (budget allowing)
     out: TextIO = field(default_factory=lambda: sys.stdout)
 
     def __post_init__(self) -> None:
@@ -224,13 +225,15 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
     rows: list[tuple[Case, CellResult, str]] = []
     log: list[dict[str, Any]] = []
     found: tuple[Case, CellResult] | None = None
+    failures: list[dict[str, Any]] = []
+    shrinking = 0.0  # seconds spent shrinking (--keep-going): not search time
     errors_in_a_row = 0
     code = 0
     n = 0
     interrupted = False
     try:
-        while clock() - began < options.budget and (options.max_cases is None
-                                                      or n < options.max_cases):
+        while clock() - began - shrinking < options.budget and (
+                options.max_cases is None or n < options.max_cases):
             n += 1
             case = gen.draw()
             coverage.add(case)
@@ -254,11 +257,21 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
             errors_in_a_row = 0
             if not result.passed:
                 found = (case, result)
-                break
+                if not options.keep_going:
+                    break
+                shrink_began = clock()
+                failures.append(_shrink_and_save(
+                    found, n, clock() - began - shrinking, report_dir, options, rows, log,
+                    restrict, tag=f"{len(failures) + 1}-"))
+                shrinking += clock() - shrink_began
+                found = None
+                if failures[-1].get("interrupted"):
+                    interrupted = True
+                    break
     except KeyboardInterrupt:
         interrupted = True
         options.say("taskq-stress explore: interrupted; the running case was cleaned up")
-    searched = clock() - began
+    searched = clock() - began - shrinking
     summary: dict[str, Any] = {
         "seed": seed, "budget_s": options.budget, "cases": n, "search_s": round(searched, 1),
         "cases_per_minute": round(n / (searched / 60), 2) if searched > 0 else None,
@@ -266,10 +279,13 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
         "runs_per_candidate": options.runs_per_candidate,
     }
     if found is not None:
+        failures.append(_shrink_and_save(found, n, searched, report_dir, options, rows, log,
+                                         restrict))
+        interrupted = interrupted or bool(failures[-1].get("interrupted"))
+    if failures:
         code = 1
-        summary["failure"] = _shrink_and_save(found, n, searched, report_dir, options, rows,
-                                              log, restrict)
-        interrupted = interrupted or bool(summary["failure"].get("interrupted"))
+        summary["failure"] = failures[0]
+        summary["failures"] = failures
     elif interrupted:
         code = 2
     summary["interrupted"] = interrupted
@@ -280,7 +296,7 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
                                       default=str))
     if options.junit_path:
         _write_junit(options.junit_path, "explore", rows)
-    verdict = ("FOUND a failure" if code == 1 else "INTERRUPTED" if interrupted
+    verdict = (f"FOUND {len(failures)} failure(s)" if code == 1 else "INTERRUPTED" if interrupted
                else "could not run" if code == 2 else "nothing found")
     options.say(f"taskq-stress explore: {verdict}: {n} cases in {searched / 60:.1f} min "
                 f"({summary['cases_per_minute']} cases/min, seed {seed}); JSON {report_json}"
@@ -290,8 +306,8 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
 
 def _shrink_and_save(found: tuple[Case, CellResult], n: int, searched: float, report_dir: Path,
                      options: ExploreOptions, rows: list[tuple[Case, CellResult, str]],
-                     log: list[dict[str, Any]], restrict: Mapping[str, Sequence[Any]]
-                     ) -> dict[str, Any]:
+                     log: list[dict[str, Any]], restrict: Mapping[str, Sequence[Any]],
+                     tag: str = "") -> dict[str, Any]:
     case, result = found
     first_oracles = failed_oracles(result)
     options.say(f"taskq-stress explore: case {case.name} failed {', '.join(first_oracles)} "
@@ -303,7 +319,7 @@ def _shrink_and_save(found: tuple[Case, CellResult], n: int, searched: float, re
     def once(candidate: Case) -> bool | None:
         nonlocal runs
         runs += 1
-        res = run_case(candidate, report_dir / f"shrink-{runs:03d}", options)
+        res = run_case(candidate, report_dir / f"shrink-{tag}{runs:03d}", options)
         log.append(_result_json(res, candidate, "shrink"))
         if outcome(res):
             last_failure[candidate.key()] = res

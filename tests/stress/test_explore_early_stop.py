@@ -77,3 +77,23 @@ def test_an_interrupted_search_still_writes_its_json_report(
     assert report["explore"]["cases"] == 2 and len(report["cells"]) == 1
     assert "INTERRUPTED" in out.getvalue()
     assert Generator(3).draw().key() == calls[0].key()
+
+
+def test_keep_going_shrinks_and_saves_every_failure_and_searches_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake_run(case: Any, directory: Path, options: Any) -> CellResult:
+        failed = bool(case.faults)  # a synthetic bug: any fault at all
+        return CellResult(case.cell(), case.seed, [Verdict("deadlock", not failed, "x")], {},
+                          directory, 1.0, "taskq worker")
+
+    monkeypatch.setattr(explorer, "run_case", fake_run)
+    options = explorer.ExploreOptions(budget=600, seed=5, report_dir=tmp_path / "r",
+                                      corpus_dir=tmp_path / "corpus", out=io.StringIO(),
+                                      max_cases=6, keep_going=True)
+    assert explorer.explore(options) == 1
+    report = json.loads((tmp_path / "r" / "report.json").read_text())["explore"]
+    assert report["cases"] == 6
+    assert len(report["failures"]) >= 2
+    assert all(len(json.loads(json.dumps(f))["shrunk_describe"].split("|")[-1]
+                   .split(",")) == 1 for f in report["failures"])
+    assert len(list((tmp_path / "corpus").glob("*.toml"))) >= 1
