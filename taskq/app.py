@@ -223,6 +223,7 @@ class TaskQ:
             callbacks=as_signatures(options.get("link")),
             errbacks=as_signatures(options.get("link_error")),
             chain=tuple(options.get("chain") or ()),
+            chord=options.get("chord"),
             headers=dict(options.get("headers") or {}),
         )
         self.publish_message(

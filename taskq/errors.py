@@ -16,6 +16,7 @@
     │   ├── Ignore                    do not record a state for this task
     │   └── Reject                    reject the message (requeue or drop)
     ├── MaxRetriesExceededError       a retry was asked for past max_retries
+    ├── ChordError                    a chord's header failed, so its body cannot run
     ├── WorkerLostError               the process running the task died
     └── RemoteTaskError               a task failed with an exception type not importable here
 
@@ -36,6 +37,7 @@ __all__ = [
     "BrokerBusy",
     "BrokerDatabaseError",
     "BrokerUnreachable",
+    "ChordError",
     "ConfigurationError",
     "ContentDisallowed",
     "Ignore",
@@ -162,6 +164,14 @@ class Reject(TaskPredicate):
 
 class MaxRetriesExceededError(TaskqError):
     """A task asked to be retried more often than its ``max_retries``."""
+
+
+class ChordError(TaskqError):
+    """A part of a chord's header failed (or the body could not be sent): the body's result.
+
+    On the wire it is Celery's ``celery.exceptions.ChordError`` (see ``taskq.exc_wire``), so
+    Celery clients and workers read it as their own.
+    """
 
 
 class WorkerLostError(TaskqError):

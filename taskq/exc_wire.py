@@ -14,9 +14,16 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from taskq.errors import RemoteTaskError
+from taskq.errors import ChordError, RemoteTaskError, TaskRevokedError
 
 _JSON_SAFE = (str, int, float, bool, type(None))
+
+# taskq classes that travel under Celery's name, so that each side rebuilds its own class.
+_AS_CELERY: dict[type[BaseException], tuple[str, str]] = {
+    ChordError: ("celery.exceptions", "ChordError"),
+    TaskRevokedError: ("celery.exceptions", "TaskRevokedError"),
+}
+_FROM_CELERY = {where: cls for cls, where in _AS_CELERY.items()}
 
 
 def _safe_args(args: tuple[Any, ...]) -> list[Any]:
@@ -25,10 +32,11 @@ def _safe_args(args: tuple[Any, ...]) -> list[Any]:
 
 def exception_to_wire(exc: BaseException) -> dict[str, Any]:
     cls = type(exc)
+    module, qualname = _AS_CELERY.get(cls, (cls.__module__, cls.__qualname__))
     return {
-        "exc_type": cls.__qualname__,
+        "exc_type": qualname,
         "exc_message": _safe_args(exc.args),
-        "exc_module": cls.__module__,
+        "exc_module": module,
     }
 
 
@@ -57,7 +65,8 @@ def exception_from_wire(value: Mapping[str, Any]) -> BaseException:
     module = value.get("exc_module")
     message = value.get("exc_message", ())
     args = tuple(message) if isinstance(message, list | tuple) else (message,)
-    cls = _find_class(module if isinstance(module, str) else None, qualname)
+    cls = _FROM_CELERY.get((str(module), qualname)) or _find_class(
+        module if isinstance(module, str) else None, qualname)
     text = ", ".join(str(a) for a in args) if len(args) != 1 else str(args[0])
     if cls is not None:
         try:

@@ -85,7 +85,7 @@ CALL_OPTIONS = frozenset({
     "countdown", "eta", "expires", "queue", "routing_key", "exchange", "priority", "headers",
     "task_id", "time_limit", "soft_time_limit", "link", "link_error", "serializer", "retry",
     "retry_policy", "ignore_result", "retries", "parent_id", "root_id", "group_id",
-    "group_index", "shadow", "reply_to", "chain",
+    "group_index", "shadow", "reply_to", "chain", "chord",
 })
 
 
@@ -269,10 +269,32 @@ class Task:
         return execute_eager(self, msg, throw=throw)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
-        return Signature(self.name, args, kwargs)
+        return Signature(self.name, args, kwargs, app=self.app)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
-        return Signature(self.name, args, kwargs, immutable=True)
+        return Signature(self.name, args, kwargs, immutable=True, app=self.app)
+
+    def signature(self, args: tuple[Any, ...] | list[Any] = (),
+                  kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature:
+        return Signature(self.name, args, kwargs, options, app=self.app)
+
+    def map(self, it: Any) -> Signature:
+        """One task that calls this one for each item (``celery.map``)."""
+        from taskq.canvas import xmap
+
+        return xmap(self.s(), it, app=self.app)
+
+    def starmap(self, it: Any) -> Signature:
+        """One task that calls this one with each item as its arguments (``celery.starmap``)."""
+        from taskq.canvas import xstarmap
+
+        return xstarmap(self.s(), it, app=self.app)
+
+    def chunks(self, it: Any, n: int) -> Signature:
+        """The items in chunks of ``n``: a group of starmap tasks."""
+        from taskq.canvas import chunks
+
+        return chunks(self.s(), it, n, app=self.app)
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
         return self.app.AsyncResult(task_id, task_name=self.name)

@@ -15,9 +15,9 @@ import traceback as tb
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from taskq import states
+from taskq import chord, states
 from taskq.app import run_hooks
-from taskq.canvas import Signature
+from taskq.canvas import Signature, signature
 from taskq.errors import Ignore, Reject, Retry, TaskqError
 from taskq.result import EagerResult
 from taskq.task import Context
@@ -121,10 +121,12 @@ def execute(
         _store(task, context, outcome, ignore_result)
         if on_stored is not None:
             on_stored(outcome.state)
+        if msg.chord is not None and not eager:  # a chord's header part: count it
+            chord.message_done(task.app, msg, outcome.state, outcome.value)
     if outcome.state == states.SUCCESS:
         _send_callbacks(task, msg, outcome.value, eager)
     elif outcome.state == states.FAILURE:
-        _send_errbacks(task, msg, eager)
+        _send_errbacks(task, msg, eager, outcome, context)
     return outcome
 
 
@@ -156,41 +158,46 @@ def _store(task: Task, context: Context, outcome: Outcome, ignore_result: bool) 
                          outcome.state)
 
 
-def _send(task: Task, sig: Signature, args: list[Any], kwargs: dict[str, Any],
-          msg: TaskMessage, eager: bool, chain: tuple[Any, ...] = ()) -> None:
+def _send(task: Task, sig: Signature, result: Any, msg: TaskMessage, eager: bool,
+          chain: tuple[Any, ...] = ()) -> None:
+    """Send ``sig`` (a task, chain, group or chord) with ``result`` as its partial argument."""
     app = task.app
     try:
         if eager and sig.name in app.tasks:
+            args, kwargs = sig.with_parent_result(result)
             app.tasks[sig.name].apply(args, kwargs)
         else:
-            options = dict(sig.get("options") or {})
-            options.setdefault("parent_id", msg.id)
-            options.setdefault("root_id", msg.root_id or msg.id)
+            options: dict[str, Any] = {}
+            if "parent_id" not in sig.options:
+                options["parent_id"] = msg.id
+            if "root_id" not in sig.options:
+                options["root_id"] = msg.root_id or msg.id
             if chain:
                 options["chain"] = list(chain)
-            app.send_task(sig.name, args, kwargs, **options)
+            sig.apply_async((result,), **options)
     except Exception:
         logger.exception("task %s[%s]: sending callback %s failed", task.name, msg.id, sig.name)
 
 
 def _send_callbacks(task: Task, msg: TaskMessage, value: Any, eager: bool) -> None:
     for raw in msg.callbacks:
-        sig = Signature.from_dict(raw)
-        args, kwargs = sig.with_parent_result(value)
-        _send(task, sig, args, kwargs, msg, eager)
+        _send(task, signature(raw, task.app), value, msg, eager)
     if msg.chain:
         # Celery keeps the remaining chain reversed: the next step is the last item.
         *rest, nxt = msg.chain
-        sig = Signature.from_dict(nxt)
-        args, kwargs = sig.with_parent_result(value)
-        _send(task, sig, args, kwargs, msg, eager, tuple(rest))
+        _send(task, signature(nxt, task.app), value, msg, eager, tuple(rest))
 
 
-def _send_errbacks(task: Task, msg: TaskMessage, eager: bool) -> None:
-    for raw in msg.errbacks:
-        sig = Signature.from_dict(raw)
-        # Errbacks get the failed task's id first, as Celery's classic errbacks do.
-        _send(task, sig, [msg.id, *sig.get("args", [])], dict(sig.get("kwargs") or {}), msg, eager)
+def _send_errbacks(task: Task, msg: TaskMessage, eager: bool, outcome: Outcome,
+                   context: Context) -> None:
+    exc = outcome.value if isinstance(outcome.value, BaseException) else RuntimeError(
+        repr(outcome.value))
+    chord.run_errbacks(task.app, msg.errbacks, task_id=msg.id, exc=exc,
+                       traceback=outcome.traceback, request=context, parent_id=msg.id,
+                       root_id=msg.root_id or msg.id, eager=eager)
+    if msg.chain and not eager:
+        # The steps after a failed one never run: fail them, so get() on the chain raises.
+        chord.fail_chain(task.app, msg.chain, exc)
 
 
 def execute_eager(task: Task, msg: TaskMessage, *, throw: bool = False) -> EagerResult:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kombu.serialization import dumps, loads, prepare_accept_content, registry
@@ -31,11 +32,22 @@ def pending_meta(task_id: str) -> Meta:
             "children": [], "date_done": None}
 
 
+@dataclass(frozen=True)
+class ChordJoin:
+    """What the last header part of a chord gets: every part's ``(task id, state, result)``
+    in header order, and the token of its claim to fire the body (``Backend.chord_done``)."""
+
+    group_id: str
+    token: str
+    parts: tuple[tuple[str, str, Any], ...]
+
+
 class Backend:
     """Stores and fetches task results. Subclasses implement ``_set``, ``_get``, ``_delete``."""
 
     persistent = True
     supports_wait = False
+    supports_chords = False
 
     def __init__(self, app: TaskQ) -> None:
         self.app = app
@@ -151,6 +163,40 @@ class Backend:
 
     def close(self) -> None:
         """Release connections (called on app close and in a fresh child)."""
+
+    # -- chords (taskq.chord counts the header parts; no polling task) ------------------------
+    def ensure_chords_allowed(self) -> None:
+        if not self.supports_chords:
+            raise ResultBackendError(
+                f"chords need a result backend that counts the header's results (redis:// or "
+                f"db+...); result_backend={self.app.conf.result_backend or 'none'!r} cannot. "
+                "Set result_backend to a Redis or SQL URL, or send the header as a group and "
+                "call the body yourself"
+            )
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        """Client side, before the header is sent: how many parts the chord waits for."""
+        self.ensure_chords_allowed()
+
+    def chord_part_return(self, group_id: str, task_id: str, group_index: int | None,
+                          state: str, result: Any) -> ChordJoin | None:
+        """Record one header part (once per ``task_id``/``group_index``, however often it
+        runs); the call that completes the chord and wins the claim gets a ``ChordJoin``."""
+        self.ensure_chords_allowed()
+        return None
+
+    def chord_done(self, join: ChordJoin) -> None:
+        """The body was sent (or failed): drop the chord's counters; later duplicates of a
+        part are ignored."""
+
+    def save_group(self, group_id: str, value: Any) -> None:
+        raise ResultBackendError(f"{type(self).__name__} cannot save groups")
+
+    def restore_group(self, group_id: str) -> Any:
+        raise ResultBackendError(f"{type(self).__name__} cannot restore groups")
+
+    def delete_group(self, group_id: str) -> None:
+        raise ResultBackendError(f"{type(self).__name__} cannot delete groups")
 
     # -- storage primitives -------------------------------------------------------------------
     def _set(self, task_id: str, meta: Meta, state: str, request: Any) -> None:

@@ -109,11 +109,6 @@ class Request:
         except NotRegistered as exc:
             raise Rejection(str(exc), task_id=msg.id, store="FAILURE", exc=exc,
                             msg=msg) from None
-        if msg.chord is not None:
-            err = InvalidTaskMessage(
-                "body.embed.chord", "chords are not supported by taskq yet; send the header "
-                "tasks and the callback separately")
-            raise Rejection(str(err), task_id=msg.id, store="FAILURE", exc=err, msg=msg)
         if msg.id in revoked:
             raise Rejection(f"task {msg.task}[{msg.id}] was revoked", task_id=msg.id,
                             store="REVOKED", msg=msg)

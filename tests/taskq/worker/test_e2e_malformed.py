@@ -153,16 +153,14 @@ def test_unknown_task_is_rejected_and_stored_as_not_registered(live: Live) -> No
     live.still_works()
 
 
-def test_chord_in_the_embed_is_rejected_and_stored_as_failure(live: Live) -> None:
+def test_a_chord_field_that_is_not_a_signature_is_rejected(live: Live) -> None:
+    """Chords are run (taskq.chord); a ``chord`` field that is not a signature is not."""
     task_id = str(uuid.uuid4())
     start = live.offset()
-    embed = {"callbacks": None, "errbacks": None, "chain": None,
-             "chord": {"task": "appmod.add", "args": [1], "kwargs": {}, "options": {}}}
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": "not-a-signature"}
     live.publish(_body([1, 2], embed), headers=_headers(task_id))
-    live.log_from(start, rf"rejected message {task_id}: .*chords are not supported")
-    meta = _meta(live, task_id)
-    assert meta["status"] == states.FAILURE
-    assert "chord" in json.dumps(meta["result"])
+    live.log_from(start, rf"rejected message {task_id}: invalid task message: "
+                         r"body\.embed\.chord: expected a signature")
     live.still_works()
 
 

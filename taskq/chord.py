@@ -1,0 +1,187 @@
+"""Chords on the worker: header parts count themselves, the last one fires the body.
+
+Each header task's message carries the body in its ``chord`` field, and its ``group`` /
+``group_index`` headers. When a part ends (SUCCESS or FAILURE, after its result is stored)
+the worker calls ``part_done``: the result backend records the part **once per task id and
+group index** (a part redelivered under ``acks_late``, or run again after a lost worker,
+finds itself already recorded and adds nothing) and, when the count reaches the size the
+client set, hands exactly one caller a claim (``ChordJoin``). That caller sends the body
+with every part's result in header order, or, if a part failed, stores the body as FAILURE
+``ChordError("Dependency <id> raised <exc>")``, runs the body's ``link_error`` and fails
+the rest of its chain. No ``chord_unlock`` task polls anything.
+
+A claimer that dies between taking the claim and sending the body leaves the claim to
+expire (``CHORD_CLAIM_SECONDS`` on Redis); a redelivered copy of a part then takes it. So
+under ``acks_late`` the body runs at least once, never before the last part.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from taskq import states
+from taskq.canvas import Signature, group, signature
+from taskq.errors import ChordError
+from taskq.task import Context
+
+if TYPE_CHECKING:
+    from taskq.app import TaskQ
+    from taskq.protocol import TaskMessage
+    from taskq.task import Task
+
+logger = logging.getLogger("taskq.chord")
+
+COUNTED_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
+
+
+def message_done(app: TaskQ, msg: TaskMessage, state: str, value: Any) -> None:
+    """A task whose message has a ``chord`` field ended in ``state``: count it."""
+    if msg.chord is None or not msg.group or state not in COUNTED_STATES:
+        return
+    part_done(app, group_id=msg.group, task_id=msg.id, group_index=msg.group_index,
+              body=msg.chord, state=state, value=value, parent_id=msg.id,
+              root_id=msg.root_id or msg.id)
+
+
+def part_done(app: TaskQ, *, group_id: str, task_id: str, group_index: int | None,
+              body: Mapping[str, Any], state: str, value: Any, parent_id: str | None,
+              root_id: str | None) -> None:
+    """Record one part of chord ``group_id``; the part that completes it fires the body.
+
+    Never raises: a failure is logged (the part's own result is already stored).
+    """
+    backend = app.backend
+    try:
+        join = backend.chord_part_return(group_id, task_id, group_index, state,
+                                         backend.prepare_result(state, value))
+    except Exception:
+        logger.exception("chord %s: counting part %s failed", group_id, task_id)
+        return
+    if join is None:
+        return
+    callback = signature(body, app)
+    try:
+        failed = _first_failure(backend, join.parts)
+        if failed is not None:
+            part_id, exc = failed
+            logger.info("chord %s: part %s failed; the body fails", group_id, part_id)
+            fail_body(app, callback, ChordError(f"Dependency {part_id} raised {exc!r}"))
+        else:
+            values = [backend.result_from_meta({"status": s, "result": v})
+                      for _tid, s, v in join.parts]
+            options: dict[str, Any] = {}
+            if "parent_id" not in callback.options:
+                options["parent_id"] = parent_id
+            if "root_id" not in callback.options:
+                options["root_id"] = root_id
+            callback.apply_async((values,), **options)
+    except Exception as exc:
+        logger.exception("chord %s: sending the body failed", group_id)
+        fail_body(app, callback, ChordError(f"Callback error: {exc!r}"))
+    finally:
+        try:
+            backend.chord_done(join)
+        except Exception:
+            logger.exception("chord %s: cleaning up its counters failed", group_id)
+
+
+def _first_failure(backend: Any, parts: Iterable[tuple[str, str, Any]]
+                   ) -> tuple[str, BaseException] | None:
+    for tid, state, value in parts:
+        if state in states.PROPAGATE_STATES:
+            exc = backend.result_from_meta({"status": state, "result": value})
+            return tid, exc if isinstance(exc, BaseException) else RuntimeError(repr(exc))
+    return None
+
+
+def fail_body(app: TaskQ, body: Signature, exc: BaseException) -> None:
+    """The body cannot run: store it as FAILURE ``exc``, run its errbacks, fail what follows."""
+    members = body.tasks if isinstance(body, group) else [body]
+    for member in members:
+        task_id = member.options.setdefault("task_id", str(uuid.uuid4()))
+        try:
+            app.backend.mark_as_failure(task_id, exc)
+        except Exception:
+            logger.exception("storing the failure of chord body %s failed", task_id)
+        request = Context(id=task_id, task=member.name, args=member.args,
+                          kwargs=dict(member.kwargs), called_directly=False)
+        run_errbacks(app, member.options.get("link_error") or (), task_id=task_id, exc=exc,
+                     traceback=None, request=request, parent_id=task_id, root_id=task_id)
+        # A body that is itself a part of an enclosing chord counts there as failed.
+        outer = member.options.get("chord")
+        if outer is not None and member.options.get("group_id"):
+            part_done(app, group_id=member.options["group_id"], task_id=task_id,
+                      group_index=member.options.get("group_index"), body=outer,
+                      state=states.FAILURE, value=exc, parent_id=task_id, root_id=task_id)
+        fail_chain(app, member.options.get("chain") or (), exc)
+
+
+def fail_chain(app: TaskQ, chain: Iterable[Mapping[str, Any]], exc: BaseException) -> None:
+    """A step failed: the steps after it will never run, so store them as FAILURE ``exc``
+    (``get()`` on a chain then raises), count chord parts among them, and descend into a
+    chord step's body."""
+    pending = list(chain)
+    while pending:
+        raw = pending.pop(0)
+        sig = signature(raw, app)
+        options = sig.options
+        task_id = options.get("task_id")
+        if task_id:
+            try:
+                app.backend.mark_as_failure(task_id, exc)
+            except Exception:
+                logger.exception("storing the failure of chain step %s failed", task_id)
+            if options.get("chord") is not None and options.get("group_id"):
+                part_done(app, group_id=options["group_id"], task_id=task_id,
+                          group_index=options.get("group_index"), body=options["chord"],
+                          state=states.FAILURE, value=exc, parent_id=task_id,
+                          root_id=task_id)
+        if sig.subtask_type == "chord":
+            body = sig.kwargs.get("body")
+            if body is not None:
+                pending.append(body)
+
+
+def _takes_request(task: Task, sig: Signature) -> bool:
+    """Celery's rule: an errback left with more than one argument to fill (after the ones its
+    signature carries) gets ``(request, exc, traceback)``; otherwise the failed task's id."""
+    try:
+        params = list(inspect.signature(task.fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if task.bind:
+        params = params[1:]
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return True
+    positional = [p for p in params
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) - len(sig.args) > 1
+
+
+def run_errbacks(app: TaskQ, errbacks: Iterable[Mapping[str, Any]], *, task_id: str,
+                 exc: BaseException, traceback: str | None, request: Any,
+                 parent_id: str | None, root_id: str | None, eager: bool = False) -> None:
+    """Run a failed task's errbacks as Celery does: one registered here whose function takes
+    ``(request, exc, traceback)`` is called in this process; any other is sent as a task
+    with the failed task's id as its first argument."""
+    for raw in errbacks:
+        sig = signature(raw, app)
+        task = app.tasks.get(sig.name)
+        try:
+            if task is not None and not sig.immutable and _takes_request(task, sig):
+                task.run(request, exc, traceback, *sig.args, **sig.kwargs)
+            elif eager and task is not None:
+                task.apply((task_id, *sig.args), dict(sig.kwargs))
+            else:
+                options: dict[str, Any] = {}
+                if "parent_id" not in sig.options:
+                    options["parent_id"] = parent_id
+                if "root_id" not in sig.options:
+                    options["root_id"] = root_id
+                sig.apply_async((task_id,), **options)
+        except Exception:
+            logger.exception("errback %s of task %s failed", sig.name, task_id)

@@ -1,0 +1,199 @@
+"""The canvas across taskq and Celery: a Celery 5.7 client's chords on a taskq worker, and a
+taskq client's canvas on a Celery worker. Real brokers, a real ``taskq worker`` subprocess,
+the real ``celery`` package."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+celery = pytest.importorskip("celery")
+from celery import chain as cchain  # noqa: E402
+from celery import chord as cchord  # noqa: E402
+from celery.exceptions import ChordError as CeleryChordError  # noqa: E402
+
+WORKER_DIR = Path(__file__).resolve().parent / "worker"
+sys.path.insert(0, str(WORKER_DIR))
+from e2e_support import (  # noqa: E402
+    REDIS_URL,
+    Broker,
+    Ledger,
+    WorkerSet,
+    make_broker,
+    wait_until,
+)
+
+from taskq import states  # noqa: E402
+from taskq.canvas import chain, chord, group  # noqa: E402
+
+
+@pytest.fixture
+def redis_broker() -> Iterator[Broker]:
+    b = make_broker("redis")
+    yield b
+    b.cleanup()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[WorkerSet]:
+    ws = WorkerSet(tmp_path)
+    yield ws
+    ws.stop_all()
+    print(ws.dump())
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    return Ledger(tmp_path / "ledger.txt")
+
+
+def celery_client(b: Broker) -> celery.Celery:
+    """A Celery 5.7 client with the same broker keys, queue and result keys as the worker."""
+    app = celery.Celery("client", broker=b.url, backend=REDIS_URL, set_as_current=False)
+    app.conf.update(
+        broker_transport_options={"global_keyprefix": f"{b.name}:"} if b.kind == "redis"
+        else {},
+        result_backend_transport_options={"global_keyprefix": f"{b.name}:r:"},
+        task_default_queue=b.name, task_default_exchange=b.name,
+        task_default_routing_key=b.name, result_expires=600,
+    )
+    return app
+
+
+def _redis_keys(b: Broker, pattern: str) -> list[bytes]:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    try:
+        return list(client.scan_iter(match=f"{b.name}:r:{pattern}", count=1000))
+    finally:
+        client.close()
+
+
+# -- a Celery client's chords on a taskq worker -----------------------------------------------
+
+def test_celery_chord_runs_on_a_taskq_worker(redis_broker: Broker,
+                                             workers: WorkerSet) -> None:
+    """Given a chord from a Celery 5.7 client, a taskq worker runs the header, and the last
+    part sends the body with the results in header order; the counters are cleaned up."""
+    workers.start(redis_broker, app="canvasmod", pool="threads", concurrency=3)
+    capp = celery_client(redis_broker)
+    add, collect = capp.signature("canvasmod.add"), capp.signature("canvasmod.collect")
+    result = cchord([add.clone((i, i)) for i in range(6)], collect)()
+    assert result.get(timeout=30) == [0, 2, 4, 6, 8, 10]
+    assert result.parent.get(timeout=10) == [0, 2, 4, 6, 8, 10]
+    gid = result.parent.id
+    wait_until(lambda: not [k for k in _redis_keys(redis_broker, f"*{gid}.[jtsd]")], 10,
+               "the chord's .j/.t/.s/.d keys to be removed")
+    capp.close()
+
+
+def test_celery_chord_with_a_failing_part_fails_the_body(redis_broker: Broker,
+                                                          workers: WorkerSet,
+                                                          ledger: Ledger) -> None:
+    """Given a chord whose second part raises, the body is FAILURE ChordError naming that
+    part (a Celery client reads Celery's own ChordError), and the body's link_error runs;
+    get() on the chord raises the part's own error first, as it does on a Celery worker."""
+    workers.start(redis_broker, app="canvasmod", pool="threads", concurrency=2)
+    capp = celery_client(redis_broker)
+    header = [capp.signature("canvasmod.add", (1, 1)), capp.signature("canvasmod.boom"),
+              capp.signature("canvasmod.add", (2, 2))]
+    body = capp.signature("canvasmod.tsum")
+    body.link_error(capp.signature("canvasmod.errback", (str(ledger),)))
+    result = cchord(header, body)()
+    with pytest.raises(ValueError, match="boom"):  # Celery's get() raises the part's error
+        result.get(timeout=30)
+    with pytest.raises(CeleryChordError) as info:  # the body's own stored error
+        capp.AsyncResult(result.id).get(timeout=10)
+    failed_part = result.parent.results[1].id
+    assert f"Dependency {failed_part} raised ValueError('boom')" in str(info.value)
+    assert result.state == states.FAILURE
+    wait_until(lambda: ["errback", result.id] in ledger.lines(), 15,
+               "the body's errback to run with the body's id")
+    capp.close()
+
+
+def test_celery_chord_with_a_chain_in_its_header(redis_broker: Broker,
+                                                 workers: WorkerSet) -> None:
+    """Given chord([add(1,1) | add(10), add(2,2)], tsum): the chain's last step is the
+    part that counts, and the body gets 12 + 4."""
+    workers.start(redis_broker, app="canvasmod", pool="threads", concurrency=2)
+    capp = celery_client(redis_broker)
+    add = capp.signature("canvasmod.add")
+    header = [cchain(add.clone((1, 1)), add.clone((10,))), add.clone((2, 2))]
+    result = cchord(header, capp.signature("canvasmod.tsum"))()
+    assert result.get(timeout=30) == 16
+    capp.close()
+
+
+# -- a taskq client's canvas on a Celery worker -----------------------------------------------
+
+CELERY_WORKER_MODULE = '''
+import json, os
+from celery import Celery
+app = Celery("canvasmod_celery", broker=os.environ["TASKQ_BROKER_URL"],
+             backend=os.environ["TASKQ_RESULT_BACKEND"])
+app.conf.update(
+    broker_transport_options=json.loads(os.environ.get("CELERY_BROKER_OPTIONS", "{}")),
+    result_backend_transport_options=json.loads(
+        os.environ["TASKQ_RESULT_BACKEND_TRANSPORT_OPTIONS"]),
+    task_default_queue=os.environ["TASKQ_TASK_DEFAULT_QUEUE"],
+    task_default_exchange=os.environ["TASKQ_TASK_DEFAULT_EXCHANGE"],
+    task_default_routing_key=os.environ["TASKQ_TASK_DEFAULT_ROUTING_KEY"],
+    worker_hijack_root_logger=False,
+)
+
+@app.task(name="canvasmod.add")
+def add(x, y):
+    return x + y
+
+@app.task(name="canvasmod.tsum")
+def tsum(values):
+    return sum(values)
+'''
+
+
+def test_a_taskq_chord_and_chain_run_on_a_celery_worker(redis_broker: Broker,
+                                                        tmp_path: Path) -> None:
+    """Given a Celery worker (subprocess), a taskq client's chain and chord, written as
+    Celery writes them, run there and taskq reads the results."""
+    (tmp_path / "canvasmod_celery.py").write_text(CELERY_WORKER_MODULE)
+    env = {**os.environ, **redis_broker.env, "PYTHONPATH": str(tmp_path),
+           "CELERY_BROKER_OPTIONS": redis_broker.env["TASKQ_BROKER_TRANSPORT_OPTIONS"]}
+    log = tmp_path / "celery.log"
+    celery_bin = Path(sys.executable).parent / "celery"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(celery_bin), "-A", "canvasmod_celery", "worker", "-P", "solo",
+             "--without-mingle", "--without-gossip", "-l", "info"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        from taskq import TaskQ
+
+        client = TaskQ("client", environ=redis_broker.env)
+        client.task(name="canvasmod.add")(lambda x, y: x + y)
+        client.task(name="canvasmod.tsum")(lambda values: sum(values))
+        add, tsum = client.tasks["canvasmod.add"], client.tasks["canvasmod.tsum"]
+        res = chain(add.s(1, 2), add.s(10), add.s(100)).apply_async()
+        assert res.get(timeout=60) == 113
+        assert res.parent is not None and res.parent.get(timeout=10) == 13
+        res = chord([add.s(i, i) for i in range(4)], tsum.s()).apply_async()
+        assert res.get(timeout=30) == 12
+        assert group(add.s(1, 1), add.s(2, 2)).apply_async().get(timeout=30) == [2, 4]
+        client.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if sys.exc_info()[0] is not None:
+            print(log.read_text(errors="replace"))
+
+

@@ -1,0 +1,55 @@
+"""The app the canvas tests run on a taskq worker (``taskq worker -A canvasmod``) and, with
+the same task names, on a Celery worker (``celery -A canvasmod_celery``). Settings come from
+TASKQ_* variables, as for appmod; tasks that must be observed append to a ledger file."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from taskq import TaskQ
+
+app = TaskQ("canvasmod")
+
+
+def note(ledger: str | None, line: str) -> None:
+    if not ledger:
+        return
+    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+@app.task(name="canvasmod.add")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name="canvasmod.tsum")
+def tsum(values: list[int]) -> int:
+    return sum(values)
+
+
+@app.task(name="canvasmod.collect")
+def collect(values: list[Any]) -> list[Any]:
+    return list(values)
+
+
+@app.task(name="canvasmod.boom")
+def boom(*args: Any) -> None:
+    raise ValueError("boom")
+
+
+@app.task(name="canvasmod.counted", bind=True)
+def counted(self: Any, value: Any, ledger: str) -> Any:
+    """Notes each run (so a test can count how often a body ran)."""
+    note(ledger, f"ran {self.request.id} {value!r}")
+    return value
+
+
+@app.task(name="canvasmod.errback")
+def errback(task_id: str, ledger: str) -> None:
+    """A classic errback: called with the failed task's id."""
+    note(ledger, f"errback {task_id}")
