@@ -74,6 +74,14 @@ class ExploreOptions:
         restrict: dict[str, list[Any]] = {"transport": list(self.urls)}
         if self.foreign:
             restrict.update(FOREIGN_WORKER_AXES)
+            cmd = self.worker_cmd or ""
+            for axis, placeholder in (("strategy", "{pool}"), ("concurrency", "{concurrency}"),
+                                      ("max_tasks_per_child", "{max_tasks_per_child}")):
+                if placeholder not in cmd:  # the command cannot carry it: keep the default
+                    restrict[axis] = [SPACE[axis].default]
+            if "celery" in cmd:
+                restrict["strategy"] = ["fair"]  # Celery has no -O fast
+                restrict["transport"] = [t for t in restrict["transport"] if t != "sqlite"]
         return restrict
 
     def say(self, text: str) -> None:

@@ -84,3 +84,17 @@ def test_every_candidate_reduction_is_smaller_and_still_runnable() -> None:
             assert candidate.size() < case.size()
             kinds = set(Generator(0).fault_kinds(candidate.config))
             assert {f.kind for f in candidate.faults} <= kinds
+
+
+def test_a_celery_worker_gets_only_the_axes_its_command_line_carries() -> None:
+    from stress.explorer import ExploreOptions
+
+    options = ExploreOptions(worker_cmd="celery -A stress.workload:celery worker -Q {queue} "
+                                        "-c {concurrency} -O {pool} -P prefork")
+    gen = Generator(6, restrict=options.restrict())
+    cases = [gen.draw() for _ in range(300)]
+    assert {c.config["strategy"] for c in cases} == {"fair"}
+    assert {c.config["max_tasks_per_child"] for c in cases} == {0}
+    assert {c.config["fds"] for c in cases} == {0}
+    assert "sqlite" not in {c.config["transport"] for c in cases}
+    assert {c.config["concurrency"] for c in cases} == {1, 2, 3, 4}
