@@ -3,12 +3,23 @@ lease and settles it, and the check of the lease timing options.
 
 A subclass says where a fetched delivery's lease waits until kombu hands the message over
 (``_take_incoming``) and how its channel settles held leases (``_settle_held``).
+
+What the worker needs beyond kombu's channel API (``LeaseChannelMixin``):
+
+- ``on_leases_lost``: told the delivery tags whose lease renewal found gone (they went back to
+  their queues, maybe to another consumer by now), so the application drops what it has not
+  started;
+- ``adopt`` / ``release_orphans``: after a reconnect, the deliveries the old connection's
+  channel held are still leased under their ids; the new channel renews (adopts) those whose
+  tasks still run and requeues the rest at once, instead of leaving both to expire;
+- ``flush_acks`` and ``renew_if_due``: a pool that runs tasks on the loop's thread (solo)
+  settles at once and keeps its leases alive from another thread while a task runs.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 from kombu.transport import virtual
@@ -91,6 +102,12 @@ class LeaseQoSBase(virtual.QoS, Generic[L]):
             self.leases.update(held)  # still ours: renewed until they expire or settle
             raise
 
+    def forget(self, delivery_tags: Iterable[str]) -> list[str]:
+        """Drop the leases of these tags (they are gone); returns the tags that were held.
+        Their prefetch credit stays taken until the application settles them (a no-op
+        now), so a later delivery of the same message gets a tag of its own."""
+        return [tag for tag in delivery_tags if self.leases.pop(tag, None) is not None]
+
     def restore_unacked(self, client: Any = None) -> list[Any]:
         """``basic_recover(requeue=True)``: give back every message held, now."""
         self.release(list(self.leases))
@@ -104,10 +121,78 @@ class LeaseQoSBase(virtual.QoS, Generic[L]):
         self._on_collect.cancel()
 
 
+LostCallback = Callable[[list[str]], None]
+
+
+def _lease_of(message: Any) -> Any:
+    """The lease a message's own channel holds for it (None when none is held)."""
+    qos = getattr(message.channel, "_qos", None)
+    if not isinstance(qos, LeaseQoSBase):
+        return None
+    return qos.leases.get(message.delivery_tag)
+
+
 class LeaseChannelMixin:
     """What a lease channel offers the worker beyond kombu's channel API."""
 
     qos: LeaseQoSBase[Any]
+    on_leases_lost: LostCallback | None = None
+    """Set by the consumer: called with the delivery tags whose leases renewal found gone."""
+
+    def _renew_held(self, held: Sequence[tuple[str, Any]]) -> list[str]:
+        """Extend these leases [(tag, lease)] now; returns the tags whose lease is gone."""
+        raise NotImplementedError
+
+    def _leases_lost(self, tags: list[str]) -> None:
+        if not tags:
+            return
+        logger.warning("lost the lease of %d held messages (not renewed in time, they went "
+                       "back to their queues): %s", len(tags), ", ".join(tags[:10]))
+        if self.on_leases_lost is not None:
+            self.on_leases_lost(tags)
+
+    def adopt(self, messages: Sequence[Any]) -> list[Any]:
+        """Take over the leases of ``messages`` delivered on another (closed) channel of the
+        same broker: renewed now and from here on, settled through this channel (each
+        message's ``channel`` becomes this one). Returns the messages whose lease is gone
+        (or that had none): they went back to their queues."""
+        held = [(m, _lease_of(m)) for m in messages]
+        lost = [m for m, lease in held if lease is None]
+        held = [(m, lease) for m, lease in held if lease is not None]
+        if not held:
+            return lost
+        gone = set(self._renew_held([(m.delivery_tag, lease) for m, lease in held]))
+        qos = self.qos
+        for message, lease in held:
+            message.channel.qos.leases.pop(message.delivery_tag, None)
+            if message.delivery_tag in gone:
+                lost.append(message)
+                continue
+            qos.leases[message.delivery_tag] = lease
+            qos._delivered[message.delivery_tag] = message  # its prefetch credit, here
+            message.channel = self
+        return lost
+
+    def release_orphans(self, messages: Sequence[Any]) -> int:
+        """Requeue now, where they are consumed next, ``messages`` another (closed) channel of
+        the same broker held and the application will not start; returns how many were
+        still held."""
+        held = []
+        for message in messages:
+            lease = _lease_of(message)
+            if lease is not None:
+                message.channel.qos.leases.pop(message.delivery_tag, None)
+                held.append((message.delivery_tag, lease))
+        return self.qos._settle_held(True, held) if held else 0
+
+    def flush_acks(self) -> None:
+        """Send the deferred acks now."""
+        raise NotImplementedError
+
+    def renew_if_due(self) -> None:
+        """Renew this channel's leases if their renewal is due. Safe from another thread
+        while the loop's thread is busy in a task (the solo pool)."""
+        raise NotImplementedError
 
     def release(self, delivery_tags: Iterable[str]) -> int:
         """Requeue these held messages now, where they are consumed next, in order.

@@ -51,7 +51,7 @@ import contextlib
 import logging
 import select
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from queue import Empty
 from time import monotonic
@@ -146,14 +146,6 @@ class LeaseQoS(LeaseQoSBase[str]):
             return False
         transport.pending_acks.append((delivery_tag, lease))
         return True
-
-    def forget(self, lease_ids: Iterable[str]) -> list[str]:
-        """Drop leases that are gone; returns their delivery tags."""
-        gone = set(lease_ids)
-        tags = [tag for tag, lease in self.leases.items() if lease in gone]
-        for tag in tags:
-            del self.leases[tag]
-        return tags
 
 
 # -- the channel ----------------------------------------------------------------------------
@@ -421,21 +413,31 @@ class Channel(LeaseChannelMixin, kredis.Channel):
                 self._settle("ack", acks)
 
     def renew_leases(self) -> int:
-        """Extend every lease this channel holds; returns how many are still held."""
+        """Extend every lease this channel holds; returns how many are still held. The
+        tags of leases found gone go to ``on_leases_lost``."""
         qos = self._qos
         if qos is None or not qos.leases:
             return 0
-        ids = list(qos.leases.values())
+        held = list(qos.leases.items())
+        lost = self._renew_held(held)
+        if lost:
+            self._leases_lost(qos.forget(lost))
+        return len(held) - len(lost)
+
+    def _renew_held(self, held: Sequence[tuple[str, str]]) -> list[str]:
+        tag_of = {lease: tag for tag, lease in held}
+        ids = list(tag_of)
         lost: list[str] = []
         for start in range(0, len(ids), _CHUNK):
-            lost.extend(bytes_to_str(x) for x in self._run(
+            lost.extend(tag_of[bytes_to_str(x)] for x in self._run(
                 "RENEW", [self.leases_key], [self.lease.lease_ms, *ids[start:start + _CHUNK]]))
-        if lost:
-            tags = qos.forget(lost)
-            logger.warning("lost the lease of %d held messages (not renewed in time, they "
-                           "went back to their queues and may run twice): %s",
-                           len(tags), ", ".join(tags[:10]))
-        return len(ids) - len(lost)
+        return lost
+
+    def renew_if_due(self) -> None:
+        now = monotonic()
+        if now >= self._renew_due:
+            self.renew_leases()
+            self._renew_due = now + self.lease.renew_interval
 
     def restore_expired(self) -> int:
         """Move messages whose lease expired (anyone's) back to their queues."""

@@ -143,6 +143,8 @@ class Transport(virtual.Transport):
         self.wake = WakeDirectory(self.path + ".wake")
         self.incoming: dict[str, int] = {}  # fetched, being delivered: tag -> row id
         self.pending_acks: list[tuple[int, str]] = []  # (row id, lease id), see LeaseQoS.ack
+        self.pending_requeues: list[tuple[int, str]] = []  # requeues a locked database held up
+        self._busy_until = 0.0  # after BrokerBusy on the loop: retry the database then
         self._hub: Any = None
         self._renew_due = monotonic() + self.settings.renew_interval
         self._restore_due = 0.0  # at the first chance: a dead predecessor's leases
@@ -175,15 +177,21 @@ class Transport(virtual.Transport):
         return [c for c in self.channels if c._consumers and not c.closed]
 
     # -- upkeep ---------------------------------------------------------------------------
+    def renew_if_due(self) -> None:
+        """Renew every channel's leases when due (also from another thread while the loop's
+        thread runs a task: the store serialises its connection)."""
+        now = monotonic()
+        if now >= self._renew_due:
+            self._renew_due = now + self.settings.renew_interval
+            for channel in list(self.channels):
+                if not channel.closed:
+                    channel.renew_leases()
+
     def maintain(self) -> None:
         """Renew, restore and poll when due (the loop's timer, and ``drain_events``)."""
         now = monotonic()
         try:
-            if now >= self._renew_due:
-                self._renew_due = now + self.settings.renew_interval
-                for channel in list(self.channels):
-                    if not channel.closed:
-                        channel.renew_leases()
+            self.renew_if_due()
             consuming = self._consuming()
             if now >= self._restore_due and consuming:
                 self._restore_due = now + self.settings.restore_interval
@@ -217,18 +225,44 @@ class Transport(virtual.Transport):
         return delivered
 
     def flush_acks(self) -> None:
+        """Commit the deferred acks (and requeues a locked database held up)."""
         acks, self.pending_acks = self.pending_acks, []
-        if not acks:
+        requeues, self.pending_requeues = self.pending_requeues, []
+        if not acks and not requeues:
             return
         try:
-            flags = self.store.settle(False, acks)
+            flags = self.store.settle(False, acks) if acks else []
+            if requeues and sum(self.store.settle(True, requeues)):
+                self.wake.wake_all()
         except BaseException:
-            self.pending_acks[:0] = acks
+            self.pending_acks[:0] = acks  # sent again: a settle of a settled lease is a no-op
+            self.pending_requeues[:0] = requeues
             raise
         for (_, lease), held in zip(acks, flags, strict=True):
             if not held:
                 logger.debug("ack of delivery %s dropped: its lease expired and the message "
                              "went back to its queue", lease)
+
+    def defer_settle(self, requeue: bool, held: list[tuple[int, str]], exc: BrokerBusy
+                     ) -> None:
+        """A settle on the loop found the database locked: keep it for a later tick instead
+        of treating the stall as a lost connection (which would drop every reservation)."""
+        (self.pending_requeues if requeue else self.pending_acks).extend(held)
+        self._on_busy(exc)
+
+    # -- a locked database on the loop: retried in place ----------------------------------
+    def _busy(self) -> bool:
+        return monotonic() < self._busy_until
+
+    def _on_busy(self, exc: BrokerBusy) -> None:
+        if not self._busy_until:
+            logger.warning("%s; retrying in place (reservations and acks are kept)", exc)
+        self._busy_until = monotonic() + min(1.0, self.settings.poll_interval)
+
+    def _on_db_ok(self) -> None:
+        if self._busy_until and not self._busy():
+            logger.info("the broker database %r is writable again", self.path)
+            self._busy_until = 0.0
 
     # -- the event loop -------------------------------------------------------------------
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
@@ -242,14 +276,28 @@ class Transport(virtual.Transport):
         # call_soon queue runs and then block in the poll: instead, when there is something
         # to fetch, poke our own socket so the poll returns at once and the fetch happens
         # in _on_readable, where a broker socket's messages are delivered on other transports.
+        if self._busy():
+            return  # the database was locked a moment ago: the next tick tries again
         if any(channel.wants_fetch() for channel in self._consuming()):
             self.wake.poke()
-        else:
+            return
+        try:
             self.flush_acks()  # committed before the loop waits
+        except BrokerBusy as exc:
+            self._on_busy(exc)
+        else:
+            self._on_db_ok()
 
     def _on_readable(self) -> None:
         self._on_wake()
-        self._fetch_ready()
+        if self._busy():
+            return
+        try:
+            self._fetch_ready()
+        except BrokerBusy as exc:  # kept: the fetch and the acks are retried on a later tick
+            self._on_busy(exc)
+        else:
+            self._on_db_ok()
 
     def _on_wake(self) -> None:
         self.wake.drain()

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from queue import Empty
-from time import time
 from typing import TYPE_CHECKING, Any
 
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 
+from taskq.errors import BrokerBusy
 from taskq.transports.lease import LeaseChannelMixin, LeaseQoSBase
 from taskq.transports.sqlite_store import Fetched, Store
 
@@ -45,9 +45,6 @@ class LeaseQoS(LeaseQoSBase[int]):
             return False
         transport.pending_acks.append((lease, delivery_tag))  # in the next fetch's transaction
         return True
-
-    def forget(self, lease_ids: Iterable[str]) -> list[str]:
-        return [tag for tag in lease_ids if self.leases.pop(tag, None) is not None]
 
 
 # -- the channel ----------------------------------------------------------------------------
@@ -132,7 +129,7 @@ class Channel(LeaseChannelMixin, virtual.Channel):
         queues = sorted({queue for _, _, queue in self.get_table(exchange)})
         if not queues:
             return
-        payload, expires = dumps(message), time() + self.settings.fanout_ttl
+        payload, expires = dumps(message), self.store.clock() + self.settings.fanout_ttl
         self.store.publish([(queue, payload, expires) for queue in queues])
         self.connection.wake.wake_all()
 
@@ -275,8 +272,16 @@ class Channel(LeaseChannelMixin, virtual.Channel):
 
     # -- leases ---------------------------------------------------------------------------
     def settle(self, requeue: bool, held: Sequence[tuple[str, int]]) -> int:
-        """End the leases ``[(delivery tag, row id)]``; returns how many were still ours."""
-        flags = self.store.settle(requeue, [(rowid, tag) for tag, rowid in held])
+        """End the leases ``[(delivery tag, row id)]``; returns how many were still ours.
+        On the event loop a locked database defers them to a later tick (counted as ours)."""
+        pairs = [(rowid, tag) for tag, rowid in held]
+        try:
+            flags = self.store.settle(requeue, pairs)
+        except BrokerBusy as exc:
+            if not self.connection.defer_acks:
+                raise
+            self.connection.defer_settle(requeue, pairs, exc)
+            return len(pairs)
         for (tag, _), flag in zip(held, flags, strict=True):
             if not flag:
                 logger.debug("%s of delivery %s dropped: its lease expired and the message "
@@ -294,8 +299,15 @@ class Channel(LeaseChannelMixin, virtual.Channel):
         held = [(rowid, tag) for tag, rowid in qos.leases.items()]
         lost = self.store.renew(held, self.settings.lease_timeout)
         if lost:
-            tags = qos.forget(lost)
-            logger.warning("lost the lease of %d held messages (not renewed in time, they "
-                           "went back to their queues and may run twice): %s",
-                           len(tags), ", ".join(tags[:10]))
+            self._leases_lost(qos.forget(lost))
         return len(held) - len(lost)
+
+    def _renew_held(self, held: Sequence[tuple[str, int]]) -> list[str]:
+        return self.store.renew([(rowid, tag) for tag, rowid in held],
+                                self.settings.lease_timeout)
+
+    def flush_acks(self) -> None:
+        self.connection.flush_acks()
+
+    def renew_if_due(self) -> None:
+        self.connection.renew_if_due()

@@ -12,9 +12,16 @@ Tables::
 
 A message is ready while ``lease IS NULL``; a delivery sets its lease (``<batch>.<id>``, unique
 per delivery, so a stale ack or renewal never touches a lease someone else took later) and a
-deadline on the wall clock (``time.time()``: the one clock every process on the host shares
-across reboots). Ack deletes the row; requeue and restore clear the lease and set
+deadline. Ack deletes the row; requeue and restore clear the lease and set
 ``head = 0, redelivered = 1``.
+
+Deadlines (and the ``expires`` of broadcast copies) are on the host's boot clock
+(``CLOCK_BOOTTIME``: seconds since boot, the same in every process on the host, and never
+stepped by NTP or an administrator, so a wall-clock step neither expires every lease at once
+nor makes leases outlive their holders). It restarts at each boot: ``taskq_meta`` records
+which boot (``lease_clock``) the deadlines belong to, and the first process to open the file
+under another boot (or a file written with wall-clock deadlines by an older taskq) expires
+every lease and drops every broadcast copy left over, once, in one transaction.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction (a deferred transaction that later writes
 fails with SQLITE_BUSY without waiting). ``database is locked`` is retried until
@@ -65,6 +72,8 @@ CREATE TABLE IF NOT EXISTS taskq_bindings (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS taskq_exchanges (name TEXT PRIMARY KEY, type TEXT NOT NULL)
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS taskq_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)
+    WITHOUT ROWID;
 """
 
 _LEASE = """
@@ -88,6 +97,23 @@ _CHUNK = 500  # rows per statement: stays under SQLite's bound-parameter limit
 Fetched = tuple[int, str, bool, str, "str | None"]
 
 
+def boot_clock() -> float:
+    """Seconds since boot (``CLOCK_BOOTTIME``; monotonic where there is none)."""
+    return time.clock_gettime(_BOOT_CLOCK)
+
+
+_BOOT_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def boot_id() -> str:
+    """Which boot of this host ``boot_clock`` counts from."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:  # not Linux: the boot's start on the wall clock, to the minute
+        return str(round((time.time() - boot_clock()) / 60))
+
+
 def _is_busy(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
@@ -100,10 +126,11 @@ class Store:
     """The database of one SQLite broker in this process (one connection per process)."""
 
     def __init__(self, path: str, *, busy_timeout: float = 2.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = boot_clock, clock_id: str | None = None) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
         self.clock = clock
+        self.clock_id = clock_id or f"boottime:{boot_id()}"
         self._db: sqlite3.Connection | None = None
         self._pid = 0
         self._abandoned: list[sqlite3.Connection] = []  # a parent's, never closed here
@@ -155,18 +182,31 @@ class Store:
         if not mode or str(mode[0]).lower() != "wal":
             raise sqlite3.OperationalError(f"cannot switch to WAL mode (got {mode!r})")
         db.execute("PRAGMA synchronous=NORMAL")
-        if db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'taskq_bindings'"
-                      ).fetchone()[0]:
+        if self._clock_matches(db):
             return
         db.execute("BEGIN IMMEDIATE")
         try:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            if not self._clock_matches(db):
+                # Deadlines of another boot (or wall-clock ones of an older taskq) mean
+                # nothing on this clock: expire the leases, drop leftover broadcast copies.
+                db.execute("UPDATE taskq_messages SET deadline = 0 WHERE lease IS NOT NULL")
+                db.execute("UPDATE taskq_messages SET expires = 0 WHERE expires IS NOT NULL")
+                db.execute("INSERT OR REPLACE INTO taskq_meta VALUES ('lease_clock', ?)",
+                           (self.clock_id,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _clock_matches(self, db: sqlite3.Connection) -> bool:
+        if not db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'taskq_meta'"
+                          ).fetchone()[0]:
+            return False
+        row = db.execute("SELECT value FROM taskq_meta WHERE key = 'lease_clock'").fetchone()
+        return bool(row) and row[0] == self.clock_id
 
     def connection(self) -> sqlite3.Connection:
         """This process's connection, opened (and the schema made) on first use."""

@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from kombu.exceptions import OperationalError
 
 from taskq.errors import BrokerBusy, ConfigurationError
 from taskq.publish import broker_url
+from taskq.transports.lease import LeaseChannelMixin
 from taskq.urls import safe_url
 from taskq.worker.acks import AmqpAcks
 from taskq.worker.offload import Offload, Outcome
@@ -103,6 +105,11 @@ class BrokerConsumer:
         self._addresses: dict[str, str] = {}
         self._consuming = True
         self.connected_once = False
+        # Lease transports: told the requests whose lease renewal found gone (set by the
+        # worker); settle_at_once for a pool that blocks the loop (no tick flushes acks).
+        self.on_leases_lost: Callable[[list[str]], None] | None = None
+        self.settle_at_once = False
+        self._loop_thread = threading.get_ident()
 
     @property
     def url(self) -> str:
@@ -161,6 +168,8 @@ class BrokerConsumer:
         self.connection = conn
         connect_once(conn)
         channel = conn.channel()
+        if isinstance(channel, LeaseChannelMixin):
+            channel.on_leases_lost = self._leases_lost
         consumer = KombuConsumer(channel, queues=self.queues, on_message=self._on_message,
                                  no_ack=False, auto_declare=True)
         # RabbitMQ >= 3.3 applies a non-global prefetch per consumer, as we want.
@@ -315,6 +324,8 @@ class BrokerConsumer:
             logger.error("%s of %s[%s] failed: %r", action, request.name, request.id, exc)
             return False
         request.acknowledged = True
+        if self.settle_at_once:
+            self._settle_now()
         return True
 
     def ack(self, request: Request) -> bool:
@@ -375,6 +386,86 @@ class BrokerConsumer:
             return len(self._acks.pending)
         transport = getattr(self.connection, "_transport", None)  # never create one here
         return len(getattr(transport, "pending_acks", ()))
+
+    def drop(self, request: Request) -> bool:
+        """Forget a request whose lease is gone: frees its prefetch credit, sends nothing
+        (a lease channel settles nothing it no longer holds)."""
+        return self._settle(request, "drop", lambda: self._reject(request.message, False))
+
+    # -- leases across reconnects (taskq's Redis and SQLite transports) ------------------------
+    def _lease_channel(self) -> LeaseChannelMixin | None:
+        channel = self._consumer.channel if self._consumer is not None else None
+        return channel if isinstance(channel, LeaseChannelMixin) else None
+
+    def adopt(self, requests: Sequence[Request]) -> list[Request]:
+        """Renew the leases of ``requests`` (of lost connections, still in the pool) under
+        this connection, whose generation they take: their acks go through it. Returns those
+        whose lease is gone. A connection error propagates (the reconnect fails)."""
+        channel = self._lease_channel()
+        if channel is None or not requests:
+            return []
+        gone = {id(m) for m in channel.adopt([r.message for r in requests])}
+        for request in requests:
+            if id(request.message) not in gone:
+                request.generation = self.generation
+        lost = [r for r in requests if id(r.message) in gone]
+        logger.info("took over the leases of %d tasks of the lost connection (%d were gone)",
+                    len(requests) - len(lost), len(lost))
+        return lost
+
+    def release_orphans(self, requests: Sequence[Request]) -> None:
+        """Give back now the messages of ``requests`` of lost connections that will not run
+        here (AMQP requeued them when the connection closed)."""
+        channel = self._lease_channel()
+        if channel is None:
+            return
+        try:
+            released = channel.release_orphans([r.message for r in requests])
+        except Exception as exc:
+            if not self.is_connection_error(exc):
+                raise
+            logger.warning("giving back %d reserved messages of the lost connection failed "
+                           "(%r): they come back after their lease", len(requests), exc)
+            self.on_connection_error(exc)
+            return
+        logger.info("gave back %d reserved messages of the lost connection (%d still held)",
+                    len(requests), released)
+
+    def _leases_lost(self, tags: list[str]) -> None:
+        if self.on_leases_lost is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self.on_leases_lost(tags)
+        else:  # renewed from the solo pool's keepalive thread
+            self.loop.post(self.on_leases_lost, tags)
+
+    def keep_leases(self) -> None:
+        """Renew this connection's leases when due; called from another thread while the
+        solo pool runs a task on the loop's thread (which does nothing else meanwhile)."""
+        channel = self._lease_channel()
+        if channel is None:
+            return
+        try:
+            channel.renew_if_due()
+        except Exception as exc:  # the loop finds a lost connection itself after the task
+            logger.debug("renewing leases during a task failed: %r", exc)
+
+    def _settle_now(self) -> None:
+        """Send deferred acks now: the loop's tick may be a whole task away (solo pool)."""
+        if self._acks is not None:
+            self._flush_acks()
+            return
+        channel = self._lease_channel()
+        if channel is None:
+            return
+        try:
+            channel.flush_acks()
+        except BrokerBusy as exc:  # kept; the loop's tick sends them again
+            logger.warning("sending acks now failed (%s); retrying", exc)
+        except Exception as exc:
+            if not self.is_connection_error(exc):
+                raise
+            self.on_connection_error(exc)
 
     def _ack(self, message: Message) -> None:
         if self._acks is None:

@@ -217,6 +217,14 @@ class Worker:
             on_message=self.on_message, on_connected=self.on_connected,
             on_lost=self.on_connection_lost, on_fatal=self.on_fatal,
         )
+        self.consumer.on_leases_lost = self.on_leases_lost
+        # Requests of lost connections whose leases the next connection gives back at once.
+        self._orphans: list[Request] = []
+        if getattr(self.pool, "blocks_loop", False):
+            # The solo pool runs tasks on the loop's thread: acks cannot wait for the loop's
+            # next tick, and the leases are renewed from its thread while a task runs.
+            self.consumer.settle_at_once = True
+            self.pool.keepalive = self.consumer.keep_leases  # type: ignore[attr-defined]
         self.control = ControlNode(self)
         self.steps = order([*default_steps(), *app.steps, *steps])
         self._started_steps: list[Step] = []
@@ -342,6 +350,7 @@ class Worker:
         self.held.clear()
         while self.ready:
             self.consumer.reject(self.ready.popleft(), requeue=True)
+        self._release_orphans()
 
     def _tick(self) -> None:
         self.feed_pool()
@@ -355,16 +364,79 @@ class Worker:
         self.events.attach(conn)
         if self.gossip is not None:
             self.gossip.attach(conn)
+        self._take_over_leases()
+
+    def _take_over_leases(self) -> None:
+        """A reconnect is not a new worker (lease transports; AMQP requeued all on close):
+        the requests the pool still holds keep their leases, renewed and settled through the
+        new connection, and the reserved ones of lost connections go back to the queue now
+        rather than after their lease."""
+        generation = self.consumer.generation
+        held = [r for r in self.dispatched.values()
+                if r.generation != generation and not r.acknowledged]
+        lost = self.consumer.adopt(held)
+        for request in lost:
+            if request.acks_late:
+                logger.warning("task %s[%s] still runs, but its lease ran out while the broker "
+                               "was away: the broker may deliver it again (it may run twice)",
+                               request.name, request.id)
+        self._release_orphans()
+
+    def _release_orphans(self) -> None:
+        if self._orphans and self.consumer.connected:
+            orphans, self._orphans = self._orphans, []
+            self.consumer.release_orphans(orphans)
+
+    def on_leases_lost(self, tags: list[str]) -> None:
+        """The broker took these deliveries back (their lease ran out; another worker may
+        hold them now): reserved requests for them must not start here (DESIGN.md's table)."""
+        generation, gone = self.consumer.generation, set(tags)
+
+        def lost(request: Request) -> bool:
+            return request.generation == generation and request.message.delivery_tag in gone
+
+        dropped = [r for r in self.ready if lost(r)]
+        if dropped:
+            self.ready = collections.deque(r for r in self.ready if not lost(r))
+        for request, entry in list(self.held.items()):
+            if lost(request):
+                entry.cancel()
+                del self.held[request]
+                self.consumer.decrement_prefetch()
+                dropped.append(request)
+        given = []
+        for job, request in self.dispatched.items():
+            if not lost(request):
+                continue
+            if job.started_at is None:
+                given.append(job)
+                request.settled_reason = "lease lost"  # on_job_unstarted drops it
+            elif not request.acknowledged:
+                logger.warning("task %s[%s] lost its lease while running: the broker may "
+                               "deliver it again (it may run twice)", request.name, request.id)
+        for request in dropped:
+            request.settled_reason = "lease lost"
+            self.consumer.drop(request)
+        if given:
+            self.pool.withdraw(given)
+        if dropped or given:
+            logger.warning("dropped %d reserved tasks and took %d back from the pool: their "
+                           "lease was lost, the broker delivers them again (%s)",
+                           len(dropped), len(given),
+                           ", ".join(r.id for r in dropped[:10]))
 
     def on_connection_lost(self, old_generation: int) -> None:
-        """Reserved messages of the lost connection come back from the broker: forget them."""
+        """Reserved requests of the lost connection are not started here: AMQP redelivers
+        them; lease transports get them back at once from the next connection."""
         self.events.detach()
         for request, entry in list(self.held.items()):
             if request.generation == old_generation:
                 entry.cancel()
                 del self.held[request]
+                self._orphans.append(request)
         kept = [r for r in self.ready if r.generation != old_generation]
         dropped = len(self.ready) - len(kept)
+        self._orphans.extend(r for r in self.ready if r.generation == old_generation)
         self.ready = collections.deque(kept)
         # Given to the pool but not started (queued in a child with -O fast, or written to
         # one that has not begun): the broker redelivers them too, so they must not run here.
@@ -461,7 +533,9 @@ class Worker:
                 self.consumer.ack_now(early)
             for n, request in enumerate(batch):
                 if request.generation != self.consumer.generation:
-                    continue  # its connection is gone; the broker redelivers it
+                    self._orphans.append(request)  # its connection is gone: given back
+                    self._release_orphans()
+                    continue
                 if (not request.acks_late and not request.acknowledged) or \
                         not self.pool.can_accept():
                     # the broker was busy (its acks go out with the loop's tick, this feed
@@ -477,7 +551,9 @@ class Worker:
         while self.ready and len(batch) < room:
             request = self.ready.popleft()
             if request.generation != self.consumer.generation:
-                continue  # its connection is gone; the broker redelivers it
+                self._orphans.append(request)  # its connection is gone: given back
+                self._release_orphans()
+                continue
             if request.id in self.revoked or request.expired():
                 self._discard_revoked(request)
                 continue
@@ -522,6 +598,9 @@ class Worker:
         if request is None:
             return
         job.started_at = self.clock()
+        if request.settled_reason is not None:
+            logger.warning("task %s[%s] started although its lease was lost (%s): it may run "
+                           "twice", request.name, request.id, request.settled_reason)
         self.events.task("task-started", uuid=job.id, pid=pid)
         # Early acks were sent before the job reached the pool (feed_pool).
 
@@ -655,6 +734,13 @@ class Worker:
         """A job the pool took but never started: run it elsewhere, or give it back."""
         request = request or self.dispatched.pop(job, None)
         if request is None:
+            return
+        if request.settled_reason is not None:  # its lease was lost (on_leases_lost)
+            self.consumer.drop(request)
+            return
+        if request.generation != self.consumer.generation:
+            self._orphans.append(request)  # its connection is gone: given back
+            self._release_orphans()
             return
         if self.stopping:
             self.consumer.reject(request, requeue=True)
