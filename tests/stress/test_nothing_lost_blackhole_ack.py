@@ -41,3 +41,10 @@ def test_a_rerun_of_a_task_started_inside_a_black_hole_is_allowed_under_early_ac
 def test_a_rerun_with_no_fault_or_a_black_hole_long_over_is_still_forbidden() -> None:
     assert not _verdict([])
     assert not _verdict([_blackhole(2.0, 4.2)])
+
+
+def test_a_task_started_just_after_a_main_process_kill_still_may_not_run_again() -> None:
+    """Issue 13 #7: a one-shot fault before the start is no excuse (the window is after it)."""
+    kill = FaultRecord(mono=10.3, wall=10.3, kind="kill-main", target="worker main",
+                       outcome="ok", detail={"pids": [5]})
+    assert not _verdict([kill])
