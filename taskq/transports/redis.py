@@ -19,8 +19,11 @@ tasks still running included. Here (the scripts and the keys are in ``redis_lua`
   queue all wake for a message; one gets it.
 - **renewal.** A live consumer extends all its leases in one script every ``renew_interval``
   (default a third of ``lease_timeout``, 60 s): long ``acks_late`` tasks are never delivered
-  twice while their worker is connected. Renewal never revives a lease that is gone; the
-  consumer then logs that the message may run twice.
+  twice while their worker is connected. Renewal never revives a lease that is gone; it
+  tells the channel's ``on_leases_lost`` (the worker drops what it has not started).
+- **reconnects.** A new channel ``adopt``s the leases of messages an old (lost) channel
+  delivered and the application still runs, and ``release_orphans`` requeues the rest at
+  once (``lease.LeaseChannelMixin``).
 - **prompt restore.** Every consuming channel moves messages whose lease expired back to the
   head of their list every ``restore_interval`` (default ``min(lease / 6, 5 s)``), marked
   ``redelivered``: a dead worker's messages come back within ``lease + restore_interval``.
