@@ -35,11 +35,12 @@ from stress.oracles import (
     Verdict,
     certain_violations,
     judge,
+    maybe_lost,
     pool_capacity,
     unresolved,
 )
 from stress.publisher import Publisher
-from stress.spaces import Space, address_of, make_space
+from stress.spaces import LEASE_TIMEOUT, Space, address_of, make_space
 from stress.suites import Cell, Suite
 from stress.workerproc import Health, WorkerProc, taskq_command
 
@@ -352,6 +353,9 @@ class CellRun:
                 self.progress(total - len(pending), total, "drain" if done else "run")
             if done and not pending:
                 return result
+            if done and now - last_progress > 2 * LEASE_TIMEOUT and maybe_lost(
+                    pending, journal.records, self.cell):
+                return result  # lost where the table allows it (judged by nothing-lost)
             if early_stop and now - last_check >= 1.0:
                 last_check = now
                 certain = self._certain_failure(book, journal, runners or [], done, now)

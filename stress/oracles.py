@@ -33,7 +33,7 @@ from stress.ledger import Book, Entry, History
 from stress.suites import Cell, Suite
 from stress.workerproc import Health
 
-__all__ = ["ORACLES", "Evidence", "Verdict", "judge", "unresolved"]
+__all__ = ["ORACLES", "Evidence", "Verdict", "judge", "maybe_lost", "unresolved"]
 
 ORACLES = ("deadlock", "nothing-lost", "lost-process", "not-vacuous", "pool-health")
 OK_OUTCOMES = {"ok", "soft-limit", "success"}
@@ -88,7 +88,8 @@ def _run_end(history: History, start: Entry) -> float | None:
     return min(ends) if ends else None
 
 
-def _allowed_lost(history: History, faults: Sequence[FaultRecord], cell: Cell) -> bool:
+def _allowed_lost(history: History, faults: Sequence[FaultRecord], cell: Cell, *,
+                  unstarted: bool = True) -> bool:
     """Early ack, and the worker's main process died while the task ran (the one "lost" cell
     of the table). The early ack is sent before the job goes to the pool, so the task "runs"
     from then on: a main process that dies before the child starts it loses it without a
@@ -97,7 +98,7 @@ def _allowed_lost(history: History, faults: Sequence[FaultRecord], cell: Cell) -
         return False
     if history.starts:
         since = history.starts[-1].mono
-    elif history.published is not None:
+    elif unstarted and history.published is not None:
         since = history.published
     else:
         return False
@@ -121,12 +122,22 @@ def _resolved(history: History, faults: Sequence[FaultRecord], cell: Cell) -> bo
         return True
     if any(not e.extra.get("requeued") for e in history.losses):
         return True
-    return _allowed_lost(history, faults, cell)
+    # Not one that never started: it may still be waiting in the queue (see maybe_lost).
+    return _allowed_lost(history, faults, cell, unstarted=False)
 
 
 def unresolved(book: Book, faults: Sequence[FaultRecord], cell: Cell) -> list[History]:
     """Published tasks that have not reached an end the table allows (yet)."""
     return [h for h in book.published() if not _resolved(h, faults, cell)]
+
+
+def maybe_lost(pending: Sequence[History], faults: Sequence[FaultRecord], cell: Cell) -> bool:
+    """Every one of these unresolved tasks never started, under early ack, after a main
+    process died: the table lets them be lost (acked, handed to the pool, never started), or
+    they may still come back and run. A drain that sees no progress for longer than a lease
+    stops waiting for them; ``nothing_lost`` bounds how many there may be."""
+    return bool(pending) and all(not h.starts and _allowed_lost(h, faults, cell)
+                                 for h in pending)
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:
