@@ -61,6 +61,7 @@ class JobResult:
     requeue: bool = False
     runtime: float = 0.0
     summary: str = ""
+    traceback: str = ""  # a FAILURE's formatted traceback: the worker logs it and sends it
 
 
 StartedCallback = Callable[[Job, int], None]
@@ -92,7 +93,8 @@ def run_job(app: TaskQ, job: Job, hostname: str | None, *,
     outcome = execute(task, job.msg, delivery_info=job.delivery_info, hostname=hostname,
                       on_storing=on_storing, on_stored=on_stored)
     summary = "" if outcome.value is None else repr(outcome.value)[:200]
-    return JobResult(outcome.state, outcome.requeue, outcome.runtime, summary)
+    return JobResult(outcome.state, outcome.requeue, outcome.runtime, summary,
+                     outcome.traceback or "")
 
 
 class Pool(ABC):

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("taskq.worker.consumer")
 
 RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0)  # then 2 s between attempts, so never > 2 s late
+WAITING_EVERY = 10  # attempts between "waiting for the broker" lines before the first connect
 MAX_BLOCKING = 2.0  # DESIGN.md: no call in the main process blocks longer than this
 
 
@@ -90,6 +91,8 @@ class BrokerConsumer:
         self.on_lost = on_lost
         self.on_fatal = on_fatal
         self.urls = broker_url(app.conf).split(";")
+        for url in self.urls:  # a scheme no transport takes fails here, once, before any step
+            app.connection(url)
         self.url_index = 0
         self.generation = 0
         self.connection: Connection | None = None
@@ -105,6 +108,7 @@ class BrokerConsumer:
         self._addresses: dict[str, str] = {}
         self._consuming = True
         self.connected_once = False
+        self.on_consuming: Callable[[], None] | None = None  # after each (re)connect
         # Lease transports: told the requests whose lease renewal found gone (set by the
         # worker); settle_at_once for a pool that blocks the loop (no tick flushes acks).
         self.on_leases_lost: Callable[[list[str]], None] | None = None
@@ -131,6 +135,9 @@ class BrokerConsumer:
             if self._look_up_first():
                 return  # _looked_up() calls again once the address is known
             self._connect()
+        except ConfigurationError as exc:  # it says what to do; no traceback
+            self.on_fatal(f"cannot consume from {safe_url(self.url)}: {exc}")
+            return
         except Exception as exc:
             fatal = _is_fatal(exc)
             if fatal:
@@ -149,6 +156,8 @@ class BrokerConsumer:
                 logger.info("connected to %s", safe_url(self.url))
             self._attempt = 0
             self.connected_once = True
+            if self.on_consuming is not None:
+                self.on_consuming()
 
     def _connect(self) -> None:
         conf = self.app.conf
@@ -236,8 +245,16 @@ class BrokerConsumer:
         self._attempt += 1
         if len(self.urls) > 1:
             self.url_index += 1
-        logger.warning("broker %s unreachable (%s: %s); trying %s again in %.1f s",
-                       safe_url(self.url), type(exc).__name__, exc, safe_url(self.url), delay)
+        if not self.connected_once:
+            # Not consuming yet: say so at the first attempt and now and then after it.
+            level = logging.WARNING if self._attempt % WAITING_EVERY == 1 else logging.DEBUG
+            logger.log(level, "waiting for the broker at %s (%s: %s); not consuming yet, "
+                       "trying again in %.1f s", safe_url(self.url), type(exc).__name__, exc,
+                       delay)
+        else:
+            logger.warning("broker %s unreachable (%s: %s); trying %s again in %.1f s",
+                           safe_url(self.url), type(exc).__name__, exc, safe_url(self.url),
+                           delay)
         self._reconnect_entry = self.loop.hub.call_later(delay, self._try_connect)
 
     def _update_qos(self) -> None:

@@ -225,6 +225,8 @@ class Worker:
             # next tick, and the leases are renewed from its thread while a task runs.
             self.consumer.settle_at_once = True
             self.pool.keepalive = self.consumer.keep_leases  # type: ignore[attr-defined]
+        self.consumer.on_consuming = self._log_ready
+        self._steps_started = self._ready_logged = False
         self.control = ControlNode(self)
         self.steps = order([*default_steps(), *app.steps, *steps])
         self._started_steps: list[Step] = []
@@ -253,6 +255,16 @@ class Worker:
                                          f"{self.pool_kind}")
             scale(*self.autoscale)
         self.loop.hub.call_repeatedly(1.0, self._tick)
+        self._steps_started = True
+        self._log_ready()
+
+    def _log_ready(self) -> None:
+        """"ready" once, when every step has started and the consumer consumes (after the
+        first connect when the broker was not there at start; never after a fatal error)."""
+        if (self._ready_logged or not self._steps_started or self.stopping
+                or not self.consumer.connected):
+            return
+        self._ready_logged = True
         logger.info("%s ready: pool=%s concurrency=%d queues=%s", self.hostname,
                     self.pool_kind, self.concurrency,
                     ",".join(q.name for q in self.consumer.queues))
@@ -611,9 +623,14 @@ class Worker:
         self.totals[result.state] += 1
         self.completed_by_name[job.name] += 1
         self._task_done_event(job, result)
-        level = logging.INFO if result.state == states.SUCCESS else logging.WARNING
-        logger.log(level, "task %s[%s] %s in %.3fs%s", job.name, job.id, result.state,
-                   result.runtime, f": {result.summary}" if result.summary else "")
+        if result.state == states.FAILURE:  # as Celery: ERROR, with the task's traceback
+            logger.error("task %s[%s] %s in %.3fs%s%s", job.name, job.id, result.state,
+                         result.runtime, f": {result.summary}" if result.summary else "",
+                         f"\n{result.traceback.rstrip()}" if result.traceback else "")
+        else:
+            level = logging.INFO if result.state == states.SUCCESS else logging.WARNING
+            logger.log(level, "task %s[%s] %s in %.3fs%s", job.name, job.id, result.state,
+                       result.runtime, f": {result.summary}" if result.summary else "")
         if result.state == states.REJECTED:
             self.consumer.reject(request, requeue=result.requeue)
         else:
@@ -628,7 +645,7 @@ class Worker:
                              runtime=result.runtime)
         elif result.state == states.FAILURE:
             self.events.task("task-failed", uuid=job.id, exception=result.summary,
-                             traceback=None)
+                             traceback=result.traceback or None)
         elif result.state == states.RETRY:
             self.events.task("task-retried", uuid=job.id, exception=result.summary)
         elif result.state == states.REJECTED:

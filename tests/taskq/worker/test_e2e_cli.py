@@ -130,7 +130,8 @@ def test_unreachable_broker_is_retried_with_a_warning_then_used(
         w = worker(amqp_broker, pool="threads", ready=False, mingle=True,
                    env={"TASKQ_BROKER_URL": url})
         shown = re.escape(f"amqp://guest:**@127.0.0.1:{proxy.port}//")
-        wait_until(lambda: len(re.findall(rf"broker {shown} unreachable", w.log())) >= 3, 20,
+        wait_until(lambda: len(re.findall(rf"waiting for the broker at {shown}", w.log())) >= 3,
+                   20,
                    "three connection attempts")
         assert w.alive()
         assert "guest:guest" not in w.log()
@@ -184,7 +185,7 @@ def test_sigterm_stops_a_worker_still_waiting_for_its_broker(
     port = _free_port()
     w = worker(redis_broker, pool="threads", ready=False,
                env={"TASKQ_BROKER_URL": f"redis://127.0.0.1:{port}/0"})
-    w.wait_log(rf"broker redis://127.0.0.1:{port}/0 unreachable", 15)
+    w.wait_log(rf"waiting for the broker at redis://127.0.0.1:{port}/0", 15)
     w.signal(signal.SIGTERM)
     assert w.wait_exit(5) == 0
     assert "stopped" in w.log()
