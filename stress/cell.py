@@ -115,9 +115,18 @@ class CellRun:
             worker.start()
             for other in self._others:
                 other.start()
-            self._warm_up(publisher, worker, book, reader)
-            for other in self._others:
-                self._warm_up(publisher, other, book, reader)
+            try:
+                self._warm_up(publisher, worker, book, reader)
+                for other in self._others:
+                    self._warm_up(publisher, other, book, reader)
+            except RunnerError as exc:
+                if not self.suite.oracles.get("judge_warm_up"):
+                    raise
+                # explore: the broker answered (space.check), so a worker that cannot run one
+                # task under this configuration is the worker's failure, not the run's
+                return CellResult(self.cell, self.seed, [Verdict("warm-up", False, str(exc))],
+                                  {"published": publisher.published}, self.directory,
+                                  time.monotonic() - started, worker.command)
             baseline = self._settled_health(worker)
             fleet = [worker, *self._others]
             runners = build_runners(self.suite.faults, self.cell.params, seed=self.seed,

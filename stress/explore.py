@@ -219,6 +219,7 @@ class Case:
             "pool_capacity_after": max(10.0, self.longest_task() + lease + 5.0),
             "capacity": self.capacity, "settle_fds": 8,
             "early_stop": True,  # stop as soon as a failure is certain (cases cost seconds)
+            "judge_warm_up": True,  # a worker that cannot run a first task fails the case
             "lease_held": self.fleet > 1,
         }
         if self.config["pool_type"] != "solo":  # solo runs tasks on the loop: it lags by design

@@ -114,3 +114,19 @@ def test_a_fleet_case_runs_several_workers_and_judges_leases() -> None:
     solo = Case({**case.config, "fleet": 1}, case.workload, case.sleep,
                 (FaultEvent("kill-main", 1.0),), case.duration, case.rate, case.seed)
     assert "fleet" not in solo.cell().params and not solo.suite().oracles["lease_held"]
+
+
+def test_a_worker_that_cannot_run_a_first_task_fails_an_explored_case(tmp_path: Path) -> None:
+    """Found by explore: the worker at 2693be4 under fd pressure crash-looped its children
+    (select() on an fd above 1024) and never ran a task; that is the worker's failure."""
+    from stress.cell import CellRun
+
+    case = Case({**Generator(1).draw().config, "transport": "sqlite", "fleet": 1},
+                {"noop": 1.0}, (0.01, 0.2), (), 2.0, 2.0, 7)
+    suite = case.suite()
+    run = CellRun(suite, case.cell(), case.seed, tmp_path, case.duration, 30.0,
+                  worker_cmd=f"{sys.executable} -c 'raise SystemExit(3)'")
+    result = run.run()
+    assert result.error is None
+    assert [(v.oracle, v.passed) for v in result.verdicts] == [("warm-up", False)]
+    assert "exited with 3" in result.verdicts[0].message
