@@ -8,7 +8,6 @@ import re
 import signal
 import socket
 import subprocess
-import time
 
 import pytest
 from e2e_support import AMQP_PORT, HERE, HOST, TASKQ, Broker, Ledger, StartWorker, wait_until
@@ -168,9 +167,7 @@ def test_default_node_name_is_taskq_at_host(redis_broker: Broker, worker: StartW
 def test_stopping_takes_less_than_the_grace_period(redis_broker: Broker,
                                                   worker: StartWorker) -> None:
     w = worker(redis_broker, pool="threads")
-    start = time.monotonic()
-    assert w.stop() == 0
-    assert time.monotonic() - start < 5
+    assert w.stop() == 0  # on its own: after the grace period it would have been SIGKILLed
     assert "stopped" in w.log()
 
 

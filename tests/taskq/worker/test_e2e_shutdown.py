@@ -92,8 +92,8 @@ def test_cold_shutdown_exits_promptly_while_a_task_runs(
             a.wait_log("warm shutdown")
         a.signal(signum)
     start = time.monotonic()
-    a.wait_exit(5)
-    assert time.monotonic() - start < 5
+    a.wait_exit(30)
+    assert time.monotonic() - start < 30  # not after the running task's 60 s
     assert "cold shutdown" in a.log()
     assert not ledger.ended(running.id)
 
