@@ -6,7 +6,7 @@ Each task notes its start (pid, wall time) in a ledger file, independent of the 
 from __future__ import annotations
 
 import collections
-import time
+from typing import Any
 
 import pytest
 from e2e_support import Broker, Ledger, StartWorker, wait_until
@@ -16,37 +16,56 @@ def _ended(ledger: Ledger) -> set[str]:
     return {p[1] for p in ledger.lines() if p[0] == "end"}
 
 
+def _most_queued(client: Any, hostname: str) -> int:
+    """The most jobs one pool child holds written but not started (0 without a reply)."""
+    replies = client.control.broadcast("stats", destination=[hostname], reply=True,
+                                       timeout=2.0, limit=1) or []
+    return max((c["queued"] for r in replies for c in r[hostname]["pool"]["children"].values()),
+               default=0)
+
+
 @pytest.mark.parametrize("optimization", ["fair", "fast"])
 def test_work_is_shared_between_the_children(
         redis_broker: Broker, worker: StartWorker, ledger: Ledger, optimization: str) -> None:
-    worker(redis_broker, pool="prefork", concurrency=2, args=["-O", optimization])
+    w = worker(redis_broker, pool="prefork", concurrency=2, args=["-O", optimization])
     client = redis_broker.app()
     ids = [client.send_task("appmod.tick", (0.05, str(ledger))).id for _ in range(200)]
-    wait_until(lambda: _ended(ledger) >= set(ids), timeout=60, what="200 tasks done")
+    most_queued = 0
+
+    def all_done() -> bool:
+        nonlocal most_queued
+        most_queued = max(most_queued, _most_queued(client, w.hostname))
+        return _ended(ledger) >= set(ids)
+
+    wait_until(all_done, timeout=120, what="200 tasks done")
     per_child = collections.Counter(
         p[2] for p in ledger.lines() if p[0] == "start" and p[1] in set(ids))
+    # Both children took a substantial share (one left idle would have few or none); how
+    # close to half each gets depends on how the machine schedules them.
     assert len(per_child) == 2, per_child
-    shares = [n / 200 for n in per_child.values()]
-    assert all(0.35 <= s <= 0.65 for s in shares), per_child
+    assert min(per_child.values()) >= 200 * 0.2, per_child
+    # The strategies differ as designed: fair writes a job only to an idle child; fast lets
+    # each child hold worker_fast_queue_depth (2) jobs besides the one it runs.
+    if optimization == "fair":
+        assert most_queued <= 1
+    else:
+        assert most_queued == 2
 
 
 def test_fair_short_tasks_do_not_wait_behind_a_long_one(
         redis_broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
-    worker(redis_broker, pool="prefork", concurrency=2, args=["-O", "fair"])
+    w = worker(redis_broker, pool="prefork", concurrency=2, args=["-O", "fair"])
     client = redis_broker.app()
-    long = client.send_task("appmod.tick", (5, str(ledger)))
-    ledger.wait_started(long.id)
-    sent = {}
-    for _ in range(20):
-        result = client.send_task("appmod.tick", (0.01, str(ledger)))
-        sent[result.id] = time.time()
-    wait_until(lambda: _ended(ledger) >= set(sent), timeout=20, what="short tasks done")
-    # One child is busy for 5 s; the other is idle whenever a short task waits. Each short
-    # task must start within 500 ms of the previous one ending or of being sent.
-    starts = {p[1]: float(p[3]) for p in ledger.lines() if p[0] == "start" and p[1] in sent}
+    long = client.send_task("appmod.tick", (60, str(ledger)))
+    [(busy_child, _)] = ledger.wait_started(long.id, timeout=30)
+    shorts = {client.send_task("appmod.tick", (0.01, str(ledger))).id for _ in range(20)}
+    # One child is busy for a minute; the other is idle whenever a short task waits. A short
+    # task queued behind the long one would end after it, past this deadline.
+    wait_until(lambda: _ended(ledger) >= shorts, timeout=40, what="short tasks done")
     assert long.id not in _ended(ledger), "the long task should still be running"
-    waits = sorted(starts[i] - sent[i] for i in sent)
-    assert waits[-1] < 0.5 + 0.02 * len(sent), waits  # 20 x 10 ms back to back at most
+    pids = {int(p[2]) for p in ledger.lines() if p[0] == "start" and p[1] in shorts}
+    assert len(pids) == 1 and busy_child not in pids  # all on the idle child
+    w.kill()  # rather than wait for the long task at teardown
 
 
 @pytest.mark.parametrize("optimization", ["fair", "fast"])
