@@ -136,6 +136,37 @@ def _dict(name: str, value: Any) -> dict[str, Any]:
     )
 
 
+def _queues(name: str, value: Any) -> list[Any] | None:
+    """``task_queues``: kombu ``Queue`` objects, queue names, or dicts of ``Queue.from_dict``
+    options with a ``name``; Celery's ``{name: options}`` form too. In the environment: JSON
+    (a list or an object) or ``a,b``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        stripped = value.strip()
+        if not stripped:
+            return None
+        value = _json(name, stripped) if stripped[0] in "[{" else _str_list(name, stripped)
+    if isinstance(value, Mapping):
+        value = [{**dict(options or {}), "name": qname} for qname, options in value.items()]
+    if not isinstance(value, list | tuple):
+        raise ConfigurationError(f"setting {name}: expected a list of kombu Queues, queue "
+                                 f"names or dicts, got {_describe(value)}")
+    from kombu import Queue
+
+    out: list[Any] = []
+    for item in value:
+        if isinstance(item, Mapping) and isinstance(item.get("name"), str):
+            out.append(dict(item))
+        elif isinstance(item, str | Queue):
+            out.append(item)
+        else:
+            raise ConfigurationError(
+                f"setting {name}: {item!r} is not a kombu Queue, a queue name or a dict with "
+                "a 'name'")
+    return out
+
+
 def _suggest(word: str, candidates: Any) -> str:
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -192,6 +223,9 @@ _SETTINGS: tuple[Setting, ...] = (
     Setting("task_default_routing_key", None, _optional(_str),
             "Routing key for the default queue (default: the queue's name, as Celery)."),
     Setting("task_default_priority", None, _optional(_number(int, 0)), "Default priority."),
+    Setting("task_queues", None, _queues,
+            "Queues as the broker should declare them (kombu Queues with their arguments, "
+            "exchanges and routing keys); a worker without -Q consumes them all."),
     Setting("task_routes", {}, _dict, "Map of task name to {'queue': ..., 'routing_key': ...}."),
     Setting("task_acks_late", False, _bool,
             "Ack after the task finishes instead of when it starts."),

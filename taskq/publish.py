@@ -85,8 +85,34 @@ def make_connection(conf: Config, url: str | None = None, *, heartbeat: float | 
         ) from None
 
 
+def declared_queues(conf: Config) -> dict[str, Queue]:
+    """``task_queues`` as kombu Queues by name (names alone get the default shape)."""
+    out: dict[str, Queue] = {}
+    for item in conf.task_queues or ():
+        if isinstance(item, Queue):
+            out[item.name] = item
+        elif isinstance(item, str):
+            out[item] = _default_shape(conf, item)
+        else:
+            options = dict(item)
+            qname = options.pop("name")
+            options.setdefault("exchange", qname)
+            options.setdefault("routing_key", qname)
+            out[qname] = Queue.from_dict(qname, **options)
+    return out
+
+
 def queue_for(conf: Config, name: str | None) -> Queue:
-    """The queue a task goes to; a missing queue gets an exchange of its own name (as Celery)."""
+    """The queue a task goes to: as ``task_queues`` declares it, else a queue with an exchange
+    of its own name (as Celery)."""
+    if conf.task_queues:
+        declared = declared_queues(conf).get(name or conf.task_default_queue)
+        if declared is not None:
+            return declared
+    return _default_shape(conf, name)
+
+
+def _default_shape(conf: Config, name: str | None) -> Queue:
     if not name or name == conf.task_default_queue:
         default = conf.task_default_queue
         return Queue(

@@ -591,9 +591,10 @@ class BrokerConsumer:
 
 def queues_for(app: TaskQ, include: Sequence[str] | None, exclude: Sequence[str] | None
                ) -> list[Queue]:
-    from taskq.publish import queue_for
+    from taskq.publish import declared_queues, queue_for
 
-    names = list(include or [app.conf.task_default_queue])
+    # As Celery: without -Q, a worker consumes every queue of task_queues when it is set.
+    names = list(include or declared_queues(app.conf) or [app.conf.task_default_queue])
     excluded = set(exclude or ())
     chosen = [queue_for(app.conf, name) for name in names if name not in excluded]
     if not chosen:

@@ -101,6 +101,7 @@ def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 def test_app_task_and_shared_task_answer_celerys_client(project: Project) -> None:
     t = project.tasks
     assert t.add.delay(2, 3).get(timeout=RESULT_TIMEOUT) == 5
+    assert t.add.apply_async((1, 2), priority=9).get(timeout=RESULT_TIMEOUT) == 3
     r = t.whoami.apply_async((1, "a"), {"k": 2})
     info = r.get(timeout=RESULT_TIMEOUT)
     assert info["id"] == r.id == info["current_task_id"]

@@ -3,6 +3,7 @@
 import os
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 NAME = os.environ.get("CELERYPROJ_NAME", "celeryproj")
 BROKER = os.environ.get("CELERYPROJ_BROKER", "redis://127.0.0.1:6379/0")
@@ -11,6 +12,9 @@ BACKEND = os.environ.get("CELERYPROJ_BACKEND", "redis://127.0.0.1:6379/0")
 app = Celery("celeryproj", broker=BROKER, backend=BACKEND, include=["celeryproj.tasks"])
 app.conf.update(
     task_default_queue=NAME,
+    # A priority queue, as Celery deployments declare them (RabbitMQ: x-max-priority).
+    task_queues=[Queue(NAME, Exchange(NAME), routing_key=NAME,
+                       queue_arguments={"x-max-priority": 10})],
     broker_transport_options=({"global_keyprefix": f"{NAME}:"}
                               if BROKER.startswith("redis") else {}),
     result_backend_transport_options={"global_keyprefix": f"{NAME}:r:"},
