@@ -125,8 +125,8 @@ LEASE = 3.0
 def test_a_task_three_leases_long_runs_once(
         kind: str, pool: str, tmp_path: Path, brokers: list[Broker], worker: StartWorker,
         ledger: Ledger) -> None:
-    """Given a 3 s lease, when an acks_late and an early-ack task each run for 6 s (two leases) (the solo
-    pool runs them on the loop's thread, one behind the other), then each runs once and
+    """Given a 3 s lease, when an acks_late and an early-ack task each run for two leases
+    (the solo pool runs them on the loop's thread, one behind the other), then each runs once and
     nothing is left on the broker (threads: the same, as a check that it never blocks)."""
     broker = lease_broker(kind, tmp_path, lease_timeout=LEASE, restore_interval=0.25)
     brokers.append(broker)
