@@ -168,6 +168,7 @@ class CeleryTask(Task):
             max_retries=ctask.max_retries, default_retry_delay=ctask.default_retry_delay,
             ignore_result=ctask.ignore_result, serializer=ctask.serializer,
             track_started=ctask.track_started,
+            rate_limit=ctask.rate_limit,
             # autoretry_for stays empty: Celery wrapped ctask.run with it already.
         )
 

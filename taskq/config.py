@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskq.errors import ConfigurationError
+from taskq.ratelimit import parse_rate
 
 ENV_PREFIX = "TASKQ_"
 # TASKQ_* variables that are not settings: tools' own switches.
@@ -167,6 +168,14 @@ def _queues(name: str, value: Any) -> list[Any] | None:
     return out
 
 
+def _rate(name: str, value: Any) -> str | float:
+    try:
+        parse_rate(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"setting {name}: {exc}") from None
+    return value
+
+
 def _suggest(word: str, candidates: Any) -> str:
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -240,6 +249,8 @@ _SETTINGS: tuple[Setting, ...] = (
     Setting("task_store_errors_even_if_ignored", False, _bool,
             "Store failures of tasks that ignore results."),
     Setting("task_track_started", False, _bool, "Store the STARTED state."),
+    Setting("task_default_rate_limit", None, _optional(_rate),
+            "Rate limit of tasks without their own: '10/s', '100/m', '1000/h' (None: none)."),
     Setting("task_publish_retry", True, _bool, "Retry publishing on connection errors."),
     Setting("task_publish_retry_policy",
             {"max_retries": 3, "interval_start": 0.0, "interval_step": 0.2, "interval_max": 0.2},
@@ -261,6 +272,8 @@ _SETTINGS: tuple[Setting, ...] = (
             "Recycle a child whose resident memory exceeds this many KiB."),
     Setting("worker_soft_shutdown_timeout", 0.0, _number(float, 0),
             "On a cold shutdown, seconds running tasks still get to finish (0: none)."),
+    Setting("worker_disable_rate_limits", False, _bool,
+            "Ignore every task rate limit on this worker."),
     Setting("worker_hostname", None, _optional(_str), "Node name, name@host."),
     Setting("worker_send_task_events", False, _bool, "Send task events."),
     Setting("task_send_sent_event", False, _bool, "Send task-sent events when publishing."),

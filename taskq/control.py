@@ -67,6 +67,13 @@ class Control:
             destination=destination, reply=reply, timeout=timeout,
         )
 
+    def rate_limit(self, task_name: str, rate_limit: str | float | None,
+                   destination: Sequence[str] | None = None, reply: bool = False,
+                   timeout: float = 1.0) -> list[dict[str, Any]] | None:
+        """Set how often workers start ``task_name`` (``"10/s"``, ``"100/m"``; None: no limit)."""
+        return self.broadcast("rate_limit", {"task_name": task_name, "rate_limit": rate_limit},
+                              destination=destination, reply=reply, timeout=timeout)
+
     def shutdown(self, destination: Sequence[str] | None = None, reply: bool = False,
                  timeout: float = 1.0) -> list[dict[str, Any]] | None:
         return self.broadcast("shutdown", destination=destination, reply=reply, timeout=timeout)

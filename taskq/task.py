@@ -21,6 +21,7 @@ from taskq.canvas import Signature, as_signatures
 from taskq.config import _suggest
 from taskq.errors import MaxRetriesExceededError, Retry
 from taskq.protocol import TaskMessage
+from taskq.ratelimit import parse_rate
 
 if TYPE_CHECKING:
     from taskq.app import TaskQ
@@ -78,7 +79,7 @@ TASK_OPTIONS = frozenset({
     "name", "bind", "queue", "routing_key", "priority", "acks_late", "reject_on_worker_lost",
     "time_limit", "soft_time_limit", "max_retries", "default_retry_delay", "autoretry_for",
     "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "ignore_result",
-    "serializer", "track_started",
+    "serializer", "track_started", "rate_limit",
 })
 
 CALL_OPTIONS = frozenset({
@@ -122,7 +123,9 @@ class Task:
         ignore_result: bool | None = None,
         serializer: str | None = None,
         track_started: bool | None = None,
+        rate_limit: str | float | None = None,
     ) -> None:
+        parse_rate(rate_limit)  # a bad rate fails here, not in the worker's loop
         self.app = app
         self.fn = fn
         self.name = name
@@ -144,6 +147,7 @@ class Task:
         self._ignore_result = ignore_result
         self._serializer = serializer
         self._track_started = track_started
+        self._rate_limit = rate_limit
         self._local = threading.local()
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -189,6 +193,17 @@ class Task:
     def track_started(self) -> bool:
         own = self._track_started
         return bool(self.app.conf.task_track_started if own is None else own)
+
+    @property
+    def rate_limit(self) -> str | float | None:
+        """How often a worker starts this task (``"10/s"``, ``"100/m"``; None: no limit)."""
+        own = self._rate_limit
+        return self.app.conf.task_default_rate_limit if own is None else own
+
+    @rate_limit.setter
+    def rate_limit(self, value: str | float | None) -> None:
+        parse_rate(value)
+        self._rate_limit = value
 
     # -- the request context ------------------------------------------------------------------
     @property

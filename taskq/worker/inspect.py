@@ -174,7 +174,20 @@ def time_limit(worker: Worker, task_name: str, soft: float | None = None,
 @handler
 def rate_limit(worker: Worker, task_name: str, rate_limit: Any = None, **_: Any
                ) -> dict[str, Any]:
-    return {"error": "rate limits are not supported by taskq yet"}
+    """Celery's command and replies (Flower's rate-limit button sends it)."""
+    task = worker.app.tasks.get(task_name)
+    if task is None:
+        return {"error": f"unknown task {task_name!r}"}
+    try:
+        task.rate_limit = rate_limit or None
+    except ValueError as exc:
+        return {"error": f"Invalid rate limit string: {exc}"}
+    if worker.rate_limits.disabled:
+        return {"ok": "rate limit set, but rate limits are disabled on this worker "
+                      "(worker_disable_rate_limits)"}
+    if not rate_limit:
+        return {"ok": "rate limit disabled successfully"}
+    return {"ok": "new rate limit set successfully"}
 
 
 # -- inspect ----------------------------------------------------------------------------------

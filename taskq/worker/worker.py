@@ -21,6 +21,7 @@ from taskq import states
 from taskq.app import run_hooks
 from taskq.errors import ConfigurationError, TimeLimitExceeded, WorkerLostError
 from taskq.pool import Job, JobResult, Pool, pool_for
+from taskq.ratelimit import RateLimits
 from taskq.worker.cluster import Events, Gossip, GossipStep, HeartbeatStep, MingleStep
 from taskq.worker.consumer import BrokerConsumer, queues_for
 from taskq.worker.control import ControlNode
@@ -179,6 +180,7 @@ class Worker:
         self.loop = Loop(clock=clock,
                          lag_warning=float("inf") if self.pool_kind == "solo" else 0.5)
         self.revoked = RevokedSet()
+        self.rate_limits = RateLimits(app.conf, clock)
         self.statedb = StateDB(statedb, self.revoked, app.clock) if statedb else None
         # Blocking calls the loop must not make (result-backend writes; republishing and the
         # state file), each lane on its own thread, completions posted back to the loop.
@@ -487,7 +489,23 @@ class Worker:
                 self.consumer.increment_prefetch()
                 self.held[request] = self.loop.hub.call_later(delay, self._eta_due, request)
                 return
+        self._admit(request)
+        self.feed_pool()
+
+    def _admit(self, request: Request) -> None:
+        """Ready now, or held (reserved, unacked) until its task's rate limit lets it start."""
+        wait = self.rate_limits.reserve(request.task)
+        if wait > 0:
+            self.consumer.increment_prefetch()  # as for eta: other tasks keep coming
+            self.held[request] = self.loop.hub.call_later(wait, self._rate_due, request)
+            return
         self.ready.append(request)
+
+    def _rate_due(self, request: Request) -> None:
+        if self.held.pop(request, None) is None:
+            return
+        self.consumer.decrement_prefetch()
+        self.ready.append(request)  # its token was reserved when it was held
         self.feed_pool()
 
     def _reject_invalid(self, message: Message, rejection: Rejection) -> None:
@@ -526,7 +544,7 @@ class Worker:
         if request.expired():
             self._discard_revoked(request)  # no need to wait for a free child to say so
             return
-        self.ready.append(request)
+        self._admit(request)
         self.feed_pool()
 
     def feed_pool(self) -> None:

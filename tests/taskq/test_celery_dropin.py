@@ -8,6 +8,7 @@ import importlib
 import os
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -187,3 +188,12 @@ def test_reject_and_ignore_end_as_on_celery(project: Project) -> None:
     assert project.lines("postrun", rejected.id)[0][3] == "REJECTED"
     assert project.lines("postrun", ignored.id)[0][3] == "IGNORED"
     assert project.tasks.add.delay(3, 4).get(timeout=RESULT_TIMEOUT) == 7  # carries on
+
+
+def test_a_tasks_rate_limit_spaces_out_its_starts(project: Project) -> None:
+    sent_at = time.time()
+    results = [project.tasks.limited.delay() for _ in range(3)]
+    starts = [r.get(timeout=RESULT_TIMEOUT) for r in results]
+    # "30/m": one start every 2 s, so the third no earlier than 4 s after sending (a slow
+    # machine only makes it later; 0.2 s for the clocks of two processes)
+    assert max(starts) - sent_at >= 4.0 - 0.2, starts

@@ -105,3 +105,8 @@ def refuse():
 @app.task
 def ignored():
     raise Ignore()
+
+
+@app.task(rate_limit="30/m")
+def limited():
+    return time.time()
