@@ -3,6 +3,12 @@
 Records are stored as the serialized Celery-layout meta in one table, ``taskq_taskmeta``
 (not Celery's pickled ``celery_taskmeta``: taskq never needs pickle to read a result).
 Expired rows are purged when results are stored, at most once a minute.
+
+Chords count in two more tables: ``taskq_chord`` (one row per chord: its size, who claimed
+firing the body, whether it fired) and ``taskq_chord_part`` (one row per distinct header
+part, keyed by task id and group index, so a part that runs twice counts once). Each part
+locks its chord's row first, so two parts finishing together are counted one after the other
+and exactly one of them sees the full count.
 """
 
 from __future__ import annotations
@@ -10,12 +16,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+import uuid
 import weakref
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from taskq.backends.base import Backend, Meta
+from taskq.backends.base import Backend, ChordJoin, Meta
 from taskq.errors import ResultBackendError
 from taskq.urls import safe_url
 
@@ -32,6 +39,25 @@ taskmeta = sa.Table(
     sa.Column("date_done", sa.DateTime(timezone=True), nullable=False),
     sa.Column("expires_at", sa.Float, nullable=True, index=True),
 )
+chords = sa.Table(
+    "taskq_chord",
+    _metadata,
+    sa.Column("group_id", sa.String(155), primary_key=True),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("done", sa.Boolean, nullable=False, default=False),
+    sa.Column("claim", sa.String(64), nullable=True),
+    sa.Column("claim_until", sa.Float, nullable=True),
+    sa.Column("expires_at", sa.Float, nullable=True, index=True),
+)
+chord_parts = sa.Table(
+    "taskq_chord_part",
+    _metadata,
+    sa.Column("group_id", sa.String(155), primary_key=True),
+    sa.Column("part", sa.String(200), primary_key=True),  # "<task id>:<group index>"
+    sa.Column("position", sa.Float, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+)
+CHORD_CLAIM_SECONDS = 10.0  # a claimer that dies before sending the body frees it this soon
 
 
 def _dispose_before_fork(ref: weakref.ref[DatabaseBackend]) -> None:
@@ -44,6 +70,8 @@ def _dispose_before_fork(ref: weakref.ref[DatabaseBackend]) -> None:
 
 
 class DatabaseBackend(Backend):
+    supports_chords = True
+
     def __init__(self, app: TaskQ, url: str, **engine_options: Any) -> None:
         super().__init__(app)
         self.url = url
@@ -123,6 +151,100 @@ class DatabaseBackend(Backend):
     def _delete(self, task_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(taskmeta.delete().where(taskmeta.c.task_id == task_id))
+
+    # -- chords and groups ---------------------------------------------------------------------
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        row = {"size": int(size), "done": False, "claim": None, "claim_until": None,
+               "expires_at": time.time() + self.expires if self.expires else None}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(chord_parts.delete().where(chord_parts.c.group_id == group_id))
+                if not conn.execute(chords.update().where(chords.c.group_id == group_id)
+                                    .values(**row)).rowcount:
+                    conn.execute(chords.insert().values(group_id=group_id, **row))
+        except sa.exc.SQLAlchemyError as exc:
+            raise ResultBackendError(f"setting the size of chord {group_id} failed: {exc}"
+                                     ) from exc
+
+    def chord_part_return(self, group_id: str, task_id: str, group_index: int | None,
+                          state: str, result: Any) -> ChordJoin | None:
+        now = time.time()
+        position = float("inf") if group_index is None else float(group_index)
+        part = f"{task_id}:{'+inf' if group_index is None else group_index}"
+        payload = self.encode([1, task_id, state, result])  # type: ignore[arg-type]
+        token = uuid.uuid4().hex
+        try:
+            with self.engine.begin() as conn:
+                # Lock the chord's row first (a write, so SQLite takes its write lock now
+                # and Postgres/MySQL serialize the parts of one chord on the row).
+                conn.execute(chords.update().where(chords.c.group_id == group_id)
+                             .values(size=chords.c.size))
+                chord = conn.execute(sa.select(chords).where(
+                    chords.c.group_id == group_id)).first()
+                if chord is not None and chord.done:
+                    return None  # fired already: a late duplicate of a part
+                seen = conn.execute(sa.select(chord_parts.c.part).where(
+                    chord_parts.c.group_id == group_id, chord_parts.c.part == part)).first()
+                if seen is None:
+                    conn.execute(chord_parts.insert().values(
+                        group_id=group_id, part=part, position=position, payload=payload))
+                if chord is None:
+                    return None
+                count = conn.execute(sa.select(sa.func.count()).select_from(chord_parts)
+                                     .where(chord_parts.c.group_id == group_id)).scalar_one()
+                if count != chord.size:
+                    return None
+                if chord.claim is not None and (chord.claim_until or 0) > now:
+                    return None  # another part is firing the body
+                conn.execute(chords.update().where(chords.c.group_id == group_id).values(
+                    claim=token, claim_until=now + CHORD_CLAIM_SECONDS))
+                rows = conn.execute(sa.select(chord_parts.c.payload).where(
+                    chord_parts.c.group_id == group_id).order_by(
+                    chord_parts.c.position)).all()
+        except sa.exc.SQLAlchemyError as exc:
+            raise ResultBackendError(f"counting a part of chord {group_id} failed: {exc}"
+                                     ) from exc
+        parts = []
+        for row in rows:
+            _version, tid, part_state, value = self.decode_list(row.payload)
+            parts.append((str(tid), str(part_state), value))
+        return ChordJoin(group_id, token, tuple(parts))
+
+    def decode_list(self, payload: bytes) -> list[Any]:
+        from kombu.serialization import loads
+
+        value = loads(payload, self.content_type, "utf-8", accept=self.accept)
+        if not isinstance(value, list | tuple) or len(value) != 4:
+            raise ResultBackendError(f"a chord part is not [1, id, state, result]: "
+                                     f"{value!r:.200}")
+        return list(value)
+
+    def chord_done(self, join: ChordJoin) -> None:
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(chords.update().where(
+                        chords.c.group_id == join.group_id, chords.c.claim == join.token)
+                        .values(done=True, claim=None, claim_until=None)).rowcount:
+                    conn.execute(chord_parts.delete().where(
+                        chord_parts.c.group_id == join.group_id))
+                if self.expires:
+                    conn.execute(chords.delete().where(chords.c.expires_at < time.time()))
+        except sa.exc.SQLAlchemyError as exc:
+            raise ResultBackendError(f"finishing chord {join.group_id} failed: {exc}") from exc
+
+    def _group_key(self, group_id: str) -> str:
+        return f"group:{group_id}"
+
+    def save_group(self, group_id: str, value: Any) -> None:
+        self._set(self._group_key(group_id), {"result": value, "status": "GROUP"}, "GROUP",
+                  None)
+
+    def restore_group(self, group_id: str) -> Any:
+        meta = self._get(self._group_key(group_id))
+        return None if meta is None else meta.get("result")
+
+    def delete_group(self, group_id: str) -> None:
+        self._delete(self._group_key(group_id))
 
     def close(self) -> None:
         if self._engine is not None and self._pid == os.getpid():

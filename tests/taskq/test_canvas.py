@@ -1,0 +1,201 @@
+"""The canvas from a taskq client: chain, group, chord on a taskq worker (Redis and RabbitMQ,
+results in Redis), their results, and how a chord counts its parts in the backend."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "worker"))
+from e2e_support import REDIS_URL, Broker, WorkerSet, make_broker
+
+from taskq import TaskQ, states
+from taskq.canvas import Signature, chain, chord, chord_size, group
+from taskq.errors import ChordError, ResultBackendError
+from taskq.result import AsyncResult, GroupResult
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    b = make_broker(request.param)
+    yield b
+    b.cleanup()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[WorkerSet]:
+    ws = WorkerSet(tmp_path)
+    yield ws
+    ws.stop_all()
+    print(ws.dump())
+
+
+def client_for(b: Broker) -> TaskQ:
+    """A client app whose tasks have the worker's names (canvasmod)."""
+    app = b.app()
+    for name in ("add", "tsum", "boom", "collect"):
+        app.task(name=f"canvasmod.{name}")(lambda *a: None)
+    return app
+
+
+# -- on a taskq worker ------------------------------------------------------------------------
+
+def test_chain_group_and_chord_from_a_taskq_client(broker: Broker,
+                                                    workers: WorkerSet) -> None:
+    workers.start(broker, app="canvasmod", pool="threads", concurrency=3)
+    app = client_for(broker)
+    add, tsum = app.tasks["canvasmod.add"], app.tasks["canvasmod.tsum"]
+
+    res = (add.s(1, 2) | add.s(10) | add.s(100)).apply_async()
+    assert res.get(timeout=30) == 113
+    assert isinstance(res.parent, AsyncResult) and res.parent.get(timeout=10) == 13
+    assert res.parent.parent is not None and res.parent.parent.get(timeout=10) == 3
+
+    g = group(add.s(i, i) for i in range(5)).apply_async()
+    assert isinstance(g, GroupResult)
+    assert g.get(timeout=30) == [0, 2, 4, 6, 8]
+    assert g.ready() and g.successful() and not g.failed() and g.completed_count() == 5
+
+    res = chord([add.s(i, i) for i in range(4)], tsum.s()).apply_async()
+    assert res.get(timeout=30) == 12
+    assert isinstance(res.parent, GroupResult) and res.parent.get(timeout=10) == [0, 2, 4, 6]
+
+    # group | task is a chord; a chord in a chain passes its body's result on.
+    res = (add.s(1, 1) | group(add.s(1), add.s(2)) | tsum.s() | add.s(1000)).apply_async()
+    assert res.get(timeout=30) == 1000 + (2 + 1) + (2 + 2)
+
+
+def test_get_on_a_chain_raises_the_error_of_the_step_that_failed(broker: Broker,
+                                                                 workers: WorkerSet) -> None:
+    """Given add | boom | add, the last step never runs: it is stored FAILURE with boom's
+    error, so get() on the chain raises it instead of waiting forever."""
+    workers.start(broker, app="canvasmod", pool="threads", concurrency=2)
+    app = client_for(broker)
+    add, boom = app.tasks["canvasmod.add"], app.tasks["canvasmod.boom"]
+    res = chain(add.s(1, 1), boom.s(), add.s(5)).apply_async()
+    with pytest.raises(ValueError, match="boom"):
+        res.get(timeout=30)
+    assert res.state == states.FAILURE
+
+
+def test_a_failed_header_part_fails_the_body_with_chord_error(broker: Broker,
+                                                              workers: WorkerSet) -> None:
+    workers.start(broker, app="canvasmod", pool="threads", concurrency=2)
+    app = client_for(broker)
+    add, boom, tsum = (app.tasks[f"canvasmod.{n}"] for n in ("add", "boom", "tsum"))
+    res = chord([add.s(1, 1), boom.s(), add.s(2, 2)], tsum.s()).apply_async()
+    body = app.AsyncResult(res.id)
+    with pytest.raises(ChordError) as info:
+        body.get(timeout=30)
+    part = res.parent.results[1].id
+    assert f"Dependency {part} raised ValueError('boom')" in str(info.value)
+
+
+# -- counting a chord's parts (Redis and SQL backends; no worker) ----------------------------
+
+@pytest.fixture(params=["redis", "sqlite"])
+def chord_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskQ]:
+    if request.param == "redis":
+        b = make_broker("redis")
+        app = b.app()
+        yield app
+        b.cleanup()
+    else:
+        app = TaskQ("t", backend=f"db+sqlite:///{tmp_path / 'results.db'}", environ={})
+        yield app
+        app.close()
+
+
+@pytest.fixture
+def redis_broker_sql(tmp_path: Path) -> Iterator[Broker]:
+    """A Redis broker with results in an SQLite database."""
+    b = make_broker("redis")
+    b.env["TASKQ_RESULT_BACKEND"] = f"db+sqlite:///{tmp_path / 'results.db'}"
+    b.env.pop("TASKQ_RESULT_BACKEND_TRANSPORT_OPTIONS")
+    yield b
+    b.cleanup()
+
+
+def test_a_part_recorded_twice_counts_once(chord_app: TaskQ) -> None:
+    """A part redelivered under acks_late reports again: the count is kept per (task id,
+    group index), so the body fires once, on the last distinct part, and a late duplicate
+    after that does nothing."""
+    backend = chord_app.backend
+    gid = str(uuid.uuid4())
+    backend.set_chord_size(gid, 2)
+    assert backend.chord_part_return(gid, "a", 0, states.SUCCESS, 1) is None
+    assert backend.chord_part_return(gid, "a", 0, states.SUCCESS, 1) is None  # again
+    join = backend.chord_part_return(gid, "b", 1, states.SUCCESS, 2)
+    assert join is not None and [p[2] for p in join.parts] == [1, 2]
+    assert backend.chord_part_return(gid, "b", 1, states.SUCCESS, 2) is None  # claimed
+    backend.chord_done(join)
+    assert backend.chord_part_return(gid, "a", 0, states.SUCCESS, 1) is None  # done
+
+
+def test_parts_are_joined_in_header_order(chord_app: TaskQ) -> None:
+    backend = chord_app.backend
+    gid = str(uuid.uuid4())
+    backend.set_chord_size(gid, 3)
+    assert backend.chord_part_return(gid, "c", 2, states.SUCCESS, "third") is None
+    assert backend.chord_part_return(gid, "a", 0, states.SUCCESS, "first") is None
+    join = backend.chord_part_return(gid, "b", 1, states.SUCCESS, "second")
+    assert join is not None
+    assert [(p[0], p[2]) for p in join.parts] == [("a", "first"), ("b", "second"),
+                                                  ("c", "third")]
+    backend.chord_done(join)
+
+
+def test_group_result_saves_and_restores(chord_app: TaskQ) -> None:
+    results = [chord_app.AsyncResult(str(uuid.uuid4())) for _ in range(3)]
+    saved = GroupResult(str(uuid.uuid4()), results, app=chord_app).save()
+    restored = GroupResult.restore(saved.id, app=chord_app)
+    assert restored is not None and [r.id for r in restored] == [r.id for r in results]
+    saved.delete()
+    assert GroupResult.restore(saved.id, app=chord_app) is None
+
+
+def test_a_chord_on_a_taskq_worker_with_sql_results(redis_broker_sql: Broker,
+                                                    workers: WorkerSet) -> None:
+    """The SQL backend counts a chord's parts on a worker (threads pool, 3 at once)."""
+    workers.start(redis_broker_sql, app="canvasmod", pool="threads", concurrency=3)
+    app = client_for(redis_broker_sql)
+    add, tsum = app.tasks["canvasmod.add"], app.tasks["canvasmod.tsum"]
+    res = chord([add.s(i, i) for i in range(8)], tsum.s()).apply_async()
+    assert res.get(timeout=30) == 56
+
+
+def test_rpc_backend_refuses_chords_with_a_clear_error() -> None:
+    app = TaskQ("t", broker="memory://", backend="rpc://", environ={})
+    add = app.task(name="canvasmod.add")(lambda x, y: x + y)
+    with pytest.raises(ResultBackendError, match=r"chords need a result backend .*rpc://"):
+        chord([add.s(1, 1)], add.s(1)).apply_async()
+
+
+# -- the wire: what a taskq client writes is Celery's layout ----------------------------------
+
+def test_signatures_have_celerys_layout_and_celery_reads_them() -> None:
+    celery_canvas = pytest.importorskip("celery.canvas")
+    app = TaskQ("t", backend=REDIS_URL, environ={})
+    add = app.task(name="canvasmod.add")(lambda x, y: x + y)
+    tsum = app.task(name="canvasmod.tsum")(lambda v: sum(v))
+    c = chord([add.s(1, 1), add.s(2, 2) | add.s(3)], tsum.s().set(queue="q"))
+    wire = dict(c)
+    assert wire["subtask_type"] == "chord" and wire["task"] == "celery.chord"
+    theirs = celery_canvas.Signature.from_dict(_plain(wire))
+    assert isinstance(theirs, celery_canvas.chord)
+    assert theirs.body["task"] == "canvasmod.tsum" and theirs.body.options == {"queue": "q"}
+    assert isinstance(theirs.tasks[1], celery_canvas._chain)
+    assert theirs.__length_hint__() == 2 == sum(chord_size(t) for t in c.tasks)
+    ours = Signature.from_dict(_plain(dict(theirs)), app=app)
+    assert isinstance(ours, chord) and isinstance(ours.tasks[1], chain)
+    app.close()
+
+
+def _plain(value: object) -> object:
+    import json
+
+    return json.loads(json.dumps(value))
