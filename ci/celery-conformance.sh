@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Celery's own integration suite (t/integration from the installed Celery's sdist, fetched
+# with pip at run time, never copied here) against a real `taskq worker` process, and the
+# same harness against Celery's own worker as a separate process, for comparison.
+#
+#   bash ci/celery-conformance.sh [test files...]   (default: t/integration/test_tasks.py)
+#
+# Runs on a private redis-server (broker and backend): the suite's tasks talk to Redis db 0
+# directly. Logs and JUnit files go to $CONFORMANCE_OUT (default: ./conformance-out).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+OUT="$(realpath -m "${CONFORMANCE_OUT:-conformance-out}")"
+FILES=("$@")
+[ ${#FILES[@]} -eq 0 ] && FILES=(t/integration/test_tasks.py)
+mkdir -p "$OUT"
+WORK="$(mktemp -d)"
+trap 'kill "${REDIS_PID:-0}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+VERSION="$("$PY" -c 'import celery; print(celery.__version__)')"
+"$PY" -m pip download --quiet --no-deps --no-binary :all: "celery==$VERSION" -d "$WORK"
+tar xzf "$WORK/celery-$VERSION.tar.gz" -C "$WORK"
+SUITE="$WORK/celery-$VERSION"
+# Upstream reruns flaky tests with pytest-rerunfailures; without it the marker is inert.
+"$PY" -c 'import pydantic' 2>/dev/null || {
+    echo "Celery's t/integration/tasks.py needs pydantic: $PY -m pip install pydantic" >&2
+    exit 2
+}
+
+PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" \
+    >"$OUT/redis.log" 2>&1 &
+REDIS_PID=$!
+for _ in $(seq 100); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+export TEST_BROKER="redis://127.0.0.1:$PORT/0" TEST_BACKEND="redis://127.0.0.1:$PORT/0"
+export PYTHONPATH="$ROOT/ci/conformance:$SUITE"
+export CONFORMANCE_LOG_DIR="$OUT"
+
+status=0
+for worker in taskq celery; do
+    redis-cli -p "$PORT" flushall >/dev/null
+    echo "== $worker worker: ${FILES[*]}"
+    (cd "$SUITE" && CONFORMANCE_WORKER=$worker WORKER_LOGLEVEL=INFO "$PY" -m pytest \
+        -p celery.contrib.pytest -p conformance_plugin -p no:cacheprovider -q -rfEs --timeout 300 \
+        --junitxml "$OUT/$worker.xml" "${FILES[@]}") >"$OUT/$worker.txt" 2>&1 || status=1
+    tail -n 1 "$OUT/$worker.txt"
+done
+exit $status
