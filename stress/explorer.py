@@ -167,6 +167,24 @@ def _corpus_corners(directory: Path) -> list[Corner]:
     return corners
 
 
+CATEGORICAL = ("transport", "pool_type", "strategy", "acks")
+
+
+def _signature(case: Case) -> tuple[dict[str, Any], set[str]]:
+    """What a failure's minimal case is known by: its categorical axes off their defaults and
+    its fault kinds."""
+    return ({k: case.config[k] for k in CATEGORICAL if case.config[k] != SPACE[k].default},
+            {f.kind for f in case.faults})
+
+
+def _like(case: Case, known: Sequence[tuple[dict[str, Any], set[str]]]) -> bool:
+    """``case`` has every categorical value and fault kind of a known failure: most likely
+    the same defect again (``--keep-going`` draws another)."""
+    kinds = {f.kind for f in case.faults}
+    return any(all(case.config[k] == v for k, v in axes.items()) and faults <= kinds
+               for axes, faults in known)
+
+
 def _result_json(result: CellResult, case: Case | None, role: str) -> dict[str, Any]:
     return {
         "role": role, "case": case.name if case else None,
@@ -235,6 +253,11 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
     found: tuple[Case, CellResult] | None = None
     failures: list[dict[str, Any]] = []
     shrinking = 0.0  # seconds spent shrinking (--keep-going): not search time
+    # --keep-going: failures already known (the corpus's and this run's) are not drawn again
+    known = ([_signature(c) for _p, c in load_corpus(options.corpus_dir)]
+             if options.keep_going and options.corpus_dir.is_dir()
+             and any(options.corpus_dir.glob("*.toml")) else [])
+    skipped = 0
     errors_in_a_row = 0
     code = 0
     n = 0
@@ -244,6 +267,9 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
                 options.max_cases is None or n < options.max_cases):
             n += 1
             case = gen.draw()
+            while options.keep_going and _like(case, known) and skipped < 10_000:
+                skipped += 1
+                case = gen.draw()
             coverage.add(case)
             result = run_case(case, report_dir / f"case-{n:03d}", options)
             mark = {None: "ERROR", True: "FAIL", False: "pass"}[outcome(result)]
@@ -273,6 +299,9 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
                     restrict, tag=f"{len(failures) + 1}-"))
                 shrinking += clock() - shrink_began
                 found = None
+                minimal = failures[-1].pop("minimal", None)
+                if isinstance(minimal, Case):
+                    known.append(_signature(minimal))
                 if failures[-1].get("interrupted"):
                     interrupted = True
                     break
@@ -285,11 +314,14 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
         "cases_per_minute": round(n / (searched / 60), 2) if searched > 0 else None,
         "brokers": list(options.brokers), "worker_cmd": options.worker_cmd,
         "runs_per_candidate": options.runs_per_candidate,
+        "skipped_like_known_failures": skipped,
     }
     if found is not None:
         failures.append(_shrink_and_save(found, n, searched, report_dir, options, rows, log,
                                          restrict))
         interrupted = interrupted or bool(failures[-1].get("interrupted"))
+    for failure in failures:
+        failure.pop("minimal", None)
     if failures:
         code = 1
         summary["failure"] = failures[0]
@@ -375,6 +407,7 @@ def _shrink_and_save(found: tuple[Case, CellResult], n: int, searched: float, re
         "worker": options.worker_cmd or "taskq"})
     replay = options.replay_command(path)
     rows.append((minimal, final, replay))
+    info["minimal"] = minimal  # for the search (--keep-going); popped before the JSON
     info.update(shrunk=minimal.name, shrunk_describe=minimal.describe(), shrink_steps=steps,
                 shrink_complete=complete, shrink_s=round(time.monotonic() - began, 1),
                 runs=runs, corpus_file=str(path), replay=replay,

@@ -97,3 +97,26 @@ def test_keep_going_shrinks_and_saves_every_failure_and_searches_on(
     assert all(len(json.loads(json.dumps(f))["shrunk_describe"].split("|")[-1]
                    .split(",")) == 1 for f in report["failures"])
     assert len(list((tmp_path / "corpus").glob("*.toml"))) >= 1
+
+
+def test_keep_going_does_not_draw_a_known_failure_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Any] = []
+
+    def fake_run(case: Any, directory: Path, options: Any) -> CellResult:
+        seen.append((directory.name, case))
+        failed = case.config["pool_type"] == "solo"  # a synthetic bug: the solo pool
+        return CellResult(case.cell(), case.seed, [Verdict("deadlock", not failed, "x")], {},
+                          directory, 1.0, "taskq worker")
+
+    monkeypatch.setattr(explorer, "run_case", fake_run)
+    options = explorer.ExploreOptions(budget=600, seed=8, report_dir=tmp_path / "r",
+                                      corpus_dir=tmp_path / "corpus", out=io.StringIO(),
+                                      max_cases=40, keep_going=True)
+    assert explorer.explore(options) == 1
+    report = json.loads((tmp_path / "r" / "report.json").read_text())["explore"]
+    assert len(report["failures"]) == 1  # found once, then solo cases are drawn no more
+    assert report["skipped_like_known_failures"] > 0
+    searched = [c for d, c in seen if d.startswith("case-")]
+    first = next(n for n, c in enumerate(searched) if c.config["pool_type"] == "solo")
+    assert all(c.config["pool_type"] != "solo" for c in searched[first + 1:])
