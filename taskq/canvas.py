@@ -379,7 +379,8 @@ class chain(Signature):
         merged: list[Signature] = []
         for step in steps:
             if merged and isinstance(merged[-1], group):
-                merged[-1] = chord(merged.pop(), step, app=self._app)
+                header = merged.pop()
+                merged.append(chord(header, step, app=self._app))
             else:
                 merged.append(step)
         if merged and (args or kwargs):
