@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from e2e_support import Broker, Ledger, StartWorker, WorkerProcess, wait_until
 from taskq import states
 from taskq.errors import TimeLimitExceeded, WorkerLostError
 
+STALL = 6.0  # s the black hole lasts after the last lost task: stores wait that long
 LAG_BOUND = 1.0  # s: far below the >= 10 s a blocking backend write causes; a loaded
 #                  2-core machine shows a few hundred ms at worst
 
@@ -65,8 +67,12 @@ def test_stalled_result_backend_does_not_stall_the_loop(
         os.kill(pid, signal.SIGKILL)
     for result in limited + killed:
         w.wait_log(rf"\[{result.id}\] lost: ", 120, after=offset)
-    # While the backend is still a black hole: the loop answers, and it never lagged.
+    # The backend stays a black hole for STALL seconds more (the stores wait on it), while
+    # the test asks the worker's loop how far behind its timers it has been.
+    window_end = time.monotonic() + STALL
     during = _loop_lag(client, w)
+    while time.monotonic() < window_end:
+        during = _loop_lag(client, w)
     lagged = re.findall(r"event loop lagged ([0-9.]+) s", w.log()[offset:])
     print(f"loop lag while the result backend was black-holed: max {during['max']:.3f} s "
           f"(before: {before['max']:.3f} s); lag warnings: {lagged}")
@@ -82,5 +88,9 @@ def test_stalled_result_backend_does_not_stall_the_loop(
     for result in killed:
         wait_until(lambda r=result: r.state == states.FAILURE, 120, f"FAILURE of {result.id}")
         assert isinstance(result.result, WorkerLostError)
+    # The stall was real: a store waited on the black hole, off the loop.
+    stalled = w.wait_log(r"storing FAILURE of .* took ([0-9.]+) s \(off the loop", 30,
+                         after=offset)
+    print(f"a store waited {stalled.group(1)} s on the black hole, off the loop")
     assert client.send_task("appmod.add", (2, 2)).get(timeout=60) == 4
     assert all(len(ledger.starts(r.id)) == 1 for r in limited + killed)
