@@ -164,6 +164,10 @@ class Backend:
     def close(self) -> None:
         """Release connections (called on app close and in a fresh child)."""
 
+    def limit_blocking(self, seconds: float) -> None:
+        """In this process, let no call wait longer than ``seconds`` for a lock the backend
+        does not own (the worker's main process calls it; its children keep the defaults)."""
+
     # -- chords (taskq.chord counts the header parts; no polling task) ------------------------
     def ensure_chords_allowed(self) -> None:
         if not self.supports_chords:

@@ -13,11 +13,13 @@ and exactly one of them sees the full count.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import threading
 import time
 import uuid
-import weakref
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -60,13 +62,33 @@ chord_parts = sa.Table(
 CHORD_CLAIM_SECONDS = 10.0  # a claimer that dies before sending the body frees it this soon
 
 
-def _dispose_before_fork(ref: weakref.ref[DatabaseBackend]) -> None:
-    backend = ref()
-    if backend is not None and backend._engine is not None and backend._pid == os.getpid():
-        try:
-            backend._engine.dispose()
-        except Exception:
-            pass
+# SQLite and fork: SQLite keeps per-process state for every open database file (its inode
+# list, the WAL index mapping). A child forked while the parent has a connection open to the
+# file inherits that state, with file descriptors the child replaces, and its own
+# connections then fail ("disk I/O error", "database is locked"). The worker's main process
+# does touch the result database (a lost task's FAILURE, from its offload thread, while the
+# loop forks children), so for SQLite every connection is opened and closed inside this
+# lock (no pool), and a fork waits for it: no connection is ever open across a fork.
+_FORK_LOCK = threading.RLock()
+
+
+def _lock_before_fork() -> None:
+    _FORK_LOCK.acquire()
+
+
+def _unlock_after_fork() -> None:
+    _FORK_LOCK.release()
+
+
+def _new_lock_in_child() -> None:
+    global _FORK_LOCK
+    _FORK_LOCK = threading.RLock()
+
+
+os.register_at_fork(before=_lock_before_fork, after_in_parent=_unlock_after_fork,
+                    after_in_child=_new_lock_in_child)
+
+SQLITE_BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's transaction
 
 
 class DatabaseBackend(Backend):
@@ -75,17 +97,22 @@ class DatabaseBackend(Backend):
     def __init__(self, app: TaskQ, url: str, **engine_options: Any) -> None:
         super().__init__(app)
         self.url = url
+        self.sqlite = url.startswith("sqlite")
         self.expires = app.conf.result_expires
         self._engine_options = engine_options
         self._engine: sa.Engine | None = None
         self._pid = 0
         self._last_purge = 0.0
         self._abandoned: list[sa.Engine] = []
-        # SQLite must not see a connection cross fork: the parent closes its pooled ones
-        # before every fork (the worker forks pool children from its loop, never while a
-        # connection is in use), so a child inherits none.
-        ref = weakref.ref(self)
-        os.register_at_fork(before=lambda: _dispose_before_fork(ref))
+        self._bounded: tuple[int, float] | None = None  # (pid, busy timeout) there
+
+    def limit_blocking(self, seconds: float) -> None:
+        """In this process, wait at most ``seconds`` for a locked SQLite database (the
+        worker's main process: a fork waits for a store that waits for a lock)."""
+        self._bounded = (os.getpid(), seconds)
+        if self._engine is not None and self._pid == os.getpid():
+            self._engine.dispose()
+            self._engine = None
 
     @property
     def engine(self) -> sa.Engine:
@@ -96,21 +123,47 @@ class DatabaseBackend(Backend):
                 # connection can drop this process's own locks on the file).
                 self._abandoned.append(self._engine)
             options = dict(self._engine_options)
-            if self.url.startswith("sqlite"):
-                options.setdefault("connect_args", {"timeout": 30})
+            if self.sqlite:
+                timeout = SQLITE_BUSY_TIMEOUT
+                if self._bounded is not None and self._bounded[0] == os.getpid():
+                    timeout = self._bounded[1]
+                options.setdefault("connect_args", {"timeout": timeout})
+                options.setdefault("poolclass", sa.pool.NullPool)  # closed when released
             else:
                 options.setdefault("pool_pre_ping", True)
             try:
                 engine = sa.create_engine(self.url, **options)
-                if self.url.startswith("sqlite"):
+                if self.sqlite:
                     sa.event.listen(engine, "connect", _sqlite_pragmas)
-                _create_tables(engine)
+                with self._fork_safe():
+                    _create_tables(engine)
             except (sa.exc.SQLAlchemyError, ValueError) as exc:
                 raise ResultBackendError(
                     f"result backend db+{safe_url(self.url)}: cannot open the database: {exc}"
                 ) from exc
             self._engine, self._pid = engine, os.getpid()
         return self._engine
+
+    @contextlib.contextmanager
+    def _fork_safe(self) -> Iterator[None]:
+        if not self.sqlite:
+            yield
+            return
+        with _FORK_LOCK:
+            yield
+
+    @contextlib.contextmanager
+    def _begin(self) -> Iterator[sa.Connection]:
+        """A transaction; for SQLite, its connection never outlives it across a fork."""
+        engine = self.engine
+        with self._fork_safe(), engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sa.Connection]:
+        engine = self.engine
+        with self._fork_safe(), engine.connect() as conn:
+            yield conn
 
     def _set(self, task_id: str, meta: Meta, state: str, request: Any) -> None:
         now = time.time()
@@ -122,7 +175,7 @@ class DatabaseBackend(Backend):
             "expires_at": now + self.expires if self.expires else None,
         }
         try:
-            with self.engine.begin() as conn:
+            with self._begin() as conn:
                 updated = conn.execute(
                     taskmeta.update().where(taskmeta.c.task_id == task_id).values(**row)
                 ).rowcount
@@ -136,7 +189,7 @@ class DatabaseBackend(Backend):
 
     def _get(self, task_id: str) -> Meta | None:
         try:
-            with self.engine.connect() as conn:
+            with self._connect() as conn:
                 row = conn.execute(
                     sa.select(taskmeta.c.payload, taskmeta.c.expires_at).where(
                         taskmeta.c.task_id == task_id
@@ -149,7 +202,7 @@ class DatabaseBackend(Backend):
         return self.decode(row.payload)
 
     def _delete(self, task_id: str) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(taskmeta.delete().where(taskmeta.c.task_id == task_id))
 
     # -- chords and groups ---------------------------------------------------------------------
@@ -157,7 +210,7 @@ class DatabaseBackend(Backend):
         row = {"size": int(size), "done": False, "claim": None, "claim_until": None,
                "expires_at": time.time() + self.expires if self.expires else None}
         try:
-            with self.engine.begin() as conn:
+            with self._begin() as conn:
                 conn.execute(chord_parts.delete().where(chord_parts.c.group_id == group_id))
                 if not conn.execute(chords.update().where(chords.c.group_id == group_id)
                                     .values(**row)).rowcount:
@@ -174,7 +227,7 @@ class DatabaseBackend(Backend):
         payload = self.encode([1, task_id, state, result])  # type: ignore[arg-type]
         token = uuid.uuid4().hex
         try:
-            with self.engine.begin() as conn:
+            with self._begin() as conn:
                 # Lock the chord's row first (a write, so SQLite takes its write lock now
                 # and Postgres/MySQL serialize the parts of one chord on the row).
                 conn.execute(chords.update().where(chords.c.group_id == group_id)
@@ -221,7 +274,7 @@ class DatabaseBackend(Backend):
 
     def chord_done(self, join: ChordJoin) -> None:
         try:
-            with self.engine.begin() as conn:
+            with self._begin() as conn:
                 if conn.execute(chords.update().where(
                         chords.c.group_id == join.group_id, chords.c.claim == join.token)
                         .values(done=True, claim=None, claim_until=None)).rowcount:

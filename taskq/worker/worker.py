@@ -23,7 +23,7 @@ from taskq.errors import ConfigurationError, TimeLimitExceeded, WorkerLostError
 from taskq.pool import Job, JobResult, Pool, pool_for
 from taskq.ratelimit import RateLimits
 from taskq.worker.cluster import Events, Gossip, GossipStep, HeartbeatStep, MingleStep
-from taskq.worker.consumer import BrokerConsumer, queues_for
+from taskq.worker.consumer import MAX_BLOCKING, BrokerConsumer, queues_for
 from taskq.worker.control import ControlNode
 from taskq.worker.loop import Loop
 from taskq.worker.offload import Offload, Outcome
@@ -83,7 +83,9 @@ class PoolStep(Step):
         # Load the result backend's modules here, once: forked children inherit them instead
         # of each importing them on its first result (SQLAlchemy alone takes ~0.3 s, which
         # made every recycled or replaced child stall).
-        _ = worker.app.backend
+        # Here a store waits at most MAX_BLOCKING for a locked SQLite result database: a
+        # fork waits for a store in progress (see taskq.backends.database).
+        worker.app.backend.limit_blocking(MAX_BLOCKING)
         worker.pool.start(worker.loop)
 
     def stop(self, worker: Worker) -> None:

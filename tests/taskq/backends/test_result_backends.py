@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import types
 
@@ -147,3 +148,48 @@ def test_unsupported_backend_url_hides_the_password():
     with pytest.raises(ConfigurationError) as info:
         backend_from_url(app, app.conf.result_backend)
     assert "pw@" not in str(info.value) and "redis://" in str(info.value)
+
+
+def test_sqlite_backend_used_from_a_thread_while_the_process_forks(tmp_path):
+    """The worker's main process stores a lost task's FAILURE from its offload thread while
+    its loop forks pool children; each child (which, like a pool child, replaces the fds it
+    inherited) must still store its own results. A connection open across the fork broke
+    the children's SQLite ("disk I/O error", "database is locked")."""
+    from taskq.pool.child import _release_inherited_fds
+
+    app = TaskQ("db", backend=f"db+sqlite:///{tmp_path}/r.db", environ={})
+    app.backend.limit_blocking(2.0)
+    stop = threading.Event()
+    stored: list[int] = []
+
+    def parent_stores() -> None:
+        i = 0
+        while not stop.is_set():
+            app.backend.mark_as_failure(f"parent-{i}", KeyError(i))
+            stored.append(i)
+            i += 1
+
+    thread = threading.Thread(target=parent_stores, daemon=True)
+    thread.start()
+    failed: list[int] = []
+    try:
+        for k in range(20):
+            pid = os.fork()
+            if pid == 0:  # the child: as a pool child does, then store
+                code = 1
+                try:
+                    _release_inherited_fds({0, 1, 2})
+                    for j in range(5):
+                        app.backend.mark_as_done(f"child-{k}-{j}", j)
+                    code = 0
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                failed.append(k)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not failed, f"children that could not store their results: {failed}"
+    assert stored, "the parent's thread stored nothing"
+    assert app.AsyncResult("child-19-4").get(timeout=1) == 4
