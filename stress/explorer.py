@@ -167,7 +167,7 @@ def _corpus_corners(directory: Path) -> list[Corner]:
     return corners
 
 
-CATEGORICAL = ("transport", "pool_type", "strategy", "acks")
+CATEGORICAL = ("pool_type", "strategy", "acks", "fds")  # fds: off or 1100, a switch
 
 
 def _signature(case: Case) -> tuple[dict[str, Any], set[str]]:
