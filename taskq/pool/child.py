@@ -2,6 +2,14 @@
 pipe (the parent's way to say "finish what you have, then exit") or when recycled (max tasks,
 max memory: ``exiting`` follows ``done`` and no further job is read).
 
+Between ``started`` and ``done`` it says ``storing`` just before it stores the outcome and
+``stored`` right after (callbacks are sent after that): a child that dies after ``stored``
+has finished its job, whatever the parent reads next (issue 13 #9). The soft-limit signal
+is blocked from ``storing`` on, so it cannot cut the store short. A job with a hard limit
+arms ``ITIMER_REAL`` for the limit plus ``HARD_LIMIT_GRACE``: if the parent, which kills the
+child at the limit, is stalled, SIGALRM ends the child anyway (SIGALRM is the pool's in a
+child: a task must not rely on ``signal.alarm``).
+
 It starts as a fork of the worker's main process and cleans up what it inherited, in this
 order: die with the parent (PR_SET_PDEATHSIG, then a ``getppid()`` check, since the parent may
 have died before the prctl), reset the parent's signal handling, release every inherited fd

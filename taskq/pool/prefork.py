@@ -20,7 +20,14 @@
   the task), hard = SIGKILL. Children are signalled through their pidfd.
 - Children that die before ``ready`` on their own (or killed by the pool for not getting
   ready in time; a SIGKILL from outside does not count) make a restart storm: after a few in
-  a row, restarts back off exponentially (logged), never a busy loop.
+  a row, restarts back off exponentially (logged), never a busy loop. So do ready children
+  that die that way before their first ``started``; and the job such a child was reading is
+  given up (reported lost, unstarted) after ``task_max_redeliveries`` + 1 of them.
+- A child that dies after ``stored`` (its outcome is in the backend) has its job reported
+  ``done`` with that state, never lost; one that dies between ``storing`` and ``stored`` is
+  settled by reading the backend from a thread (done if the store got through).
+- ``max_tasks_per_child``: a child is given at most that many jobs it will run; a job it
+  skipped (taken back with ``withdraw``) gives its slot back.
 """
 
 from __future__ import annotations

@@ -1,0 +1,74 @@
+"""``appmod`` (the same app and tasks) plus what the pool-defect tests of issue 13 need
+(``taskq worker -A appmod_pool``), each switched on by an APPMOD_* variable of the worker:
+
+- ``APPMOD_OPEN_FDS=N``: the worker holds N more open files from import on, so the pipes and
+  sockets it opens later are numbered past 1023 (where ``select()`` fails);
+- ``APPMOD_STALL_AFTER_STORE=<path>``: the first link callback a task sends (after its result
+  is stored) stalls: the child writes its pid to <path> and sleeps, to be killed there;
+- ``APPMOD_DIE_READING=<task name>``: a pool child that reads a job of that task exits at
+  once, before ``started``: a message that kills every child it is given.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from typing import Any
+
+from appmod import _note, app
+
+__all__ = ["app"]
+
+_HELD: list[int] = []
+
+_open = int(os.environ.get("APPMOD_OPEN_FDS") or 0)
+if _open:
+    _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if _soft < _open + 512:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (_open + 512, _hard))
+    _HELD.extend(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) for _ in range(_open))
+
+_stall_flag = os.environ.get("APPMOD_STALL_AFTER_STORE")
+if _stall_flag:
+    _send_task = app.send_task
+
+    def _stalling_send_task(*args: Any, **kwargs: Any) -> Any:
+        if not os.path.exists(_stall_flag):
+            tmp = f"{_stall_flag}.tmp"
+            with open(tmp, "w") as fh:
+                fh.write(str(os.getpid()))
+            os.rename(tmp, _stall_flag)
+            time.sleep(120)
+        return _send_task(*args, **kwargs)
+
+    app.send_task = _stalling_send_task  # type: ignore[method-assign]
+
+_unreadable = os.environ.get("APPMOD_DIE_READING")
+if _unreadable:
+    def _die_reading() -> None:
+        from taskq.pool import ipc
+
+        next_frame = ipc.JobInbox.next
+
+        def next(self: ipc.JobInbox) -> Any:
+            frame = next_frame(self)
+            if frame is not None and frame[2].task == _unreadable:
+                os._exit(3)
+            return frame
+
+        ipc.JobInbox.next = next  # type: ignore[method-assign]
+
+    app.hooks.worker_process_init.append(_die_reading)
+
+
+@app.task(name="appmod_pool.unreadable")
+def unreadable() -> str:
+    return "ran"
+
+
+@app.task(name="appmod_pool.tracked_sleeper", bind=True, track_started=True)
+def tracked_sleeper(self: Any, seconds: float, ledger: str | None = None) -> str:
+    _note(ledger, f"start {self.request.id} {os.getpid()} {time.time():.6f}")
+    time.sleep(seconds)
+    return "tracked"
