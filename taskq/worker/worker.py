@@ -450,14 +450,18 @@ class Worker:
                 entry.cancel()
                 del self.held[request]
                 self._orphans.append(request)
-        kept = [r for r in self.ready if r.generation != old_generation]
+        # Early acks already sent (feed_pool) stay: the broker will not deliver those again.
+        kept = [r for r in self.ready if r.generation != old_generation or r.acknowledged]
         dropped = len(self.ready) - len(kept)
-        self._orphans.extend(r for r in self.ready if r.generation == old_generation)
+        self._orphans.extend(r for r in self.ready
+                             if r.generation == old_generation and not r.acknowledged)
         self.ready = collections.deque(kept)
         # Given to the pool but not started (queued in a child with -O fast, or written to
-        # one that has not begun): the broker redelivers them too, so they must not run here.
+        # one that has not begun) and not acked: the broker redelivers them too, so they must
+        # not run here.
         given = [job for job, r in self.dispatched.items()
-                 if r.generation == old_generation and job.started_at is None]
+                 if r.generation == old_generation and job.started_at is None
+                 and not r.acknowledged]
         if given:
             self.pool.withdraw(given)
         if dropped or given:
@@ -564,7 +568,7 @@ class Worker:
             if early:
                 self.consumer.ack_now(early)
             for n, request in enumerate(batch):
-                if request.generation != self.consumer.generation:
+                if request.generation != self.consumer.generation and not request.acknowledged:
                     self._orphans.append(request)  # its connection is gone: given back
                     self._release_orphans()
                     continue
@@ -582,7 +586,7 @@ class Worker:
         batch: list[Request] = []
         while self.ready and len(batch) < room:
             request = self.ready.popleft()
-            if request.generation != self.consumer.generation:
+            if request.generation != self.consumer.generation and not request.acknowledged:
                 self._orphans.append(request)  # its connection is gone: given back
                 self._release_orphans()
                 continue
@@ -775,7 +779,7 @@ class Worker:
         if request.settled_reason is not None:  # its lease was lost (on_leases_lost)
             self.consumer.drop(request)
             return
-        if request.generation != self.consumer.generation:
+        if request.generation != self.consumer.generation and not request.acknowledged:
             self._orphans.append(request)  # its connection is gone: given back
             self._release_orphans()
             return

@@ -75,14 +75,19 @@ def _cut_and_see(broker: Broker, w: WorkerProcess, pattern: str) -> None:
     w.wait_log(pattern, 10, after=offset)
 
 
-def _three_behind_a_sleeper(w: WorkerProcess, client: Any, ledger: Ledger, seconds: float
-                            ) -> tuple[Any, list[Any]]:
-    """A running sleeper, and three stamp tasks the worker has received behind it."""
+def _three_behind_a_sleeper(w: WorkerProcess, client: Any, ledger: Ledger, seconds: float,
+                            *, late: bool = False) -> tuple[Any, list[Any]]:
+    """A running sleeper, and three stamp tasks (``late``: acks_late sleepers of 0 s) the
+    worker has received behind it."""
     running = client.send_task("appmod.sleeper", (seconds, str(ledger)))
     ledger.wait_started(running.id)
-    waiting = [client.send_task("appmod.stamp", (str(ledger),)) for _ in range(3)]
+    if late:
+        waiting = [client.send_task("appmod.late_sleeper", (0.0, str(ledger)))
+                   for _ in range(3)]
+    else:
+        waiting = [client.send_task("appmod.stamp", (str(ledger),)) for _ in range(3)]
     for r in waiting:
-        w.wait_log(rf"received appmod\.stamp\[{r.id}\]")
+        w.wait_log(rf"received appmod\.\w+\[{r.id}\]")
     return running, waiting
 
 
@@ -145,13 +150,14 @@ def test_reserved_tasks_of_a_lost_connection_are_redelivered_and_run_once(
 @pytest.mark.parametrize("broker", ["amqp", "redis"], indirect=True)
 def test_jobs_queued_in_a_fast_child_are_taken_back_when_the_connection_is_lost(
         broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
-    """-O fast: jobs already written to a busy child's pipe are reserved messages of the lost
-    connection like any other; the broker redelivers them, so the child must skip its copies
-    (found by kill-connections: they ran twice)."""
+    """-O fast: acks_late jobs already written to a busy child's pipe are reserved messages of
+    the lost connection like any other; the broker redelivers them, so the child must skip its
+    copies (found by kill-connections: they ran twice). (Early-ack jobs were acked before they
+    reached the child: they stay and run there.)"""
     w = worker(broker, pool="prefork", concurrency=1, args=["-O", "fast"],
                env={"TASKQ_WORKER_FAST_QUEUE_DEPTH": "3"})
     # Long enough for rabbitmqctl to close the connection on a loaded machine.
-    running, queued = _three_behind_a_sleeper(w, broker.app(), ledger, 6.0)
+    running, queued = _three_behind_a_sleeper(w, broker.app(), ledger, 6.0, late=True)
     _cut_and_see(broker, w, r"took 3 back from the pool")
     for r in queued:
         r.get(timeout=20)

@@ -43,3 +43,22 @@ def test_an_early_ack_job_in_a_child_when_the_main_process_dies_is_acked_already
     finally:
         store.close()
     assert len(ledger.starts(result.id)) <= 1  # the orphaned child may have run it
+
+
+@pytest.mark.parametrize("broker", ["amqp", "redis"], indirect=True)
+def test_early_ack_jobs_queued_in_a_fast_child_run_there_once_after_a_lost_connection(
+        broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
+    """-O fast: early-ack jobs written to a busy child's pipe were acked before they got
+    there, so the broker will not deliver them again: when the connection is lost they stay
+    in the child and run, each exactly once (taking them back would lose them)."""
+    from test_e2e_connection import _cut_and_see, _three_behind_a_sleeper
+
+    w = worker(broker, pool="prefork", concurrency=1, args=["-O", "fast"],
+               env={"TASKQ_WORKER_FAST_QUEUE_DEPTH": "3"})
+    running, queued = _three_behind_a_sleeper(w, broker.app(), ledger, 6.0)
+    _cut_and_see(broker, w, r"lost the broker connection")
+    for r in queued:
+        r.get(timeout=20)
+    assert running.get(timeout=15) == "slept"
+    assert [len(ledger.starts(r.id)) for r in queued] == [1, 1, 1]
+    assert "took 3 back from the pool" not in w.log()
