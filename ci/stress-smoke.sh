@@ -20,4 +20,8 @@ for broker in redis://127.0.0.1:6379/0 amqp://guest:guest@127.0.0.1:5672// sqlit
         "$@" || status=$?
     [ "$status" -eq 0 ] || break
 done
+if [ "$status" -eq 0 ] && [ -d stress-corpus ]; then
+    # The cases taskq-stress explore found and shrank: a regression suite.
+    .venv/bin/taskq-stress run --corpus stress-corpus --seed "$SEED" --report-dir "$OUT/corpus" || status=$?
+fi
 exit "$status"
