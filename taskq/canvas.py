@@ -322,24 +322,25 @@ def chord_size(sig: Signature) -> int:
 
 # -- chain --------------------------------------------------------------------------------------
 
-class chain(Signature):
-    """``chain(a.s(), b.s(), c.s())`` (or ``a.s() | b.s() | c.s()``): each step gets the result
-    of the one before. ``apply_async`` returns the last step's result; ``.parent`` walks back."""
+class _TaskList(Signature):
+    """What chain and group share: their parts are a list of signatures, ``kwargs["tasks"]``,
+    given as arguments or as one iterable; ``KIND`` is the ``subtask_type`` and names the task
+    (``celery.<KIND>``)."""
 
     COMPOSITE = True
+    KIND: ClassVar[str]
 
     def __init__(self, *tasks: Any, app: TaskQ | None = None, **options: Any) -> None:
         if len(tasks) == 1 and not isinstance(tasks[0], Mapping):
             tasks = tuple(tasks[0])
         sigs = _signatures(tasks, app)
-        super().__init__("celery.chain", (), {"tasks": sigs}, options,
-                         subtask_type="chain", app=_app_of(sigs, app))
+        super().__init__(f"celery.{self.KIND}", (), {"tasks": sigs}, options,
+                         subtask_type=self.KIND, app=_app_of(sigs, app))
 
     @classmethod
     def _from_parts(cls, data: Mapping[str, Any], app: TaskQ | None) -> Signature:
         kwargs = data.get("kwargs") or {}
         new = cls(*(kwargs.get("tasks") or ()), app=app, **(data.get("options") or {}))
-        new["args"] = list(data.get("args") or ())
         new["immutable"] = bool(data.get("immutable", False))
         return new
 
@@ -349,6 +350,19 @@ class chain(Signature):
 
     def _children(self) -> list[Signature]:
         return self.tasks
+
+
+class chain(_TaskList):
+    """``chain(a.s(), b.s(), c.s())`` (or ``a.s() | b.s() | c.s()``): each step gets the result
+    of the one before. ``apply_async`` returns the last step's result; ``.parent`` walks back."""
+
+    KIND = "chain"
+
+    @classmethod
+    def _from_parts(cls, data: Mapping[str, Any], app: TaskQ | None) -> Signature:
+        new = super()._from_parts(data, app)
+        new["args"] = list(data.get("args") or ())  # a chain keeps its partial arguments
+        return new
 
     def __or__(self, other: Any) -> Signature:  # type: ignore[override]
         if isinstance(other, chain):
@@ -458,31 +472,10 @@ def _root_of(result: Any) -> Any:
 
 # -- group --------------------------------------------------------------------------------------
 
-class group(Signature):
+class group(_TaskList):
     """``group(a.s(), b.s())``: run the tasks in parallel; returns a ``GroupResult``."""
 
-    COMPOSITE = True
-
-    def __init__(self, *tasks: Any, app: TaskQ | None = None, **options: Any) -> None:
-        if len(tasks) == 1 and not isinstance(tasks[0], Mapping):
-            tasks = tuple(tasks[0])
-        sigs = _signatures(tasks, app)
-        super().__init__("celery.group", (), {"tasks": sigs}, options,
-                         subtask_type="group", app=_app_of(sigs, app))
-
-    @classmethod
-    def _from_parts(cls, data: Mapping[str, Any], app: TaskQ | None) -> Signature:
-        kwargs = data.get("kwargs") or {}
-        new = cls(*(kwargs.get("tasks") or ()), app=app, **(data.get("options") or {}))
-        new["immutable"] = bool(data.get("immutable", False))
-        return new
-
-    @property
-    def tasks(self) -> list[Signature]:
-        return self.kwargs.setdefault("tasks", [])
-
-    def _children(self) -> list[Signature]:
-        return self.tasks
+    KIND = "group"
 
     def __repr__(self) -> str:
         return f"group({self.tasks!r})"
