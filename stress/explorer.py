@@ -16,7 +16,6 @@ import random
 import shlex
 import sys
 import time
-import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,8 @@ from stress.cell import CellResult, CellRun
 from stress.corpus import load_corpus, save
 from stress.errors import ScenarioError, StressError
 from stress.explore import CORNERS, SPACE, Case, Corner, Generator, smaller
+from stress.oracles import Verdict
+from stress.report import write_junit_rows
 from stress.shrink import reproduces, shrink
 from stress.spaces import DEFAULT_URLS, transport_of
 
@@ -199,31 +200,13 @@ def _result_json(result: CellResult, case: Case | None, role: str) -> dict[str, 
 
 
 def _write_junit(path: Path, name: str, rows: Sequence[tuple[Case, CellResult, str]]) -> None:
-    cases, failures, errors = [], 0, 0
-    for case, result, replay in rows:
-        classname = f"{name}.{case.name}"
-        if result.error:
-            errors += 1
-            element = ET.Element("testcase", classname=classname, name="run",
-                                 time=f"{result.seconds:.2f}")
-            ET.SubElement(element, "error", message=result.error.splitlines()[0][:200]).text = (
-                f"{result.error}\ncase: {case.describe()}")
-            cases.append(element)
-            continue
-        for v in result.verdicts:
-            element = ET.Element("testcase", classname=classname, name=v.oracle,
-                                 time=f"{result.seconds / max(1, len(result.verdicts)):.2f}")
-            if not v.passed:
-                failures += 1
-                ET.SubElement(element, "failure", message=v.message[:200]).text = (
-                    f"{v.message}\ncase: {case.describe()}\nreplay: {replay}\n"
-                    f"artifacts: {result.directory}")
-            cases.append(element)
-    root = ET.Element("testsuite", name=f"taskq-stress.{name}", tests=str(len(cases)),
-                      failures=str(failures), errors=str(errors))
-    root.extend(cases)
-    ET.indent(root)
-    path.write_bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
+    def failure_context(case: Case, result: CellResult, replay: str) -> Callable[[Verdict], str]:
+        text = f"case: {case.describe()}\nreplay: {replay}\nartifacts: {result.directory}"
+        return lambda v: text
+
+    write_junit_rows(path, name, [
+        (f"{name}.{case.name}", result, f"case: {case.describe()}",
+         failure_context(case, result, replay)) for case, result, replay in rows])
 
 
 def _report_dir(options: ExploreOptions, what: str) -> Path:

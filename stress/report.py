@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,11 @@ from rich.console import Console
 from rich.table import Table
 
 from stress.cell import CellResult
-from stress.oracles import ORACLES
+from stress.oracles import ORACLES, Verdict
 from stress.suites import Suite
 
-__all__ = ["replay_command", "summary_table", "write_json", "write_junit"]
+__all__ = ["replay_command", "summary_table", "write_json", "write_junit",
+           "write_junit_rows"]
 
 
 def replay_command(report: Path, cell_id: str) -> str:
@@ -125,16 +126,31 @@ def write_json(path: Path, suite: Suite, run: dict[str, Any],
 
 
 def write_junit(path: Path, suite: Suite, results: Sequence[CellResult]) -> None:
+    def failure_context(result: CellResult) -> Callable[[Verdict], str]:
+        return lambda v: (f"figures: {json.dumps(v.figures)}\nseed: {result.seed}\n"
+                          f"replay: {result.replay}\nartifacts: {result.directory}")
+
+    write_junit_rows(path, suite.name, [
+        (f"{suite.name}.{result.cell.id}", result, f"replay: {result.replay}",
+         failure_context(result)) for result in results])
+
+
+def write_junit_rows(path: Path, name: str,
+                     rows: Iterable[tuple[str, CellResult, str, Callable[[Verdict], str]]]
+                     ) -> None:
+    """JUnit XML for suite ``taskq-stress.<name>``, a row a run: ``(classname, result,
+    error_context, failure_context)``. A run that raised is one testcase ``run`` (its error
+    then ``error_context``); otherwise a testcase per oracle, a failed one with its message
+    then ``failure_context(verdict)``."""
     cases = []
     failures = errors = 0
-    for result in results:
-        classname = f"{suite.name}.{result.cell.id}"
+    for classname, result, error_context, failure_context in rows:
         if result.error:
             errors += 1
             case = ET.Element("testcase", classname=classname, name="run",
                               time=f"{result.seconds:.2f}")
             error = ET.SubElement(case, "error", message=result.error.splitlines()[0][:200])
-            error.text = f"{result.error}\nreplay: {result.replay}"
+            error.text = f"{result.error}\n{error_context}"
             cases.append(case)
             continue
         for v in result.verdicts:
@@ -143,11 +159,9 @@ def write_junit(path: Path, suite: Suite, results: Sequence[CellResult]) -> None
             if not v.passed:
                 failures += 1
                 failure = ET.SubElement(case, "failure", message=v.message[:200])
-                failure.text = (f"{v.message}\nfigures: {json.dumps(v.figures)}\n"
-                                f"seed: {result.seed}\nreplay: {result.replay}\n"
-                                f"artifacts: {result.directory}")
+                failure.text = f"{v.message}\n{failure_context(v)}"
             cases.append(case)
-    root = ET.Element("testsuite", name=f"taskq-stress.{suite.name}", tests=str(len(cases)),
+    root = ET.Element("testsuite", name=f"taskq-stress.{name}", tests=str(len(cases)),
                       failures=str(failures), errors=str(errors))
     root.extend(cases)
     ET.indent(root)
