@@ -7,7 +7,9 @@ could not be carried out (a broker unreachable, a worker that would not start, a
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -15,6 +17,22 @@ from chaos.cli import cli as chaos_cli
 from stress.errors import StressError
 
 __all__ = ["main"]
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def _report_options(command: _Command) -> _Command:
+    """``--report-dir``, ``--json`` and ``--junit``: where ``run`` and ``explore`` write."""
+    for option in reversed((
+        click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path),
+                     default=None),
+        click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+                     default=None),
+        click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path),
+                     default=None),
+    )):
+        command = option(command)
+    return command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,11 +89,7 @@ def list_suites() -> None:
 @click.option("--worker-cmd", default=None,
               help="Judge another worker: a command line with {queue} {concurrency} {pool} "
                    "{broker} {node} {max_tasks_per_child} {acks_late} placeholders.")
-@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None)
-@click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None)
+@_report_options
 def run(corpus: Path | None, suite_name: str | None, app: str | None,
         workload_file: Path | None,
         matrix_file: Path | None, cell_text: str | None, duration: float | None,
@@ -199,11 +213,7 @@ def _seconds(text: str) -> float:
 @click.option("--keep-going", is_flag=True,
               help="After a failure is shrunk and saved, search on until the budget is spent "
                    "(shrinking does not count against it).")
-@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None)
-@click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None)
+@_report_options
 def explore(budget: str, shrink_budget: str, seed: int | None, brokers: tuple[str, ...],
             worker_cmd: str | None, app: str | None, runs_per_candidate: int,
             corpus_dir: Path, corner_weight: float, max_cases: int | None, keep_going: bool,
