@@ -11,24 +11,10 @@ from typing import Any
 
 import psutil
 import pytest
-from pool_support import Harness, app, zombies
+from pool_support import app, zombies
 
 from taskq.errors import TimeLimitExceeded, WorkerLostError
 from taskq.pool import prefork
-
-
-@pytest.fixture
-def harness():
-    made: list[Harness] = []
-
-    def make(**kwargs: Any) -> Harness:
-        h = Harness(**kwargs).start()
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        h.close()
 
 
 def test_jobs_report_started_then_done(harness):

@@ -11,13 +11,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import resource
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from taskq.canvas import Signature
 from taskq.errors import TimeLimitExceeded, WorkerLostError
 from taskq.pool.base import Job
 from taskq.protocol import TaskMessage
+from tests.fd_support import many_open_fds
 
 
 @app.task(name="wait_for_file")
@@ -50,23 +49,6 @@ class _DiesWhenRead:
 
     def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         return os._exit, (3,)
-
-
-@pytest.fixture
-def harness() -> Iterator[Callable[..., Harness]]:
-    made: list[Harness] = []
-    init_hooks = list(app.hooks.worker_process_init)
-
-    def make(**kwargs: Any) -> Harness:
-        h = Harness(**kwargs).start()
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        h.close()
-    app.hooks.worker_process_init[:] = init_hooks
-    app._backend = None  # a backend made for one test's settings is not the next one's
 
 
 def _apply(h: Harness, msg: TaskMessage, **job: Any) -> Job:
@@ -106,31 +88,11 @@ def test_withdrawn_jobs_give_their_max_tasks_slot_back(harness, tmp_path):
 
 # -- #4 ---------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _many_open_fds(count: int) -> Iterator[None]:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = count + 512
-    if soft < wanted:
-        if hard != resource.RLIM_INFINITY and hard < wanted:
-            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below {wanted}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    fds: list[int] = []
-    try:
-        for _ in range(count):
-            fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-        assert max(fds) >= 1024
-        yield
-    finally:
-        for fd in fds:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
 @pytest.mark.parametrize("optimization", ["fair", "fast"])
 def test_a_parent_with_fds_above_1024_runs_jobs(harness, optimization):
     """Given a parent with 1,100 open fds (so the children's pipes are numbered >= 1024),
     jobs run: nothing in the child selects on its pipe (select() fails past 1023)."""
-    with _many_open_fds(1100):
+    with many_open_fds(1100):
         h = harness(concurrency=1, worker_optimization=optimization)
         [child] = h.pool.children.values()
         assert child.job_fd >= 1024 and child.event_fd >= 1024

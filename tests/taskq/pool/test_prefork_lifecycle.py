@@ -16,26 +16,12 @@ from typing import Any
 
 import psutil
 import pytest
-from pool_support import Harness, app, message, zombies
+from pool_support import app, message, zombies
 
 from taskq.errors import WorkerLostError
 from taskq.pool import prefork
 from taskq.pool.base import Job
 from taskq.pool.child import log_fds
-
-
-@pytest.fixture
-def harness() -> Iterator[Any]:
-    made: list[Harness] = []
-
-    def make(start: bool = True, **kwargs: Any) -> Harness:
-        h = Harness(**kwargs)
-        made.append(h)
-        return h.start() if start else h
-
-    yield make
-    for h in made:
-        h.close()
 
 
 @pytest.fixture

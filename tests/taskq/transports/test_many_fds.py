@@ -4,11 +4,8 @@ for fd numbers >= 1024, so waiting on a socket must use ``poll``."""
 from __future__ import annotations
 
 import contextlib
-import os
-import resource
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,27 +14,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 import taskq  # noqa: F401 - registers the sqlite:// alias
 from taskq.transports.redis import Channel as RedisChannel
-
-
-@contextlib.contextmanager
-def many_open_fds(count: int = 1100) -> Iterator[None]:
-    """Hold ``count`` more open fds (raising the soft RLIMIT_NOFILE if needed), so the next
-    fds this process opens are numbered past 1023."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = count + 512
-    if soft < wanted:
-        if hard != resource.RLIM_INFINITY and hard < wanted:
-            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below {wanted}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    fds: list[int] = []
-    try:
-        for _ in range(count):
-            fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-        yield
-    finally:
-        for fd in fds:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+from tests.fd_support import many_open_fds
 
 
 def test_sqlite_drain_events_waits_on_a_wake_socket_numbered_past_1023(tmp_path: Path) -> None:
