@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from kombu import Connection, Message
 
     from taskq.app import TaskQ
+    from taskq.protocol import TaskMessage
 
 logger = logging.getLogger("taskq.worker")
 
@@ -748,14 +749,6 @@ class Worker:
         # a publish retries); acked back on the loop once the copy is on the broker. A full
         # lane requeues the message as it is, as a failed publish does.
         msg = request.msg.evolve(headers={**request.msg.headers, "redelivered_count": count})
-        info = request.message.delivery_info or {}
-
-        def publish() -> None:
-            self.app.publish_message(
-                msg, queue=info.get("routing_key") or None,
-                exchange=info.get("exchange"), routing_key=info.get("routing_key"),
-                retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
-            )
 
         def then(outcome: Outcome) -> None:
             if not outcome.ok:
@@ -768,8 +761,39 @@ class Worker:
                            self.app.conf.task_max_redeliveries)
             self.consumer.ack(request)
 
-        if not self.offload_io.submit(f"republishing lost task {request.id}", publish, then):
+        if not self._publish_copy(request, msg, f"republishing lost task {request.id}", then):
             self.consumer.reject(request, requeue=True)
+
+    def _publish_copy(self, request: Request, msg: TaskMessage, what: str,
+                      then: Callable[[Outcome], None]) -> bool:
+        """Publish ``msg`` where ``request`` came from, off the loop; False if refused."""
+        info = request.message.delivery_info or {}
+
+        def publish() -> None:
+            self.app.publish_message(
+                msg, queue=info.get("routing_key") or None,
+                exchange=info.get("exchange"), routing_key=info.get("routing_key"),
+                retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
+            )
+
+        return self.offload_io.submit(what, publish, then)
+
+    def _hand_on_acked(self, request: Request) -> None:
+        """An early-acked job the pool gave back while the worker stops: the broker will not
+        deliver it again, so a copy goes back to its queue for another worker to run."""
+        def then(outcome: Outcome) -> None:
+            if outcome.ok:
+                logger.info("task %s[%s] was acked but not started before the worker stopped: "
+                            "published again", request.name, request.id)
+            else:
+                logger.error("task %s[%s] was acked but not started before the worker stopped, "
+                             "and publishing it again failed (%r): it is lost", request.name,
+                             request.id, outcome.error)
+
+        if not self._publish_copy(request, request.msg, f"handing on acked task {request.id}",
+                                  then):
+            logger.error("task %s[%s] was acked but not started before the worker stopped, "
+                         "and the publishing lane is full: it is lost", request.name, request.id)
 
     def on_job_unstarted(self, job: Job, request: Request | None = None) -> None:
         """A job the pool took but never started: run it elsewhere, or give it back."""
@@ -783,7 +807,9 @@ class Worker:
             self._orphans.append(request)  # its connection is gone: given back
             self._release_orphans()
             return
-        if self.stopping:
+        if self.stopping and request.acknowledged:
+            self._hand_on_acked(request)
+        elif self.stopping:
             self.consumer.reject(request, requeue=True)
         else:
             self.ready.appendleft(request)

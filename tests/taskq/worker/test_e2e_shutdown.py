@@ -157,3 +157,29 @@ def test_soft_shutdown_timeout_lets_a_short_task_finish_on_a_cold_shutdown(
     assert w.wait_exit(10) == 0
     assert ledger.ended(running.id)
     assert running.get(timeout=5) == "slept"
+
+
+def test_early_ack_jobs_queued_in_a_child_at_a_cold_shutdown_run_on_the_next_worker(
+        broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
+    """Early acks are sent before a job reaches a child, so the broker never delivers the jobs
+    a fast child still held again. A cold shutdown (not a crash) gives them back to the
+    worker, which publishes them again: they run on the next worker, once."""
+    a = worker(broker, pool="prefork", concurrency=1, args=["-O", "fast"])
+    client = broker.app()
+    running = client.send_task("appmod.sleeper", (60.0, str(ledger)))
+    ledger.wait_started(running.id)
+    queued = [client.send_task("appmod.sleeper", (0.01, str(ledger))) for _ in range(2)]
+
+    def queued_in_child() -> bool:
+        replies = client.control.broadcast("stats", destination=[a.hostname], reply=True,
+                                           timeout=2)
+        return any(r.get(a.hostname, {}).get("pool", {}).get("queued", 0) >= 1
+                   for r in replies or [])
+
+    wait_until(queued_in_child, timeout=30, what="a short task queued in the child")
+    a.signal(signal.SIGQUIT)
+    a.wait_exit(30)
+    b = worker(broker, pool="threads", concurrency=2)
+    for result in queued:
+        assert result.get(timeout=60) == "slept"
+        assert [pid for pid, _ in ledger.starts(result.id)] == [b.pid]
