@@ -166,8 +166,11 @@ def _rerun_allowed(history: History, previous: Entry, faults: Sequence[FaultReco
             and (end is None or r.mono <= end) for r in _ok(faults, {"kill-child"})):
         return True  # its child was killed while it ran: requeued (seen without the hooks)
     if cell["acks"] in ("late", "late-reject"):
-        # redelivered after a dead main process or a lost connection
-        return any(r.mono >= previous.mono for r in _ok(faults, MAIN_FAULTS | NET_FAULTS))
+        # Redelivered after a dead main process or a lost connection. A main process told to
+        # stop (SIGQUIT, SIGTERM) a moment before may still see a child start a job it held;
+        # that job was never acked either.
+        return any(r.mono >= previous.mono - (EARLY_ACK_WINDOW if r.kind in MAIN_FAULTS else 0)
+                   for r in _ok(faults, MAIN_FAULTS | NET_FAULTS))
     # Early acks are sent before the job goes to the pool (Redis and SQLite: and answered), so
     # a dying main process never leaves a started task unacked: the table's "lost", never a
     # rerun. An AMQP ack gets no answer: one written just before the connection was cut, or
