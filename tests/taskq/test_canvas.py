@@ -19,21 +19,6 @@ from taskq.errors import ChordError, ResultBackendError
 from taskq.result import AsyncResult, GroupResult
 
 
-@pytest.fixture(params=["redis", "amqp"])
-def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
-    b = make_broker(request.param)
-    yield b
-    b.cleanup()
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[WorkerSet]:
-    ws = WorkerSet(tmp_path)
-    yield ws
-    ws.stop_all()
-    print(ws.dump())
-
-
 def client_for(b: Broker) -> TaskQ:
     """A client app whose tasks have the worker's names (canvasmod)."""
     app = b.app()

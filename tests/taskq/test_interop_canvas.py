@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,32 +23,11 @@ from e2e_support import (  # noqa: E402
     Broker,
     Ledger,
     WorkerSet,
-    make_broker,
     wait_until,
 )
 
 from taskq import states  # noqa: E402
 from taskq.canvas import chain, chord, group  # noqa: E402
-
-
-@pytest.fixture
-def redis_broker() -> Iterator[Broker]:
-    b = make_broker("redis")
-    yield b
-    b.cleanup()
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[WorkerSet]:
-    ws = WorkerSet(tmp_path)
-    yield ws
-    ws.stop_all()
-    print(ws.dump())
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    return Ledger(tmp_path / "ledger.txt")
 
 
 def celery_client(b: Broker) -> celery.Celery:

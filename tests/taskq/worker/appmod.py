@@ -14,19 +14,11 @@ import os
 import time
 from typing import Any
 
+from ledgerfile import note as _note
+
 from taskq import TaskQ
 
 app = TaskQ("appmod")
-
-
-def _note(ledger: str | None, line: str) -> None:
-    if not ledger:
-        return
-    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 @app.task

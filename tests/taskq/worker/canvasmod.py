@@ -4,22 +4,13 @@ TASKQ_* variables, as for appmod; tasks that must be observed append to a ledger
 
 from __future__ import annotations
 
-import os
 from typing import Any
+
+from ledgerfile import note
 
 from taskq import TaskQ
 
 app = TaskQ("canvasmod")
-
-
-def note(ledger: str | None, line: str) -> None:
-    if not ledger:
-        return
-    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 @app.task(name="canvasmod.add")

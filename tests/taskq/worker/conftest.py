@@ -1,10 +1,11 @@
 """End-to-end worker fixtures: real brokers, real ``taskq worker`` subprocesses.
 
-Fixtures build on each other: ``broker`` (Redis or RabbitMQ, with names no other test uses)
-→ ``worker`` (a factory that starts ``taskq worker -A appmod`` through the real CLI and waits,
-with a deadline, until it is connected; at teardown it is stopped with SIGTERM, then SIGKILL
-after 10 s, and its log is printed when the test failed). ``ledger`` is a file the tasks
-write to, to be read by the test.
+Fixtures build on each other: ``broker`` (Redis or RabbitMQ, with names no other test uses;
+it, ``redis_broker``, ``amqp_broker`` and ``ledger`` are in tests/taskq/conftest.py, shared with
+the canvas tests) → ``worker`` (a factory that starts ``taskq worker -A appmod`` through the
+real CLI and waits, with a deadline, until it is connected; at teardown it is stopped with
+SIGTERM, then SIGKILL after 10 s, and its log is printed when the test failed). ``ledger`` is
+a file the tasks write to, to be read by the test.
 """
 
 from __future__ import annotations
@@ -14,34 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Broker, Ledger, StartWorker, WorkerSet, make_broker
-
-
-@pytest.fixture(params=["redis", "amqp"])
-def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
-    """Each test that uses it runs once on Redis and once on RabbitMQ."""
-    b = make_broker(request.param)
-    yield b
-    b.cleanup()
-
-
-@pytest.fixture
-def redis_broker() -> Iterator[Broker]:
-    b = make_broker("redis")
-    yield b
-    b.cleanup()
-
-
-@pytest.fixture
-def amqp_broker() -> Iterator[Broker]:
-    b = make_broker("amqp")
-    yield b
-    b.cleanup()
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    return Ledger(tmp_path / "ledger.txt")
+from e2e_support import StartWorker, WorkerSet
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
