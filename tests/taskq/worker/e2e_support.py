@@ -313,6 +313,24 @@ class WorkerProcess:
         return {c.laddr.port for c in conns
                 if c.raddr and c.raddr.port == remote_port and c.status == "ESTABLISHED"}
 
+    def kill_redis_clients(self) -> int:
+        """Cut the worker's connections to Redis (CLIENT KILL on each of its local ports);
+        how many Redis closed."""
+        import redis
+
+        ports = self.local_ports(REDIS_PORT)
+        assert ports, "the worker has no connection to Redis"
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+        try:
+            killed = 0
+            for port in ports:
+                with contextlib.suppress(redis.ResponseError):  # it closed by itself meanwhile
+                    killed += int(client.client_kill_filter(_type=None,
+                                                            addr=f"127.0.0.1:{port}") or 0)
+            return killed
+        finally:
+            client.close()
+
 
 StartWorker = Callable[..., WorkerProcess]
 

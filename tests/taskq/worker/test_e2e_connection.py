@@ -24,25 +24,6 @@ from taskq import states
 RECONNECT_WITHIN = 5.0
 
 
-def _kill_redis_clients(w: WorkerProcess) -> int:
-    import redis
-
-    ports = w.local_ports(6379)
-    assert ports, "the worker has no connection to Redis"
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
-    try:
-        killed = 0
-        for port in ports:
-            try:
-                killed += int(client.client_kill_filter(_type=None, addr=f"127.0.0.1:{port}")
-                              or 0)
-            except redis.ResponseError:  # it closed by itself meanwhile
-                pass
-        return killed
-    finally:
-        client.close()
-
-
 def _rabbitmqctl(*args: str) -> str:
     exe = shutil.which("rabbitmqctl")
     if exe is None:
@@ -65,7 +46,7 @@ def _close_amqp_connections(w: WorkerProcess) -> int:
 
 
 def _cut(broker: Broker, w: WorkerProcess) -> int:
-    return _kill_redis_clients(w) if broker.kind == "redis" else _close_amqp_connections(w)
+    return w.kill_redis_clients() if broker.kind == "redis" else _close_amqp_connections(w)
 
 
 def _cut_and_see(broker: Broker, w: WorkerProcess, pattern: str) -> None:

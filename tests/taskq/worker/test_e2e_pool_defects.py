@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 import pytest
-from e2e_support import REDIS_URL, Broker, Ledger, StartWorker, WorkerProcess, wait_until
+from e2e_support import Broker, Ledger, StartWorker, wait_until
 
 from taskq import states
 from taskq.canvas import Signature
@@ -23,23 +23,6 @@ from taskq.canvas import Signature
 
 def _meta(client: Any, task_id: str) -> dict[str, Any]:
     return client.backend.get_task_meta(task_id)
-
-
-def _kill_redis_clients(w: WorkerProcess) -> int:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
-    try:
-        killed = 0
-        for port in w.local_ports(6379):
-            try:
-                killed += int(client.client_kill_filter(_type=None, addr=f"127.0.0.1:{port}")
-                              or 0)
-            except redis.ResponseError:  # it closed by itself meanwhile
-                pass
-        return killed
-    finally:
-        client.close()
 
 
 # -- #1 ---------------------------------------------------------------------------------------
@@ -60,7 +43,7 @@ def test_max_tasks_per_child_keeps_working_after_a_lost_connection(
     for r in queued:
         w.wait_log(rf"received appmod\.late_sleeper\[{r.id}\]")
     offset = len(w.log())
-    assert _kill_redis_clients(w) >= 1
+    assert w.kill_redis_clients() >= 1
     w.wait_log(r"took 2 back from the pool", 15, after=offset)
     more = [client.send_task("appmod.stamp", (str(ledger),)) for _ in range(5)]
     for r in [*queued, *more]:

@@ -11,7 +11,6 @@ and the embedded SQLite broker:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import threading
@@ -26,7 +25,6 @@ from e2e_support import (
     Broker,
     Ledger,
     StartWorker,
-    WorkerProcess,
     make_broker,
     wait_until,
 )
@@ -101,21 +99,6 @@ def expire_leases(broker: Broker) -> int:
         client.close()
 
 
-def kill_redis_clients(w: WorkerProcess) -> int:
-    ports = w.local_ports(6379)
-    assert ports, "the worker has no connection to Redis"
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
-    try:
-        killed = 0
-        for port in ports:
-            with contextlib.suppress(redis.ResponseError):  # it closed by itself meanwhile
-                killed += int(client.client_kill_filter(_type=None, addr=f"127.0.0.1:{port}")
-                              or 0)
-        return killed
-    finally:
-        client.close()
-
-
 # -- item 2: a pool that blocks the loop ------------------------------------------------------
 LEASE = 3.0
 
@@ -167,7 +150,7 @@ def test_after_a_cut_reserved_tasks_go_to_an_idle_worker_and_running_ones_keep_t
 
     offset = len(a.log())
     cut_at = time.monotonic()
-    assert kill_redis_clients(a) >= 1
+    assert a.kill_redis_clients() >= 1
     a.wait_log(r"lost the broker connection", 10, after=offset)
     wait_until(lambda: all(any(pid == b.pid for pid, _ in ledger.starts(r.id))
                            for r in reserved),
