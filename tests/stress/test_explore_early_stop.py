@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,25 @@ def test_a_stopped_run_keeps_the_oracle_that_stopped_it_and_judges_no_other() ->
     assert "never started" not in by["nothing-lost"].message
 
 
+def _deadlock_result(case: Any, directory: Path, passed: bool, message: str = "x"
+                     ) -> CellResult:
+    """What a fake ``run_case`` returns: one verdict, ``deadlock``."""
+    return CellResult(case.cell(), case.seed, [Verdict("deadlock", passed, message)], {},
+                      directory, 1.0, "taskq worker")
+
+
+def _explore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+             fake_run: Callable[[Any, Path, Any], CellResult], **options: Any
+             ) -> tuple[int, dict[str, Any]]:
+    """Explore (a 600 s budget) with ``fake_run`` in place of ``run_case``: its exit code and
+    its JSON report."""
+    monkeypatch.setattr(explorer, "run_case", fake_run)
+    options.setdefault("out", io.StringIO())
+    code = explorer.explore(explorer.ExploreOptions(
+        budget=600, report_dir=tmp_path / "r", corpus_dir=tmp_path / "corpus", **options))
+    return code, json.loads((tmp_path / "r" / "report.json").read_text())
+
+
 def test_an_interrupted_search_still_writes_its_json_report(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
@@ -63,15 +83,10 @@ def test_an_interrupted_search_still_writes_its_json_report(
         calls.append(case)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return CellResult(case.cell(), case.seed, [Verdict("deadlock", True, "ok")], {},
-                          directory, 1.0, "taskq worker")
+        return _deadlock_result(case, directory, True, "ok")
 
-    monkeypatch.setattr(explorer, "run_case", fake_run)
     out = io.StringIO()
-    options = explorer.ExploreOptions(budget=600, seed=3, report_dir=tmp_path / "r",
-                                      corpus_dir=tmp_path / "corpus", out=out)
-    code = explorer.explore(options)
-    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    code, report = _explore(tmp_path, monkeypatch, fake_run, seed=3, out=out)
     assert code == 2
     assert report["explore"]["interrupted"] is True
     assert report["explore"]["cases"] == 2 and len(report["cells"]) == 1
@@ -83,15 +98,12 @@ def test_keep_going_shrinks_and_saves_every_failure_and_searches_on(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def fake_run(case: Any, directory: Path, options: Any) -> CellResult:
         failed = bool(case.faults)  # a synthetic bug: any fault at all
-        return CellResult(case.cell(), case.seed, [Verdict("deadlock", not failed, "x")], {},
-                          directory, 1.0, "taskq worker")
+        return _deadlock_result(case, directory, not failed)
 
-    monkeypatch.setattr(explorer, "run_case", fake_run)
-    options = explorer.ExploreOptions(budget=600, seed=5, report_dir=tmp_path / "r",
-                                      corpus_dir=tmp_path / "corpus", out=io.StringIO(),
-                                      max_cases=6, keep_going=True)
-    assert explorer.explore(options) == 1
-    report = json.loads((tmp_path / "r" / "report.json").read_text())["explore"]
+    code, whole = _explore(tmp_path, monkeypatch, fake_run, seed=5, max_cases=6,
+                           keep_going=True)
+    assert code == 1
+    report = whole["explore"]
     assert report["cases"] == 6
     assert len(report["failures"]) >= 2
     assert all(len(json.loads(json.dumps(f))["shrunk_describe"].split("|")[-1]
@@ -106,15 +118,12 @@ def test_keep_going_does_not_draw_a_known_failure_again(
     def fake_run(case: Any, directory: Path, options: Any) -> CellResult:
         seen.append((directory.name, case))
         failed = case.config["pool_type"] == "solo"  # a synthetic bug: the solo pool
-        return CellResult(case.cell(), case.seed, [Verdict("deadlock", not failed, "x")], {},
-                          directory, 1.0, "taskq worker")
+        return _deadlock_result(case, directory, not failed)
 
-    monkeypatch.setattr(explorer, "run_case", fake_run)
-    options = explorer.ExploreOptions(budget=600, seed=8, report_dir=tmp_path / "r",
-                                      corpus_dir=tmp_path / "corpus", out=io.StringIO(),
-                                      max_cases=40, keep_going=True)
-    assert explorer.explore(options) == 1
-    report = json.loads((tmp_path / "r" / "report.json").read_text())["explore"]
+    code, whole = _explore(tmp_path, monkeypatch, fake_run, seed=8, max_cases=40,
+                           keep_going=True)
+    assert code == 1
+    report = whole["explore"]
     assert len(report["failures"]) == 1  # found once, then solo cases are drawn no more
     assert report["skipped_like_known_failures"] > 0
     searched = [c for d, c in seen if d.startswith("case-")]
