@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from kombu import Exchange, Producer
@@ -49,8 +49,10 @@ class EventDispatcher:
     """
 
     def __init__(self, connection: Connection, hostname: str, clock: LamportClock,
-                 *, enabled: bool = True, groups: Collection[str] | None = None) -> None:
+                 *, enabled: bool = True, groups: Collection[str] | None = None,
+                 on_error: Callable[[BaseException], None] | None = None) -> None:
         self.connection = connection
+        self.on_error = on_error  # told of every failed send (the worker: a dead connection)
         self.hostname = hostname
         self.clock = clock
         self.enabled = enabled
@@ -82,6 +84,8 @@ class EventDispatcher:
         except Exception as exc:
             self._producer = None
             logger.debug("event %s not sent: %r", type_, exc)
+            if self.on_error is not None:
+                self.on_error(exc)
             return None
         self.sent += 1
         return event

@@ -48,9 +48,27 @@ class Events:
         self.online_sent = False
 
     def attach(self, conn: Connection) -> None:
-        self.dispatcher = EventDispatcher(conn, self.worker.hostname, self.worker.app.clock)
+        self.dispatcher = EventDispatcher(conn, self.worker.hostname, self.worker.app.clock,
+                                          on_error=self._send_failed)
         if not self.online_sent:
             self.online_sent = bool(self.send("worker-online", **worker_fields()))
+
+    def _send_failed(self, exc: BaseException) -> None:
+        """An event could not go out on the worker's broker connection: if that is a
+        connection error, the connection is dead. Send no more events on it (each attempt
+        would wait for its write or channel timeout on the loop) and have the consumer
+        reconnect, from the next loop iteration, unless it reconnected meanwhile."""
+        consumer = self.worker.consumer
+        if not consumer.is_connection_error(exc):
+            return
+        self.dispatcher = None
+        generation = consumer.generation
+
+        def lost() -> None:
+            if consumer.generation == generation:
+                consumer.on_connection_error(exc)
+
+        self.worker.loop.call_soon(lost)
 
     def detach(self) -> None:
         self.dispatcher = None

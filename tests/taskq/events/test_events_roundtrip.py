@@ -39,3 +39,15 @@ def test_dispatcher_groups_filter_event_types(redis_url, unique):
         dispatcher = EventDispatcher(conn, "h", LamportClock(), groups={"worker"})
         assert dispatcher.send("task-started", uuid="x") is None
         assert dispatcher.send("worker-heartbeat", freq=2.0) is not None
+
+
+def test_a_send_on_a_dead_connection_is_reported_not_only_logged(amqp_url):
+    """The worker learns its broker connection is dead from a failed event too (before,
+    every heartbeat and task event on a black-holed RabbitMQ connection waited for its own
+    timeout on the loop, and the worker noticed the hole seconds later)."""
+    errors: list[BaseException] = []
+    conn = Connection("amqp://guest:guest@127.0.0.1:1//", connect_timeout=1)  # nothing there
+    dispatcher = EventDispatcher(conn, "h", LamportClock(), on_error=errors.append)
+    assert dispatcher.send("worker-heartbeat") is None
+    assert len(errors) == 1
+    conn.release()
