@@ -166,10 +166,10 @@ def _rerun_allowed(history: History, previous: Entry, faults: Sequence[FaultReco
             and (end is None or r.mono <= end) for r in _ok(faults, {"kill-child"})):
         return True  # its child was killed while it ran: requeued (seen without the hooks)
     if cell["acks"] in ("late", "late-reject"):
-        # Redelivered after a dead main process or a lost connection. A main process told to
-        # stop (SIGQUIT, SIGTERM) a moment before may still see a child start a job it held;
-        # that job was never acked either.
-        return any(r.mono >= previous.mono - (EARLY_ACK_WINDOW if r.kind in MAIN_FAULTS else 0)
+        # Redelivered after a dead main process or a lost connection. A child may start a job
+        # it already held a moment after the fault (a main process told to stop; a connection
+        # cut while the job was written to the child): never acked either, so it comes back.
+        return any(r.mono >= previous.mono - EARLY_ACK_WINDOW
                    for r in _ok(faults, MAIN_FAULTS | NET_FAULTS))
     # Early acks are sent before the job goes to the pool (Redis and SQLite: and answered), so
     # a dying main process never leaves a started task unacked: the table's "lost", never a
