@@ -399,6 +399,15 @@ class Worker:
                                request.name, request.id)
         self._release_orphans()
 
+    def _gave_back_orphan(self, request: Request) -> bool:
+        """True (and the request given back) when its connection is gone and it was not
+        acked: the new connection releases its message at once."""
+        if request.generation == self.consumer.generation or request.acknowledged:
+            return False
+        self._orphans.append(request)
+        self._release_orphans()
+        return True
+
     def _release_orphans(self) -> None:
         if self._orphans and self.consumer.connected:
             orphans, self._orphans = self._orphans, []
@@ -569,9 +578,7 @@ class Worker:
             if early:
                 self.consumer.ack_now(early)
             for n, request in enumerate(batch):
-                if request.generation != self.consumer.generation and not request.acknowledged:
-                    self._orphans.append(request)  # its connection is gone: given back
-                    self._release_orphans()
+                if self._gave_back_orphan(request):
                     continue
                 if (not request.acks_late and not request.acknowledged) or \
                         not self.pool.can_accept():
@@ -587,9 +594,7 @@ class Worker:
         batch: list[Request] = []
         while self.ready and len(batch) < room:
             request = self.ready.popleft()
-            if request.generation != self.consumer.generation and not request.acknowledged:
-                self._orphans.append(request)  # its connection is gone: given back
-                self._release_orphans()
+            if self._gave_back_orphan(request):
                 continue
             if request.id in self.revoked or request.expired():
                 self._discard_revoked(request)
@@ -803,9 +808,7 @@ class Worker:
         if request.settled_reason is not None:  # its lease was lost (on_leases_lost)
             self.consumer.drop(request)
             return
-        if request.generation != self.consumer.generation and not request.acknowledged:
-            self._orphans.append(request)  # its connection is gone: given back
-            self._release_orphans()
+        if self._gave_back_orphan(request):
             return
         if self.stopping and request.acknowledged:
             self._hand_on_acked(request)
