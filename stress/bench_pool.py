@@ -1,4 +1,4 @@
-"""Measure lost-process detection: ``python -m taskq.pool.bench --kills 500``.
+"""``taskq-stress bench pool``: how fast the prefork pool notices a dead child and replaces it.
 
 For each SIGKILL of a child running a task it records, from outside the pool (the benchmark
 holds its own pidfd on the child):
@@ -7,14 +7,12 @@ holds its own pidfd on the child):
 - pidfd readable → job marked lost (``on_lost`` called): the pool's part, one loop iteration;
 - kill → lost, and kill → replacement child ready (``on_capacity``);
 
-with the children's RSS. A benchmark, not a test: ``run()`` returns the figures (the stress
-bench can call it) and ``main()`` prints them as JSON.
+with the children's RSS. A benchmark, not a test: ``run()`` returns the figures and the
+command prints them as JSON.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import select
 import signal
@@ -126,16 +124,3 @@ def run(kills: int = 500, concurrency: int = 2, mib: int = 0,
         "kill_to_replacement_ready": _summary(t_ready),
     }
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kills", type=int, default=500)
-    parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--mib", type=int, default=0, help="memory each child holds")
-    parser.add_argument("--no-pidfd", action="store_true", help="measure the EOF fallback")
-    args = parser.parse_args()
-    print(json.dumps(run(args.kills, args.concurrency, args.mib, not args.no_pidfd), indent=2))
-
-
-if __name__ == "__main__":
-    main()

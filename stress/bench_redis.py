@@ -1,6 +1,4 @@
-"""Micro benchmark: fetch + ack throughput of taskq's Redis transport against kombu's own.
-
-    python -m taskq.transports.redis_bench [--url redis://127.0.0.1:6379/0] [--messages 3000]
+"""``taskq-stress bench redis``: fetch + ack throughput of taskq's Redis transport and kombu's.
 
 Per transport and mode, publishes the messages (kombu's producer, untimed), then times
 consuming and acking all of them one at a time:
@@ -15,10 +13,9 @@ Redis server is touched.
 
 from __future__ import annotations
 
-import argparse
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -93,23 +90,18 @@ def measure(url: str, transport: str | None, mode: Callable[[Connection, Queue, 
         client.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--messages", type=int, default=3000)
-    args = parser.parse_args(argv)
-    modes: dict[str, Callable[[Connection, Queue, int], int]] = {
+def _modes() -> dict[str, Callable[[Connection, Queue, int], int]]:
+    return {
         "get + ack": _get_and_ack,
         "consume p1 + ack": _consume_and_ack(1),
         "consume p10 + ack": _consume_and_ack(10),
         "consume p100 + ack": _consume_and_ack(100),
     }
-    print(f"{'mode':<20}" + "".join(f"{name:>16}" for name in TRANSPORTS) + "   msgs/s")
-    for label, mode in modes.items():
-        rates = [measure(args.url, transport, mode, args.messages)
-                 for transport in TRANSPORTS.values()]
-        print(f"{label:<20}" + "".join(f"{rate:>16,.0f}" for rate in rates))
 
 
-if __name__ == "__main__":
-    main()
+def rows(url: str, messages: int) -> Iterator[str]:
+    """A table of messages per second, one line per mode, each yielded once measured."""
+    yield f"{'mode':<20}" + "".join(f"{name:>16}" for name in TRANSPORTS) + "   msgs/s"
+    for label, mode in _modes().items():
+        rates = [measure(url, transport, mode, messages) for transport in TRANSPORTS.values()]
+        yield f"{label:<20}" + "".join(f"{rate:>16,.0f}" for rate in rates)

@@ -303,3 +303,29 @@ def drain(brokers: tuple[str, ...], tasks: int, concurrency: int, rounds: int,
                 runs.append(run)
         results[url.split("://")[0]] = report(runs)
     click.echo(json.dumps(results, indent=2))
+
+
+@bench.command()
+@click.option("--kills", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--mib", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Memory each child holds (the kernel reports a death once it is freed).")
+@click.option("--no-pidfd", is_flag=True, help="Measure the fallback without pidfds.")
+def pool(kills: int, concurrency: int, mib: int, no_pidfd: bool) -> None:
+    """Kill children running a task; print how fast the pool notices and replaces them."""
+    import json
+
+    from stress.bench_pool import run
+
+    click.echo(json.dumps(run(kills, concurrency, mib, use_pidfd=not no_pidfd), indent=2))
+
+
+@bench.command()
+@click.option("--url", default="redis://127.0.0.1:6379/0", show_default=True)
+@click.option("--messages", type=click.IntRange(min=1), default=3000, show_default=True)
+def redis(url: str, messages: int) -> None:
+    """Fetch + ack throughput of taskq's Redis transport against kombu's, per mode."""
+    from stress.bench_redis import rows
+
+    for line in rows(url, messages):
+        click.echo(line)
