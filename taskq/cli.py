@@ -10,41 +10,15 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
 
+from taskq import cli_ops
 from taskq.app import TaskQ
-from taskq.errors import TaskqError
-from taskq.loading import find_app
+from taskq.cli_base import Context, app_option, fail_cleanly
 
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s %(process)d] %(name)s: %(message)s"
-
-
-class Context:
-    def __init__(self, config: str | None) -> None:
-        self.config = config
-
-    def load_app(self, spec: str | None) -> TaskQ:
-        app = find_app(spec) if spec else TaskQ("taskq")
-        if self.config:
-            app.config_from_object(self.config)
-        return app
-
-
-def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn taskq's own errors into a one-line message and exit code 2, not a traceback."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except TaskqError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,10 +29,6 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
 def main(ctx: click.Context, config: str | None) -> None:
     """taskq: a task queue that does not deadlock and does not lose work."""
     ctx.obj = Context(config)
-
-
-app_option = click.option("-A", "--app", "app_spec", metavar="APP", envvar="TASKQ_APP",
-                          help="The app: module, module:attr, or a package with an app.")
 
 
 def _setup_logging(level: str, logfile: str | None) -> None:
@@ -99,7 +69,7 @@ def _setup_logging(level: str, logfile: str | None) -> None:
 @click.option("--without-gossip", is_flag=True, help="Do not follow other workers' heartbeats.")
 @click.option("--detach", is_flag=True, help="Run in the background (needs --pidfile).")
 @click.pass_obj
-@_fail_cleanly
+@fail_cleanly
 def worker(ctx: Context, app_spec: str | None, loglevel: str, concurrency: int | None,
            pool: str | None, optimization: str | None, queues: str | None,
            exclude_queues: str | None, hostname: str | None,
@@ -228,7 +198,7 @@ def _daemonize(logfile: str | None) -> None:
 @click.option("-Q", "--queues", help="Comma-separated queues (default: the default queue).")
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
-@_fail_cleanly
+@fail_cleanly
 def purge(ctx: Context, app_spec: str | None, queues: str | None, force: bool) -> None:
     """Delete every waiting message from the queues."""
     from taskq.publish import queue_for
@@ -252,7 +222,7 @@ def purge(ctx: Context, app_spec: str | None, queues: str | None, force: bool) -
 @click.option("--countdown", type=float)
 @click.option("--queue")
 @click.pass_obj
-@_fail_cleanly
+@fail_cleanly
 def call(ctx: Context, app_spec: str | None, name: str, args_json: str, kwargs_json: str,
          countdown: float | None, queue: str | None) -> None:
     """Send task NAME and print its id."""
@@ -273,7 +243,7 @@ def call(ctx: Context, app_spec: str | None, name: str, args_json: str, kwargs_j
 @click.option("--wait", "timeout", type=float, default=None, help="Wait up to this many s.")
 @click.option("--traceback", "show_tb", is_flag=True)
 @click.pass_obj
-@_fail_cleanly
+@fail_cleanly
 def result(ctx: Context, app_spec: str | None, task_id: str, timeout: float | None,
            show_tb: bool) -> None:
     """Print the state and result of TASK_ID."""
@@ -294,7 +264,7 @@ def graph() -> None:
 @graph.command()
 @app_option
 @click.pass_obj
-@_fail_cleanly
+@fail_cleanly
 def bootsteps(ctx: Context, app_spec: str | None) -> None:
     """The worker's steps and their dependencies."""
     from taskq.worker.steps import to_dot
@@ -306,10 +276,11 @@ def bootsteps(ctx: Context, app_spec: str | None) -> None:
     click.echo(to_dot(steps), nl=False)
 
 
-from taskq import cli_ops as _cli_ops  # noqa: E402,F401 - registers the cluster commands
+# The cluster commands live in cli_ops; the command line is assembled here, in one direction.
+for _command in (cli_ops.inspect, cli_ops.control, cli_ops.status, cli_ops.events,
+                 cli_ops.multi):
+    main.add_command(_command)
+graph.add_command(cli_ops.workers)
 
 if __name__ == "__main__":  # pragma: no cover - `python -m taskq.cli`
-    # Run the imported module's group: this __main__ copy lacks the commands cli_ops added.
-    from taskq.cli import main as _main
-
-    _main()
+    main()

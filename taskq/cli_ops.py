@@ -1,4 +1,7 @@
-"""``taskq inspect``, ``control``, ``status``, ``events``, ``graph workers`` and ``multi``."""
+"""``taskq inspect``, ``control``, ``status``, ``events``, ``graph workers`` and ``multi``.
+
+The commands are plain click commands; ``taskq.cli`` adds them to its groups.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any
 
 import click
 
-from taskq.cli import Context, _fail_cleanly, app_option, graph, main
+from taskq.cli_base import Context, app_option, fail_cleanly
 
 INSPECT_COMMANDS = ("active", "reserved", "scheduled", "revoked", "registered", "stats",
                     "conf", "clock", "active_queues", "query_task", "report", "ping")
@@ -62,13 +65,13 @@ def _remote_command(choices: tuple[str, ...]) -> Callable[[Callable[..., Any]], 
 
     def decorate(fn: Callable[..., Any]) -> Any:
         for option in reversed([
-            main.command(name=fn.__name__), app_option,
+            click.command(name=fn.__name__), app_option,
             click.argument("command", type=click.Choice(choices)),
             click.argument("arguments", nargs=-1),
             click.option("-d", "--destination", help="Comma-separated node names."),
             click.option("-t", "--timeout", type=float, default=1.0, show_default=True),
             click.option("-j", "--json", "as_json", is_flag=True),
-            click.pass_obj, _fail_cleanly,
+            click.pass_obj, fail_cleanly,
         ]):
             fn = option(fn)  # type: ignore[operator]
         return fn
@@ -111,11 +114,11 @@ def control(ctx: Context, app_spec: str | None, command: str, arguments: tuple[s
     _print_replies(replies, as_json)
 
 
-@main.command()
+@click.command()
 @app_option
 @click.option("-t", "--timeout", type=float, default=1.0, show_default=True)
 @click.pass_obj
-@_fail_cleanly
+@fail_cleanly
 def status(ctx: Context, app_spec: str | None, timeout: float) -> None:
     """List the workers that answer a ping."""
     app = ctx.load_app(app_spec)
@@ -127,12 +130,12 @@ def status(ctx: Context, app_spec: str | None, timeout: float) -> None:
         sys.exit(1)
 
 
-@main.command()
+@click.command()
 @app_option
 @click.option("--dump", is_flag=True, help="Print every raw event as JSON.")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 @click.pass_obj
-@_fail_cleanly
+@fail_cleanly
 def events(ctx: Context, app_spec: str | None, dump: bool, duration: float | None) -> None:
     """Watch the cluster's events (a live view, or --dump for raw events)."""
     from taskq.events import EventReceiver, State
@@ -180,11 +183,11 @@ def _draw(state: Any) -> None:
     console.print(tasks)
 
 
-@graph.command()
+@click.command()
 @app_option
 @click.option("-t", "--timeout", type=float, default=1.0)
 @click.pass_obj
-@_fail_cleanly
+@fail_cleanly
 def workers(ctx: Context, app_spec: str | None, timeout: float) -> None:
     """The workers that answer, with their queues, in Graphviz dot."""
     app = ctx.load_app(app_spec)
@@ -202,7 +205,7 @@ def workers(ctx: Context, app_spec: str | None, timeout: float) -> None:
 
 # -- multi ------------------------------------------------------------------------------------
 
-@main.group()
+@click.group()
 def multi() -> None:
     """Run several named workers on this host, with pidfiles and logfiles."""
 
