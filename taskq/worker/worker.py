@@ -22,6 +22,7 @@ from taskq.app import run_hooks
 from taskq.errors import ConfigurationError, TimeLimitExceeded, WorkerLostError
 from taskq.pool import Job, JobResult, Pool, pool_for
 from taskq.ratelimit import RateLimits
+from taskq.worker import lifecycle
 from taskq.worker.cluster import Events, Gossip, GossipStep, HeartbeatStep, MingleStep
 from taskq.worker.consumer import MAX_BLOCKING, BrokerConsumer, queues_for
 from taskq.worker.control import ControlNode
@@ -305,9 +306,10 @@ class Worker:
             self.pool.terminate()
             # The tasks cut short were never acked if acks_late: hand them back now rather
             # than after the broker notices (AMQP) or the lease runs out (Redis).
-            for request in list(self.dispatched.values()):
-                if request.acks_late and not request.acknowledged:
-                    self.consumer.reject(request, requeue=True)
+            for job, request in list(self.dispatched.items()):
+                phase = lifecycle.Phase.STARTED if job.started_at else lifecycle.Phase.DISPATCHED
+                self._carry_out(request, lifecycle.shutdown(self._facts(request, job), phase,
+                                                            warm=False), job=job)
             self.dispatched.clear()
         for step in reversed(self._started_steps):
             try:
@@ -363,10 +365,15 @@ class Worker:
     def _give_back_reserved(self) -> None:
         for request, entry in list(self.held.items()):
             entry.cancel()
-            self.consumer.reject(request, requeue=True)
+            self._carry_out(request, lifecycle.shutdown(self._facts(request),
+                                                        lifecycle.Phase.HELD, warm=True))
         self.held.clear()
         while self.ready:
-            self.consumer.reject(self.ready.popleft(), requeue=True)
+            request = self.ready.popleft()
+            # An early-acked request can wait here (the pool took fewer than the batch that
+            # was acked): the broker will not deliver it again, so a copy goes back instead.
+            self._carry_out(request, lifecycle.shutdown(self._facts(request),
+                                                        lifecycle.Phase.RESERVED, warm=True))
         self._release_orphans()
 
     def _tick(self) -> None:
@@ -391,21 +398,20 @@ class Worker:
         generation = self.consumer.generation
         held = [r for r in self.dispatched.values()
                 if r.generation != generation and not r.acknowledged]
-        lost = self.consumer.adopt(held)
-        for request in lost:
-            if request.acks_late:
-                logger.warning("task %s[%s] still runs, but its lease ran out while the broker "
-                               "was away: the broker may deliver it again (it may run twice)",
-                               request.name, request.id)
+        lost = {id(r) for r in self.consumer.adopt(held)}
+        jobs = {id(r): job for job, r in self.dispatched.items()}
+        for request in held:
+            self._carry_out(request, lifecycle.reconnected(
+                self._facts(request, jobs.get(id(request))), lease_kept=id(request) not in lost))
         self._release_orphans()
 
     def _gave_back_orphan(self, request: Request) -> bool:
         """True (and the request given back) when its connection is gone and it was not
         acked: the new connection releases its message at once."""
-        if request.generation == self.consumer.generation or request.acknowledged:
+        facts = self._facts(request)
+        if facts.connection_current or facts.acknowledged:
             return False
-        self._orphans.append(request)
-        self._release_orphans()
+        self._carry_out(request, lifecycle.connection_lost(facts, lifecycle.Phase.RESERVED))
         return True
 
     def _release_orphans(self) -> None:
@@ -421,62 +427,64 @@ class Worker:
         def lost(request: Request) -> bool:
             return request.generation == generation and request.message.delivery_tag in gone
 
-        dropped = [r for r in self.ready if lost(r)]
-        if dropped:
+        Phase = lifecycle.Phase
+        stale = [r for r in self.ready if lost(r)]
+        if stale:
             self.ready = collections.deque(r for r in self.ready if not lost(r))
+        found: list[tuple[Request, Job | None, lifecycle.Phase]] = [
+            (r, None, Phase.RESERVED) for r in stale]
         for request, entry in list(self.held.items()):
             if lost(request):
                 entry.cancel()
                 del self.held[request]
                 self.consumer.decrement_prefetch()
+                found.append((request, None, Phase.HELD))
+        found += [(r, job, Phase.DISPATCHED if job.started_at is None else Phase.STARTED)
+                  for job, r in self.dispatched.items() if lost(r)]
+        withdrawn: list[Job] = []
+        dropped = []
+        for request, job, phase in found:
+            request.settled_reason = "lease lost"  # an unstarted job given back is dropped
+            decision = lifecycle.lease_lost(self._facts(request, job), phase)
+            if decision.phase is Phase.DROPPED:
                 dropped.append(request)
-        given = []
-        for job, request in self.dispatched.items():
-            if not lost(request):
-                continue
-            if job.started_at is None:
-                given.append(job)
-                request.settled_reason = "lease lost"  # on_job_unstarted drops it
-            elif not request.acknowledged:
-                logger.warning("task %s[%s] lost its lease while running: the broker may "
-                               "deliver it again (it may run twice)", request.name, request.id)
-        for request in dropped:
-            request.settled_reason = "lease lost"
-            self.consumer.drop(request)
-        if given:
-            self.pool.withdraw(given)
-        if dropped or given:
+            self._carry_out(request, decision, job=job, withdrawn=withdrawn)
+        if withdrawn:
+            self.pool.withdraw(withdrawn)
+        if dropped or withdrawn:
             logger.warning("dropped %d reserved tasks and took %d back from the pool: their "
                            "lease was lost, the broker delivers them again (%s)",
-                           len(dropped), len(given),
-                           ", ".join(r.id for r in dropped[:10]))
+                           len(dropped), len(withdrawn), ", ".join(r.id for r in dropped[:10]))
 
     def on_connection_lost(self, old_generation: int) -> None:
         """Reserved requests of the lost connection are not started here: AMQP redelivers
         them; lease transports get them back at once from the next connection."""
         self.events.detach()
-        for request, entry in list(self.held.items()):
-            if request.generation == old_generation:
-                entry.cancel()
-                del self.held[request]
-                self._orphans.append(request)
+        Phase = lifecycle.Phase
+        found: list[tuple[Request, Job | None, lifecycle.Phase]] = [
+            (r, None, Phase.HELD) for r in self.held if r.generation == old_generation]
+        for request, _, _ in found:
+            self.held.pop(request).cancel()
         # Early acks already sent (feed_pool) stay: the broker will not deliver those again.
         kept = [r for r in self.ready if r.generation != old_generation or r.acknowledged]
-        dropped = len(self.ready) - len(kept)
-        self._orphans.extend(r for r in self.ready
-                             if r.generation == old_generation and not r.acknowledged)
+        found += [(r, None, Phase.RESERVED) for r in self.ready
+                  if r.generation == old_generation and not r.acknowledged]
         self.ready = collections.deque(kept)
         # Given to the pool but not started (queued in a child with -O fast, or written to
         # one that has not begun) and not acked: the broker redelivers them too, so they must
-        # not run here.
-        given = [job for job, r in self.dispatched.items()
-                 if r.generation == old_generation and job.started_at is None
-                 and not r.acknowledged]
-        if given:
-            self.pool.withdraw(given)
-        if dropped or given:
+        # not run here. Started ones run on (their leases are taken over at the reconnect).
+        found += [(r, job, Phase.DISPATCHED) for job, r in self.dispatched.items()
+                  if r.generation == old_generation and job.started_at is None]
+        withdrawn: list[Job] = []
+        for request, job, phase in found:
+            self._carry_out(request, lifecycle.connection_lost(self._facts(request, job), phase),
+                            job=job, withdrawn=withdrawn)
+        if withdrawn:
+            self.pool.withdraw(withdrawn)
+        given_back = sum(1 for _, job, _ in found if job is None)
+        if given_back or withdrawn:
             logger.info("dropped %d reserved tasks of the lost connection and took %d back "
-                        "from the pool; the broker redelivers them", dropped, len(given))
+                        "from the pool; the broker redelivers them", given_back, len(withdrawn))
 
     def on_message(self, message: Message) -> None:
         conf = self.app.conf
@@ -617,21 +625,8 @@ class Worker:
         """Revoked, or its ``expires`` passed while it waited: REVOKED, as Celery's worker
         stores it ("revoked"/"expired"), with the request so rpc:// replies reach the client;
         stored off the loop, the line logged once it is stored."""
-        expired = request.expired()
-        reason = "expired" if expired else "revoked"
-        self.events.task("task-revoked", uuid=request.id, terminated=False, expired=expired)
-        self.consumer.reject(request, requeue=False)
-
-        def logged(outcome: Outcome | None = None) -> None:
-            if outcome is not None and not outcome.ok:
-                logger.debug("could not store REVOKED of %s: %r", request.id, outcome.error)
-            logger.info("discarded %s task %s[%s]", reason, request.name, request.id)
-
-        if not self.offload_results.submit(
-                f"storing REVOKED of {request.name}[{request.id}]",
-                lambda: self.app.backend.mark_as_revoked(request.id, reason,
-                                                         request=request.msg), logged):
-            logged()
+        reason = "expired" if request.expired() else "revoked"
+        self._carry_out(request, lifecycle.discarded(self._facts(request), reason))
         run_hooks(self.app.hooks.task_revoked, request)
 
     # -- pool callbacks -----------------------------------------------------------------------
@@ -645,6 +640,8 @@ class Worker:
                            "twice", request.name, request.id, request.settled_reason)
         self.events.task("task-started", uuid=job.id, pid=pid)
         # Early acks were sent before the job reached the pool (feed_pool).
+        if request.terminated is not None:  # revoked with terminate before it started
+            self.pool.terminate_job(job, request.terminated)  # type: ignore[attr-defined]
 
     def on_job_done(self, job: Job, result: JobResult) -> None:
         request = self.dispatched.pop(job, None)
@@ -686,49 +683,112 @@ class Worker:
         if request is None:
             return
         self.totals["lost"] += 1
-        started = job.started_at is not None
-        if not started and not job.start_failures:
-            self.on_job_unstarted(job, request)
+        facts = self._facts(request, job)
+        if not facts.started and not job.start_failures:
+            self._carry_out(request, lifecycle.unstarted(facts), job=job)
+            self.feed_pool()
             return
         if request.terminated is not None:
-            self._terminated(job, request)
-            return
-        logger.error("task %s[%s] lost: %r", job.name, job.id, exc)
-        # DESIGN.md's table: a hard time limit is a FAILURE whatever the ack policy; a lost
-        # child requeues only with acks_late + reject_on_worker_lost, and only
-        # task_max_redeliveries times, so a poison message cannot loop forever.
-        # Never started (children kept dying reading it: job.start_failures) is a poison
-        # message already retried by the pool: a FAILURE too.
-        requeue = (started and request.acks_late and request.task.reject_on_worker_lost
-                   and not isinstance(exc, TimeLimitExceeded))
-        if requeue:
-            count = int(request.msg.headers.get("redelivered_count") or 0)
-            limit = self.app.conf.task_max_redeliveries
-            if count < limit:
-                run_hooks(self.app.hooks.task_lost, request.id, request.name, exc, True)
-                self._redeliver(request, count + 1)
-                self.feed_pool()
-                return
-            exc = WorkerLostError(f"{exc}; given up after {count} redeliveries "
-                                  f"(task_max_redeliveries={limit})")
-        run_hooks(self.app.hooks.task_lost, request.id, request.name, exc, False)
-        self.events.task("task-failed", uuid=job.id, exception=repr(exc), traceback=None)
-        lost = exc
-        self._store_then_ack(request, states.FAILURE, lambda: self.app.backend.mark_as_failure(
-            job.id, lost, request=request.msg))
+            logger.info("task %s[%s] terminated by revoke (signal %d)", job.name, job.id,
+                        request.terminated)
+            run_hooks(self.app.hooks.task_revoked, request)
+        else:
+            logger.error("task %s[%s] lost: %r", job.name, job.id, exc)
+        cause = (lifecycle.Cause.TIME_LIMIT if isinstance(exc, TimeLimitExceeded)
+                 else lifecycle.Cause.CHILD_DIED)
+        decision = lifecycle.child_died(facts, cause, str(exc))
+        if decision.phase in (lifecycle.Phase.LOST, lifecycle.Phase.REDELIVERED):
+            run_hooks(self.app.hooks.task_lost, request.id, request.name, exc,
+                      decision.phase is lifecycle.Phase.REDELIVERED)
+        self._carry_out(request, decision, job=job, exc=exc)
         self.feed_pool()
 
-    def _terminated(self, job: Job, request: Request) -> None:
-        """The child we signalled for revoke(terminate=True) died: REVOKED ``terminated``
-        and acked, never requeued, as Celery's worker does (acks_late or not)."""
-        logger.info("task %s[%s] terminated by revoke (signal %d)", job.name, job.id,
-                    request.terminated)
-        self.events.task("task-revoked", uuid=job.id, terminated=True,
-                         signum=request.terminated, expired=False)
-        run_hooks(self.app.hooks.task_revoked, request)
-        self._store_then_ack(request, states.REVOKED, lambda: self.app.backend.mark_as_revoked(
-            job.id, "terminated", request=request.msg))
-        self.feed_pool()
+    def _facts(self, request: Request, job: Job | None = None) -> lifecycle.Facts:
+        """What the lifecycle's transitions need to know about ``request`` now."""
+        return lifecycle.Facts(
+            acks_late=request.acks_late,
+            reject_on_worker_lost=request.task.reject_on_worker_lost,
+            acknowledged=request.acknowledged,
+            started=job is not None and job.started_at is not None,
+            connection_current=request.generation == self.consumer.generation,
+            lease_lost=request.settled_reason is not None,
+            redeliveries=int(request.msg.headers.get("redelivered_count") or 0),
+            max_redeliveries=self.app.conf.task_max_redeliveries,
+            start_failures=job.start_failures if job is not None else 0,
+            terminated=request.terminated,
+            stopping=self.stopping,
+        )
+
+    def _carry_out(self, request: Request, decision: lifecycle.Decision, *,
+                   job: Job | None = None, exc: BaseException | None = None,
+                   withdrawn: list[Job] | None = None) -> None:
+        """Do what ``decision`` says, in order (lifecycle.py decides; this only acts).
+        ``withdrawn``: collect the jobs to withdraw, for one pool call for them all."""
+        store: lifecycle.Store | None = None
+        for action in decision.actions:
+            match action:
+                case lifecycle.Emit(event=event, fields=fields):
+                    self.events.task(event, uuid=request.id, **dict(fields))
+                case lifecycle.Store():
+                    store = action
+                case lifecycle.Ack() if store is not None:
+                    self._store_then_ack(request, store.state,
+                                         self._storer(request, store, exc))
+                    store = None
+                case lifecycle.Ack():
+                    self.consumer.ack(request)
+                case lifecycle.Reject(requeue=requeue):
+                    self.consumer.reject(request, requeue=requeue)
+                case lifecycle.Release():
+                    self._orphans.append(request)
+                    self._release_orphans()
+                case lifecycle.Drop():
+                    self.consumer.drop(request)
+                case lifecycle.Republish(count=count):
+                    self._redeliver(request, count)
+                case lifecycle.HandOn():
+                    self._hand_on_acked(request)
+                case lifecycle.RunHere():
+                    self.ready.appendleft(request)
+                case lifecycle.Withdraw():
+                    assert job is not None
+                    if withdrawn is None:
+                        self.pool.withdraw([job])
+                    else:
+                        withdrawn.append(job)
+                case lifecycle.Terminate(signum=signum):
+                    assert job is not None
+                    self.pool.terminate_job(job, signum)  # type: ignore[attr-defined]
+                case lifecycle.Warn(message=message):
+                    logger.warning("task %s[%s] %s", request.name, request.id, message)
+                case _:
+                    raise AssertionError(f"no handler for {action!r}")
+        if store is not None:  # stored without an ack to follow (a discarded request)
+            self._store_only(request, store)
+
+    def _storer(self, request: Request, store: lifecycle.Store,
+                exc: BaseException | None) -> Callable[[], Any]:
+        backend, task_id = self.app.backend, request.id
+        if store.state == states.REVOKED:
+            return lambda: backend.mark_as_revoked(task_id, store.reason, request=request.msg)
+        error = exc if exc is not None and str(exc) == store.reason else WorkerLostError(
+            store.reason)
+        return lambda: backend.mark_as_failure(task_id, error, request=request.msg)
+
+    def _store_only(self, request: Request, store: lifecycle.Store) -> None:
+        """Store off the loop and log once stored (whoever reads the log, a person or a
+        test, then finds the state there)."""
+
+        def logged(outcome: Outcome | None = None) -> None:
+            if outcome is not None and not outcome.ok:
+                logger.debug("could not store %s of %s: %r", store.state, request.id,
+                             outcome.error)
+            logger.info("discarded %s task %s[%s]", store.reason, request.name, request.id)
+
+        if not self.offload_results.submit(f"storing {store.state} of {request.name}"
+                                           f"[{request.id}]",
+                                           self._storer(request, store, None), logged):
+            logged()
 
     def _store_then_ack(self, request: Request, state: str, store: Callable[[], Any]) -> None:
         """Store ``state`` off the loop, then ack on the loop: the broker forgets the message
@@ -805,18 +865,8 @@ class Worker:
         request = request or self.dispatched.pop(job, None)
         if request is None:
             return
-        if request.settled_reason is not None:  # its lease was lost (on_leases_lost)
-            self.consumer.drop(request)
-            return
-        if self._gave_back_orphan(request):
-            return
-        if self.stopping and request.acknowledged:
-            self._hand_on_acked(request)
-        elif self.stopping:
-            self.consumer.reject(request, requeue=True)
-        else:
-            self.ready.appendleft(request)
-            self.feed_pool()
+        self._carry_out(request, lifecycle.unstarted(self._facts(request, job)), job=job)
+        self.feed_pool()
 
     # -- revoke -------------------------------------------------------------------------------
     def revoke(self, ids: Sequence[str], *, terminate: bool = False,
@@ -829,20 +879,22 @@ class Worker:
                 del self.held[request]
                 self.consumer.decrement_prefetch()
                 self._discard_revoked(request)
-        if terminate:
-            terminate_job = getattr(self.pool, "terminate_job", None)
-            for job in list(self.dispatched):
-                if job.id in wanted:
-                    if terminate_job is None:
-                        logger.warning("revoke(terminate=True) of %s: the %s pool cannot "
-                                       "terminate a running task", job.id, self.pool_kind)
-                    elif job.started_at is not None:
-                        # Its child's death is then REVOKED "terminated" (on_job_lost); one
-                        # not started yet is discarded as revoked when it comes back.
-                        self.dispatched[job].terminated = int(signum)
-                        terminate_job(job, signum)
+        for job, request in list(self.dispatched.items()):
+            if job.id not in wanted:
+                continue
+            phase = lifecycle.Phase.STARTED if job.started_at else lifecycle.Phase.DISPATCHED
+            if terminate and self._can_terminate():
+                # Its child's death is then REVOKED "terminated" (on_job_lost); one not
+                # started yet is signalled when it starts (on_job_started).
+                request.terminated = int(signum)
+            self._carry_out(request, lifecycle.revoked(
+                self._facts(request, job), phase, terminate=terminate, signum=int(signum),
+                can_terminate=self._can_terminate()), job=job)
         if self.statedb is not None:
             self.statedb.changed()  # written within StateDB.SAVE_INTERVAL, off the loop
+
+    def _can_terminate(self) -> bool:
+        return callable(getattr(self.pool, "terminate_job", None))
 
     def save_state_soon(self) -> None:
         """Hand a changed --statedb to the io lane (timer; the fsync is not the loop's)."""

@@ -115,3 +115,25 @@ def test_rpc_client_hears_revoked_for_expired_and_revoked_tasks(
     assert client.send_task("appmod.add", (1, 1)).get(timeout=30) == 2
     assert ledger.starts(expired.id) == ledger.starts(held.id) == []
     assert ledger.starts(already.id) == []
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_terminate_reaches_a_task_queued_in_its_child_when_it_starts(
+        broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
+    """Given ``-O fast`` (a child holds a job besides the one it runs), when a task queued in
+    the child is revoked with terminate, then its child is signalled as soon as it starts it:
+    REVOKED ``terminated``, not run to the end."""
+    w = worker(broker, pool="prefork", concurrency=1, args=["-O", "fast"])
+    client = broker.app()
+    busy = client.send_task("appmod.late_sleeper", (3, str(ledger)))
+    ledger.wait_started(busy.id, timeout=30)
+    queued = client.send_task("appmod.late_sleeper", (60, str(ledger)))
+    w.wait_log(rf"received appmod\.late_sleeper\[{queued.id}\]", 30)
+    assert ledger.starts(queued.id) == []  # still behind the busy one, in the child
+    client.control.revoke(queued.id, terminate=True, destination=[w.hostname])
+    wait_until(lambda: queued.state in states.READY_STATES, 40, "the queued task's end state")
+    assert queued.state == states.REVOKED
+    with pytest.raises(TaskRevokedError, match="terminated"):
+        queued.get(timeout=5)
+    assert busy.get(timeout=30) == "slept-late"
+    assert not ledger.ended(queued.id)
