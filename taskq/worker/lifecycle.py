@@ -315,22 +315,28 @@ def main_process_died(f: Facts, phase: Phase) -> Decision:
 
 # -- the table, for people --------------------------------------------------------------------
 
-POLICIES = ("early ack (default)", "acks_late", "acks_late + reject_on_worker_lost")
+POLICIES = ("early ack (default)", "`acks_late`", "`acks_late` + `reject_on_worker_lost`")
 
+# The rows docs/guarantees.md shows (a test checks they agree); each row's cells are what the
+# transitions above decide, walked in tests/taskq/worker/test_lifecycle.py.
 TABLE: tuple[tuple[str, tuple[str, str, str]], ...] = (
-    ("reserved, not started (any fault)",
+    ("reserved, not given to the pool (any fault)",
      ("redelivered", "redelivered", "redelivered")),
+    ("given to the pool, not started; its child dies",
+     ("runs on another child", "runs on another child", "runs on another child")),
     ("running; its child dies",
-     ("FAILURE WorkerLostError, not rerun", "FAILURE WorkerLostError, acked, not rerun",
-      "requeued and rerun (up to task_max_redeliveries, then FAILURE)")),
-    ("running; hard time limit",
-     ("FAILURE TimeLimitExceeded", "FAILURE TimeLimitExceeded", "FAILURE TimeLimitExceeded")),
-    ("running; main process dies",
-     ("lost (was acked; no result)", "redelivered after the lease",
-      "redelivered after the lease")),
-    ("running; broker connection lost",
-     ("finishes, result stored", "finishes; the ack may fail, so it may run twice",
-      "finishes; the ack may fail, so it may run twice")),
+     ("FAILURE `WorkerLostError`, not rerun", "FAILURE `WorkerLostError`, acked, not rerun",
+      "requeued and rerun, at most `task_max_redeliveries` times, then FAILURE")),
+    ("given to the pool, not started; the worker is stopped (warm or cold)",
+     ("runs in its child (warm), or is published again for another worker (cold)",
+      "given back to the broker", "given back to the broker")),
+    ("running; hard time limit", ("FAILURE `TimeLimitExceeded`", "same", "same")),
+    ("given to the pool or running; the main process dies",
+     ("lost (it was acked; no result)", "redelivered after the lease (AMQP: at once)", "same")),
+    ("running; the broker connection is lost",
+     ("finishes, result stored; on RabbitMQ an ack cut off with the connection (or sent into "
+      "a black hole) never arrives, so it may run twice",
+      "finishes; its ack may fail, so it may run twice", "same")),
     ("finished and acked", ("never rerun", "never rerun", "never rerun")),
 )
 

@@ -6,6 +6,8 @@ Plain facts in, decisions out: no broker, no processes, no clock. The end-to-end
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from taskq import states
@@ -258,8 +260,26 @@ def test_cold_shutdown_requeues_acks_late_and_loses_early_acked_running_tasks() 
     assert lc.shutdown(facts_for(LATE, started=True), Phase.STARTED, warm=True).actions == ()
 
 
-def test_the_documented_table_has_a_cell_per_policy() -> None:
+# -- rows the docs add: given to the pool, not started -----------------------------------------
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_unstarted_job_whose_child_dies_runs_on_another_child(policy: str) -> None:
+    decision = lc.child_died(facts_for(policy), Cause.CHILD_DIED, LOST)
+    assert decision.actions == (RunHere(),) and decision.phase is Phase.RESERVED
+
+
+def test_unstarted_job_given_back_at_a_stop_is_published_again_or_given_back() -> None:
+    assert lc.unstarted(facts_for(EARLY, stopping=True)).actions == (HandOn(),)
+    for policy in (LATE, LATE_REJECT):
+        assert lc.unstarted(facts_for(policy, stopping=True)).actions == (Reject(requeue=True),)
+    # warm: the pool lets a child run what it holds; nothing is decided for it at the stop
+    assert lc.shutdown(facts_for(EARLY), Phase.DISPATCHED, warm=True).actions == ()
+
+
+def test_the_docs_show_this_table() -> None:
     text = lc.table_markdown()
     assert text.count("\n") == len(lc.TABLE) + 1
     for row, cells in lc.TABLE:
         assert len(cells) == len(POLICIES) and row in text
+    docs = Path(__file__).parents[3] / "docs" / "guarantees.md"
+    assert text in docs.read_text(), "docs/guarantees.md's table differs from lifecycle.TABLE"
