@@ -2,6 +2,7 @@
 
     TaskqError
     ├── ConfigurationError            a setting name or value is wrong
+    │   └── PoolFeatureUnsupported    the configured pool kind cannot do what was asked
     ├── NotRegistered                 a task name the app does not know
     ├── InvalidTaskMessage            a message that is not a valid task message
     ├── ContentDisallowed             a message in a content type not accepted
@@ -44,6 +45,7 @@ __all__ = [
     "InvalidTaskMessage",
     "MaxRetriesExceededError",
     "NotRegistered",
+    "PoolFeatureUnsupported",
     "Reject",
     "RemoteTaskError",
     "ResultBackendError",
@@ -64,6 +66,22 @@ class TaskqError(Exception):
 
 class ConfigurationError(TaskqError, ValueError):
     """A setting has an unknown name or a bad value."""
+
+
+class PoolFeatureUnsupported(ConfigurationError):
+    """The worker's pool kind cannot do this (resize, restart, autoscale, terminate a running
+    task): ``kind`` names the pool, ``feature`` what it cannot do. A configuration error, as
+    the remedy is another pool (setting ``worker_pool``, option ``-P``)."""
+
+    def __init__(self, kind: str, feature: str, instead: str = "") -> None:
+        self.kind = kind
+        self.feature = feature
+        self.instead = instead or ("use the prefork pool (setting worker_pool='prefork', "
+                                   "option -P prefork)")
+        super().__init__(f"the {kind} pool cannot {feature}; {self.instead}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.kind, self.feature, self.instead))
 
 
 class NotRegistered(TaskqError, KeyError):

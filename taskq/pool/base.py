@@ -11,6 +11,13 @@ from the main process's event loop thread:
 Jobs that were given to the pool but never started are handed back with ``on_unstarted`` when
 the pool stops or a child that held them dies, so the worker can run them elsewhere or
 return them to the broker.
+
+Optional features are declared on ``Pool`` with a documented default, so callers never probe
+a pool with ``getattr``: neutral ones (``withdraw``, ``autoscale_tick``, ``size``,
+``keepalive``, ``blocks_loop``, ``max_tasks``) have a default that is right for a pool that
+lacks them; the others (``grow``, ``shrink``, ``restart``, ``autoscale``, ``terminate_job``)
+raise ``PoolFeatureUnsupported`` unless the pool's ``supports_*`` flag says it has them, so
+ask the flag before calling.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from taskq.errors import PoolFeatureUnsupported
 
 if TYPE_CHECKING:
     from taskq.app import TaskQ
@@ -106,6 +115,28 @@ class Pool(ABC):
     """Set by the worker (optional): called when ``can_accept()`` may have become true other
     than through a callback above, e.g. a new pool child became ready."""
 
+    # -- what this kind of pool can do (ask before calling the methods that raise) -----------
+    supports_resize = False
+    """``grow`` and ``shrink`` change the number of slots while the pool runs."""
+    supports_restart = False
+    """``restart`` replaces the pool's processes (to load new code)."""
+    supports_autoscale = False
+    """``autoscale`` keeps the size between bounds (``autoscale_tick`` adjusts it)."""
+    supports_terminate_job = False
+    """``terminate_job`` signals the process running one job (``revoke(terminate=True)``)."""
+
+    blocks_loop = False
+    """True when tasks run on the loop's own thread (solo): nothing else happens on the loop
+    while a task runs, so the worker settles acks at once and sets ``keepalive``."""
+
+    keepalive: Callable[[], None] | None = None
+    """Set by the worker when ``blocks_loop``: the pool calls it (from another thread) while a
+    task runs, so the broker's leases are renewed. Other pools never call it."""
+
+    max_tasks: int | None = None
+    """Jobs a process runs before it is replaced (``max_tasks_per_child``); None: no limit,
+    or a pool without processes to replace."""
+
     def __init__(
         self,
         app: TaskQ,
@@ -165,3 +196,41 @@ class Pool(ABC):
 
     def pids(self) -> list[int]:
         return []
+
+    def size(self) -> int:
+        """The number of slots the pool aims for (a resizing pool's target)."""
+        return self.concurrency
+
+    # -- optional features: each raises PoolFeatureUnsupported unless its flag is set -------
+    def grow(self, n: int = 1) -> None:
+        """Add ``n`` slots (``supports_resize``)."""
+        raise PoolFeatureUnsupported(self.kind, "grow")
+
+    def shrink(self, n: int = 1) -> None:
+        """Take ``n`` slots away, never the last one (``supports_resize``)."""
+        raise PoolFeatureUnsupported(self.kind, "shrink")
+
+    def restart(self, modules: Sequence[str] = (), reload: bool = False) -> None:
+        """Replace the pool's processes, each after its current job; with ``reload``, reload
+        ``modules`` first so the new processes run the new code (``supports_restart``)."""
+        raise PoolFeatureUnsupported(self.kind, "restart its processes",
+                                     "use the prefork pool, or restart the worker")
+
+    def autoscale(self, max_size: int, min_size: int) -> None:
+        """Keep between ``min_size`` and ``max_size`` slots from now on
+        (``supports_autoscale``)."""
+        raise PoolFeatureUnsupported(self.kind, "autoscale",
+                                     "use the prefork pool (option -P prefork) with "
+                                     "--autoscale, or set a fixed --concurrency")
+
+    def autoscale_tick(self, backlog: int) -> None:
+        """Called about once a second by the worker with the number of jobs waiting. Neutral
+        by default: a pool that does not autoscale has nothing to adjust."""
+        return None
+
+    def terminate_job(self, job: Job, signum: int) -> None:
+        """Send ``signum`` to the process running ``job``, if it still runs it
+        (``supports_terminate_job``)."""
+        raise PoolFeatureUnsupported(self.kind, "terminate a running task",
+                                     "use the prefork pool (option -P prefork) for "
+                                     "revoke(terminate=True)")

@@ -43,7 +43,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskq import states
@@ -160,6 +160,7 @@ def _call_all(calls: Iterable[tuple[Callable[..., Any], tuple[Any, ...]]]) -> No
 
 class PreforkPool(Pool):
     kind = "prefork"
+    supports_resize = supports_restart = supports_autoscale = supports_terminate_job = True
 
     def __init__(
         self,
@@ -821,14 +822,14 @@ class PreforkPool(Pool):
     def size(self) -> int:
         return self.target
 
-    def pool_grow(self, n: int = 1) -> None:
+    def grow(self, n: int = 1) -> None:
         if n < 1:
             return
         self.target += n
         self.concurrency = self.target
         self._maintain()
 
-    def pool_shrink(self, n: int = 1) -> None:
+    def shrink(self, n: int = 1) -> None:
         """Retire ``n`` children (never the last one): starting or idle ones first."""
         n = min(n, self.target - 1)
         if n < 1:
@@ -842,8 +843,7 @@ class PreforkPool(Pool):
             given += self._retire(child)
         _call_all((self.on_unstarted, (job,)) for job in given)
 
-    def pool_restart(self, modules: list[str] | tuple[str, ...] = (), reload: bool = False
-                     ) -> None:
+    def restart(self, modules: Sequence[str] = (), reload: bool = False) -> None:
         """Replace every child, each after its current job; with ``reload``, reload
         ``modules`` in this process first so the new children fork with the new code."""
         for name in modules:
@@ -864,9 +864,9 @@ class PreforkPool(Pool):
                              f"min={min_size}")
         self.autoscale_bounds = (min_size, max_size)
         if self.target < min_size:
-            self.pool_grow(min_size - self.target)
+            self.grow(min_size - self.target)
         elif self.target > max_size:
-            self.pool_shrink(self.target - max_size)
+            self.shrink(self.target - max_size)
 
     def autoscale_tick(self, backlog: int) -> None:
         """Called about once a second by the worker with the number of jobs waiting."""
@@ -875,14 +875,14 @@ class PreforkPool(Pool):
         low, high = self.autoscale_bounds
         busy = sum(1 for c in self.children.values() if c.current is not None)
         if backlog and self.target < high:
-            self.pool_grow(min(backlog, high - self.target))
+            self.grow(min(backlog, high - self.target))
             self._idle_since = None
         elif not backlog and busy < self.target and self.target > low:
             now = time.monotonic()
             if self._idle_since is None:
                 self._idle_since = now
             elif now - self._idle_since >= AUTOSCALE_KEEPALIVE:
-                self.pool_shrink(1)
+                self.shrink(1)
                 self._idle_since = now
         else:
             self._idle_since = None

@@ -29,8 +29,7 @@ KEEPALIVE_INTERVAL = 0.2  # how often keepalive is offered; it renews only when 
 
 class SoloPool(Pool):
     kind = "solo"
-    blocks_loop = True
-    keepalive: Callable[[], None] | None = None
+    blocks_loop = True  # the worker sets ``keepalive`` for it
 
     def start(self, loop: Loop) -> None:
         self._loop = loop

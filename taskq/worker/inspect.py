@@ -120,33 +120,40 @@ def disable_events(worker: Worker, **_: Any) -> dict[str, Any]:
     return {"ok": "task events disabled"}
 
 
-def _pool_call(worker: Worker, method: str, *args: Any) -> dict[str, Any]:
-    fn = getattr(worker.pool, method, None)
-    if fn is None:
-        return {"error": f"the {worker.pool_kind} pool does not support {method}"}
+def _pool_call(worker: Worker, command: str, supported: bool, fn: Callable[..., None],
+               *args: Any) -> dict[str, Any]:
+    """Run a pool feature the pool declares (``supported``: its ``supports_*`` flag)."""
+    if not supported:
+        return {"error": f"the {worker.pool_kind} pool does not support {command}"}
     fn(*args)
-    return {"ok": f"{method}{args!r} done; pool size is {worker.pool_size()}"}
+    return {"ok": f"{command}{args!r} done; pool size is {worker.pool_size()}"}
 
 
 @handler
 def pool_grow(worker: Worker, n: int = 1, **_: Any) -> dict[str, Any]:
-    return _pool_call(worker, "pool_grow", int(n))
+    pool = worker.pool
+    return _pool_call(worker, "pool_grow", pool.supports_resize, pool.grow, int(n))
 
 
 @handler
 def pool_shrink(worker: Worker, n: int = 1, **_: Any) -> dict[str, Any]:
-    return _pool_call(worker, "pool_shrink", int(n))
+    pool = worker.pool
+    return _pool_call(worker, "pool_shrink", pool.supports_resize, pool.shrink, int(n))
 
 
 @handler
 def pool_restart(worker: Worker, modules: list[str] | None = None, reload: bool = False,
                  **_: Any) -> dict[str, Any]:
-    return _pool_call(worker, "pool_restart", modules or [], bool(reload))
+    pool = worker.pool
+    return _pool_call(worker, "pool_restart", pool.supports_restart, pool.restart,
+                      modules or [], bool(reload))
 
 
 @handler
 def autoscale(worker: Worker, max: int, min: int, **_: Any) -> dict[str, Any]:
-    return _pool_call(worker, "autoscale", int(max), int(min))
+    pool = worker.pool
+    return _pool_call(worker, "autoscale", pool.supports_autoscale, pool.autoscale,
+                      int(max), int(min))
 
 
 @handler
@@ -297,8 +304,8 @@ def _pool_stats(worker: Worker) -> dict[str, Any]:
         "implementation": worker.pool_kind,
         "max-concurrency": worker.pool_size(),
         "processes": worker.pool.pids(),
-        "max-tasks-per-child": (getattr(worker.pool, "max_tasks", None)
-                                or conf.worker_max_tasks_per_child or "N/A"),
+        "max-tasks-per-child": (worker.pool.max_tasks or conf.worker_max_tasks_per_child
+                                or "N/A"),
         "put-guarded-by-semaphore": False,  # no semaphore anywhere (docs/design.md)
         "timeouts": [conf.task_soft_time_limit or 0, conf.task_time_limit or 0],
         "writes": "N/A",

@@ -120,13 +120,13 @@ def test_shrink_retires_a_busy_child_after_its_job_and_grow_adds_children(harnes
     h = harness(concurrency=2)
     jobs = [h.submit("sleep", 0.3) for _ in range(2)]
     h.run_until(lambda: len(h.started) == 2)
-    h.pool.pool_shrink(1)
+    h.pool.shrink(1)
     assert h.pool.size() == 1
     h.run_until(lambda: len(h.pool.children) == 1 and len(h.done) == 2)
     assert sorted(h.done_ids()) == sorted(j.id for j in jobs) and not h.lost
-    h.pool.pool_shrink(5)  # never below one child
+    h.pool.shrink(5)  # never below one child
     assert h.pool.size() == 1
-    h.pool.pool_grow(2)
+    h.pool.grow(2)
     h.run_until(lambda: h.ready_children() == 3)
     assert h.pool.size() == 3 and len(h.pool.pids()) == 3
     assert h.pool.info()["processes"] == h.pool.pids()

@@ -1,0 +1,76 @@
+"""The pool commands of remote control (pool_grow, pool_shrink, pool_restart, autoscale) and
+the pool part of ``stats``, against a stand-in worker: they ask the pool what it declares."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+from taskq import TaskQ
+from taskq.pool import Pool, pool_for
+from taskq.pool.threads import ThreadPool
+from taskq.worker import inspect
+
+app = TaskQ("inspecttest", broker="memory://")
+noop: Any = lambda *args: None  # noqa: E731
+
+
+class ResizingPool(ThreadPool):
+    """A pool that declares resize, restart and autoscale, and records the calls."""
+
+    kind = "resizing"
+    supports_resize = supports_restart = supports_autoscale = True
+    max_tasks = 7
+
+    def __init__(self) -> None:
+        super().__init__(app, concurrency=2, on_started=noop, on_done=noop, on_lost=noop,
+                         on_unstarted=noop)
+        self.calls: list[tuple[Any, ...]] = []
+
+    def grow(self, n: int = 1) -> None:
+        self.calls.append(("grow", n))
+        self.concurrency += n
+
+    def shrink(self, n: int = 1) -> None:
+        self.calls.append(("shrink", n))
+        self.concurrency -= n
+
+    def restart(self, modules: Sequence[str] = (), reload: bool = False) -> None:
+        self.calls.append(("restart", list(modules), reload))
+
+    def autoscale(self, max_size: int, min_size: int) -> None:
+        self.calls.append(("autoscale", max_size, min_size))
+
+
+def stand_in(pool: Pool) -> Any:
+    return SimpleNamespace(pool=pool, pool_kind=pool.kind, pool_size=pool.size, app=app)
+
+
+def test_pool_commands_call_the_declared_methods():
+    pool = ResizingPool()
+    worker = stand_in(pool)
+    assert inspect.pool_grow(worker, n="2") == {"ok": "pool_grow(2,) done; pool size is 4"}
+    assert inspect.pool_shrink(worker, n=1)["ok"].endswith("pool size is 3")
+    inspect.pool_restart(worker, modules=["appmod"], reload=1)
+    inspect.autoscale(worker, max="5", min="1")
+    assert pool.calls == [("grow", 2), ("shrink", 1), ("restart", ["appmod"], True),
+                          ("autoscale", 5, 1)]
+
+
+def test_a_pool_without_the_feature_answers_an_error_and_is_not_called():
+    pool = pool_for("solo")(app, concurrency=1, on_started=noop, on_done=noop, on_lost=noop,
+                            on_unstarted=noop)
+    worker = stand_in(pool)
+    for command, kwargs in [("pool_grow", {}), ("pool_shrink", {}), ("pool_restart", {}),
+                            ("autoscale", {"max": 2, "min": 1})]:
+        reply = getattr(inspect, command)(worker, **kwargs)
+        assert reply == {"error": f"the solo pool does not support {command}"}
+
+
+def test_stats_reads_max_tasks_from_the_pool_then_the_setting():
+    worker = stand_in(ResizingPool())
+    assert inspect._pool_stats(worker)["max-tasks-per-child"] == 7
+    solo = pool_for("solo")(app, concurrency=1, on_started=noop, on_done=noop, on_lost=noop,
+                            on_unstarted=noop)
+    assert inspect._pool_stats(stand_in(solo))["max-tasks-per-child"] == "N/A"
