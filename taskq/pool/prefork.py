@@ -28,6 +28,8 @@
   settled by reading the backend from a thread (done if the store got through).
 - ``max_tasks_per_child``: a child is given at most that many jobs it will run; a job it
   skipped (taken back with ``withdraw``) gives its slot back.
+- Each child's lifecycle (starting, ready, broken, retiring, dead) is one ``ChildState`` with
+  checked moves (``taskq.pool.child_state``).
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ from taskq import states
 from taskq.errors import ConfigurationError, TimeLimitExceeded, WorkerLostError
 from taskq.pool.base import Job, JobResult, Pool
 from taskq.pool.child import child_main, log_fds
-from taskq.pool.ipc import FrameReader, PendingWrites, encode
+from taskq.pool.child_state import Child, ChildState
+from taskq.pool.ipc import encode
 
 if TYPE_CHECKING:
     from kombu.asynchronous import Hub
@@ -72,56 +75,6 @@ TERMINATE_TIMEOUT = 3.0
 AUTOSCALE_KEEPALIVE = 30.0  # idle seconds before autoscale gives a child back
 
 HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
-
-
-class Child:
-    """The parent's view of one child process."""
-
-    __slots__ = (
-        "alarm_at", "broken", "current", "current_seq", "dead", "event_eof", "event_fd", "hard_at",
-        "job_fd", "kill_reason", "killed", "pending", "pid", "pidfd", "queued", "reader", "ready",
-        "reap_delay", "reap_scheduled", "retired_at", "retiring", "soft_at", "spawned_at",
-        "stored", "storing", "taken", "tasks", "writing",
-    )
-
-    def __init__(self, pid: int, pidfd: int, job_fd: int, event_fd: int, now: float) -> None:
-        self.pid = pid
-        self.pidfd = pidfd              # -1 without pidfd
-        self.job_fd = job_fd            # -1 once closed (retiring)
-        self.event_fd = event_fd
-        self.reader = FrameReader(event_fd)
-        self.pending = PendingWrites()  # job frames not yet wholly written, tagged by seq
-        self.writing = False            # job_fd is a writer in the hub
-        self.spawned_at = now
-        self.ready = False              # it said ``ready``
-        self.retiring = False           # takes no new jobs; exits after what it holds
-        self.retired_at = 0.0
-        self.broken = False             # a write failed (EPIPE): it is dying
-        self.queued: collections.deque[tuple[int, Job]] = collections.deque()  # not started
-        self.current: Job | None = None
-        self.current_seq = -1
-        self.taken = 0                  # jobs given to it and not given back (it runs them)
-        self.tasks = 0                  # jobs it finished
-        self.storing = False            # the current job's outcome is being stored
-        self.stored: str | None = None  # ... and was stored, as this state: it is final
-        self.soft_at = 0.0              # monotonic deadlines of the current job (0: none)
-        self.hard_at = 0.0
-        self.alarm_at = 0.0             # when the armed timer fires (0: none armed)
-        self.kill_reason: BaseException | None = None
-        self.killed = False             # we sent it SIGKILL
-        self.event_eof = False
-        self.reap_delay = 0.0
-        self.reap_scheduled = False
-        self.dead = False
-
-    def load(self) -> int:
-        """Jobs it holds: queued plus the one it runs."""
-        return len(self.queued) + (self.current is not None)
-
-    def __repr__(self) -> str:
-        state = ("dead" if self.dead else "retiring" if self.retiring
-                 else "ready" if self.ready else "starting")
-        return f"<Child {self.pid} {state} load={self.load()}>"
 
 
 def describe_exit(status: int | None) -> str:
@@ -307,7 +260,7 @@ class PreforkPool(Pool):
         return True
 
     def _signal(self, child: Child, signum: int) -> None:
-        if child.dead:
+        if child.reaped:
             return
         with contextlib.suppress(ProcessLookupError):
             if child.pidfd >= 0:
@@ -322,7 +275,7 @@ class PreforkPool(Pool):
     def _housekeep(self) -> None:
         now = time.monotonic()
         for child in list(self.children.values()):
-            if child.dead:
+            if child.reaped:
                 continue
             if not child.ready and not child.killed and now - child.spawned_at > \
                     self.ready_timeout:
@@ -348,7 +301,7 @@ class PreforkPool(Pool):
         best: Child | None = None
         best_load = 1 << 30
         for child in self.children.values():
-            if not child.ready or child.retiring or child.broken:
+            if child.state is not ChildState.READY:
                 continue
             if max_tasks and child.taken >= max_tasks:
                 continue  # it leaves after the jobs it has: what we give it would come back
@@ -384,7 +337,7 @@ class PreforkPool(Pool):
         # answers ``skipped`` for those it will not run.
         wanted = set(jobs)
         for child in self.children.values():
-            if child.dead or child.broken or child.job_fd < 0:
+            if child.state is not ChildState.READY:
                 continue  # its death (or exit) gives back what it holds
             seqs = [seq for seq, job in child.queued if job in wanted]
             if seqs:
@@ -396,7 +349,7 @@ class PreforkPool(Pool):
         try:
             empty = child.pending.write(child.job_fd)
         except OSError:  # EPIPE: the child is going; its death gives back what it holds
-            child.broken = True
+            child.move(ChildState.BROKEN)
             empty = True
         if not empty and not child.writing:
             child.writing = True
@@ -414,7 +367,7 @@ class PreforkPool(Pool):
     def _on_events(self, child: Child) -> None:
         child.reader.read_available()
         self._handle_frames(child)
-        if child.reader.eof and not child.event_eof and not child.dead:
+        if child.reader.eof and not child.event_eof and not child.reaped:
             child.event_eof = True
             self._unwatch(child.event_fd)  # EOF stays readable: do not spin on it
             if child.pidfd < 0:
@@ -478,7 +431,7 @@ class PreforkPool(Pool):
                 child.taken -= 1
                 self.on_unstarted(job)
         elif kind == "ready":
-            child.ready = True
+            child.said_ready()
             self._early_deaths = 0
             self.stats["ready"] += 1
             if self._active() < self.target:
@@ -527,7 +480,7 @@ class PreforkPool(Pool):
         if child.alarm_at and child.alarm_at <= now:
             child.alarm_at = 0.0
         job = child.current
-        if child.dead or job is None:
+        if child.reaped or job is None:
             return
         if child.soft_at and child.soft_at <= now:
             child.soft_at = 0.0
@@ -537,7 +490,7 @@ class PreforkPool(Pool):
         if child.hard_at and child.hard_at <= now:
             child.reader.read_available()  # it may have finished just in time
             self._handle_frames(child)
-            if child.current is job and not child.dead:
+            if child.current is job and not child.reaped:
                 child.hard_at = 0.0
                 logger.error("hard time limit (%ss) exceeded for %s[%s]: killing pool child %d",
                              job.time_limit, job.name, job.id, child.pid)
@@ -564,7 +517,7 @@ class PreforkPool(Pool):
         return True
 
     def _try_reap(self, child: Child) -> None:
-        if child.dead or self._poll_exit(child):
+        if child.reaped or self._poll_exit(child):
             return
         # EOF (or even the pidfd) can come a moment before the exit status: poll, backing off.
         child.reap_delay = min(REAP_POLL_MAX, max(0.001, child.reap_delay * 2))
@@ -577,26 +530,29 @@ class PreforkPool(Pool):
         self._try_reap(child)
 
     def _on_dead(self, child: Child, status: int | None, *, cold: bool = False) -> None:
-        if child.dead:
+        if child.reaped:
             return
-        child.dead = True   # out of ``children`` too: no new job while its events are read
-        self.children.pop(child.pid, None)
+        child.reaped = True  # never signalled again (its pid may be reused)
+        self.children.pop(child.pid, None)  # no new job while its events are read
         try:
             # Its last started/done may be in the pipe: read until EAGAIN (never wait for
-            # EOF: a process the task forked may hold the write end).
+            # EOF: a process the task forked may hold the write end). These last events
+            # still move its state (``ready``, ``exiting``): it is DEAD only after them.
             if not child.reader.eof:
                 child.reader.read_available()
             self._handle_frames(child)
         finally:
             self._close_fds(child)
+            ready, retiring = child.ready, child.retiring
+            child.move(ChildState.DEAD)
         job, child.current = child.current, None
         unwritten = set(child.pending.take())
         # The job it was reading (written whole, first in line) when it died on its own:
         # a poison message, or a child that cannot run jobs at all (issue 13 #4).
         suspect = (child.queued[0][1] if child.queued and job is None and not cold
-                   and child.ready and child.queued[0][0] not in unwritten
+                   and ready and child.queued[0][0] not in unwritten
                    and not _killed_from_outside(child, status)
-                   and not (child.retiring and status == 0) else None)
+                   and not (retiring and status == 0) else None)
         unstarted = [queued for _, queued in child.queued]
         child.queued.clear()
         how = describe_exit(status)
@@ -605,11 +561,11 @@ class PreforkPool(Pool):
             calls.append(self._lost_running(child, job, status, how))
         elif cold:
             pass
-        elif not child.ready and _killed_from_outside(child, status):
+        elif not ready and _killed_from_outside(child, status):
             # The OOM killer, an operator or a chaos run: not a child that cannot start, so
             # no reason to hold back its replacement (each death is one fork, never a loop).
             logger.warning("pool child %d was killed before it was ready (%s)", child.pid, how)
-        elif not child.ready:
+        elif not ready:
             self._early_deaths += 1
             logger.error("pool child %d exited before it was ready (%s)", child.pid, how)
         elif suspect is not None:
@@ -622,7 +578,7 @@ class PreforkPool(Pool):
                     f"{suspect.start_failures} times reading this job before it started "
                     f"(task_max_redeliveries={self.app.conf.task_max_redeliveries}): given "
                     "up"))))
-        elif not child.retiring or (status is not None and status != 0):
+        elif not retiring or (status is not None and status != 0):
             logger.warning("pool child %d exited (%s)", child.pid, how)
         calls.extend((self.on_unstarted, (queued,)) for queued in unstarted)
         try:
@@ -721,7 +677,7 @@ class PreforkPool(Pool):
     def _retire(self, child: Child, *, everything: bool = False) -> list[Job]:
         """Close its job pipe (it exits at EOF, after the jobs written to it whole) and return
         the jobs it will never read: those not wholly written, or all when ``everything``."""
-        child.retiring = True
+        child.retire()
         child.retired_at = time.monotonic()
         unwritten = set(child.pending.take())
         if everything:
