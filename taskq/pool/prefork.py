@@ -29,7 +29,7 @@
 - ``max_tasks_per_child``: a child is given at most that many jobs it will run; a job it
   skipped (taken back with ``withdraw``) gives its slot back.
 - Each child's lifecycle (starting, ready, broken, retiring, dead) is one ``ChildState`` with
-  checked moves (``taskq.pool.child_state``).
+  checked moves (``taskq.pool.child_state``). Time comes from the loop's clock.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from kombu.asynchronous import Hub
     from kombu.asynchronous.timer import Entry
 
-    from taskq.worker.loop import Loop
+    from taskq.worker.loop import Clock, Loop
 
 logger = logging.getLogger("taskq.pool.prefork")
 
@@ -160,11 +160,13 @@ class PreforkPool(Pool):
         self._housekeeping: Entry | None = None
         self._log_fds: frozenset[int] = frozenset()
         self._started = False
+        self.clock: Clock = time.monotonic  # the loop's, from start(): tests can drive it
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, loop: Loop) -> None:
         self.loop = loop
         self.hub: Hub = loop.hub
+        self.clock = loop.clock
         self.parent_pid = os.getpid()
         # What a child needs to run a task, imported once here: a child that imported it
         # itself spent 12-16 ms of its start on it (page faults on a forked heap).
@@ -251,7 +253,7 @@ class PreforkPool(Pool):
                 pidfd = os.pidfd_open(pid)
             except OSError as exc:  # works for an unreaped child; this is a kernel limit
                 logger.warning("pidfd_open(%d) failed (%s): watching it by pipe EOF", pid, exc)
-        child = Child(pid, pidfd, job_w, event_r, time.monotonic())
+        child = Child(pid, pidfd, job_w, event_r, self.clock())
         self.children[pid] = child
         self.hub.add_reader(event_r, self._on_events, child)
         if pidfd >= 0:
@@ -273,7 +275,7 @@ class PreforkPool(Pool):
         self._signal(child, signal.SIGKILL)
 
     def _housekeep(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for child in list(self.children.values()):
             if child.reaped:
                 continue
@@ -463,7 +465,7 @@ class PreforkPool(Pool):
     # One armed timer per child at a time, re-armed when it fires, instead of a timer per job
     # cancelled at ``done``: cancelled kombu timers stay queued until their time comes.
     def _start_limits(self, child: Child, job: Job) -> None:
-        now = time.monotonic()
+        now = self.clock()
         child.soft_at = now + job.soft_time_limit if job.soft_time_limit else 0.0
         child.hard_at = now + job.time_limit if job.time_limit else 0.0
         self._arm(child)
@@ -473,10 +475,12 @@ class PreforkPool(Pool):
         if child.alarm_at and child.alarm_at <= due:
             return  # an earlier alarm is armed; it re-arms for this one
         child.alarm_at = due
-        self.hub.call_at(due, self._on_alarm, child)
+        # A delay, not call_at(due): the hub's timers run on time.monotonic, ``due`` on the
+        # pool's clock.
+        self.hub.call_later(max(0.0, due - self.clock()), self._on_alarm, child)
 
     def _on_alarm(self, child: Child) -> None:
-        now = time.monotonic() + 0.001
+        now = self.clock() + 0.001
         if child.alarm_at and child.alarm_at <= now:
             child.alarm_at = 0.0
         job = child.current
@@ -678,7 +682,7 @@ class PreforkPool(Pool):
         """Close its job pipe (it exits at EOF, after the jobs written to it whole) and return
         the jobs it will never read: those not wholly written, or all when ``everything``."""
         child.retire()
-        child.retired_at = time.monotonic()
+        child.retired_at = self.clock()
         unwritten = set(child.pending.take())
         if everything:
             given = [job for _, job in child.queued]
@@ -732,7 +736,7 @@ class PreforkPool(Pool):
             if child.current is not None or child.queued:
                 self._kill(child)
         statuses: dict[int, int | None] = {}
-        start = time.monotonic()
+        start = time.monotonic()  # a wait on real processes, in real time
         waiting = {c.pid: c for c in children}
         while waiting:
             for pid in list(waiting):
@@ -834,7 +838,7 @@ class PreforkPool(Pool):
             self.grow(min(backlog, high - self.target))
             self._idle_since = None
         elif not backlog and busy < self.target and self.target > low:
-            now = time.monotonic()
+            now = self.clock()
             if self._idle_since is None:
                 self._idle_since = now
             elif now - self._idle_since >= AUTOSCALE_KEEPALIVE:
