@@ -47,6 +47,19 @@ def message_done(app: TaskQ, msg: TaskMessage, state: str, value: Any) -> None:
               root_id=msg.root_id or msg.id)
 
 
+def ended_by_worker(app: TaskQ, msg: TaskMessage, state: str, exc: BaseException) -> None:
+    """The worker ended a task its code did not finish (its child was lost, a hard time
+    limit, revoked, expired, an unknown task), after storing ``state``: a chord's header part
+    counts, so the body fires (failing with ``ChordError``) instead of waiting forever, and
+    the rest of a failed task's chain fails too (``get()`` on the chain raises). Never raises."""
+    try:
+        message_done(app, msg, state, exc)
+        if state == states.FAILURE and msg.chain:
+            fail_chain(app, msg.chain, exc)
+    except Exception:
+        logger.exception("task %s: ending its chord part or chain failed", msg.id)
+
+
 def part_done(app: TaskQ, *, group_id: str, task_id: str, group_index: int | None,
               body: Mapping[str, Any], state: str, value: Any, parent_id: str | None,
               root_id: str | None) -> None:

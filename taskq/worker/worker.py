@@ -17,9 +17,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from taskq import states
+from taskq import chord, states
 from taskq.app import run_hooks
-from taskq.errors import ConfigurationError, TimeLimitExceeded, WorkerLostError
+from taskq.errors import (
+    ConfigurationError,
+    TaskRevokedError,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
 from taskq.pool import Job, JobResult, Pool, pool_for
 from taskq.ratelimit import RateLimits
 from taskq.worker import lifecycle
@@ -226,11 +231,11 @@ class Worker:
         self.consumer.on_leases_lost = self.on_leases_lost
         # Requests of lost connections whose leases the next connection gives back at once.
         self._orphans: list[Request] = []
-        if getattr(self.pool, "blocks_loop", False):
+        if self.pool.blocks_loop:
             # The solo pool runs tasks on the loop's thread: acks cannot wait for the loop's
             # next tick, and the leases are renewed from its thread while a task runs.
             self.consumer.settle_at_once = True
-            self.pool.keepalive = self.consumer.keep_leases  # type: ignore[attr-defined]
+            self.pool.keepalive = self.consumer.keep_leases
         self.consumer.on_consuming = self._log_ready
         self._steps_started = self._ready_logged = False
         self.control = ControlNode(self)
@@ -255,11 +260,10 @@ class Worker:
             step.start(self)
             self._started_steps.append(step)
         if self.autoscale is not None:
-            scale = getattr(self.pool, "autoscale", None)
-            if scale is None:
+            if not self.pool.supports_autoscale:
                 raise ConfigurationError(f"--autoscale needs the prefork pool, not "
                                          f"{self.pool_kind}")
-            scale(*self.autoscale)
+            self.pool.autoscale(*self.autoscale)
         self.loop.hub.call_repeatedly(1.0, self._tick)
         self._steps_started = True
         self._log_ready()
@@ -378,9 +382,7 @@ class Worker:
 
     def _tick(self) -> None:
         self.feed_pool()
-        autoscale_tick = getattr(self.pool, "autoscale_tick", None)
-        if autoscale_tick is not None:
-            autoscale_tick(len(self.ready))
+        self.pool.autoscale_tick(len(self.ready))
 
     # -- receiving ----------------------------------------------------------------------------
     def on_connected(self, conn: Connection) -> None:
@@ -550,11 +552,15 @@ class Worker:
         def store() -> None:
             assert rejection.task_id is not None
             backend = self.app.backend
+            ended: BaseException | None = rejection.exc
             if rejection.store == states.REVOKED:
                 backend.mark_as_revoked(rejection.task_id, rejection.revoked_reason,
                                         request=rejection.msg)
+                ended = TaskRevokedError(rejection.revoked_reason)
             elif rejection.exc is not None:
                 backend.mark_as_failure(rejection.task_id, rejection.exc, request=rejection.msg)
+            if rejection.msg is not None and ended is not None and rejection.store:
+                chord.ended_by_worker(self.app, rejection.msg, rejection.store, ended)
 
         if (rejection.task_id is None or rejection.store is None
                 or not self.offload_results.submit(f"storing the state of rejected {task_id}",
@@ -641,7 +647,7 @@ class Worker:
         self.events.task("task-started", uuid=job.id, pid=pid)
         # Early acks were sent before the job reached the pool (feed_pool).
         if request.terminated is not None:  # revoked with terminate before it started
-            self.pool.terminate_job(job, request.terminated)  # type: ignore[attr-defined]
+            self.pool.terminate_job(job, request.terminated)
 
     def on_job_done(self, job: Job, result: JobResult) -> None:
         request = self.dispatched.pop(job, None)
@@ -758,7 +764,7 @@ class Worker:
                         withdrawn.append(job)
                 case lifecycle.Terminate(signum=signum):
                     assert job is not None
-                    self.pool.terminate_job(job, signum)  # type: ignore[attr-defined]
+                    self.pool.terminate_job(job, signum)
                 case lifecycle.Warn(message=message):
                     logger.warning("task %s[%s] %s", request.name, request.id, message)
                 case _:
@@ -768,12 +774,19 @@ class Worker:
 
     def _storer(self, request: Request, store: lifecycle.Store,
                 exc: BaseException | None) -> Callable[[], Any]:
-        backend, task_id = self.app.backend, request.id
+        app, msg = self.app, request.msg
         if store.state == states.REVOKED:
-            return lambda: backend.mark_as_revoked(task_id, store.reason, request=request.msg)
+            def revoked() -> None:
+                app.backend.mark_as_revoked(msg.id, store.reason, request=msg)
+                chord.ended_by_worker(app, msg, states.REVOKED, TaskRevokedError(store.reason))
+            return revoked
         error = exc if exc is not None and str(exc) == store.reason else WorkerLostError(
             store.reason)
-        return lambda: backend.mark_as_failure(task_id, error, request=request.msg)
+
+        def failed() -> None:
+            app.backend.mark_as_failure(msg.id, error, request=msg)
+            chord.ended_by_worker(app, msg, states.FAILURE, error)
+        return failed
 
     def _store_only(self, request: Request, store: lifecycle.Store) -> None:
         """Store off the loop and log once stored (whoever reads the log, a person or a
@@ -883,18 +896,15 @@ class Worker:
             if job.id not in wanted:
                 continue
             phase = lifecycle.Phase.STARTED if job.started_at else lifecycle.Phase.DISPATCHED
-            if terminate and self._can_terminate():
+            if terminate and self.pool.supports_terminate_job:
                 # Its child's death is then REVOKED "terminated" (on_job_lost); one not
                 # started yet is signalled when it starts (on_job_started).
                 request.terminated = int(signum)
             self._carry_out(request, lifecycle.revoked(
                 self._facts(request, job), phase, terminate=terminate, signum=int(signum),
-                can_terminate=self._can_terminate()), job=job)
+                can_terminate=self.pool.supports_terminate_job), job=job)
         if self.statedb is not None:
             self.statedb.changed()  # written within StateDB.SAVE_INTERVAL, off the loop
-
-    def _can_terminate(self) -> bool:
-        return callable(getattr(self.pool, "terminate_job", None))
 
     def save_state_soon(self) -> None:
         """Hand a changed --statedb to the io lane (timer; the fsync is not the loop's)."""
@@ -915,8 +925,7 @@ class Worker:
             self.statedb.changed()
 
     def pool_size(self) -> int:
-        size = getattr(self.pool, "size", None)
-        return int(size() if callable(size) else self.pool.concurrency)
+        return self.pool.size()
 
     def send_heartbeat(self) -> None:
         self.events.heartbeat()

@@ -15,14 +15,14 @@ from e2e_support import REDIS_URL, Broker, WorkerSet, make_broker
 
 from taskq import TaskQ, states
 from taskq.canvas import Signature, chain, chord, chord_size, group
-from taskq.errors import ChordError, ResultBackendError
+from taskq.errors import ChordError, ResultBackendError, WorkerLostError
 from taskq.result import AsyncResult, GroupResult
 
 
 def client_for(b: Broker) -> TaskQ:
     """A client app whose tasks have the worker's names (canvasmod)."""
     app = b.app()
-    for name in ("add", "tsum", "boom", "collect"):
+    for name in ("add", "tsum", "boom", "collect", "die"):
         app.task(name=f"canvasmod.{name}")(lambda *a: None)
     return app
 
@@ -78,6 +78,30 @@ def test_a_failed_header_part_fails_the_body_with_chord_error(broker: Broker,
         body.get(timeout=30)
     part = res.parent.results[1].id
     assert f"Dependency {part} raised ValueError('boom')" in str(info.value)
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_parts_the_worker_ends_count_toward_the_chord(broker: Broker,
+                                                      workers: WorkerSet) -> None:
+    """Given a header part whose child dies and one that expired before it ran, the worker
+    stores their FAILURE / REVOKED and counts them: the body fails with ChordError instead of
+    waiting forever, and a chain after a lost step fails with the step's error."""
+    workers.start(broker, app="canvasmod", pool="prefork", concurrency=2)
+    app = client_for(broker)
+    add, die, tsum = (app.tasks[f"canvasmod.{n}"] for n in ("add", "die", "tsum"))
+    res = chord([add.s(1, 1), die.s(), add.s(2, 2)], tsum.s()).apply_async()
+    with pytest.raises(ChordError) as info:
+        app.AsyncResult(res.id).get(timeout=30)
+    assert f"Dependency {res.parent.results[1].id} raised WorkerLostError" in str(info.value)
+
+    res = chord([add.s(1, 1), add.s(2, 2).set(expires=-5)], tsum.s()).apply_async()
+    with pytest.raises(ChordError) as info:
+        app.AsyncResult(res.id).get(timeout=30)
+    assert "TaskRevokedError" in str(info.value)
+
+    lost = chain(add.s(1, 1), die.s(), add.s(5)).apply_async()
+    with pytest.raises(WorkerLostError):
+        lost.get(timeout=30)
 
 
 # -- counting a chord's parts (Redis and SQL backends; no worker) ----------------------------

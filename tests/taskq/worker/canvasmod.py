@@ -44,3 +44,12 @@ def counted(self: Any, value: Any, ledger: str) -> Any:
 def errback(task_id: str, ledger: str) -> None:
     """A classic errback: called with the failed task's id."""
     note(ledger, f"errback {task_id}")
+
+
+@app.task(name="canvasmod.die")
+def die(*args: Any) -> None:
+    """The child running it dies (as an OOM kill would): the worker reports WorkerLostError."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
