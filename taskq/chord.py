@@ -50,11 +50,18 @@ def message_done(app: TaskQ, msg: TaskMessage, state: str, value: Any) -> None:
 def ended_by_worker(app: TaskQ, msg: TaskMessage, state: str, exc: BaseException) -> None:
     """The worker ended a task its code did not finish (its child was lost, a hard time
     limit, revoked, expired, an unknown task), after storing ``state``: a chord's header part
-    counts, so the body fires (failing with ``ChordError``) instead of waiting forever, and
-    the rest of a failed task's chain fails too (``get()`` on the chain raises). Never raises."""
+    counts, so the body fires (failing with ``ChordError``) instead of waiting forever; a
+    failed task's errbacks run and the rest of its chain fails (``get()`` on the chain
+    raises). Never raises."""
     try:
         message_done(app, msg, state, exc)
-        if state == states.FAILURE and msg.chain:
+        if state != states.FAILURE:
+            return
+        if msg.errbacks:  # as Celery's worker does for a lost task (mark_as_failure's errbacks)
+            run_errbacks(app, msg.errbacks, task_id=msg.id, exc=exc, traceback=None,
+                         request=Context.from_message(msg), parent_id=msg.id,
+                         root_id=msg.root_id or msg.id)
+        if msg.chain:
             fail_chain(app, msg.chain, exc)
     except Exception:
         logger.exception("task %s: ending its chord part or chain failed", msg.id)

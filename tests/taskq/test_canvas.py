@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "worker"))
-from e2e_support import REDIS_URL, Broker, WorkerSet, make_broker
+from e2e_support import REDIS_URL, Broker, WorkerSet, make_broker, wait_until
 
 from taskq import TaskQ, states
 from taskq.canvas import Signature, chain, chord, chord_size, group
@@ -81,8 +81,8 @@ def test_a_failed_header_part_fails_the_body_with_chord_error(broker: Broker,
 
 
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
-def test_parts_the_worker_ends_count_toward_the_chord(broker: Broker,
-                                                      workers: WorkerSet) -> None:
+def test_parts_the_worker_ends_count_toward_the_chord(broker: Broker, workers: WorkerSet,
+                                                      tmp_path: Path) -> None:
     """Given a header part whose child dies and one that expired before it ran, the worker
     stores their FAILURE / REVOKED and counts them: the body fails with ChordError instead of
     waiting forever, and a chain after a lost step fails with the step's error."""
@@ -99,9 +99,16 @@ def test_parts_the_worker_ends_count_toward_the_chord(broker: Broker,
         app.AsyncResult(res.id).get(timeout=30)
     assert "TaskRevokedError" in str(info.value)
 
-    lost = chain(add.s(1, 1), die.s(), add.s(5)).apply_async()
+    # A chain after a lost step fails with its error, and the lost step's errback runs.
+    errback = app.task(name="canvasmod.errback")(lambda *a: None)
+    ledger = tmp_path / "errbacks.log"
+    step = die.s().on_error(errback.s(str(ledger)))
+    lost = chain(add.s(1, 1), step, add.s(5)).apply_async()
     with pytest.raises(WorkerLostError):
         lost.get(timeout=30)
+    lost_id = lost.parent.id
+    wait_until(lambda: ledger.exists() and f"errback {lost_id}" in ledger.read_text(), 30,
+               "the lost step's errback")
 
 
 # -- counting a chord's parts (Redis and SQL backends; no worker) ----------------------------
