@@ -30,6 +30,7 @@ from stress.errors import RunnerError
 from stress.faults import NEEDS_PRIVATE_BROKER, NEEDS_PROXY, build_runners
 from stress.harness import APP_ENV
 from stress.ledger import Book, LedgerReader
+from stress.leftovers import measure as measure_leftovers
 from stress.oracles import (
     Evidence,
     Verdict,
@@ -157,6 +158,9 @@ class CellRun:
             for other in self._others:
                 other.stop()
             book.add(reader.poll())
+            # every worker has stopped: what they left in the broker is theirs to answer for
+            leftovers = (measure_leftovers(space) if self.suite.oracles.get("leases_released")
+                         else None)
             evidence = Evidence(
                 suite=self.suite, cell=self.cell, book=book,
                 faults=read_journal(journal.path) if journal.path else [],
@@ -166,7 +170,7 @@ class CellRun:
                 is_taskq=self.worker_cmd is None,
                 publish_errors=publisher.errors, directory=self.directory,
                 duration=self.duration, stopped_early=watch.get("early"),
-                observed_until=watch.get("until"),
+                observed_until=watch.get("until"), leftovers=leftovers,
             )
             verdicts, figures = judge(evidence)
             figures["seconds"] = round(time.monotonic() - started, 2)

@@ -30,10 +30,12 @@ from typing import Any
 
 from chaos import FaultRecord
 from stress.ledger import Book, Entry, History
+from stress.leftovers import Leftovers
 from stress.suites import Cell, Suite
 from stress.workerproc import Health
 
-__all__ = ["ORACLES", "Evidence", "Verdict", "judge", "maybe_lost", "unresolved"]
+__all__ = ["ORACLES", "Evidence", "Verdict", "judge", "leases_released", "maybe_lost",
+           "unresolved"]
 
 ORACLES = ("deadlock", "nothing-lost", "lost-process", "not-vacuous", "pool-health")
 OK_OUTCOMES = {"ok", "soft-limit", "success"}
@@ -69,6 +71,8 @@ class Evidence:
     # explore: the watch stopped the run early because this oracle's failure was certain
     stopped_early: str | None = None
     observed_until: float | None = None  # when the run was last observed (a live check)
+    # what the broker space held after the workers stopped (``leases_released`` suites)
+    leftovers: Leftovers | None = None
 
     def scaled(self, minimum: int) -> int:
         """A suite's minimum count, scaled down for a run shorter than the suite's duration."""
@@ -117,10 +121,15 @@ def _unstarted_losses_bound(faults: Sequence[FaultRecord], cell: Cell) -> int:
     return per_kill * len(_ok(faults, MAIN_FAULTS))
 
 
+def _ended(history: History) -> bool:
+    """The ledger shows the task at its end: finished (not asking for a retry), or failed
+    without being requeued."""
+    return any(e.extra.get("outcome") != "retry" for e in history.finishes) or any(
+        not e.extra.get("requeued") for e in history.losses)
+
+
 def _resolved(history: History, faults: Sequence[FaultRecord], cell: Cell) -> bool:
-    if any(e.extra.get("outcome") != "retry" for e in history.finishes):
-        return True
-    if any(not e.extra.get("requeued") for e in history.losses):
+    if _ended(history):
         return True
     # Not one that never started: it may still be waiting in the queue (see maybe_lost).
     return _allowed_lost(history, faults, cell, unstarted=False)
@@ -470,6 +479,10 @@ def judge(ev: Evidence) -> tuple[list[Verdict], dict[str, Any]]:
     if child_kills:
         span = max(r.mono for r in child_kills) - min(r.mono for r in child_kills)
         figures["kills_per_s"] = round(len(child_kills) / span, 1) if span > 0 else None
+    faults = [r.mono for r in ev.faults if r.outcome == "ok"]
+    ends = [e.mono for h in ev.book.published() for e in (*h.finishes, *h.losses)]
+    if faults and ends:  # how long the run took to drain once the faults stopped
+        figures["last_end_after_last_fault_s"] = round(max(ends) - max(faults), 2)
     return verdicts, figures
 
 
@@ -631,6 +644,41 @@ def lease_held(ev: Evidence) -> Verdict:
                    "its lease", figures)
 
 
+def leases_released(ev: Evidence) -> Verdict:
+    """After the cell's workers stopped, no lease is left in the broker under the cell's
+    names, and its queues hold no message of a task the ledger shows ended (issue 13 #5: 72
+    leases still held after the worker stopped; a reconnect orphaned them)."""
+    left = ev.leftovers
+    if left is None or left.skipped:
+        why = left.skipped if left is not None else "the runner did not read the broker"
+        return Verdict("leases-released", True, f"not measured: {why}", {})
+    if left.error:
+        return Verdict("leases-released", False, "could not read what the broker holds after "
+                       f"the workers stopped: {left.error}", {})
+
+    def ended(task_id: str | None) -> bool:
+        history = ev.book.by_id.get(task_id) if task_id is not None else None
+        return history is not None and _ended(history)
+
+    stale = [t for t in left.queued if ended(t)]
+    figures = {"leases_left": len(left.leases),
+               "leases_of_ended_tasks": sum(ended(t) for t in left.leases),
+               "queued_left": len(left.queued), "queued_ended": len(stale)}
+    problems = []
+    if left.leases:
+        shown = ", ".join(str(t) for t in left.leases[:5])
+        problems.append(f"{len(left.leases)} lease(s) still held after the workers stopped "
+                        f"({figures['leases_of_ended_tasks']} of tasks that had ended): {shown}"
+                        + (" ..." if len(left.leases) > 5 else ""))
+    if stale:
+        problems.append(f"{len(stale)} message(s) of ended tasks still queued: "
+                        + ", ".join(str(t) for t in stale[:5]) + (" ..." if len(stale) > 5 else ""))
+    if problems:
+        return Verdict("leases-released", False, "; ".join(problems), figures)
+    return Verdict("leases-released", True, f"no lease left; {len(left.queued)} message(s) "
+                   "queued, none of an ended task", figures)
+
+
 def certain_violations(book: Book, faults: Sequence[FaultRecord], cell: Cell) -> list[str]:
     """The nothing-lost violations no later event can undo once no fault is left to come (the
     fault schedule is over): a re-run the table forbids, a finished task with the wrong
@@ -687,6 +735,8 @@ def explore_verdicts(ev: Evidence, verdicts: list[Verdict]) -> list[Verdict]:
         verdicts.append(resources_settle(ev))
     if oracles.get("lease_held"):
         verdicts.append(lease_held(ev))
+    if oracles.get("leases_released"):
+        verdicts.append(leases_released(ev))
     if ev.stopped_early:
         verdicts = _stopped_early(ev, verdicts)
     return verdicts

@@ -36,6 +36,7 @@ def _figures(verdict_figures: dict[str, Any], oracle: str) -> str:
         "pool-health": ("children", "fds", "rss_mib"),
         "deadlock": ("pending",),
         "head-of-line": ("short_tasks", "p99_ms", "stuck"),
+        "leases-released": ("leases_left", "queued_ended"),
     }.get(oracle, ())
     return " ".join(f"{k}={verdict_figures[k]}" for k in keys if verdict_figures.get(k) is not None)
 
