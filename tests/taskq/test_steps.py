@@ -6,7 +6,7 @@ import pytest
 
 from taskq.errors import ConfigurationError
 from taskq.worker.steps import Step, order, to_dot
-from taskq.worker.worker import default_steps
+from taskq.worker.bootsteps import default_steps
 
 
 def make(name: str, *requires: str) -> Step:

@@ -13,7 +13,7 @@ import pytest
 from e2e_support import AMQP_PORT, HERE, HOST, TASKQ, Broker, Ledger, StartWorker, wait_until
 
 from taskq import states
-from taskq.worker.worker import default_steps
+from taskq.worker.bootsteps import default_steps
 
 
 def taskq(*args: str, env: dict[str, str] | None = None, timeout: float = 60
