@@ -41,6 +41,7 @@ from stress.oracles import (
     unresolved,
 )
 from stress.publisher import Publisher
+from stress.series import series_of
 from stress.spaces import LEASE_TIMEOUT, Space, address_of, make_space
 from stress.suites import Cell, Suite
 from stress.workerproc import Health, WorkerProc, taskq_command
@@ -61,6 +62,7 @@ class CellResult:
     worker_command: str
     error: str | None = None
     replay: str = ""
+    series: dict[str, Any] = field(default_factory=dict)  # over time, for report.html
 
     @property
     def passed(self) -> bool:
@@ -173,6 +175,7 @@ class CellRun:
                 observed_until=watch.get("until"), leftovers=leftovers,
             )
             verdicts, figures = judge(evidence)
+            series = series_of(evidence)
             figures["seconds"] = round(time.monotonic() - started, 2)
             figures["published"] = publisher.published
             if watch.get("early"):
@@ -180,7 +183,7 @@ class CellRun:
             if publisher.last_error:
                 figures["last_publish_error"] = publisher.last_error
             return CellResult(self.cell, self.seed, verdicts, figures, self.directory,
-                              time.monotonic() - started, worker.command)
+                              time.monotonic() - started, worker.command, series=series)
         finally:
             for runner in runners:
                 with contextlib.suppress(Exception):

@@ -34,8 +34,8 @@ from stress.leftovers import Leftovers
 from stress.suites import Cell, Suite
 from stress.workerproc import Health
 
-__all__ = ["ORACLES", "Evidence", "Verdict", "judge", "leases_released", "maybe_lost",
-           "unresolved"]
+__all__ = ["ORACLES", "Evidence", "Verdict", "detection_latencies", "judge", "leases_released",
+           "maybe_lost", "unresolved"]
 
 ORACLES = ("deadlock", "nothing-lost", "lost-process", "not-vacuous", "pool-health")
 OK_OUTCOMES = {"ok", "soft-limit", "success"}
@@ -304,12 +304,14 @@ def _reported_kills(ev: Evidence, bound: float) -> dict[float, float]:
     return found
 
 
-def lost_process(ev: Evidence) -> Verdict:
-    bound = float(ev.suite.oracles.get("detect_bound", 5.0))
+def _detections(ev: Evidence, bound: float) -> tuple[dict[float, float], list[str], list[str]]:
+    """Kill time -> detection latency for every kill of a running task that was noticed; the
+    tasks whose kill never was; those noticed later than ``bound`` (with their latency)."""
     hits = _kills_of_running(ev)
     reported = _reported_kills(ev, bound)
     latencies: dict[float, float] = {}
-    late, undetected = [], []
+    late: list[str] = []
+    undetected: list[str] = []
     for killed_at, h, run in hits:
         after = [e.mono for e in h.losses if e.mono >= run.mono]
         if not after and not ev.is_taskq:
@@ -324,6 +326,19 @@ def lost_process(ev: Evidence) -> Verdict:
             late.append(f"{h.task_id} after {latency:.2f}s")
     for killed_at, latency in reported.items():
         latencies.setdefault(killed_at, latency)
+    return latencies, undetected, late
+
+
+def detection_latencies(ev: Evidence) -> list[float]:
+    """Seconds from each kill of a child running a task to the worker noticing it (what
+    ``lost-process`` judges; report.html draws their histogram)."""
+    bound = float(ev.suite.oracles.get("detect_bound", 5.0))
+    return list(_detections(ev, bound)[0].values())
+
+
+def lost_process(ev: Evidence) -> Verdict:
+    bound = float(ev.suite.oracles.get("detect_bound", 5.0))
+    latencies, undetected, late = _detections(ev, bound)
     values = list(latencies.values())
     figures: dict[str, Any] = {"kills_of_running": len(latencies) + len(undetected),
                                "detected": len(values), **_percentiles(values)}

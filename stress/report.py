@@ -115,6 +115,7 @@ def _result_json(result: CellResult) -> dict[str, Any]:
         "replay": result.replay, "figures": result.figures,
         "verdicts": [{"oracle": v.oracle, "passed": v.passed, "message": v.message,
                       "figures": v.figures} for v in result.verdicts],
+        "series": result.series,
     }
 
 

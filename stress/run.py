@@ -150,6 +150,7 @@ def run_suite(suite: Suite, cells: Sequence[Cell], options: RunOptions,
         console.print("taskq-stress: interrupted; the running cell was cleaned up")
     run_info["interrupted"] = interrupted
     write_json(report_json, suite, run_info, results)
+    _write_html(report_dir / "report.html", report_json, console)
     if options.junit_path:
         write_junit(options.junit_path, suite, results)
     summary_table(suite, results, out)
@@ -169,6 +170,18 @@ def run_suite(suite: Suite, cells: Sequence[Cell], options: RunOptions,
     out.print(verdict_line(suite, results, seed, report_dir, report_json,
                            options.junit_path, interrupted), highlight=False)
     return code, results
+
+
+def _write_html(path: Path, report_json: Path, console: Console) -> None:
+    """report.html beside report.json; a chart that cannot be drawn does not change the
+    run's verdict or exit code (``taskq-stress report`` rebuilds the page)."""
+    from stress.report_html import load_run, write_html
+
+    try:
+        write_html(path, [load_run(report_json)])
+    except Exception as exc:
+        console.print(f"[yellow]taskq-stress: warning:[/] could not write {path}: "
+                      f"{type(exc).__name__}: {exc}")
 
 
 def verdict_line(suite: Suite, results: Sequence[CellResult], seed: int, report_dir: Path,
