@@ -227,8 +227,10 @@ def freeze(
 @click.option("--api", "api_address", help="Serve the HTTP/JSON control API here.")
 @click.option("--cut-schedule", help="Also cut every connection on this schedule.")
 @click.option("--duration", help="Exit after this long; default: until Ctrl-C.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--journal", "journal_path", type=click.Path(dir_okay=False))
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the proxy's random choices and the cut schedule.")
+@click.option("--journal", "journal_path", type=click.Path(dir_okay=False),
+              help="Append JSON lines to this file too.")
 def proxy(
     listen: str,
     upstream: str,
@@ -290,9 +292,12 @@ sys.stdin.read()
 
 
 @cli.command("bench-kill")
-@click.option("--processes", type=int, default=2000, show_default=True)
-@click.option("--signal", "signame", default="KILL", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--processes", type=int, default=2000, show_default=True,
+              help="How many sleep processes to spawn and kill.")
+@click.option("--signal", "signame", default="KILL", show_default=True,
+              help="KILL, TERM, SEGV, ABRT, ... or a number.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds which child each injection picks.")
 def bench_kill(processes: int, signame: str, seed: int) -> None:
     """Measure the kill rate against PROCESSES pre-spawned `sleep` processes.
 

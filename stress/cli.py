@@ -25,17 +25,21 @@ def _report_options(command: _Command) -> _Command:
     """``--report-dir``, ``--json`` and ``--junit``: where ``run`` and ``explore`` write."""
     for option in reversed((
         click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path),
-                     default=None),
+                     default=None, help="Where the reports and each cell's artifacts go "
+                     "(default: stress-reports/<suite>-<time>/)."),
         click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-                     default=None),
+                     default=None, help="Write the JSON report here instead of "
+                     "<report dir>/report.json."),
         click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path),
-                     default=None),
+                     default=None, help="Also write JUnit XML here (a testcase per cell "
+                     "and oracle)."),
     )):
         command = option(command)
     return command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="taskq", prog_name="taskq-stress")
 def main() -> None:
     """Stress taskq under injected faults."""
 
@@ -242,7 +246,8 @@ def explore(budget: str, shrink_budget: str, seed: int | None, brokers: tuple[st
 @main.command()
 @click.argument("report", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("cell_id")
-@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where this run's reports go (default: a new stress-reports/ folder).")
 def replay(report: Path, cell_id: str, report_dir: Path | None) -> None:
     """Run one cell of an earlier report again, with its seed, duration and broker."""
     from stress.run import RunOptions, load_report, run_suite
@@ -269,6 +274,34 @@ def replay(report: Path, cell_id: str, report_dir: Path | None) -> None:
     sys.exit(code)
 
 
+@main.command()
+@click.argument("dirs", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
+@click.option("--compare", "others", multiple=True,
+              type=click.Path(exists=True, path_type=Path),
+              help="Another run's report folder to draw in the same charts (repeat for more); "
+                   "the same as naming several folders.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the page (default: DIR/report.html for one run, "
+                   "DIR/compare.html for several, DIR being the first).")
+def report(dirs: tuple[Path, ...], others: tuple[Path, ...], output: Path | None) -> None:
+    """Rebuild report.html from a run's report folder (or its report.json); with several
+    runs (a taskq run and a --worker-cmd Celery run, say), one page whose charts put cells
+    with the same id side by side."""
+    from stress.report_html import CHARTS_HINT, charts_available, load_run, write_html
+
+    try:
+        runs = [load_run(path) for path in (*dirs, *others)]
+        target = output or runs[0].directory / (
+            "report.html" if len(runs) == 1 else "compare.html")
+        write_html(target, runs)
+    except (StressError, OSError) as exc:
+        _fail(exc)
+    if not charts_available():
+        click.echo(f"taskq-stress: {CHARTS_HINT}", err=True)
+    click.echo(str(target))
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks: they print figures, they do not pass or fail."""
@@ -277,10 +310,13 @@ def bench() -> None:
 @bench.command()
 @click.option("--broker", "brokers", multiple=True,
               default=["redis://127.0.0.1:6379/0", "amqp://guest:guest@127.0.0.1:5672//"],
-              show_default=True)
-@click.option("--tasks", type=click.IntRange(min=1), default=20_000, show_default=True)
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True)
+              show_default=True, help="A broker to measure on (repeat for several).")
+@click.option("--tasks", type=click.IntRange(min=1), default=20_000, show_default=True,
+              help="Noop tasks in the queue to drain.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=2, show_default=True,
+              help="The worker's pool size.")
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Drains per broker (at least 5 with --compare).")
 @click.option("--compare", type=click.Choice(["celery"]), default=None,
               help="Alternate with a Celery worker on the same messages (5 rounds).")
 def drain(brokers: tuple[str, ...], tasks: int, concurrency: int, rounds: int,
@@ -306,8 +342,10 @@ def drain(brokers: tuple[str, ...], tasks: int, concurrency: int, rounds: int,
 
 
 @bench.command()
-@click.option("--kills", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--kills", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Children to kill while they run a task.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=2, show_default=True,
+              help="The pool's size.")
 @click.option("--mib", type=click.IntRange(min=0), default=0, show_default=True,
               help="Memory each child holds (the kernel reports a death once it is freed).")
 @click.option("--no-pidfd", is_flag=True, help="Measure the fallback without pidfds.")
@@ -321,8 +359,10 @@ def pool(kills: int, concurrency: int, mib: int, no_pidfd: bool) -> None:
 
 
 @bench.command()
-@click.option("--url", default="redis://127.0.0.1:6379/0", show_default=True)
-@click.option("--messages", type=click.IntRange(min=1), default=3000, show_default=True)
+@click.option("--url", default="redis://127.0.0.1:6379/0", show_default=True,
+              help="The Redis server to measure on.")
+@click.option("--messages", type=click.IntRange(min=1), default=3000, show_default=True,
+              help="Messages to fetch and ack per mode.")
 def redis(url: str, messages: int) -> None:
     """Fetch + ack throughput of taskq's Redis transport against kombu's, per mode."""
     from stress.bench_redis import rows

@@ -24,7 +24,7 @@ LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s %(process)d] %(name)s:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", metavar="MODULE", envvar="TASKQ_CONFIG_MODULE",
               help="Load settings from this module (lowercase names, as in TaskQ(...)).")
-@click.version_option(package_name="taskq")
+@click.version_option(package_name="taskq", prog_name="taskq")
 @click.pass_context
 def main(ctx: click.Context, config: str | None) -> None:
     """taskq: a task queue that does not deadlock and does not lose work."""
@@ -44,24 +44,34 @@ def _setup_logging(level: str, logfile: str | None) -> None:
 @app_option
 @click.option("-l", "--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error", "critical"],
-                                case_sensitive=False))
+                                case_sensitive=False), help="Log level.")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Pool size.")
-@click.option("-P", "--pool", type=click.Choice(["prefork", "solo", "threads"]))
+@click.option("-P", "--pool", type=click.Choice(["prefork", "solo", "threads"]),
+              help="Pool: prefork (child processes, the default), solo (tasks run in the "
+                   "main process, one at a time) or threads.")
 @click.option("-O", "optimization", type=click.Choice(["fair", "fast"]),
               help="Prefork scheduling: fair gives a job only to an idle child (default); "
                    "fast lets each child queue a few jobs.")
 @click.option("-Q", "--queues", help="Comma-separated queues to consume from.")
 @click.option("-X", "--exclude-queues", help="Comma-separated queues not to consume from.")
 @click.option("-n", "--hostname", help="Node name, e.g. worker1@%h.")
-@click.option("--max-tasks-per-child", type=click.IntRange(min=1))
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1),
+              help="Replace a prefork child after it ran this many tasks.")
 @click.option("--max-memory-per-child", type=click.IntRange(min=1), help="KiB.")
-@click.option("--time-limit", type=click.FloatRange(min=0))
-@click.option("--soft-time-limit", type=click.FloatRange(min=0))
-@click.option("--prefetch-multiplier", type=click.IntRange(min=0))
+@click.option("--time-limit", type=click.FloatRange(min=0),
+              help="Hard time limit in seconds: the child running a task is killed and the "
+                   "task fails with TimeLimitExceeded.")
+@click.option("--soft-time-limit", type=click.FloatRange(min=0),
+              help="Soft time limit in seconds: SoftTimeLimitExceeded is raised in the task.")
+@click.option("--prefetch-multiplier", type=click.IntRange(min=0),
+              help="Messages reserved per pool slot (0: no limit).")
 @click.option("--autoscale", metavar="MAX,MIN", help="Grow and shrink the prefork pool.")
-@click.option("--statedb", type=click.Path(dir_okay=False))
-@click.option("--pidfile", type=click.Path(dir_okay=False))
-@click.option("-f", "--logfile", type=click.Path(dir_okay=False))
+@click.option("--statedb", type=click.Path(dir_okay=False),
+              help="File that keeps revoked task ids across restarts.")
+@click.option("--pidfile", type=click.Path(dir_okay=False),
+              help="Write the main process's pid here (removed at exit).")
+@click.option("-f", "--logfile", type=click.Path(dir_okay=False),
+              help="Log to this file instead of stderr.")
 @click.option("--soft-shutdown-timeout", type=click.FloatRange(min=0),
               help="On a cold shutdown, seconds running tasks still get to finish.")
 @click.option("-E", "--task-events", is_flag=True, default=None, help="Send task events.")
@@ -219,8 +229,8 @@ def purge(ctx: Context, app_spec: str | None, queues: str | None, force: bool) -
 @click.argument("name")
 @click.option("--args", "args_json", default="[]", help="JSON list of positional arguments.")
 @click.option("--kwargs", "kwargs_json", default="{}", help="JSON object of keyword arguments.")
-@click.option("--countdown", type=float)
-@click.option("--queue")
+@click.option("--countdown", type=float, help="Run no earlier than this many seconds from now.")
+@click.option("--queue", help="Send to this queue instead of the task's default route.")
 @click.pass_obj
 @fail_cleanly
 def call(ctx: Context, app_spec: str | None, name: str, args_json: str, kwargs_json: str,
@@ -241,7 +251,8 @@ def call(ctx: Context, app_spec: str | None, name: str, args_json: str, kwargs_j
 @app_option
 @click.argument("task_id")
 @click.option("--wait", "timeout", type=float, default=None, help="Wait up to this many s.")
-@click.option("--traceback", "show_tb", is_flag=True)
+@click.option("--traceback", "show_tb", is_flag=True,
+              help="Print the task's traceback when it failed.")
 @click.pass_obj
 @fail_cleanly
 def result(ctx: Context, app_spec: str | None, task_id: str, timeout: float | None,

@@ -69,8 +69,10 @@ def _remote_command(choices: tuple[str, ...]) -> Callable[[Callable[..., Any]], 
             click.argument("command", type=click.Choice(choices)),
             click.argument("arguments", nargs=-1),
             click.option("-d", "--destination", help="Comma-separated node names."),
-            click.option("-t", "--timeout", type=float, default=1.0, show_default=True),
-            click.option("-j", "--json", "as_json", is_flag=True),
+            click.option("-t", "--timeout", type=float, default=1.0, show_default=True,
+                         help="Seconds to wait for the workers' replies."),
+            click.option("-j", "--json", "as_json", is_flag=True,
+                         help="Print the replies as JSON."),
             click.pass_obj, fail_cleanly,
         ]):
             fn = option(fn)  # type: ignore[operator]
@@ -116,7 +118,8 @@ def control(ctx: Context, app_spec: str | None, command: str, arguments: tuple[s
 
 @click.command()
 @app_option
-@click.option("-t", "--timeout", type=float, default=1.0, show_default=True)
+@click.option("-t", "--timeout", type=float, default=1.0, show_default=True,
+              help="Seconds to wait for the workers' replies.")
 @click.pass_obj
 @fail_cleanly
 def status(ctx: Context, app_spec: str | None, timeout: float) -> None:
@@ -185,7 +188,8 @@ def _draw(state: Any) -> None:
 
 @click.command()
 @app_option
-@click.option("-t", "--timeout", type=float, default=1.0)
+@click.option("-t", "--timeout", type=float, default=1.0, show_default=True,
+              help="Seconds to wait for the workers' replies.")
 @click.pass_obj
 @fail_cleanly
 def workers(ctx: Context, app_spec: str | None, timeout: float) -> None:
@@ -220,7 +224,8 @@ def _pidfile(folder: str, name: str) -> str:
 
 @multi.command("start")
 @click.argument("count", type=click.IntRange(min=1))
-@click.option("--prefix", default="w", show_default=True)
+@click.option("--prefix", default="w", show_default=True,
+              help="Node names are PREFIX1, PREFIX2, ...")
 @click.option("--folder", default=".", show_default=True, help="Where pid and log files go.")
 @click.argument("worker_args", nargs=-1, type=click.UNPROCESSED)
 def multi_start(count: int, prefix: str, folder: str, worker_args: tuple[str, ...]) -> None:
@@ -265,9 +270,12 @@ def _stop(count: int, prefix: str, folder: str, sig: int, wait: float) -> None:
 
 @multi.command("stop")
 @click.argument("count", type=click.IntRange(min=1))
-@click.option("--prefix", default="w", show_default=True)
-@click.option("--folder", default=".", show_default=True)
-@click.option("--wait", type=float, default=60.0, show_default=True)
+@click.option("--prefix", default="w", show_default=True,
+              help="Node names are PREFIX1, PREFIX2, ...")
+@click.option("--folder", default=".", show_default=True,
+              help="Where the pid and log files are.")
+@click.option("--wait", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for each worker to exit.")
 def multi_stop(count: int, prefix: str, folder: str, wait: float) -> None:
     """Warm-stop the workers (SIGTERM) and wait for them."""
     _stop(count, prefix, folder, signal.SIGTERM, wait)
@@ -275,8 +283,10 @@ def multi_stop(count: int, prefix: str, folder: str, wait: float) -> None:
 
 @multi.command("restart")
 @click.argument("count", type=click.IntRange(min=1))
-@click.option("--prefix", default="w", show_default=True)
-@click.option("--folder", default=".", show_default=True)
+@click.option("--prefix", default="w", show_default=True,
+              help="Node names are PREFIX1, PREFIX2, ...")
+@click.option("--folder", default=".", show_default=True,
+              help="Where the pid and log files are.")
 @click.argument("worker_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def multi_restart(ctx: click.Context, count: int, prefix: str, folder: str,
