@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from kombu.pidbox import Mailbox
 
+from taskq.compat import broadcast
+
 if TYPE_CHECKING:
     from taskq.app import TaskQ
 
@@ -39,9 +41,10 @@ class Control:
     ) -> list[dict[str, Any]] | None:
         """Send ``command`` to every worker (or ``destination``); replies if ``reply``."""
         with self.app.connection() as conn:
-            result: list[dict[str, Any]] | None = self.mailbox(conn)._broadcast(
-                command, arguments or {}, list(destination) if destination else None,
-                reply, timeout, limit,
+            result: list[dict[str, Any]] | None = broadcast(
+                self.mailbox(conn), command, arguments=arguments or {},
+                destination=list(destination) if destination else None,
+                reply=reply, timeout=timeout, limit=limit,
             )
             return result
 

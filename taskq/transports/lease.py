@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 
 from kombu.transport import virtual
 
+from taskq import compat
 from taskq.errors import ConfigurationError
 
 __all__ = ["LeaseChannelMixin", "LeaseQoSBase", "check_renewal"]
@@ -31,7 +32,6 @@ __all__ = ["LeaseChannelMixin", "LeaseQoSBase", "check_renewal"]
 logger = logging.getLogger("taskq.transports")
 
 L = TypeVar("L")  # what identifies a lease to its channel (a lease id, a row id)
-
 
 def check_renewal(lease: float, renew: float) -> None:
     if renew >= lease:
@@ -111,14 +111,14 @@ class LeaseQoSBase(virtual.QoS, Generic[L]):
     def restore_unacked(self, client: Any = None) -> list[Any]:
         """``basic_recover(requeue=True)``: give back every message held, now."""
         self.release(list(self.leases))
-        self._flush()
+        compat.qos_flush(self)
         return []
 
     def restore_unacked_once(self, stderr: Any = None) -> None:
         # kombu requeues every unacked delivery here (on close, at exit, after fork), running
         # tasks included. The leases do it right: running tasks are renewed by a live worker,
         # the rest expire. Nothing to do.
-        self._on_collect.cancel()
+        compat.forget_restore_at_exit(self)
 
 
 LostCallback = Callable[[list[str]], None]
@@ -126,7 +126,7 @@ LostCallback = Callable[[list[str]], None]
 
 def _lease_of(message: Any) -> Any:
     """The lease a message's own channel holds for it (None when none is held)."""
-    qos = getattr(message.channel, "_qos", None)
+    qos = compat.channel_qos(message.channel)
     if not isinstance(qos, LeaseQoSBase):
         return None
     return qos.leases.get(message.delivery_tag)
@@ -169,7 +169,7 @@ class LeaseChannelMixin:
                 lost.append(message)
                 continue
             qos.leases[message.delivery_tag] = lease
-            qos._delivered[message.delivery_tag] = message  # its prefetch credit, here
+            compat.hold_credit(qos, message.delivery_tag, message)  # its prefetch credit, here
             message.channel = self
         return lost
 

@@ -65,6 +65,7 @@ from kombu.transport import redis as kredis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from taskq import compat
 from taskq.errors import ConfigurationError
 from taskq.transports import redis_lua
 from taskq.transports.lease import LeaseChannelMixin, LeaseQoSBase, check_renewal
@@ -213,9 +214,9 @@ class Channel(LeaseChannelMixin, kredis.Channel):
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
     def _basic_cancel(self, consumer_tag: str) -> Any:
-        queue = self._tag_to_queue.get(consumer_tag)
+        queue = compat.consumer_queue(self, consumer_tag)
         ret = super()._basic_cancel(consumer_tag)
-        if queue is not None and queue not in self._active_queues:
+        if queue is not None and queue not in compat.consumed_queues(self):
             self._no_ack_queues.discard(queue)
         return ret
 
@@ -247,7 +248,7 @@ class Channel(LeaseChannelMixin, kredis.Channel):
         if plan is None:
             if len(self._plans) > 64:
                 self._plans.clear()
-            pairs = [(self.global_keyprefix + self._q_for_pri(queue, pri), queue)
+            pairs = [(self.global_keyprefix + compat.list_key(self, queue, pri), queue)
                      for pri in self.priority_steps for queue in queues]
             unique = list(dict.fromkeys(pairs))
             plan = self._plans[key] = ([k for k, _ in unique], [q for _, q in unique])
@@ -267,10 +268,7 @@ class Channel(LeaseChannelMixin, kredis.Channel):
             flat = self._run("FETCH", [self.leases_key, self.leased_key, *lists],
                              [limit, self.lease.lease_ms, prefix, modes,
                               *(lease for _, lease in acks)])
-        if self._expires:
-            with self.conn_or_acquire() as client:
-                for queue in queues:
-                    self._maybe_update_queues_expire(client, queue)
+        compat.refresh_queue_expiry(self, queues)
         fetched: list[tuple[str, str, dict[str, Any]]] = []
         unreadable: list[tuple[str, str]] = []
         if int(flat[0]):
@@ -297,8 +295,8 @@ class Channel(LeaseChannelMixin, kredis.Channel):
         """The payload's delivery tag, made unique among the deliveries this channel holds."""
         properties = payload["properties"]
         tag = properties["delivery_tag"]
-        qos = self._qos
-        if tag in self._incoming or (qos is not None and tag in qos._delivered):
+        qos = compat.channel_qos(self)
+        if tag in self._incoming or (qos is not None and compat.is_held(qos, tag)):
             # The same message twice (published twice, or requeued and fetched again before
             # the first delivery was settled): kombu tracks deliveries by tag.
             tag = properties["delivery_tag"] = f"{tag}~{lease}"
@@ -310,25 +308,27 @@ class Channel(LeaseChannelMixin, kredis.Channel):
         return batch if estimate is None else max(0, min(int(estimate), batch))
 
     def _fetch_and_deliver(self) -> bool:
-        queues = self._queue_cycle.consume(len(self.active_queues))
+        cycle = compat.queue_cycle(self)
+        queues = cycle.consume(len(self.active_queues))
         limit = self._credit()
         if not queues or not limit:
             return False
         fetched = self._fetch(queues, limit)
         for queue in dict.fromkeys(q for q, _, _ in fetched):
-            self._queue_cycle.rotate(queue)
+            cycle.rotate(queue)
         self._deliver_fetched(fetched)
         return bool(fetched)
 
     def _deliver_fetched(self, fetched: list[tuple[str, str, dict[str, Any]]]) -> None:
         """Hand messages to their consumers; release any the application never got."""
-        callbacks = self.connection._callbacks
+        transport = self.connection
+        callbacks = compat.queue_callbacks(transport)
         undelivered: list[tuple[str, str]] = []
         pending = iter(fetched)
         try:
             for queue, lease, payload in pending:
                 if not lease:
-                    self.connection._deliver(payload, queue)
+                    compat.deliver(transport, payload, queue)
                     continue
                 tag = self._tag_for(payload, lease)
                 if queue not in callbacks:  # its consumer was cancelled meanwhile
@@ -336,7 +336,7 @@ class Channel(LeaseChannelMixin, kredis.Channel):
                     continue
                 self._incoming[tag] = lease
                 try:
-                    self.connection._deliver(payload, queue)
+                    compat.deliver(transport, payload, queue)
                 finally:
                     if self._incoming.pop(tag, None) is not None:  # nobody took it
                         undelivered.append((tag, lease))
@@ -347,32 +347,32 @@ class Channel(LeaseChannelMixin, kredis.Channel):
                 self._settle("requeue", undelivered)
 
     def _brpop_start(self, timeout: float | None = None) -> None:
-        queues = self._queue_cycle.consume(len(self.active_queues))
+        queues = compat.queue_cycle(self).consume(len(self.active_queues))
         if not queues:
             return
         lists, _ = self._plan(queues)
         self._peek_single = len(lists) == 1
-        wait = self.brpop_timeout or 1
+        wait = compat.brpop_timeout(self)
         if not self._peek_single:
             wait = min(wait, self.lease.fetch_poll_interval)
         if timeout is not None:
             wait = min(wait, timeout)
-        connection = self.client.connection
-        self._in_poll = connection
-        self._brpop_sent_at = monotonic()  # type: ignore[assignment]
+        connection = compat.client_connection(self.client)
+        compat.set_polling_connection(self, connection)
+        compat.mark_brpop_sent(self)
         # Blocks until the list has a message and takes none (see the module docstring).
         connection.send_command("BLMOVE", lists[0], lists[0], "RIGHT", "RIGHT", f"{wait:g}")
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
             try:
-                reply = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+                reply = compat.read_reply(self.client, "BLMOVE", **options)
             except self.connection_errors:
-                self.client.connection.disconnect()
+                compat.client_connection(self.client).disconnect()
                 raise
         finally:
-            self._in_poll = None  # type: ignore[assignment]
-            self._flush_brpop_reauth()
+            compat.set_polling_connection(self, None)
+            compat.flush_brpop_reauth(self)
         self.maintain_leases()  # drain_events users renew here too
         if (reply is not None or not self._peek_single) and self.active_queues \
                 and self.qos.can_consume() and self._fetch_and_deliver():
@@ -382,8 +382,7 @@ class Channel(LeaseChannelMixin, kredis.Channel):
 
     def reply_waiting(self) -> bool:
         """Whether the reply to our BLMOVE is there to read (in this loop iteration)."""
-        connection = self._in_poll
-        sock = getattr(connection, "_sock", None)
+        sock = compat.connection_socket(compat.polling_connection(self))
         if sock is None:
             return False
         try:  # poll, not select: select() fails for fd numbers >= 1024
@@ -418,7 +417,7 @@ class Channel(LeaseChannelMixin, kredis.Channel):
     def renew_leases(self) -> int:
         """Extend every lease this channel holds; returns how many are still held. The
         tags of leases found gone go to ``on_leases_lost``."""
-        qos = self._qos
+        qos = compat.channel_qos(self)
         if qos is None or not qos.leases:
             return 0
         held = list(qos.leases.items())
@@ -481,7 +480,7 @@ class Channel(LeaseChannelMixin, kredis.Channel):
     def close(self) -> None:
         # A pending BLMOVE holds no message: drop it instead of reading it (kombu reads its
         # BRPOP reply here, blocking for up to brpop_timeout).
-        self._in_poll = None  # type: ignore[assignment]
+        compat.set_polling_connection(self, None)
         if not self.closed and self.connection.pending_acks:
             try:
                 self.flush_acks()
@@ -502,7 +501,7 @@ class LeasePoller(kredis.MultiChannelPoller):
         self._lease_tref: Any = None
 
     def maintain(self) -> None:
-        for channel in list(self._channels):
+        for channel in compat.poller_channels(self):
             if not channel.closed:
                 channel.maintain_leases()
 
@@ -560,9 +559,7 @@ class Transport(kredis.Transport):
         super().register_with_event_loop(connection, loop)
         cycle = self.cycle
         assert isinstance(cycle, LeasePoller)
-        kombu_restore = getattr(cycle, "_restore_messages_tref", None)
-        if kombu_restore is not None:
-            kombu_restore.cancel()  # kombu's unacked sweep: LeasePoller.maintain replaces it
+        compat.cancel_unacked_restore(cycle)  # kombu's sweep: LeasePoller.maintain replaces it
         if cycle._lease_tref is not None:
             cycle._lease_tref.cancel()
         cycle._lease_tref = loop.call_repeatedly(cycle.tick, cycle.maintain)
@@ -583,3 +580,8 @@ class Transport(kredis.Transport):
         except tuple(self.channel_errors) as exc:  # kept, sent again next tick
             logger.warning("sending %d acks failed (%r); retrying", len(self.pending_acks),
                            exc)
+
+
+# kombu calls these private hooks, which the classes above override (taskq.compat).
+compat.require_hooks(kredis.Channel, "_get", "_brpop_start", "_brpop_read", "_basic_cancel")
+compat.require_hooks(kredis.MultiChannelPoller, "get", "on_poll_init", "maybe_restore_messages")

@@ -52,6 +52,7 @@ from typing import Any
 
 from kombu.transport import virtual
 
+from taskq import compat
 from taskq.errors import BrokerBusy, ConfigurationError
 from taskq.transports.lease import check_renewal
 from taskq.transports.sqlite_channel import Channel, LeaseQoS
@@ -174,7 +175,7 @@ class Transport(virtual.Transport):
             self.store.close()
 
     def _consuming(self) -> list[_Channel]:
-        return [c for c in self.channels if c._consumers and not c.closed]
+        return [c for c in self.channels if compat.has_consumers(c) and not c.closed]
 
     # -- upkeep ---------------------------------------------------------------------------
     def renew_if_due(self) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 
+from taskq import compat
 from taskq.errors import BrokerBusy
 from taskq.transports.lease import LeaseChannelMixin, LeaseQoSBase
 from taskq.transports.sqlite_store import Fetched, Store
@@ -144,11 +145,12 @@ class Channel(LeaseChannelMixin, virtual.Channel):
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
     def basic_cancel(self, consumer_tag: str) -> Any:
-        queue = self._tag_to_queue.get(consumer_tag)
+        queue = compat.consumer_queue(self, consumer_tag)
         ret = super().basic_cancel(consumer_tag)
-        if queue is not None and queue not in self._active_queues:
+        if queue is not None and queue not in compat.consumed_queues(self):
             self._no_ack_queues.discard(queue)
-            if queue in self._auto_delete and queue not in self.connection._callbacks:
+            if queue in self._auto_delete and queue not in compat.queue_callbacks(
+                    self.connection):
                 try:
                     self.queue_delete(queue)
                 except Exception as exc:  # a closing channel must not fail on this
@@ -206,7 +208,7 @@ class Channel(LeaseChannelMixin, virtual.Channel):
         return out
 
     def wants_fetch(self) -> bool:
-        return (self.maybe_ready and not self.closed and bool(self._active_queues)
+        return (self.maybe_ready and not self.closed and bool(compat.consumed_queues(self))
                 and self.credit() > 0)
 
     def credit(self) -> int:
@@ -218,14 +220,15 @@ class Channel(LeaseChannelMixin, virtual.Channel):
         if estimate is None:
             return batch
         free = max(0, min(int(estimate), batch))
-        held = len(qos._delivered) - len(qos._dirty)
+        held = compat.qos_held(qos)
         if held and free * 2 < min(qos.prefetch_count, batch):
             return 0
         return free
 
     def fetch_and_deliver(self) -> int:
         """Fetch the free prefetch window from the consumed queues and deliver it."""
-        queues = list(self._active_queues)
+        consumed = compat.consumed_queues(self)
+        queues = list(consumed)
         limit = self.credit()
         if not queues or not limit or self.closed:
             return 0
@@ -236,27 +239,27 @@ class Channel(LeaseChannelMixin, virtual.Channel):
         self._full_batch = len(fetched) >= limit
         self.maybe_ready = self._full_batch  # there may be more
         if len(queues) > 1 and fetched:  # fairness: start from the next queue next time
-            self._active_queues.append(self._active_queues.pop(0))
+            consumed.append(consumed.pop(0))
         self._deliver(fetched)
         return len(fetched)
 
     def _deliver(self, fetched: list[Delivery]) -> None:
         """Hand messages to their consumers; release any the application never got."""
         transport = self.connection
-        callbacks, incoming = transport._callbacks, transport.incoming
+        callbacks, incoming = compat.queue_callbacks(transport), transport.incoming
         undelivered: list[tuple[str, int]] = []
         pending = iter(fetched)
         try:
             for queue, payload, lease, rowid in pending:
                 if lease is None:
-                    transport._deliver(payload, queue)
+                    compat.deliver(transport, payload, queue)
                     continue
                 if queue not in callbacks:  # its consumer was cancelled meanwhile
                     undelivered.append((lease, rowid))
                     continue
                 incoming[lease] = rowid
                 try:
-                    transport._deliver(payload, queue)
+                    compat.deliver(transport, payload, queue)
                 finally:
                     if incoming.pop(lease, None) is not None:  # nobody took it
                         undelivered.append((lease, rowid))
@@ -293,7 +296,7 @@ class Channel(LeaseChannelMixin, virtual.Channel):
 
     def renew_leases(self) -> int:
         """Extend every lease this channel holds; returns how many are still held."""
-        qos = self._qos
+        qos = compat.channel_qos(self)
         if qos is None or not qos.leases:
             return 0
         held = [(rowid, tag) for tag, rowid in qos.leases.items()]
@@ -311,3 +314,8 @@ class Channel(LeaseChannelMixin, virtual.Channel):
 
     def renew_if_due(self) -> None:
         self.connection.renew_if_due()
+
+
+# kombu calls these private hooks, which Channel overrides (taskq.compat).
+compat.require_hooks(virtual.Channel, "_new_queue", "_has_queue", "_put", "_size", "_purge",
+                     "_delete")

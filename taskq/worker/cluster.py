@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from kombu import Consumer, Queue
 
 from taskq import __version__
+from taskq.compat import broadcast
 from taskq.events.dispatcher import SW_IDENT, EventDispatcher, event_exchange
 from taskq.events.state import State
 from taskq.worker.consumer import connect_once
@@ -135,9 +136,10 @@ class MingleStep(Step):
             with worker.app.connection() as conn:
                 conn.connect_timeout = 2.0
                 connect_once(conn)
-                replies = worker.control.mailbox(conn)._broadcast(
-                    "hello", {"from_node": worker.hostname,
-                              "revoked": worker.revoked.as_dict()},
+                replies = broadcast(
+                    worker.control.mailbox(conn), "hello",
+                    arguments={"from_node": worker.hostname,
+                               "revoked": worker.revoked.as_dict()},
                     reply=True, timeout=1.0) or []
         except Exception as exc:
             logger.warning("mingle skipped: %r", exc)

@@ -22,6 +22,7 @@ from kombu import Queue
 from kombu.common import QoS
 from kombu.exceptions import OperationalError
 
+from taskq import compat
 from taskq.errors import BrokerBusy, ConfigurationError
 from taskq.publish import broker_url
 from taskq.transports.lease import LeaseChannelMixin
@@ -60,11 +61,7 @@ def _is_fatal(exc: BaseException) -> str | None:
 def connect_once(conn: Connection) -> None:
     """Open ``conn`` with a single attempt. kombu's ``connect()`` makes two, sleeping 2 s in
     between, which would stall the loop on every reconnect attempt (we retry on a timer)."""
-    ensure = getattr(conn, "_ensure_connection", None)
-    if ensure is None:  # pragma: no cover - a kombu without it
-        conn.connect()
-    else:
-        ensure(max_retries=0, reraise_as_library_errors=False)
+    compat.ensure_connection_once(conn)
 
 
 class BrokerConsumer:
@@ -201,8 +198,8 @@ class BrokerConsumer:
                 self.loop.hub.call_repeatedly(heartbeat / 2.0, conn.heartbeat_check, 2.0)
 
         self._registration = self.loop.capture(register)
-        self.loop.hub.propagate_errors = tuple(conn.connection_errors) + tuple(
-            conn.channel_errors)
+        compat.set_propagate_errors(
+            self.loop.hub, tuple(conn.connection_errors) + tuple(conn.channel_errors))
         self.loop.hub.on_tick.add(self._update_qos)
         self.loop.hub.on_tick.add(self._flush_acks)
 
@@ -312,7 +309,7 @@ class BrokerConsumer:
             self.loop.release(self._registration)
             self._registration = None
         conn, self.connection, self._consumer, self.qos = self.connection, None, None, None
-        self.loop.hub.propagate_errors = ()
+        compat.set_propagate_errors(self.loop.hub, ())
         if conn is not None:
             try:
                 conn.collect(socket_timeout=1.0)
@@ -401,7 +398,7 @@ class BrokerConsumer:
     def _unsent_acks(self) -> int:
         if self._acks is not None:
             return len(self._acks.pending)
-        transport = getattr(self.connection, "_transport", None)  # never create one here
+        transport = compat.existing_transport(self.connection)  # never create one here
         return len(getattr(transport, "pending_acks", ()))
 
     def drop(self, request: Request) -> bool:
@@ -489,7 +486,7 @@ class BrokerConsumer:
             message.ack()
             return
         self._acks.ack(message.delivery_tag)  # sent in the loop's next tick
-        message._state = "ACK"
+        compat.mark_acked(message)
 
     def _reject(self, message: Message, requeue: bool) -> None:
         message.reject(requeue=requeue)

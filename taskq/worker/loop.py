@@ -20,6 +20,8 @@ from typing import Any
 from kombu.asynchronous import Hub
 from kombu.asynchronous.timer import Entry
 
+from taskq.compat import propagate_errors, timer_entries
+
 logger = logging.getLogger("taskq.worker.loop")
 
 Clock = Callable[[], float]
@@ -139,13 +141,13 @@ class Loop:
         """Run ``register()`` and record what it added to the hub."""
         hub = self.hub
         readers, writers = set(hub.readers), set(hub.writers)
-        ticks, timers = set(hub.on_tick), {id(item[2]) for item in hub.timer._queue}
+        ticks, timers = set(hub.on_tick), {id(entry) for entry in timer_entries(hub)}
         register()
         return Registration(
             readers=set(hub.readers) - readers,
             writers=set(hub.writers) - writers,
             on_tick=set(hub.on_tick) - ticks,
-            timers=[item[2] for item in hub.timer._queue if id(item[2]) not in timers],
+            timers=[entry for entry in timer_entries(hub) if id(entry) not in timers],
         )
 
     def release(self, registration: Registration) -> None:
@@ -170,21 +172,21 @@ class Loop:
         # would swallow the errors of the connection made since (a missed heartbeat, a lease
         # renewal on a dead socket: only "Error in timer" in the log). So a new generator
         # whenever the set changes; between iterations nothing is lost by that.
-        propagate = hub.propagate_errors
+        propagate = propagate_errors(hub)
         loop = hub.create_loop()
         while True:
-            if hub.propagate_errors is not propagate:
-                propagate = hub.propagate_errors
+            if propagate_errors(hub) is not propagate:
+                propagate = propagate_errors(hub)
                 loop = hub.create_loop()
             try:
                 next(loop)
             except StopIteration:
-                propagate = hub.propagate_errors
+                propagate = propagate_errors(hub)
                 loop = hub.create_loop()
             except Exception as exc:
                 if not on_error(exc):
                     raise
-                propagate = hub.propagate_errors
+                propagate = propagate_errors(hub)
                 loop = hub.create_loop()
             yield None
 
