@@ -14,12 +14,18 @@ What the worker needs beyond kombu's channel API (``LeaseChannelMixin``):
   tasks still run and requeues the rest at once, instead of leaving both to expire;
 - ``flush_acks`` and ``renew_if_due``: a pool that runs tasks on the loop's thread (solo)
   settles at once and keeps its leases alive from another thread while a task runs.
+
+Lease timing (when renewal and restore are due) is read from the transport's clock, the
+``clock`` transport option (``time.monotonic`` by default, see ``lease_clock``), so a test can
+drive it instead of waiting; the SQLite transport's lease deadlines follow that clock too
+when one is given.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from kombu.transport import virtual
@@ -27,11 +33,28 @@ from kombu.transport import virtual
 from taskq import compat
 from taskq.errors import ConfigurationError
 
-__all__ = ["LeaseChannelMixin", "LeaseQoSBase", "check_renewal"]
+__all__ = ["Clock", "LeaseChannelMixin", "LeaseQoSBase", "check_renewal", "lease_clock"]
 
 logger = logging.getLogger("taskq.transports")
 
 L = TypeVar("L")  # what identifies a lease to its channel (a lease id, a row id)
+
+Clock = Callable[[], float]
+
+
+def lease_clock(options: Mapping[str, Any]) -> Clock:
+    """The clock of a lease transport's timing: the ``clock`` transport option (a callable
+    returning seconds, for tests that drive time as ``Loop``'s tests do), else
+    ``time.monotonic``."""
+    clock = options.get("clock")
+    if clock is None:
+        return time.monotonic
+    if not callable(clock):
+        raise ConfigurationError(
+            f"transport option clock={clock!r}: expected a callable returning seconds "
+            "(like time.monotonic); leave it out for the real clock")
+    return clock
+
 
 def check_renewal(lease: float, renew: float) -> None:
     if renew >= lease:

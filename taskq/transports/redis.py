@@ -57,7 +57,6 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from queue import Empty
-from time import monotonic
 from typing import Any
 
 import redis
@@ -68,7 +67,13 @@ from kombu.utils.json import loads
 from taskq import compat
 from taskq.errors import ConfigurationError
 from taskq.transports import redis_lua
-from taskq.transports.lease import LeaseChannelMixin, LeaseQoSBase, check_renewal
+from taskq.transports.lease import (
+    Clock,
+    LeaseChannelMixin,
+    LeaseQoSBase,
+    check_renewal,
+    lease_clock,
+)
 
 __all__ = ["TRANSPORT", "TRANSPORT_ALIAS", "Channel", "LeaseQoS", "LeaseSettings", "Transport"]
 
@@ -167,6 +172,7 @@ class Channel(LeaseChannelMixin, kredis.Channel):
         super().__init__(*args, **kwargs)
         self.QoS = LeaseQoS  # also with ack_emulation=False: leases are the point
         self.lease: LeaseSettings = self.connection.lease
+        self.clock: Clock = self.connection.clock
         self.consumer_id = uuid.uuid4().hex[:16]
         self._batches = 0
         # Fetched and being delivered: tag -> lease id. Per transport, as kombu's consumer
@@ -176,7 +182,7 @@ class Channel(LeaseChannelMixin, kredis.Channel):
         self._plans: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
         self._peek_single = False
         self._scripts_client: redis.Redis | None = None
-        self._renew_due = monotonic() + self.lease.renew_interval
+        self._renew_due = self.clock() + self.lease.renew_interval
         self._restore_due = 0.0  # at the first chance: a dead predecessor's leases
         self._maintenance_failing = False
         self._redis_errors = tuple(self.connection.channel_errors)
@@ -436,7 +442,7 @@ class Channel(LeaseChannelMixin, kredis.Channel):
         return lost
 
     def renew_if_due(self) -> None:
-        now = monotonic()
+        now = self.clock()
         if now >= self._renew_due:
             self.renew_leases()
             self._renew_due = now + self.lease.renew_interval
@@ -462,7 +468,7 @@ class Channel(LeaseChannelMixin, kredis.Channel):
         good as gone, and retrying would stall the loop for that timeout every tick). A Redis
         error (scripts refused when out of memory, ...) is logged and retried next tick.
         """
-        now = monotonic()
+        now = self.clock()
         try:
             if now >= self._renew_due:
                 self.renew_leases()
@@ -527,6 +533,7 @@ class Transport(kredis.Transport):
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         self.lease = LeaseSettings.from_options(client.transport_options or {})
+        self.clock = lease_clock(client.transport_options or {})
         self.scripts: dict[str, Any] = {}
         self.incoming: dict[str, str] = {}
         self.pending_acks: list[tuple[str, str]] = []  # (delivery tag, lease id)

@@ -54,7 +54,7 @@ from kombu.transport import virtual
 
 from taskq import compat
 from taskq.errors import BrokerBusy, ConfigurationError
-from taskq.transports.lease import check_renewal
+from taskq.transports.lease import check_renewal, lease_clock
 from taskq.transports.sqlite_channel import Channel, LeaseQoS
 from taskq.transports.sqlite_channel import Channel as _Channel  # Transport.Channel shadows
 from taskq.transports.sqlite_store import Store
@@ -138,16 +138,26 @@ class Transport(virtual.Transport):
     )
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
-        self.settings = SQLiteSettings.from_options(client.transport_options or {})
+        options = client.transport_options or {}
+        self.settings = SQLiteSettings.from_options(options)
         self.path = database_path(client)
-        self.store = Store(self.path, busy_timeout=self.settings.busy_timeout)
+        # Renewal, restore and the fallback poll are timed on self.clock. An injected clock
+        # (a test's) also carries the lease deadlines in the file, under the clock id
+        # "injected" (shared by every injected clock): a process on the real clock that
+        # opens the file expires those leases, as after a reboot.
+        self.clock = lease_clock(options)
+        if options.get("clock") is None:
+            self.store = Store(self.path, busy_timeout=self.settings.busy_timeout)
+        else:
+            self.store = Store(self.path, busy_timeout=self.settings.busy_timeout,
+                               clock=self.clock, clock_id="injected")
         self.wake = WakeDirectory(self.path + ".wake")
         self.incoming: dict[str, int] = {}  # fetched, being delivered: tag -> row id
         self.pending_acks: list[tuple[int, str]] = []  # (row id, lease id), see LeaseQoS.ack
         self.pending_requeues: list[tuple[int, str]] = []  # requeues a locked database held up
         self._busy_until = 0.0  # after BrokerBusy on the loop: retry the database then
         self._hub: Any = None
-        self._renew_due = monotonic() + self.settings.renew_interval
+        self._renew_due = self.clock() + self.settings.renew_interval
         self._restore_due = 0.0  # at the first chance: a dead predecessor's leases
         self._poll_due = 0.0
         self._maintenance_failing = False
@@ -181,7 +191,7 @@ class Transport(virtual.Transport):
     def renew_if_due(self) -> None:
         """Renew every channel's leases when due (also from another thread while the loop's
         thread runs a task: the store serialises its connection)."""
-        now = monotonic()
+        now = self.clock()
         if now >= self._renew_due:
             self._renew_due = now + self.settings.renew_interval
             for channel in list(self.channels):
@@ -190,7 +200,7 @@ class Transport(virtual.Transport):
 
     def maintain(self) -> None:
         """Renew, restore and poll when due (the loop's timer, and ``drain_events``)."""
-        now = monotonic()
+        now = self.clock()
         try:
             self.renew_if_due()
             consuming = self._consuming()

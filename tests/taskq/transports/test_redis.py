@@ -20,6 +20,7 @@ import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.asynchronous import Hub
 
+from chaos import FakeClock
 from taskq.errors import ConfigurationError
 from taskq.transports import redis as lease_redis
 from taskq.transports.redis import TRANSPORT_ALIAS
@@ -339,6 +340,31 @@ def test_a_renewing_consumer_keeps_its_message_through_three_leases(
     hub.close()
 
 
+def test_renewal_is_due_on_the_transports_clock(
+        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
+    # Given a held message on a connection whose clock the test drives (renewal every 20 s)
+    clock = FakeClock(start=1000.0)
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, ["task"])
+    conn = connect(lease_timeout=60, renew_interval=20, clock=clock.monotonic)
+    inbox = consume(conn, [queue], prefetch=1)
+    assert drain_until([conn], lambda: bool(inbox.messages), timeout=30)
+    channel = inbox.messages[0].channel
+    leases = f"{prefix}taskq:leases"
+    [(lease_id, _)] = redis_client.zrange(leases, 0, -1, withscores=True)
+    old = redis_client.time()[0] * 1000 - 1000  # a deadline renewal would move forward
+    redis_client.zadd(leases, {lease_id: old})
+
+    # When the clock has not reached the renewal yet, the lease is left alone
+    clock.advance(19.5)
+    channel.renew_if_due()
+    assert redis_client.zscore(leases, lease_id) == old
+    # When it has, the lease is extended by a whole lease (on the Redis clock)
+    clock.advance(1)
+    channel.renew_if_due()
+    assert redis_client.zscore(leases, lease_id) >= old + 60_000
+
+
 def test_an_expired_lease_comes_back_intact_and_the_old_holders_ack_is_a_no_op(
         connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
     queue = make_queue(unique)
@@ -452,6 +478,7 @@ def test_consuming_on_kombus_event_loop(connect: Connect, unique: str) -> None:
     ({"lease_timeout": "soon"}, "lease_timeout"),
     ({"lease_timeout": 10, "renew_interval": 10}, "renew_interval"),
     ({"restore_interval": -1}, "restore_interval"),
+    ({"clock": 5}, "clock"),
 ])
 def test_bad_lease_options_are_refused_naming_the_option(
         redis_url: str, options: dict[str, Any], named: str) -> None:

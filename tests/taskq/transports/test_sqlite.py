@@ -26,6 +26,7 @@ from kombu.asynchronous import Hub
 from kombu.transport import TRANSPORT_ALIASES
 
 import taskq  # noqa: F401 - registers the sqlite:// alias
+from chaos import FakeClock
 from taskq.config import Config
 from taskq.errors import BrokerBusy, BrokerDatabaseError, ConfigurationError
 from taskq.publish import make_connection
@@ -103,6 +104,12 @@ def drain_until(conns: list[Connection], done: Callable[[], bool], timeout: floa
             except TimeoutError:
                 pass
     return True
+
+
+def drain_once(conn: Connection, timeout: float = 0.01) -> None:
+    """One ``drain_events``: renew, restore and poll when due, deliver what is ready."""
+    with contextlib.suppress(TimeoutError):
+        conn.drain_events(timeout=timeout)
 
 
 def rows(db_path: Path, where: str = "1") -> int:
@@ -299,11 +306,14 @@ def test_an_expired_lease_comes_back_redelivered_and_the_old_holders_ack_is_a_no
 @pytest.mark.parametrize("loop", ["drain_events", "hub"])
 def test_a_renewing_consumer_keeps_its_message_through_three_leases(
         connect: Connect, db_path: Path, loop: str) -> None:
-    # Renewed every 0.2 s, a lease of 3 s survives a 2.8 s stall of this process.
-    lease = 3.0
+    # Given a 60 s lease renewed every 20 s, on a clock the test drives: the transports time
+    # renewal and restore on it, and the lease deadlines in the file follow it.
+    lease, step_by = 60.0, 5.0
+    clock = FakeClock(start=1000.0)
     queue = make_queue()
     publish(connect(), queue, ["long task"])
-    options = {"lease_timeout": lease, "renew_interval": 0.2, "restore_interval": 0.1}
+    options = {"lease_timeout": lease, "renew_interval": 20, "restore_interval": 5,
+               "poll_interval": 0.01, "clock": clock.monotonic}
     holder, other = connect(**options), connect(**options)
     held = consume(holder, [queue], prefetch=1)
     hub = Hub()
@@ -312,21 +322,31 @@ def test_a_renewing_consumer_keeps_its_message_through_three_leases(
         step: Callable[[], None] = hub.run_once
     else:
         def step() -> None:
-            drain_until([holder], lambda: False, timeout=0.05)
+            drain_once(holder)
     try:
         deadline = time.monotonic() + 30
         while not held.messages and time.monotonic() < deadline:
             step()
         assert held.bodies == ["long task"]
         stolen = consume(other, [queue], prefetch=1)
-        until = time.monotonic() + 3.2 * lease  # a lower bound: a slow machine waits longer
-        while time.monotonic() < until:
+        # When 3.3 leases pass on that clock while the holder runs and another consumer
+        # restores expired leases, both between 5 s steps (no real waiting for the lease)
+        for _ in range(round(3.3 * lease / step_by)):
+            clock.advance(step_by)
             step()
-            drain_until([other], lambda: False, timeout=0.05)  # restores every 0.1 s
+            drain_once(other)
+        # Then the holder kept its message
         assert stolen.messages == [] and held.bodies == ["long task"]
-        held.messages[0].ack()
+        # And once the holder stops renewing for longer than its lease, it comes back
+        clock.advance(lease + step_by)
+        assert drain_until([other], lambda: bool(stolen.messages), timeout=30)
+        assert stolen.bodies == ["long task"]
+        assert stolen.messages[0].delivery_info["redelivered"]
+        held.messages[0].ack()  # its lease is gone: dropped
         if loop == "hub":
             hub.run_once()  # acks on the loop commit at its next tick
+        assert rows(db_path) == 1
+        stolen.messages[0].ack()
         assert rows(db_path) == 0
     finally:
         hub.close()
