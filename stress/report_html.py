@@ -359,14 +359,19 @@ def _latency(drawn: Sequence[tuple[str, dict[str, Any]]]) -> str:
     if not values:
         return ""
     fig, axes = _new_figure(width=max(5.0, 4.2 * len(drawn)), height=2.8, ncols=len(drawn))
-    top = max(values)
-    bins = [top * i / 30 for i in range(31)] if top > 0 else 30
+    top, low = max(values), max(min(values), 0.01)
+    # one bin scale for every run; logarithmic when an outlier would squash the rest
+    logarithmic = top / low > 20
+    bins: Any = ([low * (top / low) ** (i / 30) for i in range(31)] if logarithmic
+                 else [top * i / 30 for i in range(31)] if top > 0 else 30)
     for ax, (label, s), colour in zip(axes, drawn, _colours(len(drawn)), strict=False):
         latencies = s.get("latencies_ms", [])
         ax.hist(latencies, bins=bins, color=colour, alpha=0.85)
         ax.set_title(f"{label}: {len(latencies)} detections" if len(drawn) > 1
                      else f"{len(latencies)} detections", fontsize=9)
-        ax.set_xlabel("milliseconds")
+        ax.set_xlabel("milliseconds" + (" (log scale)" if logarithmic else ""))
+        if logarithmic:
+            ax.set_xscale("log")
         ax.set_ylabel("kills")
         _integer_ticks(ax)
         if latencies:

@@ -192,3 +192,10 @@ def test_a_report_without_series_gets_them_from_its_ledgers(tmp_path):
     run = load_run(folder)
     assert run.cells[0]["series"]["finished"][0] == 1
     assert run.cells[1]["series"] == {}
+
+
+def test_latencies_spread_over_decades_are_binned_on_a_log_scale(tmp_path):
+    run = load_run(_report(tmp_path, "run"))
+    assert "log scale" not in render([run])
+    run.cells[0]["series"]["latencies_ms"] = [2.0, 3.0, 1800.0]
+    assert "milliseconds (log scale)" in render([run])
