@@ -33,7 +33,7 @@ from kombu.transport import virtual
 from taskq import compat
 from taskq.errors import ConfigurationError
 
-__all__ = ["Clock", "LeaseChannelMixin", "LeaseQoSBase", "check_renewal", "lease_clock"]
+__all__ = ["Clock", "LeaseChannelMixin", "LeaseQoSBase", "check_renewal", "lease_clock", "lease_of"]
 
 logger = logging.getLogger("taskq.transports")
 
@@ -147,7 +147,7 @@ class LeaseQoSBase(virtual.QoS, Generic[L]):
 LostCallback = Callable[[list[str]], None]
 
 
-def _lease_of(message: Any) -> Any:
+def lease_of(message: Any) -> Any:
     """The lease a message's own channel holds for it (None when none is held)."""
     qos = compat.channel_qos(message.channel)
     if not isinstance(qos, LeaseQoSBase):
@@ -179,7 +179,7 @@ class LeaseChannelMixin:
         same broker: renewed now and from here on, settled through this channel (each
         message's ``channel`` becomes this one). Returns the messages whose lease is gone
         (or that had none): they went back to their queues."""
-        held = [(m, _lease_of(m)) for m in messages]
+        held = [(m, lease_of(m)) for m in messages]
         lost = [m for m, lease in held if lease is None]
         held = [(m, lease) for m, lease in held if lease is not None]
         if not held:
@@ -196,17 +196,42 @@ class LeaseChannelMixin:
             message.channel = self
         return lost
 
-    def release_orphans(self, messages: Sequence[Any]) -> int:
+    def release_orphans(self, messages: Sequence[Any], *, requeue: bool = True) -> int:
         """Requeue now, where they are consumed next, ``messages`` another (closed) channel of
-        the same broker held and the application will not start; returns how many were
-        still held."""
+        the same broker held and the application will not start; with ``requeue=False``,
+        ack them instead (their tasks ended while the connection was down). Returns how many
+        were still held."""
         held = []
         for message in messages:
-            lease = _lease_of(message)
+            lease = lease_of(message)
             if lease is not None:
                 message.channel.qos.leases.pop(message.delivery_tag, None)
                 held.append((message.delivery_tag, lease))
-        return self.qos._settle_held(True, held) if held else 0
+        return self.qos._settle_held(requeue, held) if held else 0
+
+    def take_unsent(self) -> list[tuple[bool, Any]]:
+        """Take out the settles this channel's transport deferred and has not sent yet, as
+        ``(requeue, item)``: a lost connection's channel hands them to the next channel
+        (``carry_unsent``) instead of dropping them. Leases are ids the broker knows, not
+        the connection's, so they settle from anywhere; one that expired meanwhile settles
+        nothing."""
+        transport = self.connection  # type: ignore[attr-defined]
+        unsent = [(False, item) for item in transport.pending_acks]
+        unsent += [(True, item) for item in getattr(transport, "pending_requeues", ())]
+        transport.pending_acks.clear()
+        if hasattr(transport, "pending_requeues"):
+            transport.pending_requeues.clear()
+        return unsent
+
+    def carry_unsent(self, unsent: Sequence[tuple[bool, Any]]) -> None:
+        """Queue another channel's unsent settles (``take_unsent``) on this channel's
+        transport, sent with its next round trip."""
+        transport = self.connection  # type: ignore[attr-defined]
+        for requeue, item in unsent:
+            if requeue:
+                transport.pending_requeues.append(item)
+            else:
+                transport.pending_acks.append(item)
 
     def flush_acks(self) -> None:
         """Send the deferred acks now."""

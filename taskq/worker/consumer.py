@@ -25,7 +25,7 @@ from kombu.exceptions import OperationalError
 from taskq import compat
 from taskq.errors import BrokerBusy, ConfigurationError
 from taskq.publish import broker_url
-from taskq.transports.lease import LeaseChannelMixin
+from taskq.transports.lease import LeaseChannelMixin, lease_of
 from taskq.urls import safe_url
 from taskq.worker.acks import AmqpAcks
 from taskq.worker.offload import Offload, Outcome
@@ -96,6 +96,10 @@ class BrokerConsumer:
         self.qos: QoS | None = None
         self._consumer: KombuConsumer | None = None
         self._acks: AmqpAcks | None = None  # AMQP: acks deferred to the loop's tick
+        # Lease transports: settles a lost connection could not send, for the next one:
+        # its transport's deferred ones (by channel class), and those asked for since.
+        self._carried: list[tuple[type, list[tuple[bool, Any]]]] = []
+        self._late_settles: list[tuple[Message, bool]] = []  # (message, requeue)
         self._registration: Registration | None = None
         self._attempt = 0
         self._reconnect_entry: Any = None
@@ -191,6 +195,7 @@ class BrokerConsumer:
         consumer.consume()
         self._consumer = consumer
         self.on_connected(conn)
+        self._send_carried()
 
         def register() -> None:
             conn.register_with_event_loop(self.loop.hub)
@@ -295,6 +300,15 @@ class BrokerConsumer:
                 self.on_connection_error(exc)
 
     def _teardown(self) -> None:
+        channel = self._lease_channel()
+        if channel is not None:
+            # Leases are the broker's ids, not the connection's: the next connection sends
+            # what this one could not (else each of those tasks ran again after its lease).
+            carried = channel.take_unsent()
+            if carried:
+                logger.info("%d acks not sent before the connection was lost: the next "
+                            "connection sends them", len(carried))
+                self._carried.append((type(channel), carried))
         unsent = self._unsent_acks()
         if unsent:
             # Never silently: for acks_late tasks (early acks are sent before their job
@@ -326,6 +340,12 @@ class BrokerConsumer:
         if request.acknowledged:
             return True
         if request.generation != self.generation or self.connection is None:
+            if action != "drop" and lease_of(request.message) is not None:
+                # A lease transport: the next connection settles it (see _send_carried).
+                self._late_settles.append((request.message, action == "requeue"))
+                request.acknowledged = True
+                self._send_carried()
+                return True
             logger.debug("%s of %s[%s] dropped: its connection is gone and the broker "
                          "redelivers the message", action, request.name, request.id)
             return False
@@ -407,6 +427,37 @@ class BrokerConsumer:
         return self._settle(request, "drop", lambda: self._reject(request.message, False))
 
     # -- leases across reconnects (taskq's Redis and SQLite transports) ------------------------
+    def _send_carried(self) -> None:
+        """Settle through this connection what lost ones could not: their deferred acks go
+        with this transport's next round trip; the acks and requeues asked for while the
+        connection was down are sent now (kept for the next connection if this one fails)."""
+        channel = self._lease_channel()
+        if channel is None or not (self._carried or self._late_settles):
+            return
+        carried, self._carried = self._carried, []
+        for kind, unsent in carried:
+            if isinstance(channel, kind):
+                channel.carry_unsent(unsent)
+            else:  # another transport after a failover: those leases come back by themselves
+                logger.warning("%d acks of a lost %s connection cannot be sent through %s: "
+                               "those messages come back after their lease", len(unsent),
+                               kind.__name__, type(channel).__name__)
+        late, self._late_settles = self._late_settles, []
+        try:
+            for requeue in (False, True):
+                messages = [m for m, r in late if r is requeue]
+                if messages:
+                    channel.release_orphans(messages, requeue=requeue)
+        except Exception as exc:
+            if not self.is_connection_error(exc):
+                raise
+            self._late_settles[:0] = late  # a settle of a settled lease is a no-op
+            self.on_connection_error(exc)
+            return
+        if late:
+            logger.info("settled %d tasks of a lost connection that ended while it was down",
+                        len(late))
+
     def _lease_channel(self) -> LeaseChannelMixin | None:
         channel = self._consumer.channel if self._consumer is not None else None
         return channel if isinstance(channel, LeaseChannelMixin) else None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from taskq.errors import ConfigurationError
-from taskq.worker.steps import Step, order, to_dot
 from taskq.worker.bootsteps import default_steps
+from taskq.worker.steps import Step, order, to_dot
 
 
 def make(name: str, *requires: str) -> Step:

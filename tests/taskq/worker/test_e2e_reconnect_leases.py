@@ -164,6 +164,35 @@ def test_after_a_cut_reserved_tasks_go_to_an_idle_worker_and_running_ones_keep_t
     a.wait_log(r"took over the leases of 2 tasks", 1, after=offset)
 
 
+def test_a_task_that_ends_while_the_broker_is_away_is_acked_by_the_next_connection(
+        tmp_path: Path, brokers: list[Broker], worker: StartWorker, ledger: Ledger) -> None:
+    """Given an acks_late task running while the worker's broker connection is down (a fault
+    proxy that refuses connections), when the task ends before the worker reconnects, then
+    the next connection settles its lease: nothing is left on the broker well before the
+    lease would expire, and the task ran once (before, its ack was dropped with the lost
+    connection and the task ran again after its lease)."""
+    from chaos.proxy import FaultProxy
+
+    broker = lease_broker("redis", tmp_path, lease_timeout=CUT_LEASE, restore_interval=0.5)
+    brokers.append(broker)
+    with FaultProxy("127.0.0.1:6379") as proxy:
+        w = worker(broker, pool="prefork", concurrency=1,
+                   env={"TASKQ_BROKER_URL": proxy.url("redis", "/0")})
+        client = broker.app()  # publishes and reads results straight from Redis
+        task = client.send_task("appmod.late_sleeper", (2, str(ledger)))
+        ledger.wait_started(task.id, timeout=20)
+        offset = len(w.log())
+        proxy.down(cut=True)
+        w.wait_log(r"lost the broker connection", 10, after=offset)
+        assert task.get(timeout=30) == "slept-late"  # it ended while the broker was away
+        proxy.up()
+        w.wait_log(r"connected to .* again", 30, after=offset)
+        wait_until(lambda: messages_left(broker) == 0, CUT_LEASE / 2,
+                   "the lease of the task that ended while the broker was away to be settled")
+        assert len(ledger.starts(task.id)) == 1
+        w.stop()
+
+
 # -- item 6: a lost lease is told to the worker -----------------------------------------------
 @pytest.mark.parametrize("kind", ["redis", "sqlite"])
 def test_reserved_requests_whose_lease_was_lost_are_dropped_not_run(
