@@ -91,12 +91,23 @@ def run_job(app: TaskQ, job: Job, hostname: str | None, *,
 
     expires = job.msg.expires
     if expires is not None and expires <= dt.datetime.now(dt.UTC):
-        # Expired while it waited in this child (-O fast): revoked unrun, as Celery does.
+        # Expired while it waited in this child (-O fast): revoked unrun, as Celery does; the
+        # store is framed as a task's is (a death after it never overwrites it), and a
+        # chord's part counts.
+        from taskq import chord
+        from taskq.errors import TaskRevokedError
+
+        if on_storing is not None:
+            on_storing()
         try:
             app.backend.mark_as_revoked(job.id, "expired", request=job.msg)
         except Exception as exc:
             logging.getLogger("taskq.pool").warning("storing REVOKED of expired %s failed: %r",
                                                     job.id, exc)
+        else:
+            chord.ended_by_worker(app, job.msg, "REVOKED", TaskRevokedError("expired"))
+        if on_stored is not None:
+            on_stored("REVOKED")
         return JobResult("REVOKED", summary="expired")
     task = app.get_task(job.name)
     outcome = execute(task, job.msg, delivery_info=job.delivery_info, hostname=hostname,

@@ -22,7 +22,7 @@ from taskq.result import AsyncResult, GroupResult
 def client_for(b: Broker) -> TaskQ:
     """A client app whose tasks have the worker's names (canvasmod)."""
     app = b.app()
-    for name in ("add", "tsum", "boom", "collect", "die"):
+    for name in ("add", "tsum", "boom", "collect", "die", "nap"):
         app.task(name=f"canvasmod.{name}")(lambda *a: None)
     return app
 
@@ -109,6 +109,23 @@ def test_parts_the_worker_ends_count_toward_the_chord(broker: Broker, workers: W
     lost_id = lost.parent.id
     wait_until(lambda: ledger.exists() and f"errback {lost_id}" in ledger.read_text(), 30,
                "the lost step's errback")
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_part_that_expires_queued_in_its_child_counts_toward_the_chord(
+        broker: Broker, workers: WorkerSet) -> None:
+    """Given -O fast (a child holds a job besides the one it runs), when a chord's part
+    expires while it waits in the child, then the child stores it REVOKED and counts it: the
+    body fails with ChordError instead of waiting forever."""
+    workers.start(broker, app="canvasmod", pool="prefork", concurrency=1, args=["-O", "fast"])
+    app = client_for(broker)
+    add, nap, tsum = (app.tasks[f"canvasmod.{n}"] for n in ("add", "nap", "tsum"))
+    busy = nap.delay(4)
+    res = chord([add.s(1, 1).set(expires=2)], tsum.s()).apply_async()
+    with pytest.raises(ChordError) as info:
+        app.AsyncResult(res.id).get(timeout=30)
+    assert "TaskRevokedError" in str(info.value)
+    assert busy.get(timeout=30) == 4
 
 
 # -- counting a chord's parts (Redis and SQL backends; no worker) ----------------------------

@@ -53,3 +53,12 @@ def die(*args: Any) -> None:
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(name="canvasmod.nap")
+def nap(seconds: float) -> float:
+    """Keeps its child busy for ``seconds``."""
+    import time
+
+    time.sleep(seconds)
+    return seconds
