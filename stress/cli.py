@@ -342,6 +342,79 @@ def drain(brokers: tuple[str, ...], tasks: int, concurrency: int, rounds: int,
 
 
 @bench.command()
+@click.option("--broker", default="redis://127.0.0.1:6379/0", show_default=True,
+              help="The broker the queue is filled on (a fresh key prefix or queue per run).")
+@click.option("--tasks", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Tasks in the queue before the worker starts.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=2, show_default=True,
+              help="The worker's pool size.")
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Starts per variant, the variants alternating.")
+@click.option("--mingle", type=click.Choice(["both", "on", "off"]), default="both",
+              show_default=True, help="Measure with mingle, without (--without-mingle), or both.")
+@click.option("--compare", type=click.Choice(["celery"]), default=None,
+              help="Alternate with a Celery worker on the same messages.")
+@click.option("--baseline", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Alternate with the taskq package of this source tree (e.g. a "
+                                 "git worktree of an older commit).")
+def startup(broker: str, tasks: int, concurrency: int, rounds: int, mingle: str,
+            compare: str | None, baseline: Path | None) -> None:
+    """Time a worker from exec to its first task's start (queue pre-filled); print the
+    median and spread per variant."""
+    import json
+    import tempfile
+
+    from stress.bench_startup import Variant, report, start_once
+
+    kinds = ["taskq", *(["baseline"] if baseline else []), *([compare] if compare else [])]
+    mingles = {"both": [True, False], "on": [True], "off": [False]}[mingle]
+    variants = [Variant(kind, m) for m in mingles for kind in kinds]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="taskq-bench-startup-") as tmp:
+        scratch = Path(tmp)
+        for variant in variants:  # untimed: fills the bytecode cache
+            start_once(variant, broker, tasks, concurrency, baseline=baseline, scratch=scratch)
+        for n in range(rounds):
+            for variant in variants:
+                run = start_once(variant, broker, tasks, concurrency, baseline=baseline,
+                                 scratch=scratch)
+                click.echo(f"round {n + 1} {variant.label}: {run.seconds * 1000:.0f} ms",
+                           err=True)
+                runs.append(run)
+    click.echo(json.dumps(report(runs), indent=2))
+
+
+@bench.command()
+@click.option("--broker", default="redis://127.0.0.1:6379/0", show_default=True,
+              help="The broker (also the result backend) to publish to, under a fresh prefix.")
+@click.option("--count", type=click.IntRange(min=1), default=3000, show_default=True,
+              help="send_task calls timed per round (after an untimed warm-up).")
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Rounds per client, the clients alternating.")
+@click.option("--compare", type=click.Choice(["celery"]), default=None,
+              help="Alternate with a Celery client sending the same messages.")
+@click.option("--baseline", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Alternate with the taskq package of this source tree (e.g. a "
+                                 "git worktree of an older commit).")
+def publish(broker: str, count: int, rounds: int, compare: str | None,
+            baseline: Path | None) -> None:
+    """Publish noop tasks one send_task call at a time, results on; print calls per second."""
+    import json
+
+    from stress.bench_publish import publish_once, report
+
+    kinds = ["taskq", *(["baseline"] if baseline else []), *([compare] if compare else [])]
+    runs = []
+    for n in range(rounds):
+        for kind in kinds:
+            run = publish_once(kind, broker, count, baseline=baseline)
+            click.echo(f"round {n + 1} {kind}: {run.rate:,.0f} send_task/s "
+                       f"({run.seconds:.2f} s)", err=True)
+            runs.append(run)
+    click.echo(json.dumps(report(runs), indent=2))
+
+
+@bench.command()
 @click.option("--kills", type=click.IntRange(min=1), default=500, show_default=True,
               help="Children to kill while they run a task.")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=2, show_default=True,

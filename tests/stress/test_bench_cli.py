@@ -1,4 +1,5 @@
-"""``taskq-stress bench pool`` and ``bench redis`` run and print their figures.
+"""``taskq-stress bench pool``, ``redis``, ``startup`` and ``publish`` run and print their
+figures.
 
 Benchmarks do not pass or fail on their numbers; these tests check that each one runs to the
 end on a small size and prints every figure it promises.
@@ -37,3 +38,21 @@ def test_bench_redis_prints_a_rate_per_mode_and_transport(redis_url):
                           "consume p100 + ack"]
     for mode, rates in rows.items():
         assert len(rates) == 2 and all(float(r.replace(",", "")) > 0 for r in rates), mode
+
+
+def test_bench_startup_prints_each_variants_time_to_the_first_task(redis_url):
+    figures = json.loads(_bench("startup", "--broker", redis_url, "--rounds", "1",
+                                "--tasks", "3"))
+    assert len(figures["load_average"]) == 3
+    for variant in ("taskq", "taskq --without-mingle"):
+        assert figures[variant]["runs"] == 1, variant
+        assert 0 < figures[variant]["min_ms"] <= figures[variant]["median_ms"] \
+            <= figures[variant]["max_ms"], variant
+
+
+def test_bench_publish_prints_send_task_calls_per_second(redis_url):
+    figures = json.loads(_bench("publish", "--broker", redis_url, "--count", "20",
+                                "--rounds", "2"))
+    assert figures["taskq"]["runs"] == 2
+    assert 0 < figures["taskq"]["min_per_s"] <= figures["taskq"]["median_per_s"] \
+        <= figures["taskq"]["max_per_s"]
