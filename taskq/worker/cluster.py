@@ -2,7 +2,9 @@
 
 - Events: worker-online/offline/heartbeat always (heartbeats every 2 s); task events when
   ``worker_send_task_events`` (``-E``) or ``enable_events`` says so.
-- Mingle: at start, ask the other workers for their revoked ids and clock (1 s at most).
+- Mingle: at start, ask the other workers for their revoked ids and clock. The worker
+  consumes meanwhile but starts no task until the answers are in (``Worker.mingling``);
+  on Redis it knows how many answers to wait for, elsewhere it waits 1 s for them.
 - Gossip: follow the neighbours' heartbeats; log when one goes missing; sync the clock.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -123,40 +126,132 @@ def merge_revoked(revoked: RevokedSet, received: Any) -> int:
     return len(ids)
 
 
+class _AllAnswered(Exception):
+    """Raised from mingle's reply callback to stop collecting: every listener answered."""
+
+
+def pidbox_listeners(conn: Connection, exchange: str) -> int | None:
+    """How many connections receive broadcasts on the fanout ``exchange`` now, where the
+    broker can say: on Redis a PUBLISH answers with the number of subscribers it reached,
+    and a PUBLISH without data on the broadcast topic is skipped by every kombu subscriber
+    (kombu 5.3 to 5.7: ``Channel._get_publish_topic`` names the topic, ``conn_or_acquire``
+    gives a client with the ``global_keyprefix``). None where it cannot (AMQP, SQLite,
+    Sentinel's two topics): mingle then waits its full timeout."""
+    channel = conn.default_channel
+    topic_of = getattr(channel, "_get_publish_topic", None)
+    acquire = getattr(channel, "conn_or_acquire", None)
+    if topic_of is None or acquire is None or getattr(channel, "_fanout_compat_active", False):
+        return None
+    with acquire() as client:
+        return int(client.publish(topic_of(exchange, ""), ""))
+
+
+def ask_hello(mailbox: Any, hostname: str, arguments: dict[str, Any], expected: int | None,
+              timeout: float) -> list[dict[str, Any]]:
+    """Broadcast mingle's ``hello``; the replies, collected until ``expected`` other nodes
+    answered (a reply from this node itself does not count), or until no reply came for
+    ``timeout`` seconds."""
+    replies: list[dict[str, Any]] = []
+    others: set[str] = set()
+
+    def on_reply(body: Any) -> None:
+        if not isinstance(body, dict):
+            return
+        replies.append(body)
+        others.update(node for node in body if node != hostname)
+        if expected is not None and len(others) >= expected:
+            raise _AllAnswered
+
+    try:
+        broadcast(mailbox, "hello", arguments=arguments, reply=True, timeout=timeout,
+                  callback=on_reply)
+    except _AllAnswered:
+        pass
+    return replies
+
+
 class MingleStep(Step):
-    """Ask the neighbours for revoked ids and the clock before consuming (1 s at most)."""
+    """Ask the neighbours for revoked ids and the clock, without holding up consuming.
+
+    A task revoked on another worker before this one started must never run here, so no
+    task starts until the answers are in (``worker.mingling`` holds ``feed_pool``; the
+    revoked ids are checked when a request leaves the ready queue). Consuming, the pool
+    and the other steps go ahead meanwhile. On Redis the broker says how many workers
+    listen (``pidbox_listeners``): none, and nothing is asked; some, and the wait ends with
+    the last of their answers. Elsewhere the wait ends when no answer came for ``TIMEOUT``
+    seconds, as before."""
 
     name = "mingle"
     requires = ("state",)
+    TIMEOUT = 1.0
 
     def start(self, worker: Worker) -> None:
         if not worker.mingle:
             return
+        # Counted now, before this worker's own control node listens (it attaches when the
+        # consumer connects), so the count is of the neighbours alone.
+        conn = worker.app.connection()
         try:
-            with worker.app.connection() as conn:
-                conn.connect_timeout = 2.0
-                connect_once(conn)
-                replies = broadcast(
-                    worker.control.mailbox(conn), "hello",
-                    arguments={"from_node": worker.hostname,
-                               "revoked": worker.revoked.as_dict()},
-                    reply=True, timeout=1.0) or []
+            conn.connect_timeout = 2  # seconds
+            connect_once(conn)
+            mailbox = worker.control.mailbox(conn)
+            expected = pidbox_listeners(conn, mailbox.exchange.name)
         except Exception as exc:
+            conn.release()
             logger.warning("mingle skipped: %r", exc)
             return
-        neighbours = []
-        for reply in replies:
-            for node, answer in reply.items():
-                if node == worker.hostname or not isinstance(answer, dict):
-                    continue
-                neighbours.append(node)
-                merge_revoked(worker.revoked, answer.get("revoked"))
-                if isinstance(answer.get("clock"), int):
-                    worker.app.clock.adjust(answer["clock"])
-        if neighbours:
-            logger.info("mingle: synced with %s", ", ".join(sorted(neighbours)))
-        else:
-            logger.info("mingle: no other workers answered")
+        if expected == 0:
+            conn.release()
+            logger.info("mingle: no other workers answered (none listening)")
+            return
+        worker.mingling = True
+        arguments = {"from_node": worker.hostname, "revoked": worker.revoked.as_dict()}
+        threading.Thread(target=self._ask, args=(worker, conn, mailbox, arguments, expected),
+                         name="taskq-mingle", daemon=True).start()
+
+    def _ask(self, worker: Worker, conn: Connection, mailbox: Any, arguments: dict[str, Any],
+             expected: int | None) -> None:
+        """On the mingle thread: ask, then hand the answers to the loop."""
+        replies: list[dict[str, Any]] = []
+        error: BaseException | None = None
+        try:
+            replies = ask_hello(mailbox, worker.hostname, arguments, expected, self.TIMEOUT)
+        except Exception as exc:
+            error = exc
+        finally:
+            try:
+                conn.release()
+            except Exception:
+                logger.debug("closing mingle's connection failed", exc_info=True)
+        worker.loop.post(self._answered, worker, replies, error)
+
+    def _answered(self, worker: Worker, replies: list[dict[str, Any]],
+                  error: BaseException | None) -> None:
+        """On the loop: take the neighbours' revoked ids and clock, then let tasks start."""
+        try:
+            if error is not None:
+                logger.warning("mingle skipped: %r", error)
+            else:
+                merge_answers(worker, replies)
+        finally:
+            worker.mingling = False
+            worker.feed_pool()
+
+
+def merge_answers(worker: Worker, replies: list[dict[str, Any]]) -> None:
+    neighbours = []
+    for reply in replies:
+        for node, answer in reply.items():
+            if node == worker.hostname or not isinstance(answer, dict):
+                continue
+            neighbours.append(node)
+            merge_revoked(worker.revoked, answer.get("revoked"))
+            if isinstance(answer.get("clock"), int):
+                worker.app.clock.adjust(answer["clock"])
+    if neighbours:
+        logger.info("mingle: synced with %s", ", ".join(sorted(neighbours)))
+    else:
+        logger.info("mingle: no other workers answered")
 
 
 class Gossip:

@@ -111,6 +111,7 @@ class Worker:
         self.offload_results = Offload(self.loop, "result backend")
         self.offload_io = Offload(self.loop, "broker and disk")
         self.mingle = mingle
+        self.mingling = False  # mingle's answers not in yet: no task starts (MingleStep)
         self.task_events = conf.worker_send_task_events if task_events is None else task_events
         self.events = Events(self)
         self.gossip: Gossip | None = Gossip(self) if gossip else None
@@ -501,7 +502,7 @@ class Worker:
         (redelivered). Acked at ``started`` instead, a task a child began in the moment the
         main process died was redelivered and ran twice.
         """
-        while self.ready and not self.stopping and self.pool.can_accept():
+        while self.ready and not self.stopping and not self.mingling and self.pool.can_accept():
             batch = self._next_batch()
             early = [r for r in batch if not r.acks_late and not r.acknowledged]
             if early:

@@ -3,14 +3,21 @@ logical clock, and --statedb across a restart."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_support import Broker, Ledger, StartWorker, wait_until
+from kombu.pidbox import Mailbox
 
 from taskq.events import EventReceiver
 
@@ -80,6 +87,55 @@ def test_mingle_hands_revoked_ids_and_clock_to_a_new_worker(
     assert "revoked-before-b" in revoked[0][b.hostname]
     clock_b = client.control.broadcast("clock", destination=[b.hostname], reply=True)
     assert clock_b[0][b.hostname]["clock"] > clock_a[0][a.hostname]["clock"]
+
+
+@contextlib.contextmanager
+def _slow_neighbour(broker: Broker, revoked: list[str], delay: float) -> Iterator[str]:
+    """A neighbour that answers mingle's hello ``delay`` seconds late, with ``revoked``: a
+    kombu pidbox node (as a Celery worker has) served from a thread of the test."""
+    hostname = f"slow-{broker.name}@test"
+    conn = broker.raw_connection()
+
+    def hello(state: Any, from_node: str | None = None, **_: Any) -> dict[str, Any]:
+        time.sleep(delay)
+        return {"revoked": revoked, "clock": 1}
+
+    node = Mailbox("celery", type="fanout", accept=["json"])(conn).Node(
+        hostname, handlers={"hello": hello}, channel=conn.channel())
+    node.listen()
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(socket.timeout):
+                conn.drain_events(timeout=0.1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield hostname
+    finally:
+        stop.set()
+        thread.join(5)
+        conn.release()
+
+
+def test_a_task_revoked_on_a_neighbour_never_runs_though_queued_before_this_worker_starts(
+        redis_broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
+    """Mingle holds back task starts, not consuming: the new worker takes the queued task at
+    once, but starts it only after its neighbours answered, and then it is revoked. The
+    neighbour answers 0.5 s late, so a worker that started tasks before the answer ran it."""
+    client = redis_broker.app()
+    with _slow_neighbour(redis_broker, ["revoked-elsewhere"], delay=0.5) as neighbour:
+        doomed = client.send_task("appmod.stamp", (str(ledger),), task_id="revoked-elsewhere")
+        fine = client.send_task("appmod.stamp", (str(ledger),))
+        w = worker(redis_broker, pool="prefork", concurrency=1, mingle=True)
+        w.wait_log(rf"mingle: synced with .*{neighbour}", timeout=30)
+        ledger.wait_started(fine.id, timeout=30)  # the hold ends with the answer
+        wait_until(lambda: doomed.state in {"REVOKED", "SUCCESS", "FAILURE"}, timeout=30,
+                   what="the task revoked on the neighbour to end")
+    assert doomed.state == "REVOKED"
+    assert ledger.starts("revoked-elsewhere") == []
 
 
 def test_gossip_notices_a_killed_neighbour_within_three_heartbeats(
