@@ -16,14 +16,15 @@ from kombu.transport import TRANSPORT_ALIASES
 from taskq.embedded import default_broker_url
 from taskq.errors import BrokerUnreachable, ConfigurationError
 from taskq.protocol import TaskMessage, to_wire
-from taskq.transports.sqlite import TRANSPORT as SQLITE_TRANSPORT
 from taskq.urls import safe_url
 
 if TYPE_CHECKING:
     from taskq.config import Config
 
 # ``sqlite://`` names taskq's SQLite transport in any kombu Connection of this process (kombu
-# has none of its own by that name).
+# has none of its own by that name). By its path (taskq.transports.sqlite.TRANSPORT): kombu
+# imports the module when a connection uses it, not every client and worker at start.
+SQLITE_TRANSPORT = "taskq.transports.sqlite:Transport"
 TRANSPORT_ALIASES.setdefault("sqlite", SQLITE_TRANSPORT)
 
 # Bounded socket operations (DESIGN.md: every call that can block is bounded, 2 s at most

@@ -70,3 +70,18 @@ def test_the_cli_modules_do_not_name_each_other_even_inside_a_function():
     circle = ("taskq.cli_ops" in imports["taskq.cli"]) and ("taskq.cli" in imports["taskq.cli_ops"])
     assert not circle, "taskq.cli and taskq.cli_ops import each other"
     assert "taskq.cli" not in imports["taskq.cli"], "taskq.cli imports itself"
+
+
+def test_a_client_and_a_worker_load_no_transport_backend_or_tool_they_do_not_use():
+    """Start-up time (issue 17): the SQLite transport, SQL result backends, rich, docker and
+    Celery load only when a configuration or command uses them."""
+    loaded = _modules_after_import("taskq.cli, taskq.worker, taskq.pool.prefork")
+    unused = ("taskq.transports.sqlite", "sqlite3", "sqlalchemy", "rich", "docker", "celery")
+    assert [m for m in loaded if m.split(".")[0] in unused or m in unused] == []
+
+
+def test_the_sqlite_alias_names_the_sqlite_transport():
+    from taskq.publish import SQLITE_TRANSPORT
+    from taskq.transports.sqlite import TRANSPORT
+
+    assert SQLITE_TRANSPORT == TRANSPORT
