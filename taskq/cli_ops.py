@@ -5,7 +5,6 @@ The commands are plain click commands; ``taskq.cli`` adds them to its groups.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -155,10 +154,18 @@ def events(ctx: Context, app_spec: str | None, dump: bool, duration: float | Non
             last_draw[0] = time.monotonic()
             _draw(state)
 
-    with app.connection() as conn, \
-            EventReceiver(conn, handlers={"*": on_event}, clock=app.clock) as receiver, \
-            contextlib.suppress(KeyboardInterrupt):
-        receiver.capture(timeout=duration)
+    # Ctrl-C / SIGTERM end the capture between two reads: a KeyboardInterrupt raised inside
+    # kombu's read leaves the connection mid-reply, and closing it then could wait forever.
+    stopping: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: stopping.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with app.connection() as conn, \
+                EventReceiver(conn, handlers={"*": on_event}, clock=app.clock) as receiver:
+            receiver.capture(timeout=duration, stop=lambda: bool(stopping))
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if not dump:
         _draw(state)
 
