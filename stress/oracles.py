@@ -42,6 +42,9 @@ OK_OUTCOMES = {"ok", "soft-limit", "success"}
 MAIN_FAULTS = {"kill-main", "terminate-worker", "cold-shutdown", "hup-worker"}
 NET_FAULTS = {"proxy-cut", "proxy-reset", "proxy-blackhole", "broker-restart"}
 EARLY_ACK_WINDOW = 1.0  # seconds from ``started`` within which an early ack may not have left
+# A killed main process's children learn of it only after the kernel freed its memory (ms,
+# more under load): a child may start a job it held in that time.
+ORPHAN_WINDOW = 0.25
 
 
 @dataclass
@@ -97,11 +100,12 @@ def _allowed_lost(history: History, faults: Sequence[FaultRecord], cell: Cell, *
     """Early ack, and the worker's main process died while the task ran (the one "lost" cell
     of the table). The early ack is sent before the job goes to the pool, so the task "runs"
     from then on: a main process that dies before the child starts it loses it without a
-    start record (how many: ``_unstarted_losses_bound``)."""
+    start record (how many: ``_unstarted_losses_bound``), and one whose child starts it just
+    after the main process died (``ORPHAN_WINDOW``) loses it too."""
     if cell["acks"] != "early":
         return False
     if history.starts:
-        since = history.starts[-1].mono
+        since = history.starts[-1].mono - ORPHAN_WINDOW
     elif unstarted and history.published is not None:
         since = history.published
     else:
@@ -182,12 +186,12 @@ def _rerun_allowed(history: History, previous: Entry, faults: Sequence[FaultReco
                    for r in _ok(faults, MAIN_FAULTS | NET_FAULTS))
     # Early acks are sent before the job goes to the pool (Redis and SQLite: and answered), so
     # a dying main process never leaves a started task unacked: the table's "lost", never a
-    # rerun. An AMQP ack gets no answer: one written just before the connection was cut, or
-    # into a black hole that was on when the task started, may never reach the broker, which
-    # then redelivers the task; bounded here to those moments.
-    return any((previous.mono <= r.mono <= previous.mono + EARLY_ACK_WINDOW
-                or r.mono <= previous.mono <= r.mono + _on_for(r) + EARLY_ACK_WINDOW)
-               and (end is None or r.mono <= end)
+    # rerun. An AMQP ack gets no answer: one written just before the connection was cut (or
+    # a black hole began: it may still sit in the proxy, even if the task has ended since),
+    # or into a black hole that was on when the task started, may never reach the broker,
+    # which then redelivers the task; bounded here to those moments.
+    return any(previous.mono <= r.mono <= previous.mono + EARLY_ACK_WINDOW
+               or r.mono <= previous.mono <= r.mono + _on_for(r) + EARLY_ACK_WINDOW
                for r in _ok(faults, NET_FAULTS))
 
 
@@ -409,7 +413,10 @@ def deadlock(ev: Evidence) -> Verdict:
         return Verdict("deadlock", False, f"no progress for {ev.stall_bound:g}s with "
                        f"{ev.deadlock_pending} task(s) pending; stacks in "
                        f"{ev.directory / 'stacks.txt'}", figures)
-    pending = unresolved(ev.book, ev.faults, ev.cell)
+    # never started, early ack, a main process died: the table's "lost" (nothing-lost
+    # bounds how many), not work the worker still owes
+    pending = [h for h in unresolved(ev.book, ev.faults, ev.cell)
+               if not maybe_lost([h], ev.faults, ev.cell)]
     if pending:
         return Verdict("deadlock", False, f"the run ended (max time) with {len(pending)} "
                        "task(s) unresolved while the worker still made progress", figures)

@@ -48,3 +48,12 @@ def test_a_task_started_just_after_a_main_process_kill_still_may_not_run_again()
     kill = FaultRecord(mono=10.3, wall=10.3, kind="kill-main", target="worker main",
                        outcome="ok", detail={"pids": [5]})
     assert not _verdict([kill])
+
+
+def test_a_task_that_ended_just_before_a_black_hole_began_may_run_again_under_early_acks(
+        ) -> None:
+    """An early ack written a moment before the hole (a no-op that started and ended just
+    then) may still sit in the proxy when the hole swallows it; explore met it on RabbitMQ
+    (the hole 5 ms after the start). A hole long after the start is no excuse."""
+    assert _verdict([_blackhole(10.95, 4.0)])  # 0.64 s after the start, after the end
+    assert not _verdict([_blackhole(11.5, 4.0)])  # 1.19 s after the start
