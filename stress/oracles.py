@@ -759,6 +759,13 @@ def explore_verdicts(ev: Evidence, verdicts: list[Verdict]) -> list[Verdict]:
         verdicts.append(lease_held(ev))
     if oracles.get("leases_released"):
         verdicts.append(leases_released(ev))
+    if "blackhole_noticed_within" in oracles or "release_within" in oracles:
+        from stress.recovery import blackhole_noticed, released_after_cut  # imports this module
+
+        if "blackhole_noticed_within" in oracles:
+            verdicts.append(blackhole_noticed(ev))
+        if "release_within" in oracles:
+            verdicts.append(released_after_cut(ev))
     if ev.stopped_early:
         verdicts = _stopped_early(ev, verdicts)
     return verdicts
