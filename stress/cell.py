@@ -17,13 +17,13 @@ import shlex
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from chaos import ChaosError, FaultProxy, Journal, LocalRedis, read_journal
+from chaos import ChaosError, FaultProxy, FaultRecord, Journal, LocalRedis, read_journal
 from stress import ledger as ledger_mod
 from stress.backend_probe import BackendProbe
 from stress.errors import RunnerError
@@ -32,6 +32,7 @@ from stress.harness import APP_ENV
 from stress.ledger import Book, LedgerReader
 from stress.leftovers import measure as measure_leftovers
 from stress.oracles import (
+    MAIN_FAULTS,
     Evidence,
     Verdict,
     certain_violations,
@@ -367,9 +368,10 @@ class CellRun:
             if self.progress:
                 total = len(book.published())
                 self.progress(total - len(pending), total, "drain" if done else "run")
-            if done and not pending:
+            lingering = now < watch_redelivery_until(self.suite.oracles, journal.records)
+            if done and not pending and not lingering:
                 return result
-            if done and now - last_progress > 2 * LEASE_TIMEOUT and maybe_lost(
+            if done and not lingering and now - last_progress > 2 * LEASE_TIMEOUT and maybe_lost(
                     pending, journal.records, self.cell):
                 return result  # lost where the table allows it (judged by nothing-lost)
             if early_stop and now - last_check >= 1.0:
@@ -386,6 +388,17 @@ class CellRun:
                 result.update(pending=len(pending))
                 return result
             time.sleep(0.25)
+
+
+def watch_redelivery_until(oracles: Mapping[str, Any], faults: Sequence[FaultRecord]) -> float:
+    """When a drained run may stop (``watch_redelivery`` suites: explore): its main-process
+    faults' time plus that many seconds. A task the table calls lost (early ack, its main
+    process killed while it ran) resolves the moment the kill lands; a worker that had not
+    acked it gets it back after the lease, and only a watch that lasts that long sees the
+    forbidden re-run (issue 13 #7: a job started 3 ms after the kill ran again)."""
+    after = float(oracles.get("watch_redelivery", 0.0) or 0.0)
+    kills = [r.mono for r in faults if r.kind in MAIN_FAULTS and r.outcome == "ok"]
+    return max(kills) + after if after and kills else 0.0
 
 
 def _running_pids(book: Book) -> set[int]:

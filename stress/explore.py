@@ -221,6 +221,15 @@ class Case:
             "early_stop": True,  # stop as soon as a failure is certain (cases cost seconds)
             "judge_warm_up": True,  # a worker that cannot run a first task fails the case
             "lease_held": self.fleet > 1,
+            # recovery (stress.recovery): a black hole noticed in 8 s (a RabbitMQ worker by
+            # its missed heartbeats: three of them); after a cut, no task waits over 3 s on
+            # an idle fleet before the lease would have handed it back anyway
+            "blackhole_noticed_within": max(8.0, 3 * float(self.config["heartbeat"]))
+            if self.config["transport"] == "amqp" else 8.0,
+            "release_within": 3.0, "lease": lease,
+            # a drained run watches on for a lease past its last main-process fault, so a
+            # job the killed worker never acked shows its re-run (issue 13 #7)
+            "watch_redelivery": lease + 3.0,
         }
         if self.config["pool_type"] != "solo":  # solo runs tasks on the loop: it lags by design
             oracles["max_loop_lag"] = 5.0

@@ -87,10 +87,11 @@ def blackhole_noticed(ev: Evidence) -> Verdict:
             if noticed is not None and noticed <= bound:
                 latencies.append(noticed)
                 continue
-            said = f"after {noticed:.1f}s" if noticed is not None else "never"
+            said = (f"noticed only after {noticed:.1f}s" if noticed is not None
+                    else "never noticed")
             problems.append(
                 f"{name}: a black hole from +{hole.offset or 0:.1f}s lasting "
-                f"{_on_for(hole):g}s was noticed {said} (bound {bound:g}s)"
+                f"{_on_for(hole):g}s was {said} (bound {bound:g}s)"
                 + (f"; kombu swallowed {swallowed} timer error(s) meanwhile" if swallowed
                    else ""))
     figures: dict[str, Any] = {"holes_judged": judged, "bound_s": bound,

@@ -65,7 +65,7 @@ def test_a_black_hole_noticed_late_after_a_reconnect_fails(tmp_path: Path) -> No
     faults = [_f("proxy-cut", 2.0), _f("proxy-blackhole", 4.0, duration=12.0)]
     verdict = blackhole_noticed(_ev([], faults, tmp_path, blackhole_noticed_within=8.0))
     assert not verdict.passed
-    assert "noticed after 13.5s" in verdict.message
+    assert "noticed only after 13.5s" in verdict.message
     assert "swallowed 2 timer error(s)" in verdict.message
 
 

@@ -130,3 +130,20 @@ def test_a_worker_that_cannot_run_a_first_task_fails_an_explored_case(tmp_path: 
     assert result.error is None
     assert [(v.oracle, v.passed) for v in result.verdicts] == [("warm-up", False)]
     assert "exited with 3" in result.verdicts[0].message
+
+
+def test_a_drained_run_watches_on_a_lease_past_its_last_main_process_fault() -> None:
+    """Issue 13 #7 shows after the lease: an early-ack job the killed worker started but never
+    acked comes back to the next worker then, long after the rest drained."""
+    from stress.cell import watch_redelivery_until
+
+    def record(kind: str, at: float) -> FaultRecord:
+        return FaultRecord(mono=at, wall=at, kind=kind, target="t", outcome="ok")
+
+    kills = [record("kill-main", 10.0), record("cold-shutdown", 14.0), record("proxy-cut", 20.0)]
+    assert watch_redelivery_until({"watch_redelivery": 8.0}, kills) == 22.0
+    assert watch_redelivery_until({"watch_redelivery": 8.0}, kills[2:]) == 0.0
+    assert watch_redelivery_until({}, kills) == 0.0
+    case = Case({**Generator(1).draw().config, "lease": 3.0}, {"noop": 1.0}, (0.01, 0.2), (),
+                4.0, 2.0, 7)
+    assert case.suite().oracles["watch_redelivery"] == 6.0
