@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from stress.corpus import dumps, loads
-from stress.explore import CORNERS, FAULT_KINDS, SPACE, TASK_KINDS, Generator, smaller
+from stress.explore import CORNERS, FAULT_KINDS, SPACE, TASK_KINDS, Case, Generator, smaller
 
 
 def test_the_same_seed_draws_the_same_cases() -> None:
@@ -98,3 +98,88 @@ def test_a_celery_worker_gets_only_the_axes_its_command_line_carries() -> None:
     assert {c.config["fds"] for c in cases} == {0}
     assert "sqlite" not in {c.config["transport"] for c in cases}
     assert {c.config["concurrency"] for c in cases} == {1, 2, 3, 4}
+
+
+# -- the corners of issue 13's defects: what each draws to reach its defect --------------------
+
+def _from(name: str, n: int = 60, seed: int = 21) -> list[Case]:
+    gen = Generator(seed, corner_weight=1.0, corners=[c for c in CORNERS if c.name == name])
+    return [gen.draw() for _ in range(n)]
+
+
+def _mean_task(case: Case) -> float:
+    total = sum(case.workload.values())
+    return sum(w * (sum(case.sleep) / 2 if k == "sleep" else 0.05)
+               for k, w in case.workload.items()) / total
+
+
+def _gaps(case: Case) -> list[float]:
+    return [b.at - a.at for a, b in zip(case.faults, case.faults[1:], strict=False)]
+
+
+def test_recycle_cut_cuts_three_times_into_a_backlogged_fast_child() -> None:
+    """Issue 13 #1 shows only when a cut lands while jobs wait queued in a fast child that has
+    max-tasks-per-child >= 2: a backlog, and three cuts for the ~50 % each has."""
+    for case in _from("recycle-cut"):
+        assert [f.kind for f in case.faults] == ["cut-connections"] * 3
+        assert case.config["strategy"] == "fast" and case.config["max_tasks_per_child"] >= 2
+        assert case.config["concurrency"] in (1, 2) and case.fleet == 1
+        assert case.rate * _mean_task(case) >= 1.5 * case.config["concurrency"]
+        assert min(_gaps(case)) >= 1.5 and case.faults[-1].at < case.duration
+
+
+def test_reconnect_blackhole_cuts_then_holes_an_idle_worker_longer_than_the_bound() -> None:
+    """Issue 13 #3 shows only on an idle worker (a busy one notices through its tasks), after
+    a reconnect, and only an oracle that times the notice sees it."""
+    for case in _from("reconnect-blackhole"):
+        cut, hole = case.faults
+        assert (cut.kind, hole.kind) == ("cut-connections", "blackhole")
+        assert hole.at - cut.at >= 1.5
+        assert hole.duration > case.suite().oracles["blackhole_noticed_within"]
+        assert abs((hole.at * case.rate) % 1 - 0.5) < 0.05  # midway between two publishes
+        assert case.workload == {"noop": 1.0} and case.rate <= 2.0
+        assert case.config["transport"] == "redis"
+
+
+def test_kill_main_early_kills_three_times_into_busy_fast_children_and_watches_for_reruns(
+        ) -> None:
+    """Issue 13 #7: a job a child started a few ms after its main process was killed ran
+    again after the lease: children with jobs queued behind short tasks start one in that
+    window often, and the watch must outlast the lease."""
+    for case in _from("kill-main-early"):
+        assert [f.kind for f in case.faults] == ["kill-main"] * 3
+        assert case.config["acks"] == "early" and case.config["strategy"] == "fast"
+        assert case.rate * _mean_task(case) >= 1.4 * case.config["concurrency"]
+        assert case.sleep[1] <= 0.2 and min(_gaps(case)) >= 1.5
+        assert case.suite().oracles["watch_redelivery"] == case.config["lease"] + 3.0
+
+
+def test_lease_cut_cuts_late_into_a_backlog_with_a_lease_the_oracle_can_see() -> None:
+    """Issue 13 #5: reserved messages (a backlog) when the cut lands, late enough that the
+    fleet runs dry inside the lease while they are invisible."""
+    for case in _from("lease-cut"):
+        (cut,) = case.faults
+        assert cut.kind == "cut-connections" and cut.at >= 0.5 * case.duration
+        oracles = case.suite().oracles
+        assert oracles["lease"] == 10.0 and oracles["release_within"] + 1.0 < 10.0
+        capacity = case.config["concurrency"] * case.fleet
+        assert case.rate * _mean_task(case) >= 1.2 * capacity
+
+
+def test_corners_are_drawn_by_their_weights() -> None:
+    gen = Generator(3)
+    cases = [gen.draw() for _ in range(4000)]
+    share = {k: n / len(cases) for k, n in Counter(c.origin for c in cases).items()}
+    weights = {c.name: c.weight for c in CORNERS}
+    total = sum(weights.values())
+    assert abs(share["random"] - 0.4) < 0.03
+    for name, weight in weights.items():
+        assert abs(share[name] - 0.6 * weight / total) < 0.025, name
+
+
+def test_free_draws_sometimes_hold_a_black_hole_longer_than_the_notice_bound() -> None:
+    gen = Generator(4, corner_weight=0.0)
+    holes = [f.duration for c in (gen.draw() for _ in range(1500)) for f in c.faults
+             if f.kind == "blackhole"]
+    assert all(1.0 <= d <= 14.0 for d in holes)
+    assert 0.1 < sum(d > 8.0 for d in holes) / len(holes) < 0.3
