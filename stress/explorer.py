@@ -54,7 +54,7 @@ class ExploreOptions:
     json_path: Path | None = None
     junit_path: Path | None = None
     shrink_budget: float = 900.0
-    corner_weight: float = 0.4
+    corner_weight: float = 0.6
     max_cases: int | None = None
     keep_going: bool = False  # after a failure is shrunk and saved, search on (budget allowing)
     out: TextIO = field(default_factory=lambda: sys.stdout)
@@ -169,21 +169,44 @@ def _corpus_corners(directory: Path) -> list[Corner]:
 
 
 CATEGORICAL = ("pool_type", "strategy", "acks", "fds")  # fds: off or 1100, a switch
+# numeric axes a failure is known by only as "off their default" (any value but the default)
+SWITCHES = ("max_tasks_per_child", "fleet", "lease", "max_memory_per_child", "time_limit")
+OFF = "off-default"
 
 
-def _signature(case: Case) -> tuple[dict[str, Any], set[str]]:
-    """What a failure's minimal case is known by: its categorical axes off their defaults and
-    its fault kinds."""
-    return ({k: case.config[k] for k in CATEGORICAL if case.config[k] != SPACE[k].default},
-            {f.kind for f in case.faults})
+@dataclass(frozen=True)
+class Known:
+    """A failure already found (this run's, or the corpus's), known by its minimal case's
+    categorical axes, the switches it has off their defaults, its fault kinds, and the
+    oracles it failed (empty: not recorded)."""
+
+    axes: Mapping[str, Any]
+    faults: frozenset[str]
+    oracles: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, case: Case, oracles: Sequence[str] = ()) -> Known:
+        axes: dict[str, Any] = {k: case.config[k] for k in CATEGORICAL
+                                if case.config[k] != SPACE[k].default}
+        axes.update({k: OFF for k in SWITCHES if case.config[k] != SPACE[k].default})
+        return cls(axes, frozenset(f.kind for f in case.faults), frozenset(oracles))
+
+    def matches(self, case: Case) -> bool:
+        """``case`` has every axis and fault kind of this failure."""
+        return self.faults <= {f.kind for f in case.faults} and all(
+            case.config[k] != SPACE[k].default if v == OFF else case.config[k] == v
+            for k, v in self.axes.items())
+
+    def explains(self, case: Case, failed: Sequence[str]) -> bool:
+        """A failure of ``case`` on ``failed`` is most likely this one again."""
+        return self.matches(case) and (not self.oracles or set(failed) <= self.oracles)
 
 
-def _like(case: Case, known: Sequence[tuple[dict[str, Any], set[str]]]) -> bool:
-    """``case`` has every categorical value and fault kind of a known failure: most likely
-    the same defect again (``--keep-going`` draws another)."""
-    kinds = {f.kind for f in case.faults}
-    return any(all(case.config[k] == v for k, v in axes.items()) and faults <= kinds
-               for axes, faults in known)
+def _unexplained(case: Case, failed: Sequence[str], known: Sequence[Known]) -> set[str]:
+    """The oracles ``case`` failed that no known failure it is like has failed: what makes
+    it new, and what its shrinking must keep failing (else it slips to the known one)."""
+    seen = {o for k in known if k.matches(case) for o in k.oracles}
+    return set(failed) - seen
 
 
 def _result_json(result: CellResult, case: Case | None, role: str) -> dict[str, Any]:
@@ -237,10 +260,13 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
     failures: list[dict[str, Any]] = []
     shrinking = 0.0  # seconds spent shrinking (--keep-going): not search time
     # --keep-going: failures already known (the corpus's and this run's) are not drawn again
-    known = ([_signature(c) for _p, c in load_corpus(options.corpus_dir)]
+    # when their axes say enough (a failure known only by a fault kind would stop the search
+    # from drawing that fault at all), and not shrunk again when they come back
+    known = ([Known.of(c, [str(o) for o in c.notes.get("failed", [])])
+              for _p, c in load_corpus(options.corpus_dir)]
              if options.keep_going and options.corpus_dir.is_dir()
              and any(options.corpus_dir.glob("*.toml")) else [])
-    skipped = 0
+    skipped = repeats = 0
     errors_in_a_row = 0
     code = 0
     n = 0
@@ -250,7 +276,8 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
                 options.max_cases is None or n < options.max_cases):
             n += 1
             case = gen.draw()
-            while options.keep_going and _like(case, known) and skipped < 10_000:
+            while options.keep_going and skipped < 10_000 and any(
+                    k.axes and k.matches(case) for k in known):
                 skipped += 1
                 case = gen.draw()
             coverage.add(case)
@@ -276,15 +303,22 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
                 found = (case, result)
                 if not options.keep_going:
                     break
+                target = _unexplained(case, failed_oracles(result), known)
+                if not target:
+                    repeats += 1
+                    found = None
+                    options.say("  like a failure already found (its axes, faults and "
+                                "oracles): not shrunk again")
+                    continue
                 shrink_began = clock()
                 failures.append(_shrink_and_save(
                     found, n, clock() - began - shrinking, report_dir, options, rows, log,
-                    restrict, tag=f"{len(failures) + 1}-"))
+                    restrict, tag=f"{len(failures) + 1}-", target=target))
                 shrinking += clock() - shrink_began
                 found = None
                 minimal = failures[-1].pop("minimal", None)
                 if isinstance(minimal, Case):
-                    known.append(_signature(minimal))
+                    known.append(Known.of(minimal, failures[-1]["oracles_minimal"]))
                 if failures[-1].get("interrupted"):
                     interrupted = True
                     break
@@ -297,7 +331,7 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
         "cases_per_minute": round(n / (searched / 60), 2) if searched > 0 else None,
         "brokers": list(options.brokers), "worker_cmd": options.worker_cmd,
         "runs_per_candidate": options.runs_per_candidate,
-        "skipped_like_known_failures": skipped,
+        "skipped_like_known_failures": skipped, "repeats_of_known_failures": repeats,
     }
     if found is not None:
         failures.append(_shrink_and_save(found, n, searched, report_dir, options, rows, log,
@@ -330,7 +364,7 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
 def _shrink_and_save(found: tuple[Case, CellResult], n: int, searched: float, report_dir: Path,
                      options: ExploreOptions, rows: list[tuple[Case, CellResult, str]],
                      log: list[dict[str, Any]], restrict: Mapping[str, Sequence[Any]],
-                     tag: str = "") -> dict[str, Any]:
+                     tag: str = "", target: set[str] | None = None) -> dict[str, Any]:
     case, result = found
     first_oracles = failed_oracles(result)
     options.say(f"taskq-stress explore: case {case.name} failed {', '.join(first_oracles)} "
@@ -340,13 +374,18 @@ def _shrink_and_save(found: tuple[Case, CellResult], n: int, searched: float, re
     last_failure: dict[str, CellResult] = {case.key(): result}
 
     def once(candidate: Case) -> bool | None:
+        """Did ``candidate`` fail, on one of the oracles that made this failure new
+        (``target``: the shrink must not slip to a failure already found)?"""
         nonlocal runs
         runs += 1
         res = run_case(candidate, report_dir / f"shrink-{tag}{runs:03d}", options)
         log.append(_result_json(res, candidate, "shrink"))
-        if outcome(res):
+        failed = outcome(res)
+        if failed and target and not set(failed_oracles(res)) & target:
+            failed = False
+        if failed:
             last_failure[candidate.key()] = res
-        return outcome(res)
+        return failed
 
     def fails(candidate: Case) -> bool:
         return reproduces(lambda: once(candidate), options.runs_per_candidate, 2)
@@ -391,6 +430,7 @@ def _shrink_and_save(found: tuple[Case, CellResult], n: int, searched: float, re
     replay = options.replay_command(path)
     rows.append((minimal, final, replay))
     info["minimal"] = minimal  # for the search (--keep-going); popped before the JSON
+    info.update(oracles_minimal=failed_oracles(final))
     info.update(shrunk=minimal.name, shrunk_describe=minimal.describe(), shrink_steps=steps,
                 shrink_complete=complete, shrink_s=round(time.monotonic() - began, 1),
                 runs=runs, corpus_file=str(path), replay=replay,

@@ -129,3 +129,26 @@ def test_keep_going_does_not_draw_a_known_failure_again(
     searched = [c for d, c in seen if d.startswith("case-")]
     first = next(n for n, c in enumerate(searched) if c.config["pool_type"] == "solo")
     assert all(c.config["pool_type"] != "solo" for c in searched[first + 1:])
+
+
+def test_keep_going_tells_defects_apart_by_their_oracles_and_draws_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two synthetic bugs behind the same fault: any cut fails ``deadlock``; a cut with a
+    lease off its default also fails ``released-after-cut``. The first one found shrinks to
+    "a cut", which must neither stop cuts from being drawn (the second needs one) nor be
+    shrunk again when it comes back: a failure like a known one (its axes, its faults, no
+    oracle the known one did not fail) is reported as a repeat."""
+    def fake_run(case: Any, directory: Path, options: Any) -> CellResult:
+        cut = "cut-connections" in {f.kind for f in case.faults}
+        verdicts = [Verdict("deadlock", not cut, "x")]
+        if case.config["lease"] != 5.0:
+            verdicts.append(Verdict("released-after-cut", not cut, "x"))
+        return CellResult(case.cell(), case.seed, verdicts, {}, directory, 1.0, "taskq worker")
+
+    code, whole = _explore(tmp_path, monkeypatch, fake_run, seed=12, max_cases=60,
+                           keep_going=True)
+    assert code == 1
+    report = whole["explore"]
+    found = sorted(tuple(sorted(f["oracles_minimal"])) for f in report["failures"])
+    assert found == [("deadlock",), ("deadlock", "released-after-cut")]
+    assert report["repeats_of_known_failures"] > 0
