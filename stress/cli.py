@@ -210,7 +210,7 @@ def _seconds(text: str) -> float:
 @click.option("--corpus-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("stress-corpus"), show_default=True,
               help="Where the shrunk case is saved (and whose cases weigh in the search).")
-@click.option("--corner-weight", type=click.FloatRange(0, 1), default=0.4, show_default=True,
+@click.option("--corner-weight", type=click.FloatRange(0, 1), default=0.6, show_default=True,
               help="Share of cases drawn from the corners that broke before.")
 @click.option("--max-cases", type=click.IntRange(min=1), default=None,
               help="Stop after this many cases even with budget left.")
