@@ -233,6 +233,10 @@ class CellRun:
             auth = parts.netloc.rsplit("@", 1)[0] if "@" in parts.netloc else ""
             broker = proxy.url(parts.scheme, parts.path, auth)
         late = cell["acks"] in ("late", "late-reject")
+        # Another checkout's taskq, run from a taskq checkout: this directory's taskq package,
+        # first on the path, would shadow the worker's own (an editable install resolves
+        # after the path), so it stays off the path; the harness comes from the shim.
+        foreign_tree = self.taskq_cmd is not None and (Path.cwd() / "taskq").is_dir()
         env = {
             **os.environ, **space.env(broker),
             "TASKQ_TASK_ACKS_LATE": "true" if late else "false",
@@ -240,8 +244,8 @@ class CellRun:
             else "false",
             "TASKQ_WORKER_SEND_TASK_EVENTS": "false",
             ledger_mod.ENV: str(ledger_dir),
-            "PYTHONPATH": os.pathsep.join(filter(None, (os.getcwd(),
-                                                        os.environ.get("PYTHONPATH")))),
+            "PYTHONPATH": os.pathsep.join(filter(None, (
+                None if foreign_tree else os.getcwd(), os.environ.get("PYTHONPATH")))),
             "PYTHONUNBUFFERED": "1",
             **self.suite.worker_env, **self.extra_env,
         }
@@ -249,9 +253,9 @@ class CellRun:
             env[APP_ENV] = self.app
         if self.fleet > 1:
             env[ledger_mod.MEMBER_ENV] = str(member)
-        shim = self._stress_path()
+        shim = self._stress_path(always=foreign_tree)
         if shim is not None:  # this stress package, not the one in another checkout's tree
-            env["PYTHONPATH"] = os.pathsep.join((str(shim), env["PYTHONPATH"]))
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(shim), env["PYTHONPATH"])))
         node = (f"stress-{space.name}@{socket.gethostname()}" if member == 1
                 else f"stress{member}-{space.name}@{socket.gethostname()}")
         values = {"queue": space.queue, "concurrency": cell["concurrency"], "pool": cell["pool"],
@@ -274,11 +278,11 @@ class CellRun:
         return WorkerProc(argv, env, self.directory,
                           "worker" if member == 1 else f"worker-m{member}")
 
-    def _stress_path(self) -> Path | None:
+    def _stress_path(self, always: bool = False) -> Path | None:
         """A directory holding only this ``stress`` package, for a worker started from another
         checkout (whose own tree, first on its path, may hold an older harness)."""
         here = Path(__file__).resolve().parent
-        if (Path.cwd() / "stress").resolve() == here:
+        if not always and (Path.cwd() / "stress").resolve() == here:
             return None
         shim = self.directory / "pythonpath"
         shim.mkdir(exist_ok=True)

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from chaos import FaultRecord
 from stress.explore import Case, FaultEvent, Generator
 from stress.faults import WorkerProcesses
@@ -147,3 +149,25 @@ def test_a_drained_run_watches_on_a_lease_past_its_last_main_process_fault() -> 
     case = Case({**Generator(1).draw().config, "lease": 3.0}, {"noop": 1.0}, (0.01, 0.2), (),
                 4.0, 2.0, 7)
     assert case.suite().oracles["watch_redelivery"] == 6.0
+
+
+def test_another_checkout_s_worker_imports_its_own_taskq_from_any_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from a taskq checkout (this one) with --worker-cmd pointing at another checkout's
+    taskq, the worker's path must not start with this checkout: its taskq package would
+    shadow the worker's own (an editable install resolves after the path), and the search
+    would judge this tree's worker instead of the one asked for. The stress harness still
+    comes from here."""
+    from stress.cell import CellRun
+    from stress.spaces import make_space
+
+    monkeypatch.chdir(ROOT)
+    case = Case({**Generator(1).draw().config, "transport": "sqlite", "fleet": 1},
+                {"noop": 1.0}, (0.01, 0.2), (), 2.0, 2.0, 7)
+    run = CellRun(case.suite(), case.cell(), case.seed, tmp_path, case.duration, 30.0,
+                  taskq_cmd=["/elsewhere/.venv/bin/taskq"])
+    worker = run._worker(make_space("sqlite", tmp_path), None, tmp_path)
+    path = worker.env["PYTHONPATH"].split(os.pathsep)
+    assert str(ROOT) not in path
+    assert (Path(path[0]) / "stress").resolve() == ROOT / "stress"
+    assert worker.argv[0] == "/elsewhere/.venv/bin/taskq"
