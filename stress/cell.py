@@ -120,9 +120,10 @@ class CellRun:
             for other in self._others:
                 other.start()
             try:
-                self._warm_up(publisher, worker, book, reader)
+                within = float(self.suite.oracles.get("warm_up_within", 60.0))
+                self._warm_up(publisher, worker, book, reader, within)
                 for other in self._others:
-                    self._warm_up(publisher, other, book, reader)
+                    self._warm_up(publisher, other, book, reader, within)
             except RunnerError as exc:
                 if not self.suite.oracles.get("judge_warm_up"):
                     raise

@@ -224,6 +224,7 @@ class Case:
             "capacity": self.capacity, "settle_fds": 8,
             "early_stop": True,  # stop as soon as a failure is certain (cases cost seconds)
             "judge_warm_up": True,  # a worker that cannot run a first task fails the case
+            "warm_up_within": 30.0,  # (it runs one in 1-3 s)
             "lease_held": self.fleet > 1,
             # recovery (stress.recovery): a black hole noticed in 8 s (a RabbitMQ worker by
             # its missed heartbeats: three of them); after a cut, no task waits over 3 s on

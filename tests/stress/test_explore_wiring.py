@@ -171,3 +171,23 @@ def test_another_checkout_s_worker_imports_its_own_taskq_from_any_directory(
     assert str(ROOT) not in path
     assert (Path(path[0]) / "stress").resolve() == ROOT / "stress"
     assert worker.argv[0] == "/elsewhere/.venv/bin/taskq"
+
+
+def test_an_explored_worker_that_never_runs_its_warm_up_task_fails_within_the_case_s_bound(
+        tmp_path: Path) -> None:
+    """A worker that starts and never runs a task (2693be4's children crash-looping under fd
+    pressure) costs a case its warm-up bound, not a minute per run of every shrink candidate."""
+    from stress.cell import CellRun
+
+    case = Case({**Generator(1).draw().config, "transport": "sqlite", "fleet": 1},
+                {"noop": 1.0}, (0.01, 0.2), (), 2.0, 2.0, 7)
+    suite = case.suite()
+    assert suite.oracles["warm_up_within"] == 30.0
+    suite.oracles["warm_up_within"] = 1.0
+    run = CellRun(suite, case.cell(), case.seed, tmp_path, case.duration, 30.0,
+                  worker_cmd=f"{sys.executable} -c 'import time; time.sleep(60)'")
+    began = time.monotonic()
+    result = run.run()
+    assert [(v.oracle, v.passed) for v in result.verdicts] == [("warm-up", False)]
+    assert "within 1 s" in result.verdicts[0].message
+    assert time.monotonic() - began < 30.0
