@@ -22,7 +22,7 @@ from taskq.canvas import as_signatures
 from taskq.config import Config
 from taskq.errors import ConfigurationError, NotRegistered
 from taskq.protocol import TaskMessage, origin_name
-from taskq.publish import Publisher, make_connection, queue_for, resolve_time
+from taskq.publish import Publisher, make_connection, resolve_time
 from taskq.result import AsyncResult
 from taskq.task import CALL_OPTIONS, TASK_OPTIONS, Context, Task, check_options
 
@@ -259,7 +259,7 @@ class TaskQ:
         retry_policy: Mapping[str, Any] | None = None,
     ) -> TaskMessage:
         """Publish an already built message, running the publish hooks around it."""
-        target = queue_for(self.conf, queue)
+        target = self._publisher.target(queue)
         routing = {
             "queue": target.name,
             "exchange": target.exchange.name if exchange is None else exchange,

@@ -150,6 +150,7 @@ class Publisher:
         self._pool: ProducerPool | None = None
         self._connections: Any = None
         self._abandoned: list[Any] = []
+        self._targets: dict[tuple[Any, ...], Queue] = {}
 
     def _ensure_pool(self) -> ProducerPool:
         if self._pid != os.getpid():
@@ -169,6 +170,23 @@ class Publisher:
         with pool.acquire(block=True, timeout=30) as producer:
             yield producer
 
+    def target(self, name: str | None) -> Queue:
+        """``queue_for(conf, name)`` for publishing: the same object while the settings that
+        shape it are the same, instead of three new kombu objects per message (a ``Queue``
+        given to ``publish`` is only read). ``task_queues`` may be changed in place, so
+        declared queues are looked up each time."""
+        conf = self.conf
+        if conf["task_queues"]:
+            return queue_for(conf, name)
+        key = (name, conf["task_default_queue"], conf["task_default_exchange"],
+               conf["task_default_exchange_type"], conf["task_default_routing_key"])
+        queue = self._targets.get(key)
+        if queue is None:
+            if len(self._targets) >= 1024:  # names made up per message: keep it bounded
+                self._targets.clear()
+            queue = self._targets[key] = queue_for(conf, name)
+        return queue
+
     def publish(
         self,
         msg: TaskMessage,
@@ -181,18 +199,19 @@ class Publisher:
         retry: bool | None = None,
         retry_policy: Mapping[str, Any] | None = None,
     ) -> None:
+        conf = self.conf
         body, headers, properties = to_wire(msg)
-        retry = self.conf.task_publish_retry if retry is None else retry
-        policy = dict(self.conf.task_publish_retry_policy)
-        policy.update(retry_policy or {})
-        url = broker_url(self.conf)
+        retry = conf["task_publish_retry"] if retry is None else retry
+        policy = dict(conf["task_publish_retry_policy"])
+        if retry_policy:
+            policy.update(retry_policy)
         try:
-            with self.producer() as producer:
+            with self._ensure_pool().acquire(block=True, timeout=30) as producer:
                 producer.publish(
                     body,
                     exchange=queue.exchange if exchange is None else exchange,
                     routing_key=queue.routing_key if routing_key is None else routing_key,
-                    serializer=serializer or self.conf.task_serializer,
+                    serializer=serializer or conf["task_serializer"],
                     headers=headers,
                     priority=priority,
                     delivery_mode=2,
@@ -202,6 +221,7 @@ class Publisher:
                     **properties,
                 )
         except (OperationalError, ConnectionError, OSError) as exc:
+            url = broker_url(conf)
             raise BrokerUnreachable(
                 f"cannot publish task {msg.task}[{msg.id}]: broker {safe_url(url)} unreachable "
                 f"after {policy.get('max_retries', 0)} retries ({exc}); check that the broker is "

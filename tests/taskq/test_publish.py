@@ -81,6 +81,17 @@ def test_queue_option_and_routes(app, unique):
     assert sorted(m.task for m in msgs) == ["pub.direct", "pub.routed"]
 
 
+def test_a_changed_default_queue_setting_routes_the_next_send(app, unique):
+    """Publishing keeps the queue it built for a name (issue 17) only while the settings
+    that shape it stay the same."""
+    other = f"{unique}.other"
+    app.send_task("pub.first")
+    app.conf.update(task_default_queue=other)
+    app.send_task("pub.second")
+    assert [m.task for m in drain(app, other)[0]] == ["pub.second"]
+    assert [m.task for m in drain(app, unique)[0]] == ["pub.first"]
+
+
 def test_parent_and_root_ids_come_from_the_running_task(app, unique):
     @app.task(name="pub.child")
     def child():
