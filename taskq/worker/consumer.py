@@ -100,6 +100,8 @@ class BrokerConsumer:
         # its transport's deferred ones (by channel class), and those asked for since.
         self._carried: list[tuple[type, list[tuple[bool, Any]]]] = []
         self._late_settles: list[tuple[Message, bool]] = []  # (message, requeue)
+        # The error types of the last connection's transport (see is_connection_error).
+        self._error_types: tuple[type[BaseException], ...] = ()
         self._registration: Registration | None = None
         self._attempt = 0
         self._reconnect_entry: Any = None
@@ -176,6 +178,7 @@ class BrokerConsumer:
             conn.transport_options = {**(conn.transport_options or {}),
                                       "retry_on_timeout": False}
         self.connection = conn
+        self._error_types = tuple(conn.connection_errors) + tuple(conn.channel_errors)
         connect_once(conn)
         channel = conn.channel()
         if isinstance(channel, LeaseChannelMixin):
@@ -272,7 +275,10 @@ class BrokerConsumer:
             return True
         conn = self.connection
         if conn is None:
-            return False
+            # Torn down already: a callback of the lost connection still queued in the hub
+            # can raise its transport's error after that (py-amqp's "Socket was
+            # disconnected" a few ms after the first error); it is the same lost connection.
+            return isinstance(exc, self._error_types)
         return isinstance(exc, tuple(conn.connection_errors) + tuple(conn.channel_errors))
 
     def on_connection_error(self, exc: BaseException) -> None:

@@ -1,0 +1,54 @@
+"""Which errors the consumer takes for its lost connection, on a real RabbitMQ."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from typing import Any
+
+import pytest
+from amqp.exceptions import RecoverableConnectionError
+
+from taskq import TaskQ
+from taskq.worker.consumer import BrokerConsumer, queues_for
+from taskq.worker.loop import Loop
+
+
+def test_an_error_of_the_lost_connection_raised_after_the_teardown_is_still_its_own() -> None:
+    """Given a consumer on RabbitMQ whose connection was lost and torn down, when a callback
+    of that connection still queued in the hub raises py-amqp's RecoverableConnectionError
+    ("Socket was disconnected"), then the consumer takes it for the lost connection (the
+    worker goes on reconnecting) instead of an unknown error (the worker's main process
+    died of it: kill-connections seed 4)."""
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1.0).close()
+    except OSError:
+        pytest.skip("RabbitMQ is not reachable on 127.0.0.1:5672")
+    name = f"tqerr{uuid.uuid4().hex[:10]}"
+    app = TaskQ("errors", broker="amqp://guest:guest@127.0.0.1:5672//", environ={},
+                task_default_queue=name)
+    loop = Loop()
+    connected: list[Any] = []
+    lost: list[int] = []
+    consumer = BrokerConsumer(app, loop, queues=queues_for(app, None, None), prefetch=1,
+                              on_message=lambda message: None, on_connected=connected.append,
+                              on_lost=lost.append, on_fatal=lambda reason: pytest.fail(reason))
+    try:
+        consumer.start()
+        iterations = loop.iterate_handling(lambda exc: False)
+        deadline = time.monotonic() + 30
+        while not connected:
+            assert time.monotonic() < deadline, "the consumer never connected"
+            next(iterations)
+        consumer.on_connection_error(ConnectionResetError("cut"))
+        assert lost and consumer.connection is None
+        assert consumer.is_connection_error(RecoverableConnectionError("Socket was disconnected"))
+        assert not consumer.is_connection_error(ValueError("a bug"))
+    finally:
+        consumer.close()
+        with app.connection() as conn:
+            channel = conn.channel()
+            channel.queue_delete(name)
+        loop.close()
+        app.close()
