@@ -151,12 +151,33 @@ def _idle_waits(ev: Evidence, lo: float, hi: float, until: float) -> Iterator[tu
         yield max(since, lo), min(until, hi)
 
 
+def _window(cut: FaultRecord, records: list[FaultRecord], lease: float, grace: float
+            ) -> tuple[float, float]:
+    """From ``grace`` after the cut until its lease, narrowed by the faults that hold tasks
+    back by themselves: one after the cut ends it; a worker killed in the lease before it
+    leaves its own leases to expire first; a black hole (or latency) on at the cut, and a
+    broker restart just before it, keep the worker from its broker until they are over."""
+    lo, hi = cut.mono + grace, cut.mono + lease
+    for r in records:
+        if r is cut or r.kind in _HARMLESS:
+            continue
+        if r.mono > cut.mono:
+            hi = min(hi, r.mono)
+        elif r.kind in MAIN_FAULTS and r.mono >= cut.mono - lease:
+            lo = max(lo, r.mono + lease + grace)
+        elif r.kind not in _CUTS and r.mono + _on_for(r) >= cut.mono - _RECONNECT:
+            lo = max(lo, r.mono + _on_for(r) + _RECONNECT)
+    return lo, hi
+
+
+_RECONNECT = 5.0  # back to the broker after a black hole or a restart: backoff and timeouts
+
+
 def released_after_cut(ev: Evidence) -> Verdict:
     """After a connection cut (or reset), tasks never wait longer than ``release_within``
     seconds while every worker of the fleet is idle, from ``release_grace`` after the cut
-    until the lease (``lease``) would have handed them back by itself. The window ends at
-    the next fault that may hold tasks back by itself (a main-process fault, another cut, a
-    black hole, latency, a broker restart)."""
+    until the lease (``lease``) would have handed them back by itself (:func:`_window`
+    leaves out what other faults explain)."""
     bound = float(ev.suite.oracles["release_within"])
     lease = float(ev.suite.oracles.get("lease", 0.0))
     grace = float(ev.suite.oracles.get("release_grace", 1.0))
@@ -167,10 +188,7 @@ def released_after_cut(ev: Evidence) -> Verdict:
     windows, problems = 0, []
     worst = 0.0
     for cut in (r for r in records if r.kind in _CUTS):
-        lo, hi = cut.mono + grace, cut.mono + lease
-        nxt = [r.mono for r in records if r.mono > cut.mono and r.kind not in _HARMLESS]
-        if nxt:
-            hi = min(hi, nxt[0])
+        lo, hi = _window(cut, records, lease, grace)
         if hi - lo <= bound:
             continue
         windows += 1

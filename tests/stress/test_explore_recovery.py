@@ -126,6 +126,20 @@ def test_a_busy_worker_a_short_lease_or_a_main_kill_leave_the_wait_unjudged() ->
         assert verdict.passed, verdict.message
 
 
+def test_a_cut_inside_a_black_hole_or_soon_after_a_main_kill_leaves_the_wait_unjudged() -> None:
+    """Found by explore on main: a cut 0.5 s into a 9.7 s black hole (the worker reconnects
+    into the hole, and waits); a worker killed just before the cut leaves its own leases
+    to expire (the table's "redelivered after the lease")."""
+    for faults in ([_f("proxy-blackhole", 9.5, duration=9.7), _f("proxy-cut", 10.0)],
+                   [_f("kill-main", 8.0), _f("proxy-cut", 10.0)]):
+        verdict = released_after_cut(_ev(_orphaned(20.0), faults, release_within=3.0,
+                                         lease=10.0))
+        assert verdict.passed, verdict.message
+    short = [_f("proxy-blackhole", 2.0, duration=2.0), _f("proxy-cut", 10.0)]  # long over
+    assert not released_after_cut(_ev(_orphaned(20.0), short, release_within=3.0,
+                                      lease=10.0)).passed
+
+
 def test_explore_adds_the_recovery_oracles_its_suite_names(tmp_path: Path) -> None:
     ev = _ev(_orphaned(20.0), [_f("proxy-cut", 10.0)], tmp_path, release_within=3.0,
              lease=10.0, blackhole_noticed_within=8.0)
