@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import socket
 import time
 import uuid
@@ -92,7 +93,13 @@ class CellRun:
         started = time.monotonic()
         self.directory.mkdir(parents=True, exist_ok=True)
         ledger_dir = self.directory / "ledger"
-        ledger_dir.mkdir(exist_ok=True)
+        # A report folder used again: an earlier run's ledger would be judged with this one's
+        # (its published tasks "never started" here).
+        shutil.rmtree(ledger_dir, ignore_errors=True)
+        for stale in ("faults.jsonl", "stacks.txt", "worker-*.log"):
+            for path in self.directory.glob(stale):
+                path.unlink(missing_ok=True)
+        ledger_dir.mkdir()
         journal = Journal(self.directory / "faults.jsonl")
         private = self._private_broker(journal)
         space = make_space(self.cell["transport"], self.directory,

@@ -71,3 +71,18 @@ def test_a_fault_that_cannot_fire_within_the_duration_is_warned_about():
     warnings = schedule_warnings(suite, 6)
     assert len(warnings) == 1 and "first fires at 7s" in warnings[0]
     assert schedule_warnings(suite, suite.duration) == []
+
+
+def test_a_report_folder_used_again_judges_only_this_run(stress_run, tmp_path: Path) -> None:
+    """Given a report folder holding an earlier run's ledger (a task it published and never
+    ran), when a run writes into it again, then only this run's tasks are judged."""
+    stale = tmp_path / "reports" / "cell-01" / "ledger"
+    stale.mkdir(parents=True)
+    (stale / "publisher-1.jsonl").write_text(
+        '{"ev":"published","id":"stale-task","pid":1,"mono":1.0,"wall":1.0,'
+        '"kind":"noop","expect":"ok"}\n')
+    run = stress_run("--suite", "kill-children", "--broker", "sqlite://", "--duration", "2",
+                     "--cell", "pool=fair,max_tasks_per_child=0,acks=early", "--seed", "3")
+    lost = run.verdict("nothing-lost")
+    assert lost["passed"], lost["message"]
+    assert not (stale / "publisher-1.jsonl").exists()
