@@ -2,7 +2,8 @@
 
 taskq's worker and transports need a few things those libraries keep private: the entries on
 the hub's timer, a message's acknowledged state, the virtual transport's per-queue callbacks
-and prefetch bookkeeping, the Redis channel's BRPOP machinery. They are reached only through
+and prefetch bookkeeping, the Redis channel's BRPOP machinery and fanout topics, the pidbox's
+reply collection. They are reached only through
 the functions below, so that a new kombu breaks here, in one file, and each function says
 which versions it was checked against and what it does when the internal is missing: a
 fallback where kombu's old behaviour is the right one, else a ``ConfigurationError`` naming
@@ -35,6 +36,7 @@ from taskq.errors import ConfigurationError
 __all__ = [
     "brpop_timeout",
     "broadcast",
+    "broadcast_until",
     "cancel_unacked_restore",
     "channel_qos",
     "client_connection",
@@ -44,6 +46,7 @@ __all__ = [
     "deliver",
     "ensure_connection_once",
     "existing_transport",
+    "fanout_subscribers",
     "flush_brpop_reauth",
     "forget_restore_at_exit",
     "has_consumers",
@@ -161,6 +164,37 @@ def broadcast(mailbox: Any, command: str, **options: Any) -> Any:
     if send is None:
         raise _missing("Mailbox._broadcast", "remote control and mingle send through it")
     return send(command, **options)
+
+
+class _Enough(Exception):
+    """Raised from the reply callback of ``broadcast_until`` to stop collecting."""
+
+
+def broadcast_until(mailbox: Any, command: str, enough: Callable[[Any], bool], *,
+                    timeout: float, **options: Any) -> list[Any]:
+    """Broadcast ``command`` and collect the replies until ``enough(reply)`` is true for one
+    of them (that reply included), or until none came for ``timeout`` seconds; the replies,
+    in the order they came.
+
+    kombu has no way to stop ``Mailbox._broadcast(reply=True)`` before its timeout, so the
+    reply callback raises and the exception is caught here: ``Mailbox._collect`` (kombu 5.3
+    to 5.7) calls the callback from its consumer's ``on_message``, inside
+    ``Connection.drain_events``, which lets the exception out; its ``with consumer`` block
+    and ``finally`` cancel the reply consumer on the way. A kombu that caught callback
+    errors instead would collect on until no reply came for ``timeout`` seconds, the
+    behaviour without ``enough``: every reply is still returned."""
+    replies: list[Any] = []
+
+    def on_reply(body: Any) -> None:
+        replies.append(body)
+        if enough(body):
+            raise _Enough
+
+    try:
+        broadcast(mailbox, command, reply=True, timeout=timeout, callback=on_reply, **options)
+    except _Enough:
+        pass
+    return replies
 
 
 # -- virtual transports (kombu.transport.virtual) -------------------------------------------
@@ -302,6 +336,26 @@ def refresh_queue_expiry(channel: Any, queues: Iterable[str]) -> None:
     with channel.conn_or_acquire() as client:
         for queue in queues:
             update(client, queue)
+
+
+def fanout_subscribers(channel: Any, exchange: str) -> int | None:
+    """How many connections receive what is published to the fanout ``exchange`` now, where
+    the broker can say; else None.
+
+    On Redis a PUBLISH answers with the number of subscribers it reached, and kombu's
+    subscribers skip a message without data (``Channel._receive_one``, kombu 5.3 to 5.7), so
+    an empty PUBLISH on the exchange's topic counts them and delivers nothing. The topic is
+    ``Channel._get_publish_topic(exchange, "")`` and the client, with the
+    ``global_keyprefix``, comes from ``Channel.conn_or_acquire()`` (both kombu 5.3 to 5.7).
+    None on a channel without them (AMQP, SQLite, memory; a kombu that renamed them) and
+    when kombu >= 5.7 publishes fanout on two topics (Sentinel's
+    ``_fanout_compat_active``): the caller then waits for answers as without a count."""
+    topic_of = getattr(channel, "_get_publish_topic", None)
+    acquire = getattr(channel, "conn_or_acquire", None)
+    if topic_of is None or acquire is None or getattr(channel, "_fanout_compat_active", False):
+        return None
+    with acquire() as client:
+        return int(client.publish(topic_of(exchange, ""), ""))
 
 
 def cancel_unacked_restore(cycle: Any) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from kombu import Consumer, Queue
 
 from taskq import __version__
-from taskq.compat import broadcast
+from taskq.compat import broadcast_until, fanout_subscribers
 from taskq.events.dispatcher import SW_IDENT, EventDispatcher, event_exchange
 from taskq.events.state import State
 from taskq.worker.consumer import connect_once
@@ -126,24 +126,11 @@ def merge_revoked(revoked: RevokedSet, received: Any) -> int:
     return len(ids)
 
 
-class _AllAnswered(Exception):
-    """Raised from mingle's reply callback to stop collecting: every listener answered."""
-
-
 def pidbox_listeners(conn: Connection, exchange: str) -> int | None:
     """How many connections receive broadcasts on the fanout ``exchange`` now, where the
-    broker can say: on Redis a PUBLISH answers with the number of subscribers it reached,
-    and a PUBLISH without data on the broadcast topic is skipped by every kombu subscriber
-    (kombu 5.3 to 5.7: ``Channel._get_publish_topic`` names the topic, ``conn_or_acquire``
-    gives a client with the ``global_keyprefix``). None where it cannot (AMQP, SQLite,
-    Sentinel's two topics): mingle then waits its full timeout."""
-    channel = conn.default_channel
-    topic_of = getattr(channel, "_get_publish_topic", None)
-    acquire = getattr(channel, "conn_or_acquire", None)
-    if topic_of is None or acquire is None or getattr(channel, "_fanout_compat_active", False):
-        return None
-    with acquire() as client:
-        return int(client.publish(topic_of(exchange, ""), ""))
+    broker can say (Redis: ``compat.fanout_subscribers``). None where it cannot (AMQP,
+    SQLite, Sentinel's two topics): mingle then waits its full timeout."""
+    return fanout_subscribers(conn.default_channel, exchange)
 
 
 def ask_hello(mailbox: Any, hostname: str, arguments: dict[str, Any], expected: int | None,
@@ -151,23 +138,16 @@ def ask_hello(mailbox: Any, hostname: str, arguments: dict[str, Any], expected: 
     """Broadcast mingle's ``hello``; the replies, collected until ``expected`` other nodes
     answered (a reply from this node itself does not count), or until no reply came for
     ``timeout`` seconds."""
-    replies: list[dict[str, Any]] = []
     others: set[str] = set()
 
-    def on_reply(body: Any) -> None:
+    def enough(body: Any) -> bool:
         if not isinstance(body, dict):
-            return
-        replies.append(body)
+            return False
         others.update(node for node in body if node != hostname)
-        if expected is not None and len(others) >= expected:
-            raise _AllAnswered
+        return expected is not None and len(others) >= expected
 
-    try:
-        broadcast(mailbox, "hello", arguments=arguments, reply=True, timeout=timeout,
-                  callback=on_reply)
-    except _AllAnswered:
-        pass
-    return replies
+    replies = broadcast_until(mailbox, "hello", enough, arguments=arguments, timeout=timeout)
+    return [body for body in replies if isinstance(body, dict)]
 
 
 class MingleStep(Step):
