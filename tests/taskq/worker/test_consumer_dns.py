@@ -10,10 +10,9 @@ import uuid
 from typing import Any
 
 import pytest
+from consumer_support import LoneConsumer
 
 from taskq import TaskQ
-from taskq.worker.consumer import BrokerConsumer, queues_for
-from taskq.worker.loop import Loop
 
 SLOW_NAME = "slow-broker.taskq-test"
 
@@ -41,27 +40,15 @@ def test_the_broker_host_is_looked_up_off_the_loop(monkeypatch: pytest.MonkeyPat
     app = TaskQ("dns", broker=f"redis://{SLOW_NAME}:6379/0", environ={},
                 broker_transport_options={"global_keyprefix": f"{prefix}:"},
                 task_default_queue=prefix)
-    loop = Loop()
-    connected: list[Any] = []
-    consumer = BrokerConsumer(app, loop, queues=queues_for(app, None, None), prefetch=1,
-                              on_message=lambda message: None, on_connected=connected.append,
-                              on_lost=lambda generation: None,
-                              on_fatal=lambda reason: pytest.fail(reason))
+    lone = LoneConsumer(app)
     try:
-        consumer.start()
-        iterations = loop.iterate_handling(lambda exc: False)
-        deadline = time.monotonic() + 30
-        while not connected:
-            assert time.monotonic() < deadline, "the consumer never connected"
-            next(iterations)
+        consumer = lone.connect()
         assert looked_up_in, "the slow name was never looked up"
         assert threading.main_thread().name not in looked_up_in
         assert consumer.connection is not None
         assert consumer.connection.hostname == "127.0.0.1"
     finally:
-        consumer.close()
-        loop.close()
-        app.close()
+        lone.close()
         import redis
 
         client = redis.Redis(socket_timeout=5)

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import socket
-import time
 import uuid
-from typing import Any
 
 import pytest
 from amqp.exceptions import RecoverableConnectionError
+from consumer_support import LoneConsumer
 
 from taskq import TaskQ
-from taskq.worker.consumer import BrokerConsumer, queues_for
-from taskq.worker.loop import Loop
 
 
 def test_an_error_of_the_lost_connection_raised_after_the_teardown_is_still_its_own() -> None:
@@ -28,27 +25,14 @@ def test_an_error_of_the_lost_connection_raised_after_the_teardown_is_still_its_
     name = f"tqerr{uuid.uuid4().hex[:10]}"
     app = TaskQ("errors", broker="amqp://guest:guest@127.0.0.1:5672//", environ={},
                 task_default_queue=name)
-    loop = Loop()
-    connected: list[Any] = []
-    lost: list[int] = []
-    consumer = BrokerConsumer(app, loop, queues=queues_for(app, None, None), prefetch=1,
-                              on_message=lambda message: None, on_connected=connected.append,
-                              on_lost=lost.append, on_fatal=lambda reason: pytest.fail(reason))
+    lone = LoneConsumer(app)
     try:
-        consumer.start()
-        iterations = loop.iterate_handling(lambda exc: False)
-        deadline = time.monotonic() + 30
-        while not connected:
-            assert time.monotonic() < deadline, "the consumer never connected"
-            next(iterations)
+        consumer = lone.connect()
         consumer.on_connection_error(ConnectionResetError("cut"))
-        assert lost and consumer.connection is None
+        assert lone.lost and consumer.connection is None
         assert consumer.is_connection_error(RecoverableConnectionError("Socket was disconnected"))
         assert not consumer.is_connection_error(ValueError("a bug"))
     finally:
-        consumer.close()
         with app.connection() as conn:
-            channel = conn.channel()
-            channel.queue_delete(name)
-        loop.close()
-        app.close()
+            conn.channel().queue_delete(name)
+        lone.close()
