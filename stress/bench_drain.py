@@ -18,33 +18,17 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from kombu import Connection, Exchange, Producer, Queue
+from kombu import Connection, Exchange, Queue
 
-from taskq.protocol import TaskMessage, to_wire
+from stress.bench_common import Rated, fill, transport_options
 
 
 @dataclass(frozen=True)
-class DrainRun:
+class DrainRun(Rated):
     worker: str
     broker: str
-    tasks: int
+    count: int  # tasks drained
     seconds: float
-
-    @property
-    def rate(self) -> float:
-        return self.tasks / self.seconds if self.seconds else 0.0
-
-
-def _fill(url: str, options: dict[str, Any], queue: str, count: int) -> None:
-    q = Queue(queue, Exchange(queue, "direct"), routing_key=queue, durable=True)
-    with Connection(url, transport_options=options) as conn:
-        producer = Producer(conn.default_channel)
-        q(conn.default_channel).declare()
-        for _ in range(count):
-            body, headers, props = to_wire(TaskMessage(task="bench.noop", id=str(uuid.uuid4()),
-                                                       ignore_result=True))
-            producer.publish(body, exchange=q.exchange, routing_key=queue, headers=headers,
-                             serializer="json", delivery_mode=2, **props)
 
 
 def _queue_size(url: str, options: dict[str, Any], queue: str) -> int:
@@ -87,8 +71,8 @@ def _done(url: str, options: dict[str, Any], queue: str, kind: str, node: str) -
 def drain_once(kind: str, url: str, tasks: int, concurrency: int = 2,
                timeout: float = 600.0) -> DrainRun:
     queue = f"bench.{uuid.uuid4().hex[:8]}"
-    options = {"global_keyprefix": f"{queue}:"} if url.startswith("redis") else {}
-    _fill(url, options, queue, tasks)
+    options = transport_options(url, f"{queue}:")
+    fill(url, options, queue, tasks, "bench.noop")
     node = f"{kind}-{queue}@bench"
     proc = subprocess.Popen(_worker_cmd(kind, queue, node, concurrency),
                             env=_env(url, options, queue), stdout=subprocess.DEVNULL,

@@ -23,23 +23,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stress.bench_common import Rated, cleanup, transport_options
+
 KINDS = ("taskq", "baseline", "celery")
 WARMUP = 200
 
 
 @dataclass(frozen=True)
-class PublishRun:
+class PublishRun(Rated):
     kind: str
     count: int
     seconds: float
 
-    @property
-    def rate(self) -> float:
-        return self.count / self.seconds if self.seconds else 0.0
-
 
 def _client(kind: str, url: str, prefix: str, queue: str) -> Any:
-    options = {"global_keyprefix": prefix} if url.startswith("redis") else {}
+    options = transport_options(url, prefix)
     if kind == "celery":
         from celery import Celery
 
@@ -66,27 +64,6 @@ def time_sends(kind: str, url: str, count: int, prefix: str, queue: str) -> floa
         client.close()
 
 
-def _cleanup(url: str, prefix: str, queue: str) -> None:
-    if url.startswith("redis"):
-        import redis
-
-        client = redis.Redis.from_url(url)
-        try:
-            stale = list(client.scan_iter(match=f"{prefix}*", count=1000))
-            if stale:
-                client.delete(*stale)
-        finally:
-            client.close()
-        return
-    from kombu import Connection
-
-    with Connection(url) as conn:
-        try:
-            conn.default_channel.queue_delete(queue)
-        except Exception:
-            pass
-
-
 def publish_once(kind: str, url: str, count: int, baseline: Path | None = None,
                  timeout: float = 600.0) -> PublishRun:
     """One round in a fresh interpreter (run in a scratch directory, so a baseline tree's
@@ -105,7 +82,7 @@ def publish_once(kind: str, url: str, count: int, baseline: Path | None = None,
                 cwd=tmp, env={**os.environ, "PYTHONPATH": os.getcwd()}, capture_output=True,
                 text=True, timeout=timeout)
         finally:
-            _cleanup(url, prefix, queue)
+            cleanup(url, prefix, queue)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} publishing failed:\n{done.stderr[-2000:]}")
     return PublishRun(kind, count, float(json.loads(done.stdout.strip().splitlines()[-1])))

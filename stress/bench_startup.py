@@ -30,9 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kombu import Connection, Exchange, Producer, Queue
-
-from taskq.protocol import TaskMessage, to_wire
+from stress.bench_common import cleanup, fill, transport_options
 
 KINDS = ("taskq", "baseline", "celery")
 
@@ -51,39 +49,6 @@ class Variant:
 class StartRun:
     variant: Variant
     seconds: float  # exec -> the first task started
-
-
-def _options(url: str, prefix: str) -> dict[str, Any]:
-    return {"global_keyprefix": prefix} if url.startswith("redis") else {}
-
-
-def _fill(url: str, options: dict[str, Any], queue: str, count: int) -> None:
-    q = Queue(queue, Exchange(queue, "direct"), routing_key=queue, durable=True)
-    with Connection(url, transport_options=options) as conn:
-        producer = Producer(conn.default_channel)
-        q(conn.default_channel).declare()
-        for _ in range(count):
-            body, headers, props = to_wire(TaskMessage(task="bench.stamp", id=str(uuid.uuid4()),
-                                                       ignore_result=True))
-            producer.publish(body, exchange=q.exchange, routing_key=queue, headers=headers,
-                             serializer="json", delivery_mode=2, **props)
-
-
-def _cleanup(url: str, options: dict[str, Any], queue: str) -> None:
-    """Delete what the run made: every key under its prefix on Redis, the queue elsewhere."""
-    if url.startswith("redis"):
-        import redis
-
-        client = redis.Redis.from_url(url)
-        try:
-            stale = list(client.scan_iter(match=f"{options['global_keyprefix']}*", count=1000))
-            if stale:
-                client.delete(*stale)
-        finally:
-            client.close()
-        return
-    with Connection(url, transport_options=options) as conn, contextlib.suppress(Exception):
-        Queue(queue, Exchange(queue, "direct"), routing_key=queue)(conn.default_channel).delete()
 
 
 def _pythonpath(variant: Variant, baseline: Path | None, links: Path) -> str:
@@ -126,8 +91,9 @@ def start_once(variant: Variant, url: str, tasks: int = 100, concurrency: int = 
     directory kept across runs for the workers' ``.pyc`` files and the baseline's link
     (none: no bytecode cache unless the environment has one)."""
     queue = f"bench.{uuid.uuid4().hex[:8]}"
-    options = _options(url, f"{queue}:")
-    _fill(url, options, queue, tasks)
+    prefix = f"{queue}:"
+    options = transport_options(url, prefix)
+    fill(url, options, queue, tasks, "bench.stamp")
     with tempfile.TemporaryDirectory(prefix="taskq-bench-startup-") as tmp:
         workdir = Path(tmp)
         stamps = workdir / "stamps"
@@ -157,7 +123,7 @@ def start_once(variant: Variant, url: str, tasks: int = 100, concurrency: int = 
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-            _cleanup(url, options, queue)
+            cleanup(url, prefix, queue)
 
 
 def report(runs: list[StartRun]) -> dict[str, Any]:
