@@ -307,36 +307,66 @@ def bench() -> None:
     """Benchmarks: they print figures, they do not pass or fail."""
 
 
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+_worker_concurrency = click.option(
+    "--concurrency", "-c", type=click.IntRange(min=1), default=2, show_default=True,
+    help="The worker's pool size.")
+_baseline = click.option(
+    "--baseline", type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None, help="Alternate with the taskq package of this source tree (e.g. a git "
+                       "worktree of an older commit).")
+
+
+def _compare(help: str) -> Callable[[_Command], _Command]:
+    return click.option("--compare", type=click.Choice(["celery"]), default=None, help=help)
+
+
+def _kinds(compare: str | None, baseline: Path | None = None) -> list[str]:
+    """What a benchmark alternates: taskq, then the baseline tree's, then Celery."""
+    return ["taskq", *(["baseline"] if baseline else []), *([compare] if compare else [])]
+
+
+def _alternate(rounds: int, variants: list[_T], run_one: Callable[[_T], _R],
+               line: Callable[[_R], str], prefix: str = "") -> list[_R]:
+    """``rounds`` runs of every variant, the variants alternating (so a slow spell of the
+    machine falls on all of them); each run's figure goes to stderr as it comes."""
+    runs = []
+    for n in range(rounds):
+        for variant in variants:
+            run = run_one(variant)
+            click.echo(f"{prefix}round {n + 1} {line(run)}", err=True)
+            runs.append(run)
+    return runs
+
+
 @bench.command()
 @click.option("--broker", "brokers", multiple=True,
               default=["redis://127.0.0.1:6379/0", "amqp://guest:guest@127.0.0.1:5672//"],
               show_default=True, help="A broker to measure on (repeat for several).")
 @click.option("--tasks", type=click.IntRange(min=1), default=20_000, show_default=True,
               help="Noop tasks in the queue to drain.")
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=2, show_default=True,
-              help="The worker's pool size.")
+@_worker_concurrency
 @click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Drains per broker (at least 5 with --compare).")
-@click.option("--compare", type=click.Choice(["celery"]), default=None,
-              help="Alternate with a Celery worker on the same messages (5 rounds).")
+@_compare("Alternate with a Celery worker on the same messages (5 rounds).")
 def drain(brokers: tuple[str, ...], tasks: int, concurrency: int, rounds: int,
           compare: str | None) -> None:
     """Drain a pre-filled queue of noop tasks with a -c 2 worker; print tasks per second."""
+    import functools
     import json
 
     from stress.bench_drain import drain_once, report
 
-    kinds = ["taskq", "celery"] if compare else ["taskq"]
     rounds = max(rounds, 5) if compare else rounds
     results = {}
     for url in brokers:
-        runs = []
-        for n in range(rounds):
-            for kind in kinds:
-                run = drain_once(kind, url, tasks, concurrency)
-                click.echo(f"{url.split('://')[0]} round {n + 1} {kind}: "
-                           f"{run.rate:,.0f} tasks/s ({run.seconds:.2f} s)", err=True)
-                runs.append(run)
+        runs = _alternate(
+            rounds, _kinds(compare),
+            functools.partial(drain_once, url=url, tasks=tasks, concurrency=concurrency),
+            lambda run: f"{run.worker}: {run.rate:,.0f} tasks/s ({run.seconds:.2f} s)",
+            prefix=f"{url.split('://')[0]} ")
         results[url.split("://")[0]] = report(runs)
     click.echo(json.dumps(results, indent=2))
 
@@ -346,17 +376,13 @@ def drain(brokers: tuple[str, ...], tasks: int, concurrency: int, rounds: int,
               help="The broker the queue is filled on (a fresh key prefix or queue per run).")
 @click.option("--tasks", type=click.IntRange(min=1), default=100, show_default=True,
               help="Tasks in the queue before the worker starts.")
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=2, show_default=True,
-              help="The worker's pool size.")
+@_worker_concurrency
 @click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Starts per variant, the variants alternating.")
 @click.option("--mingle", type=click.Choice(["both", "on", "off"]), default="both",
               show_default=True, help="Measure with mingle, without (--without-mingle), or both.")
-@click.option("--compare", type=click.Choice(["celery"]), default=None,
-              help="Alternate with a Celery worker on the same messages.")
-@click.option("--baseline", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None, help="Alternate with the taskq package of this source tree (e.g. a "
-                                 "git worktree of an older commit).")
+@_compare("Alternate with a Celery worker on the same messages.")
+@_baseline
 def startup(broker: str, tasks: int, concurrency: int, rounds: int, mingle: str,
             compare: str | None, baseline: Path | None) -> None:
     """Time a worker from exec to its first task's start (queue pre-filled); print the
@@ -364,23 +390,21 @@ def startup(broker: str, tasks: int, concurrency: int, rounds: int, mingle: str,
     import json
     import tempfile
 
-    from stress.bench_startup import Variant, report, start_once
+    from stress.bench_startup import StartRun, Variant, report, start_once
 
-    kinds = ["taskq", *(["baseline"] if baseline else []), *([compare] if compare else [])]
     mingles = {"both": [True, False], "on": [True], "off": [False]}[mingle]
-    variants = [Variant(kind, m) for m in mingles for kind in kinds]
-    runs = []
+    variants = [Variant(kind, m) for m in mingles for kind in _kinds(compare, baseline)]
     with tempfile.TemporaryDirectory(prefix="taskq-bench-startup-") as tmp:
         scratch = Path(tmp)
+
+        def start(variant: Variant) -> StartRun:
+            return start_once(variant, broker, tasks, concurrency, baseline=baseline,
+                              scratch=scratch)
+
         for variant in variants:  # untimed: fills the bytecode cache
-            start_once(variant, broker, tasks, concurrency, baseline=baseline, scratch=scratch)
-        for n in range(rounds):
-            for variant in variants:
-                run = start_once(variant, broker, tasks, concurrency, baseline=baseline,
-                                 scratch=scratch)
-                click.echo(f"round {n + 1} {variant.label}: {run.seconds * 1000:.0f} ms",
-                           err=True)
-                runs.append(run)
+            start(variant)
+        runs = _alternate(rounds, variants, start,
+                          lambda run: f"{run.variant.label}: {run.seconds * 1000:.0f} ms")
     click.echo(json.dumps(report(runs), indent=2))
 
 
@@ -391,11 +415,8 @@ def startup(broker: str, tasks: int, concurrency: int, rounds: int, mingle: str,
               help="send_task calls timed per round (after an untimed warm-up).")
 @click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Rounds per client, the clients alternating.")
-@click.option("--compare", type=click.Choice(["celery"]), default=None,
-              help="Alternate with a Celery client sending the same messages.")
-@click.option("--baseline", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None, help="Alternate with the taskq package of this source tree (e.g. a "
-                                 "git worktree of an older commit).")
+@_compare("Alternate with a Celery client sending the same messages.")
+@_baseline
 def publish(broker: str, count: int, rounds: int, compare: str | None,
             baseline: Path | None) -> None:
     """Publish noop tasks one send_task call at a time, results on; print calls per second."""
@@ -403,14 +424,10 @@ def publish(broker: str, count: int, rounds: int, compare: str | None,
 
     from stress.bench_publish import publish_once, report
 
-    kinds = ["taskq", *(["baseline"] if baseline else []), *([compare] if compare else [])]
-    runs = []
-    for n in range(rounds):
-        for kind in kinds:
-            run = publish_once(kind, broker, count, baseline=baseline)
-            click.echo(f"round {n + 1} {kind}: {run.rate:,.0f} send_task/s "
-                       f"({run.seconds:.2f} s)", err=True)
-            runs.append(run)
+    runs = _alternate(
+        rounds, _kinds(compare, baseline),
+        lambda kind: publish_once(kind, broker, count, baseline=baseline),
+        lambda run: f"{run.kind}: {run.rate:,.0f} send_task/s ({run.seconds:.2f} s)")
     click.echo(json.dumps(report(runs), indent=2))
 
 
