@@ -311,8 +311,13 @@ def _timeline(drawn: Sequence[tuple[str, dict[str, Any]]]) -> str:
             edges, rates = _rates(failed, span)
             ax.stairs(rates, edges, color=colour, linewidth=1.0, linestyle="--",
                       label=f"{name}failed by the worker/s")
+    return _task_counts_over_time(fig, ax, "tasks per second")
+
+
+def _task_counts_over_time(fig: Any, ax: Any, ylabel: str) -> str:
+    """The SVG of a chart of task counts against the run's seconds, its legend outside."""
     ax.set_xlabel("seconds from the first published task")
-    ax.set_ylabel("tasks per second")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
     _integer_ticks(ax)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
@@ -412,12 +417,7 @@ def _levels(drawn: Sequence[tuple[str, dict[str, Any]]]) -> str:
             values = s.get(key, [])
             ax.stairs(values, [i * step for i in range(len(values) + 1)], color=colour,
                       linestyle=style, linewidth=1.3, label=f"{name}{what}")
-    ax.set_xlabel("seconds from the first published task")
-    ax.set_ylabel("tasks (highest in each step)")
-    ax.set_ylim(bottom=0)
-    _integer_ticks(ax)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
-    return _svg(fig)
+    return _task_counts_over_time(fig, ax, "tasks (highest in each step)")
 
 
 def _lag(drawn: Sequence[tuple[str, dict[str, Any]]]) -> str:
