@@ -8,48 +8,25 @@ after the worker is stopped (issue 13 #5's symptom).
 
 from __future__ import annotations
 
-import faulthandler
-import json
-import os
-import signal
 import sys
+from typing import Any
 
-from kombu import Connection, Exchange, Queue
+from cell_worker import CellWorker
+from kombu import Connection
 
-from stress import ledger
-from stress.workload import BODIES
 from taskq.transports.redis import TRANSPORT_ALIAS
 
 
 def main(every: int) -> None:
-    faulthandler.register(signal.SIGUSR2, all_threads=True)  # the deadlock oracle's stack dump
-    name = os.environ["TASKQ_TASK_DEFAULT_QUEUE"]
-    options = json.loads(os.environ.get("TASKQ_BROKER_TRANSPORT_OPTIONS") or "{}")
-    queue = Queue(name, Exchange(name, "direct"), routing_key=name, durable=True)
-    write = ledger.writer("task")
-    assert write is not None
-    seen = 0
+    cell = CellWorker()
 
-    def on_message(body: object, message: object) -> None:
-        nonlocal seen
-        seen += 1
-        headers = message.headers  # type: ignore[attr-defined]
-        task_id, kind = headers["id"], headers["task"].split(".", 1)[1]
-        args = body[0] if isinstance(body, list) else []  # type: ignore[index]
-        write.write("started", task_id, kind=kind)
-        BODIES[kind](*args)
-        write.write("finished", task_id, kind=kind, outcome="ok")
+    def on_message(seen: int, body: object, message: Any) -> None:
+        cell.run(body, message)
         if seen % every:
-            message.ack()  # type: ignore[attr-defined]
+            message.ack()
 
-    conn = Connection(os.environ["TASKQ_BROKER_URL"], transport=TRANSPORT_ALIAS,
-                      transport_options=options)
-    with conn, conn.Consumer(queue, callbacks=[on_message], prefetch_count=0):
-        while True:
-            try:
-                conn.drain_events(timeout=1)
-            except TimeoutError:
-                continue
+    cell.consume(Connection(cell.url, transport=TRANSPORT_ALIAS, transport_options=cell.options),
+                 on_message, prefetch_count=0)
 
 
 if __name__ == "__main__":
