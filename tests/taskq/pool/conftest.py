@@ -1,9 +1,12 @@
 """The pool tests' ``harness`` fixture: ``harness(**settings)`` starts a ``Harness`` (a real
-loop and prefork pool; ``start=False`` leaves it unstarted) and closes every one it made."""
+loop and prefork pool; ``start=False`` leaves it unstarted) and closes every one it made.
+``first_child_hangs``: the first child started hangs before it can say ready."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,3 +28,20 @@ def harness() -> Iterator[Callable[..., Harness]]:
         h.close()
     app.hooks.worker_process_init[:] = init_hooks
     app._backend = None  # a backend made for one test's settings is not the next one's
+
+
+@pytest.fixture
+def first_child_hangs(harness: Callable[..., Harness], tmp_path: Path) -> Path:
+    """The first child to start hangs for 60 s in ``worker_process_init``, before it can say
+    ready; later children start as usual. Returns the flag file that child removes as it
+    starts hanging. (The ``harness`` fixture takes the hook out again.)"""
+    flag = tmp_path / "hang"
+    flag.write_text("once")
+
+    def hang_once() -> None:
+        if flag.exists():
+            flag.unlink()
+            time.sleep(60)
+
+    app.hooks.worker_process_init.append(hang_once)
+    return flag

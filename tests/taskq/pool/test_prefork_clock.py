@@ -33,22 +33,11 @@ def on_jump_clock(harness: Callable[..., Harness], **kwargs: Any) -> tuple[Harne
     return h, clock
 
 
-def test_the_ready_timeout_runs_on_the_loop_clock(harness, tmp_path, caplog):
-    from pool_support import app
-
-    flag = tmp_path / "hang"
-    flag.write_text("once")
-
-    def hang_once() -> None:
-        if flag.exists():
-            flag.unlink()
-            time.sleep(60)
-
-    app.hooks.worker_process_init.append(hang_once)  # the harness fixture restores the hooks
+def test_the_ready_timeout_runs_on_the_loop_clock(harness, first_child_hangs, caplog):
     h, clock = on_jump_clock(harness, concurrency=1, pool_options={"ready_timeout": 3600.0})
     h.pool.start(h.loop)
     [first] = h.pool.pids()
-    h.run_until(lambda: not flag.exists())  # the child hangs before it can say ready
+    h.run_until(lambda: not first_child_hangs.exists())  # it hangs before it can say ready
     clock.jump(3601)
     with caplog.at_level(logging.ERROR, logger="taskq.pool.prefork"):
         h.run_until(lambda: first not in h.pool.pids() and h.ready_children() == 1)

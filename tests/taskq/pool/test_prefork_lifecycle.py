@@ -163,17 +163,8 @@ def test_a_soft_signal_right_after_started_is_not_lost(harness):
     assert h.done[0][1].summary in ("'caught'", "SoftTimeLimitExceeded: SoftTimeLimitExceeded()")
 
 
-def test_a_child_that_never_gets_ready_is_killed_and_replaced(harness, hook, tmp_path,
+def test_a_child_that_never_gets_ready_is_killed_and_replaced(harness, first_child_hangs,
                                                               caplog):
-    flag = tmp_path / "hang"
-    flag.write_text("once")
-
-    def hang_once() -> None:
-        if flag.exists():
-            flag.unlink()
-            time.sleep(60)
-
-    hook(hang_once)
     # A ready timeout far shorter than the hang, long enough for a slow machine's start
     h = harness(start=False, concurrency=1, pool_options={"ready_timeout": 3.0})
     h.pool.start(h.loop)
