@@ -209,30 +209,6 @@ class LeaseChannelMixin:
                 held.append((message.delivery_tag, lease))
         return self.qos._settle_held(requeue, held) if held else 0
 
-    def take_unsent(self) -> list[tuple[bool, Any]]:
-        """Take out the settles this channel's transport deferred and has not sent yet, as
-        ``(requeue, item)``: a lost connection's channel hands them to the next channel
-        (``carry_unsent``) instead of dropping them. Leases are ids the broker knows, not
-        the connection's, so they settle from anywhere; one that expired meanwhile settles
-        nothing."""
-        transport = self.connection  # type: ignore[attr-defined]
-        unsent = [(False, item) for item in transport.pending_acks]
-        unsent += [(True, item) for item in getattr(transport, "pending_requeues", ())]
-        transport.pending_acks.clear()
-        if hasattr(transport, "pending_requeues"):
-            transport.pending_requeues.clear()
-        return unsent
-
-    def carry_unsent(self, unsent: Sequence[tuple[bool, Any]]) -> None:
-        """Queue another channel's unsent settles (``take_unsent``) on this channel's
-        transport, sent with its next round trip."""
-        transport = self.connection  # type: ignore[attr-defined]
-        for requeue, item in unsent:
-            if requeue:
-                transport.pending_requeues.append(item)
-            else:
-                transport.pending_acks.append(item)
-
     def flush_acks(self) -> None:
         """Send the deferred acks now."""
         raise NotImplementedError

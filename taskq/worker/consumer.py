@@ -96,9 +96,10 @@ class BrokerConsumer:
         self.qos: QoS | None = None
         self._consumer: KombuConsumer | None = None
         self._acks: AmqpAcks | None = None  # AMQP: acks deferred to the loop's tick
-        # Lease transports: settles a lost connection could not send, for the next one:
-        # its transport's deferred ones (by channel class), and those asked for since.
-        self._carried: list[tuple[type, list[tuple[bool, Any]]]] = []
+        # Lease transports: the acks and requeues asked for after a connection was lost, of
+        # requests that came on it, for the next connection to send (see _send_carried).
+        # (Its deferred acks still unsent at the cut are not carried: an early ack whose
+        # batch failed is among them, and its request is released, not run.)
         self._late_settles: list[tuple[Message, bool]] = []  # (message, requeue)
         # The error types of the last connection's transport (see is_connection_error).
         self._error_types: tuple[type[BaseException], ...] = ()
@@ -306,15 +307,6 @@ class BrokerConsumer:
                 self.on_connection_error(exc)
 
     def _teardown(self) -> None:
-        channel = self._lease_channel()
-        if channel is not None:
-            # Leases are the broker's ids, not the connection's: the next connection sends
-            # what this one could not (else each of those tasks ran again after its lease).
-            carried = channel.take_unsent()
-            if carried:
-                logger.info("%d acks not sent before the connection was lost: the next "
-                            "connection sends them", len(carried))
-                self._carried.append((type(channel), carried))
         unsent = self._unsent_acks()
         if unsent:
             # Never silently: for acks_late tasks (early acks are sent before their job
@@ -434,20 +426,11 @@ class BrokerConsumer:
 
     # -- leases across reconnects (taskq's Redis and SQLite transports) ------------------------
     def _send_carried(self) -> None:
-        """Settle through this connection what lost ones could not: their deferred acks go
-        with this transport's next round trip; the acks and requeues asked for while the
-        connection was down are sent now (kept for the next connection if this one fails)."""
+        """Settle through this connection the acks and requeues asked for after the
+        connection their requests came on was lost (kept for the next one if this fails)."""
         channel = self._lease_channel()
-        if channel is None or not (self._carried or self._late_settles):
+        if channel is None or not self._late_settles:
             return
-        carried, self._carried = self._carried, []
-        for kind, unsent in carried:
-            if isinstance(channel, kind):
-                channel.carry_unsent(unsent)
-            else:  # another transport after a failover: those leases come back by themselves
-                logger.warning("%d acks of a lost %s connection cannot be sent through %s: "
-                               "those messages come back after their lease", len(unsent),
-                               kind.__name__, type(channel).__name__)
         late, self._late_settles = self._late_settles, []
         try:
             for requeue in (False, True):

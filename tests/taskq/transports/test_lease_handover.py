@@ -122,41 +122,6 @@ def test_a_new_connection_adopts_running_leases_and_releases_reserved_ones(
     assert messages_left(connect(), queue) == 0
 
 
-def _acks_wait_for_a_loop(conn: Connection, waiting: bool) -> None:
-    """As in the worker, whose transport is registered with its event loop: acks are
-    deferred to the loop's next tick (sent with the next round trip)."""
-    transport = conn.transport
-    if hasattr(transport, "_hub"):
-        transport._hub = object() if waiting else None  # SQLite
-    else:
-        transport.hub = object() if waiting else None  # Redis
-
-
-def test_acks_a_lost_connection_did_not_send_are_sent_by_the_next_one(
-        connect: Connect, unique: str) -> None:
-    """Given a connection whose deferred ack was not sent when it was lost, when the next
-    connection takes it over (take_unsent / carry_unsent), then its next round trip settles
-    the lease: the message is gone from the broker well before its lease would run out."""
-    queue = Queue(unique, Exchange(unique), routing_key=unique)
-    old = connect(lease_timeout=60)
-    publish(old, queue, ["done", "still-running"])
-    held = consume(old, queue, prefetch=2)
-    assert drain_until(old, lambda: len(held) == 2, 10)
-    _acks_wait_for_a_loop(old, True)
-    held[0].ack()  # deferred, never sent: the connection is lost now
-    unsent = old.default_channel.take_unsent()
-    assert len(unsent) == 1
-    _acks_wait_for_a_loop(old, False)
-    old.collect()
-
-    new = connect(lease_timeout=60)
-    channel = new.default_channel
-    assert messages_left(new, queue) == 2  # the acked one is still leased
-    channel.carry_unsent(unsent)
-    channel.flush_acks()
-    assert messages_left(new, queue) == 1  # only the one still running remains
-
-
 def test_renewal_tells_the_callback_which_leases_were_lost(
         connect: Connect, unique: str) -> None:
     """Given a consumer holding two messages, when their leases run out unrenewed and
