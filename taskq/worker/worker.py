@@ -619,10 +619,9 @@ class Worker:
         cause = (lifecycle.Cause.TIME_LIMIT if isinstance(exc, TimeLimitExceeded)
                  else lifecycle.Cause.CHILD_DIED)
         decision = lifecycle.child_died(facts, cause, str(exc))
-        if decision.phase in (lifecycle.Phase.LOST, lifecycle.Phase.REDELIVERED,
-                              lifecycle.Phase.GIVEN_BACK):
+        if decision.phase in (lifecycle.Phase.LOST, lifecycle.Phase.REDELIVERED):
             run_hooks(self.app.hooks.task_lost, request.id, request.name, exc,
-                      decision.phase is not lifecycle.Phase.LOST)
+                      decision.phase is lifecycle.Phase.REDELIVERED)
         self._carry_out(request, decision, job=job, exc=exc)
         self.feed_pool()
 
