@@ -639,7 +639,6 @@ class Worker:
             start_failures=job.start_failures if job is not None else 0,
             terminated=request.terminated,
             stopping=self.stopping,
-            requeued_on_close=self.consumer.requeues_on_close,
         )
 
     def _carry_out(self, request: Request, decision: lifecycle.Decision, *,
