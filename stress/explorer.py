@@ -198,13 +198,19 @@ class Known:
             for k, v in self.axes.items())
 
     def explains(self, case: Case, failed: Sequence[str]) -> bool:
-        """A failure of ``case`` on ``failed`` is most likely this one again."""
-        return self.matches(case) and (not self.oracles or set(failed) <= self.oracles)
+        """A failure of ``case`` on ``failed`` is most likely this one again: its categorical
+        axes and fault kinds, and no oracle this one did not fail (the switches are left out:
+        a shrink cut short by its budget leaves some off their defaults)."""
+        return self.faults <= {f.kind for f in case.faults} and all(
+            case.config[k] == v for k, v in self.axes.items() if v != OFF) and (
+            not self.oracles or set(failed) <= self.oracles)
 
 
 def _unexplained(case: Case, failed: Sequence[str], known: Sequence[Known]) -> set[str]:
     """The oracles ``case`` failed that no known failure it is like has failed: what makes
     it new, and what its shrinking must keep failing (else it slips to the known one)."""
+    if any(k.explains(case, failed) for k in known):
+        return set()
     seen = {o for k in known if k.matches(case) for o in k.oracles}
     return set(failed) - seen
 

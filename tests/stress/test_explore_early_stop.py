@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +153,19 @@ def test_keep_going_tells_defects_apart_by_their_oracles_and_draws_on(
     found = sorted(tuple(sorted(f["oracles_minimal"])) for f in report["failures"])
     assert found == [("deadlock",), ("deadlock", "released-after-cut")]
     assert report["repeats_of_known_failures"] > 0
+
+
+def test_a_failure_differing_from_a_known_one_only_in_switches_is_a_repeat() -> None:
+    """2693be4 under fd pressure fails warm-up whatever else is drawn; a shrink cut short by
+    its budget keeps max-tasks and lease off their defaults. The next fd-pressure case fails
+    the same oracle with the same categorical axes: a repeat, not eight more minutes of
+    shrinking (a 30-minute search against 2693be4 shrank it three times)."""
+    known_case = Generator(1).draw()
+    config = {**known_case.config, "fds": 1100, "strategy": "fast", "max_tasks_per_child": 3,
+              "lease": 2.0, "pool_type": "prefork"}
+    known = explorer.Known.of(replace(known_case, config=config, faults=()), ["warm-up"])
+    other = replace(known_case, config={**config, "max_tasks_per_child": 0, "lease": 5.0})
+    assert not known.matches(other)  # still drawn: its switches differ
+    assert known.explains(other, ["warm-up"])  # but not shrunk again
+    assert not known.explains(other, ["warm-up", "deadlock"])
+    assert not known.explains(replace(other, config={**other.config, "fds": 0}), ["warm-up"])
