@@ -166,6 +166,13 @@ def test_lease_cut_cuts_late_into_a_backlog_with_a_lease_the_oracle_can_see() ->
         assert case.rate * _mean_task(case) >= 1.2 * capacity
 
 
+def test_the_defect_corners_hold_no_fd_pressure_that_would_hide_their_defect() -> None:
+    """2693be4's children die under fd pressure before running anything: a corner case drawn
+    with it fails warm-up instead of reaching its own defect."""
+    for name in ("recycle-cut", "kill-main-early", "reconnect-blackhole", "lease-cut"):
+        assert {c.config["fds"] for c in _from(name, 40)} == {0}, name
+
+
 def test_corners_are_drawn_by_their_weights() -> None:
     gen = Generator(3)
     cases = [gen.draw() for _ in range(4000)]
