@@ -39,7 +39,7 @@ from stress.spaces import LEASE_TIMEOUT
 from stress.suites import Cell, Suite
 
 __all__ = ["CORNERS", "FAULT_KINDS", "SPACE", "TASK_KINDS", "Axis", "Case", "Corner",
-           "FaultEvent", "Generator", "smaller"]
+           "FaultEvent", "Generator", "reduction", "smaller"]
 
 
 @dataclass(frozen=True)
@@ -533,6 +533,18 @@ def smaller(case: Case, allowed: Mapping[str, Sequence[Any]] | None = None) -> I
     shorter_run = max(2.0, last + 1.0, round(case.duration / 2, 1))
     if shorter_run < case.duration:
         yield replace(case, duration=shorter_run)
+
+
+def reduction(before: Case, after: Case) -> tuple[Any, ...]:
+    """What a shrink candidate changes, whatever else the case holds: the faults it drops or
+    shortens (by kind and time), the axes it moves (and where to), the task kinds it drops,
+    a lower rate, a shorter run (for :func:`stress.shrink.shrink`'s ``move``)."""
+    faults = tuple(sorted((f.kind, f.at, f.duration) for f in set(before.faults)
+                          - set(after.faults)))
+    axes = tuple(sorted((k, str(v)) for k, v in after.config.items()
+                        if before.config.get(k) != v))
+    tasks = tuple(sorted(set(before.workload) - set(after.workload)))
+    return (faults, axes, tasks, after.rate < before.rate, after.duration < before.duration)
 
 
 def _valid(config: Mapping[str, Any], case: Case) -> bool:

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from stress.cell import CellResult, CellRun
 from stress.corpus import load_corpus, save
 from stress.errors import ScenarioError, StressError
-from stress.explore import CORNERS, SPACE, Case, Corner, Generator, smaller
+from stress.explore import CORNERS, SPACE, Case, Corner, Generator, reduction, smaller
 from stress.oracles import Verdict
 from stress.report import write_junit_rows
 from stress.shrink import reproduces, shrink
@@ -417,7 +417,7 @@ def _shrink_and_save(found: tuple[Case, CellResult], n: int, searched: float, re
             minimal, complete, steps = case, False, 0
         else:
             shrunk = shrink(case, lambda c: smaller(c, restrict), fails, key=Case.key,
-                            budget=options.shrink_budget, on_step=on_step)
+                            budget=options.shrink_budget, on_step=on_step, move=reduction)
             minimal, complete, steps = shrunk.case, shrunk.complete, len(shrunk.steps)
             info.update(candidates_tried=shrunk.tried)
     except KeyboardInterrupt:  # save the smallest failure so far

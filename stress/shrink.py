@@ -8,6 +8,9 @@ tried are not run again (``key``).
 
 Stress runs are noisy, so a candidate counts as failing only when it fails in at least
 ``need`` of ``runs`` runs (:func:`reproduces`; it stops as soon as the answer is known).
+And they are slow: with ``move`` (what a candidate changes, e.g. "drop the cut"), a
+reduction that did not reproduce is tried on later cases only after every other candidate
+(it still is, so the minimum stays local).
 """
 
 from __future__ import annotations
@@ -52,18 +55,29 @@ class ShrinkResult(Generic[T]):
 def shrink(start: T, candidates: Callable[[T], Iterable[T]], fails: Callable[[T], bool], *,
            key: Callable[[T], Hashable] = id, budget: float | None = None,
            max_steps: int | None = None, clock: Callable[[], float] = time.monotonic,
-           on_step: Callable[[T, bool], None] | None = None) -> ShrinkResult[T]:
+           on_step: Callable[[T, bool], None] | None = None,
+           move: Callable[[T, T], Hashable] | None = None) -> ShrinkResult[T]:
     """The smallest case reachable from ``start`` by accepted reductions that still fails.
 
     ``start`` is taken as failing (the caller confirmed it). ``on_step(candidate, failed)`` is
-    called after each candidate is judged.
+    called after each candidate is judged. ``move(case, candidate)`` names the reduction, so
+    one that did not reproduce waits behind the others next time.
     """
     began = clock()
     result = ShrinkResult(start)
     seen: set[Hashable] = {key(start)}
+    rejected: set[Hashable] = set()
     current = start
+
+    def ordered(case: T) -> Iterable[T]:
+        listed = list(candidates(case))
+        if move is None:
+            return listed
+        return ([c for c in listed if move(case, c) not in rejected]
+                + [c for c in listed if move(case, c) in rejected])
+
     while True:
-        for candidate in candidates(current):
+        for candidate in ordered(current):
             k = key(candidate)
             if k in seen:
                 continue
@@ -81,6 +95,8 @@ def shrink(start: T, candidates: Callable[[T], Iterable[T]], fails: Callable[[T]
                 current = candidate
                 result.steps.append(candidate)
                 break
+            if move is not None:
+                rejected.add(move(current, candidate))
         else:
             result.case, result.seconds = current, clock() - began
             return result
