@@ -103,6 +103,7 @@ class BrokerConsumer:
         self._late_settles: list[tuple[Message, bool]] = []  # (message, requeue)
         # The error types of the last connection's transport (see is_connection_error).
         self._error_types: tuple[type[BaseException], ...] = ()
+        self.requeues_on_close = False
         self._registration: Registration | None = None
         self._attempt = 0
         self._reconnect_entry: Any = None
@@ -180,6 +181,9 @@ class BrokerConsumer:
                                       "retry_on_timeout": False}
         self.connection = conn
         self._error_types = tuple(conn.connection_errors) + tuple(conn.channel_errors)
+        # AMQP puts a closed channel's unacked deliveries back at once; the lease transports
+        # only when the lease runs out (lifecycle.Facts.requeued_on_close).
+        self.requeues_on_close = conn.transport.driver_type == "amqp"
         connect_once(conn)
         channel = conn.channel()
         if isinstance(channel, LeaseChannelMixin):

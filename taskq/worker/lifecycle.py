@@ -168,6 +168,8 @@ class Facts:
     max_redeliveries: int = 3         # task_max_redeliveries
     start_failures: int = 0           # children that died reading it before it started
     terminated: int | None = None     # the signal revoke(terminate=True) sent its child
+    requeued_on_close: bool = False   # the broker requeues unacked deliveries when the
+    #                                   connection closes (AMQP), so a lost one is back already
     stopping: bool = False            # the worker is shutting down
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -207,6 +209,12 @@ def child_died(f: Facts, cause: Cause, error: str) -> Decision:
                                   ("expired", False))),
             Store(states.REVOKED, "terminated"), Ack()), late)
     if (cause is Cause.CHILD_DIED and f.started and f.acks_late and f.reject_on_worker_lost):
+        if not f.connection_current and f.requeued_on_close:
+            # Its connection is gone and the broker put the message back when it closed: a
+            # counted copy would be a second one (its original's ack can no longer be sent).
+            return Decision(Phase.GIVEN_BACK, (Warn(
+                "lost while its broker connection was down: the broker already requeued it, "
+                "so it is not published again (its redelivery count stays)"),), Rerun.WILL)
         if f.redeliveries < f.max_redeliveries:
             return Decision(Phase.REDELIVERED, (Republish(f.redeliveries + 1),), Rerun.WILL)
         error = (f"{error}; given up after {f.redeliveries} redeliveries "

@@ -619,9 +619,10 @@ class Worker:
         cause = (lifecycle.Cause.TIME_LIMIT if isinstance(exc, TimeLimitExceeded)
                  else lifecycle.Cause.CHILD_DIED)
         decision = lifecycle.child_died(facts, cause, str(exc))
-        if decision.phase in (lifecycle.Phase.LOST, lifecycle.Phase.REDELIVERED):
+        if decision.phase in (lifecycle.Phase.LOST, lifecycle.Phase.REDELIVERED,
+                              lifecycle.Phase.GIVEN_BACK):
             run_hooks(self.app.hooks.task_lost, request.id, request.name, exc,
-                      decision.phase is lifecycle.Phase.REDELIVERED)
+                      decision.phase is not lifecycle.Phase.LOST)
         self._carry_out(request, decision, job=job, exc=exc)
         self.feed_pool()
 
@@ -639,6 +640,7 @@ class Worker:
             start_failures=job.start_failures if job is not None else 0,
             terminated=request.terminated,
             stopping=self.stopping,
+            requeued_on_close=self.consumer.requeues_on_close,
         )
 
     def _carry_out(self, request: Request, decision: lifecycle.Decision, *,

@@ -10,8 +10,10 @@ the worker and Redis.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from typing import Any
@@ -155,6 +157,36 @@ def test_jobs_queued_in_a_fast_child_are_taken_back_when_the_connection_is_lost(
             leases.close()
     assert [len(ledger.starts(r.id)) for r in queued] == [1, 1, 1]
     assert running.get(timeout=15) == "slept"
+
+
+@pytest.mark.parametrize("broker", ["amqp"], indirect=True)
+def test_a_child_lost_after_the_connection_was_cut_is_not_requeued_twice(
+        broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
+    """Given an acks_late + reject_on_worker_lost task running when RabbitMQ closes the
+    worker's connection (RabbitMQ puts the unacked delivery back at once, and the worker runs
+    it again on its other child), when the first run's child is then killed, then the task
+    is not published again: it ran twice, not three times (found by the mixed suite, seed 2:
+    a counted copy made a second lineage of the task)."""
+    w = worker(broker, pool="prefork", concurrency=2, args=["-O", "fair"])
+    client = broker.app()
+    result = client.send_task("appmod.lossy_sleeper", (12.0, str(ledger)))
+    (first, _), = ledger.wait_started(result.id, timeout=20)
+    _cut_and_see(broker, w, r"connected to \S+ again")
+    # The broker's redelivery of the original, on the other child.
+    (_, _), (second, _) = ledger.wait_started(result.id, timeout=30, times=2)
+    assert second != first
+    offset = len(w.log())
+    os.kill(first, signal.SIGKILL)
+    w.wait_log(rf"lossy_sleeper\[{result.id}\] lost", 15, after=offset)
+    assert result.get(timeout=40) == "survived"
+
+    def idle() -> bool:
+        replies = [client.control.broadcast(what, destination=[w.hostname], reply=True,
+                                            timeout=2.0) for what in ("active", "reserved")]
+        return all(len(r) == 1 and not r[0][w.hostname] for r in replies)
+
+    wait_until(idle, 40, "the worker to be idle")
+    assert len(ledger.starts(result.id)) == 2, ledger.lines()
 
 
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)

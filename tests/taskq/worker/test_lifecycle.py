@@ -119,6 +119,20 @@ def test_child_dies_acks_late_reject_on_worker_lost_requeues_with_a_count() -> N
     assert decision.rerun is Rerun.WILL
 
 
+def test_a_lost_child_is_not_republished_when_the_broker_already_requeued_it() -> None:
+    # AMQP, connection cut while the task ran, then its child died: RabbitMQ put the original
+    # back when the channel closed and the original's ack can no longer be sent, so a counted
+    # copy would make two (mixed seed 2: both ran). A lease transport acks the original through
+    # the next connection, so there the copy is right.
+    amqp = facts_for(LATE_REJECT, started=True, connection_current=False,
+                     requeued_on_close=True)
+    decision = lc.child_died(amqp, Cause.CHILD_DIED, LOST)
+    assert kinds(decision) == [Warn] and decision.phase is Phase.GIVEN_BACK
+    assert decision.rerun is Rerun.WILL
+    leases = facts_for(LATE_REJECT, started=True, connection_current=False)
+    assert lc.child_died(leases, Cause.CHILD_DIED, LOST).actions == (Republish(1),)
+
+
 def test_a_poison_message_stops_after_max_redeliveries() -> None:
     decision = lc.child_died(
         facts_for(LATE_REJECT, started=True, redeliveries=3, max_redeliveries=3),
