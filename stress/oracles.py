@@ -234,9 +234,12 @@ def nothing_lost(ev: Evidence) -> Verdict:
             hit = any(s.pid in kills for s in h.starts) or any(
                 failed[-1].mono - 2.0 <= at <= failed[-1].mono for at in kills.values())
             # a hard-limit task whose own child an injected kill hit inside the limit ends
-            # WorkerLostError (the table's "its child dies" row), not TimeLimitExceeded
-            killed_inside = error == "WorkerLostError" and any(
+            # WorkerLostError (the table's "its child dies" row), not TimeLimitExceeded; a
+            # kill that lands after the child took the job but before the body noted its
+            # start leaves no start to match the pid with: a kill just before the loss then
+            killed_inside = error == "WorkerLostError" and (any(
                 s.pid in kills and s.mono <= kills[s.pid] <= failed[-1].mono for s in h.starts)
+                or (not h.starts and hit))
             if h.expect == "timeout" and error != "TimeLimitExceeded" and not killed_inside:
                 counts["wrong_outcome"] += 1
                 problems.append(f"{h.task_id} ({h.kind}) failed with {error}; expected "
