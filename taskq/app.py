@@ -220,6 +220,7 @@ class TaskQ:
             origin=origin_name(),
             ignore_result=ignore_result,
             reply_to=reply_to,
+            replaced_task_nesting=int(options.get("replaced_task_nesting") or 0),
             callbacks=as_signatures(options.get("link")),
             errbacks=as_signatures(options.get("link_error")),
             chain=tuple(options.get("chain") or ()),

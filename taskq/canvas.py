@@ -35,7 +35,7 @@ SEND_OPTIONS = frozenset({
     "countdown", "eta", "expires", "queue", "routing_key", "exchange", "priority", "headers",
     "task_id", "time_limit", "soft_time_limit", "link", "link_error", "serializer", "retry",
     "retry_policy", "ignore_result", "retries", "parent_id", "root_id", "group_id",
-    "group_index", "shadow", "reply_to", "chain", "chord",
+    "group_index", "shadow", "reply_to", "chain", "chord", "replaced_task_nesting",
 })
 # Options a later merge must not replace (as Celery: a frozen group id stays).
 _IMMUTABLE_OPTIONS = frozenset({"group_id"})

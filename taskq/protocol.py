@@ -62,6 +62,8 @@ class TaskMessage:
     kwargsrepr: str | None = None
     ignore_result: bool = False
     reply_to: str | None = None
+    replaced_task_nesting: int = 0
+    """How many ``Task.replace`` calls led to this task (a Celery header)."""
     callbacks: tuple[Signature, ...] = ()
     errbacks: tuple[Signature, ...] = ()
     chain: tuple[Signature, ...] = ()
@@ -123,6 +125,8 @@ def to_wire(msg: TaskMessage) -> tuple[tuple[Any, ...], dict[str, Any], dict[str
         "origin": msg.origin or origin_name(),
         "ignore_result": msg.ignore_result,
     })
+    if msg.replaced_task_nesting:
+        headers["replaced_task_nesting"] = msg.replaced_task_nesting
     properties: dict[str, Any] = {"correlation_id": msg.id}
     if msg.reply_to:
         properties["reply_to"] = msg.reply_to
@@ -197,6 +201,7 @@ def decode_headers_body(
         kwargsrepr=_optional_str(headers, "kwargsrepr"),
         ignore_result=bool(headers.get("ignore_result") or False),
         reply_to=_optional_str(props, "reply_to", where="properties"),
+        replaced_task_nesting=_nesting(headers.get("replaced_task_nesting")),
         callbacks=_signatures(embed, "callbacks"),
         errbacks=_signatures(embed, "errbacks"),
         chain=_signatures(embed, "chain"),
@@ -249,6 +254,13 @@ def _retries(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     raise InvalidTaskMessage("headers.retries", f"expected an integer >= 0, got {value!r}")
+
+
+def _nesting(value: Any) -> int:
+    """``replaced_task_nesting`` is informational: a value that is not a count is 0."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return 0
 
 
 def _datetime(headers: Mapping[str, Any], key: str) -> dt.datetime | None:

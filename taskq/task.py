@@ -44,6 +44,13 @@ class Context:
     parent_id: str | None = None
     group: str | None = None
     group_index: int | None = None
+    chain: list[dict[str, Any]] | None = None
+    """The steps still to run after this one, reversed (the next is last), as Celery has it."""
+    chord: dict[str, Any] | None = None
+    """The body of the chord whose header this task is a part of."""
+    callbacks: list[dict[str, Any]] | None = None
+    errbacks: list[dict[str, Any]] | None = None
+    replaced_task_nesting: int = 0
     eta: dt.datetime | None = None
     expires: dt.datetime | None = None
     timelimit: tuple[float | None, float | None] = (None, None)
@@ -54,6 +61,12 @@ class Context:
     is_eager: bool = False
     called_directly: bool = True
     message: TaskMessage | None = None
+    children: list[Any] = field(default_factory=list)
+    """Results of the tasks sent while this one runs; stored in its ``children`` meta."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``self.request.get("chain")``, as Celery's request has it."""
+        return getattr(self, key, default)
 
     @classmethod
     def from_message(
@@ -68,7 +81,13 @@ class Context:
             id=msg.id, task=msg.task, args=tuple(msg.args), kwargs=dict(msg.kwargs),
             retries=msg.retries, headers=dict(msg.headers), delivery_info=dict(delivery_info or {}),
             hostname=hostname, root_id=msg.root_id or msg.id, parent_id=msg.parent_id,
-            group=msg.group, group_index=msg.group_index, eta=msg.eta, expires=msg.expires,
+            group=msg.group, group_index=msg.group_index,
+            chain=[dict(s) for s in msg.chain] or None,
+            chord=dict(msg.chord) if msg.chord is not None else None,
+            callbacks=[dict(s) for s in msg.callbacks] or None,
+            errbacks=[dict(s) for s in msg.errbacks] or None,
+            eta=msg.eta, expires=msg.expires,
+            replaced_task_nesting=msg.replaced_task_nesting,
             timelimit=(msg.time_limit, msg.soft_time_limit), correlation_id=msg.id,
             reply_to=msg.reply_to, origin=msg.origin, ignore_result=msg.ignore_result,
             is_eager=is_eager, called_directly=False, message=msg,
@@ -86,7 +105,7 @@ CALL_OPTIONS = frozenset({
     "countdown", "eta", "expires", "queue", "routing_key", "exchange", "priority", "headers",
     "task_id", "time_limit", "soft_time_limit", "link", "link_error", "serializer", "retry",
     "retry_policy", "ignore_result", "retries", "parent_id", "root_id", "group_id",
-    "group_index", "shadow", "reply_to", "chain", "chord",
+    "group_index", "shadow", "reply_to", "chain", "chord", "replaced_task_nesting",
 })
 
 

@@ -22,7 +22,7 @@ from taskq.result import AsyncResult, GroupResult
 def client_for(b: Broker) -> TaskQ:
     """A client app whose tasks have the worker's names (canvasmod)."""
     app = b.app()
-    for name in ("add", "tsum", "boom", "collect", "die", "nap"):
+    for name in ("add", "tsum", "boom", "collect", "die", "nap", "whoami"):
         app.task(name=f"canvasmod.{name}")(lambda *a: None)
     return app
 
@@ -78,6 +78,35 @@ def test_a_failed_header_part_fails_the_body_with_chord_error(broker: Broker,
         body.get(timeout=30)
     part = res.parent.results[1].id
     assert f"Dependency {part} raised ValueError('boom')" in str(info.value)
+
+
+def test_a_running_task_knows_its_chain_group_and_chord(broker: Broker,
+                                                       workers: WorkerSet) -> None:
+    """self.request.chain holds the steps still to come (reversed, as Celery has it),
+    .group/.group_index a group member's place, .chord the body a header part counts for."""
+    workers.start(broker, app="canvasmod", pool="threads", concurrency=3)
+    app = client_for(broker)
+    whoami, collect = app.tasks["canvasmod.whoami"], app.tasks["canvasmod.collect"]
+
+    last = chain(whoami.s(), whoami.s(), whoami.s()).apply_async()
+    third = last.get(timeout=30)
+    second = third["args"][0]
+    first = second["args"][0]
+    assert [s["options"]["task_id"] for s in first["chain"]] == [last.id, last.parent.id]
+    assert [s["task"] for s in first["chain"]] == ["canvasmod.whoami"] * 2
+    assert [s["options"]["task_id"] for s in second["chain"]] == [last.id]
+    assert third["chain"] is None and first["group"] is None and first["chord"] is None
+
+    g = group(whoami.s(), whoami.s()).apply_async()
+    assert [(m["group"], m["group_index"], m["chord"]) for m in g.get(timeout=30)] == [
+        (g.id, 0, None), (g.id, 1, None)]
+
+    body = chord([whoami.s(), whoami.s()], collect.s()).apply_async()
+    parts = body.get(timeout=30)
+    assert [(p["group"], p["group_index"]) for p in parts] == [(body.parent.id, 0),
+                                                                (body.parent.id, 1)]
+    assert all(p["chord"]["task"] == "canvasmod.collect" for p in parts)
+    assert all(p["chord"]["options"]["task_id"] == body.id for p in parts)
 
 
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)

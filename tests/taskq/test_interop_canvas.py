@@ -4,9 +4,13 @@ the real ``celery`` package."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ import pytest
 celery = pytest.importorskip("celery")
 from celery import chain as cchain  # noqa: E402
 from celery import chord as cchord  # noqa: E402
+from celery import group as cgroup  # noqa: E402
 from celery.exceptions import ChordError as CeleryChordError  # noqa: E402
 
 WORKER_DIR = Path(__file__).resolve().parent / "worker"
@@ -133,16 +138,26 @@ def add(x, y):
 @app.task(name="canvasmod.tsum")
 def tsum(values):
     return sum(values)
+
+@app.task(name="canvasmod.collect")
+def collect(values):
+    return list(values)
+
+@app.task(name="canvasmod.whoami", bind=True)
+def whoami(self, *args):
+    r = self.request
+    return {"chain": r.chain, "group": r.group, "group_index": r.group_index,
+            "chord": r.chord, "args": list(args)}
 '''
 
 
-def test_a_taskq_chord_and_chain_run_on_a_celery_worker(redis_broker: Broker,
-                                                        tmp_path: Path) -> None:
-    """Given a Celery worker (subprocess), a taskq client's chain and chord, written as
-    Celery writes them, run there and taskq reads the results."""
+@contextlib.contextmanager
+def celery_worker(b: Broker, tmp_path: Path) -> Iterator[None]:
+    """A Celery 5.7 worker (solo pool, subprocess) on the broker's keys and queue, running
+    CELERY_WORKER_MODULE; its log is printed if the test fails."""
     (tmp_path / "canvasmod_celery.py").write_text(CELERY_WORKER_MODULE)
-    env = {**os.environ, **redis_broker.env, "PYTHONPATH": str(tmp_path),
-           "CELERY_BROKER_OPTIONS": redis_broker.env["TASKQ_BROKER_TRANSPORT_OPTIONS"]}
+    env = {**os.environ, **b.env, "PYTHONPATH": str(tmp_path),
+           "CELERY_BROKER_OPTIONS": b.env.get("TASKQ_BROKER_TRANSPORT_OPTIONS", "{}")}
     log = tmp_path / "celery.log"
     celery_bin = Path(sys.executable).parent / "celery"
     with open(log, "wb") as out:
@@ -151,6 +166,35 @@ def test_a_taskq_chord_and_chain_run_on_a_celery_worker(redis_broker: Broker,
              "--without-mingle", "--without-gossip", "-l", "info"],
             env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if sys.exc_info()[0] is not None:
+            print(log.read_text(errors="replace"))
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _ids_by_order(value: object) -> object:
+    """``value`` with each task id replaced by the order it first appears in: two runs of one
+    canvas compare equal when they agree on everything but the fresh ids."""
+    seen: dict[str, str] = {}
+    text = _UUID.sub(lambda m: seen.setdefault(m.group(0), f"<id{len(seen)}>"),
+                     json.dumps(value))
+    return json.loads(text)
+
+
+def test_a_taskq_chord_and_chain_run_on_a_celery_worker(redis_broker: Broker,
+                                                        tmp_path: Path) -> None:
+    """Given a Celery worker (subprocess), a taskq client's chain and chord, written as
+    Celery writes them, run there and taskq reads the results."""
+    with celery_worker(redis_broker, tmp_path):
         from taskq import TaskQ
 
         client = TaskQ("client", environ=redis_broker.env)
@@ -164,14 +208,40 @@ def test_a_taskq_chord_and_chain_run_on_a_celery_worker(redis_broker: Broker,
         assert res.get(timeout=30) == 12
         assert group(add.s(1, 1), add.s(2, 2)).apply_async().get(timeout=30) == [2, 4]
         client.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        if sys.exc_info()[0] is not None:
-            print(log.read_text(errors="replace"))
+
+
+# -- the same Celery client on a taskq worker and on a Celery worker --------------------------
+
+def _request_fields_seen(capp: celery.Celery) -> list[object]:
+    """What whoami's self.request says in a chain, a group and a chord's header."""
+    who = capp.signature("canvasmod.whoami")
+    seen: list[object] = []
+    res = cchain(who.clone(), who.clone(), who.clone())()
+    third = res.get(timeout=30)
+    second = third["args"][0]
+    first = second["args"][0]
+    # A Celery worker sends a chain's last step with chain=[], a taskq worker with none.
+    assert not third["chain"]
+    seen += [first, {**second, "args": None}, {**third, "args": None, "chain": None}]
+    seen.append(cgroup(who.clone(), who.clone())().get(timeout=30))
+    seen.append(cchord([who.clone(), who.clone()], capp.signature("canvasmod.collect"))()
+                .get(timeout=30))
+    return seen
+
+
+@pytest.mark.parametrize("broker", ["redis", "amqp"], indirect=True)
+def test_self_request_canvas_fields_match_a_celery_worker(broker: Broker, workers: WorkerSet,
+                                                          tmp_path: Path) -> None:
+    """Given the same canvases from a Celery client, self.request.chain, .group,
+    .group_index and .chord inside the task are the same on a taskq worker as on Celery's
+    (up to the fresh task ids)."""
+    capp = celery_client(broker)
+    with celery_worker(broker, tmp_path):
+        on_celery = _request_fields_seen(capp)
+    w = workers.start(broker, app="canvasmod", pool="threads", concurrency=3)
+    on_taskq = _request_fields_seen(capp)
+    w.stop()
+    assert _ids_by_order(on_taskq) == _ids_by_order(on_celery)
+    capp.close()
 
 

@@ -133,3 +133,17 @@ def test_argsrepr_headers_stay_small_for_big_arguments() -> None:
     assert len(headers["kwargsrepr"]) <= 1024
     args, kwargs, _embed = body  # the arguments themselves travel whole in the body
     assert len(args[0]) == len(kwargs["blob"]) == 1 << 20
+
+
+def test_replaced_task_nesting_travels_as_celerys_header() -> None:
+    """Task.replace counts how deep a replacement is in the replaced_task_nesting header (as
+    Celery writes and reads it); a plain message has none, and a bad value reads as 0."""
+    _body, headers, _props = to_wire(TaskMessage(task="t", id="i", replaced_task_nesting=2))
+    assert headers["replaced_task_nesting"] == 2
+    assert wire_round_trip(TaskMessage(task="t", id="i", replaced_task_nesting=2)
+                           ).replaced_task_nesting == 2
+    assert "replaced_task_nesting" not in to_wire(TaskMessage(task="t", id="i"))[1]
+    bad = {**GOOD_HEADERS, "replaced_task_nesting": "x"}
+    msg = decode(json.dumps([[], {}, {}]), content_type="application/json",
+                 content_encoding="utf-8", headers=bad, properties={}, accept=["json"])
+    assert msg.replaced_task_nesting == 0

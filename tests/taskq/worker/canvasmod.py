@@ -62,3 +62,11 @@ def nap(seconds: float) -> float:
 
     time.sleep(seconds)
     return seconds
+
+
+@app.task(name="canvasmod.whoami", bind=True)
+def whoami(self: Any, *args: Any) -> dict[str, Any]:
+    """Its place in a canvas, as ``self.request`` tells it (and its arguments)."""
+    r = self.request
+    return {"chain": r.chain, "group": r.group, "group_index": r.group_index,
+            "chord": r.chord, "args": list(args)}
