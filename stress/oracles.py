@@ -45,6 +45,9 @@ EARLY_ACK_WINDOW = 1.0  # seconds from ``started`` within which an early ack may
 # A killed main process's children learn of it only after the kernel freed its memory (ms,
 # more under load): a child may start a job it held in that time.
 ORPHAN_WINDOW = 0.25
+# A fault's record is written once the injection returned (a kill: after the signal was
+# sent), so on a busy machine the worker may log a death a few ms before its kill's record.
+RECORD_SKEW = 1.0
 
 
 @dataclass
@@ -195,6 +198,24 @@ def _rerun_allowed(history: History, previous: Entry, faults: Sequence[FaultReco
                for r in _ok(faults, NET_FAULTS))
 
 
+def _every_rerun_has_a_cause(history: History, index: int, faults: Sequence[FaultRecord],
+                             cell: Cell) -> bool:
+    """``acks_late`` + ``reject_on_worker_lost``: may run number ``index`` (0 is the first)
+    start? A main process that dies between publishing a lost task's counted copy and acking
+    the original leaves two lineages of it, each requeued on its own (the table's "its child
+    dies" and "the main process dies" rows), so consecutive starts may belong to different
+    lineages and the previous start does not explain the next. The start is allowed when
+    every rerun up to it has its own cause: a requeue the worker reported, or a main-process
+    fault while the task was about."""
+    if cell["acks"] != "late-reject":
+        return False
+    first, start = history.starts[0], history.starts[index]
+    requeues = sum(1 for e in history.losses if e.extra.get("requeued") and e.mono <= start.mono)
+    deaths = sum(1 for r in _ok(faults, MAIN_FAULTS)
+                 if first.mono - EARLY_ACK_WINDOW <= r.mono <= start.mono)
+    return requeues + deaths >= index
+
+
 def _on_for(record: FaultRecord) -> float:
     """How long a timed fault stayed on (0 for a one-shot fault)."""
     params = record.params if isinstance(record.params, dict) else {}
@@ -211,9 +232,10 @@ def nothing_lost(ev: Evidence) -> Verdict:
              for pid in r.detail.get("pids", [])}
     for h in ev.book.published():
         counts["published"] += 1
-        for previous, nxt in zip(h.starts, h.starts[1:], strict=False):
+        for index, (previous, nxt) in enumerate(zip(h.starts, h.starts[1:], strict=False), 1):
             counts["duplicates"] += 1
-            if not _rerun_allowed(h, previous, ev.faults, ev.cell):
+            if not (_rerun_allowed(h, previous, ev.faults, ev.cell)
+                    or _every_rerun_has_a_cause(h, index, ev.faults, ev.cell)):
                 counts["forbidden_duplicates"] += 1
                 problems.append(f"{h.task_id} ({h.kind}) ran again at +"
                                 f"{nxt.mono - previous.mono:.2f}s where the table forbids it")
@@ -231,14 +253,15 @@ def nothing_lost(ev: Evidence) -> Verdict:
         elif failed:
             counts["failed"] += 1
             error = failed[-1].extra.get("error")
+            lost_at = failed[-1].mono + RECORD_SKEW
             hit = any(s.pid in kills for s in h.starts) or any(
-                failed[-1].mono - 2.0 <= at <= failed[-1].mono for at in kills.values())
+                failed[-1].mono - 2.0 <= at <= lost_at for at in kills.values())
             # a hard-limit task whose own child an injected kill hit inside the limit ends
             # WorkerLostError (the table's "its child dies" row), not TimeLimitExceeded; a
             # kill that lands after the child took the job but before the body noted its
             # start leaves no start to match the pid with: a kill just before the loss then
             killed_inside = error == "WorkerLostError" and (any(
-                s.pid in kills and s.mono <= kills[s.pid] <= failed[-1].mono for s in h.starts)
+                s.pid in kills and s.mono <= kills[s.pid] <= lost_at for s in h.starts)
                 or (not h.starts and hit))
             if h.expect == "timeout" and error != "TimeLimitExceeded" and not killed_inside:
                 counts["wrong_outcome"] += 1

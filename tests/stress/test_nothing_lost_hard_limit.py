@@ -60,3 +60,12 @@ def test_a_hard_limit_task_killed_before_its_body_noted_the_start_may_end_worker
     assert verdict.passed, verdict.message
     # with no kill near the loss it is still a wrong outcome
     assert not nothing_lost(_ev(entries, [_kill(7, -5.0)])).passed
+
+
+def test_a_kill_recorded_just_after_the_worker_reported_the_loss_still_counts() -> None:
+    """Mixed seed 1: the worker logged the death 5-7 ms before the kill's record was written
+    (the record follows the signal)."""
+    verdict = nothing_lost(_ev(_hard_limit_task_lost("WorkerLostError"), [_kill(7, 1.257)]))
+    assert verdict.passed, verdict.message
+    assert not nothing_lost(_ev(_hard_limit_task_lost("WorkerLostError"),
+                                [_kill(7, 9.0)])).passed
