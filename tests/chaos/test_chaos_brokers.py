@@ -155,7 +155,11 @@ def test_local_rabbitmq_node_start_crash_pause_restart(tmp_path: Path) -> None:
         broker.crash()
         broker.start()
         with kombu.Connection(broker.url) as conn:
-            message = conn.SimpleQueue(queue).get(timeout=10)
+            inbox = conn.SimpleQueue(queue)
+            # A restarted node recovers its durable queues' messages after it accepts
+            # connections; on a loaded machine that can take well over 10 s.
+            message = wait_until(lambda: inbox.get_nowait(), 120, what="the durable message",
+                                 interval=0.2, max_interval=1.0, ignore=(inbox.Empty,))
             assert message.payload == {"n": 1}, "a confirmed persistent message survives SIGKILL"
             message.ack()
         broker.pause()
