@@ -504,13 +504,18 @@ class group(_TaskList):
 
     def _freeze_members(self, group_id: str, root_id: str | None,
                         chord: Mapping[str, Any] | None, args: tuple[Any, ...] = (),
-                        kwargs: dict[str, Any] | None = None) -> list[Signature]:
-        members = []
+                        kwargs: dict[str, Any] | None = None
+                        ) -> tuple[list[Signature], list[Any]]:
+        """The members as they are sent (nested groups flattened, as Celery does), and
+        their results (a chain's with its earlier steps as parents, a chord's with its
+        header)."""
+        members, results = [], []
         for index, task in enumerate(self._flat()):
             member = task.clone(args, kwargs) if (args or kwargs) else task.clone()
-            member.freeze(group_id=group_id, chord=chord, root_id=root_id, group_index=index)
+            results.append(member.freeze(group_id=group_id, chord=chord, root_id=root_id,
+                                         group_index=index))
             members.append(member)
-        return members
+        return members, results
 
     def freeze(self, _id: str | None = None, group_id: str | None = None,
                chord: Mapping[str, Any] | None = None, root_id: str | None = None,
@@ -519,9 +524,9 @@ class group(_TaskList):
         from taskq.result import GroupResult
 
         gid = self.options.setdefault("task_id", _id or str(uuid.uuid4()))
-        members = self._freeze_members(gid, root_id, chord)
+        members, results = self._freeze_members(gid, root_id, chord)
         self.kwargs["tasks"] = members
-        return GroupResult(gid, [_result_of(m) for m in members], app=self.app)
+        return GroupResult(gid, results, app=self.app)
 
     def _apply(self, args: tuple[Any, ...], kwargs: dict[str, Any],
                options: dict[str, Any]) -> Any:
@@ -534,24 +539,9 @@ class group(_TaskList):
         options.pop("group_id", None)
         options.pop("group_index", None)
         body = options.pop("chord", None)
-        members = self._freeze_members(gid, options.get("root_id"), body, args, kwargs)
+        members, _ = self._freeze_members(gid, options.get("root_id"), body, args, kwargs)
         results = [member.apply_async(**options) for member in members]
         return GroupResult(gid, results, app=self.app)
-
-
-def _result_of(sig: Signature) -> Any:
-    """The result handle of an already frozen signature."""
-    from taskq.result import AsyncResult
-
-    if isinstance(sig, chain) and sig.tasks:
-        return _result_of(sig.tasks[-1])
-    if isinstance(sig, chord):
-        return _result_of(sig.body)
-    if isinstance(sig, group):
-        from taskq.result import GroupResult
-
-        return GroupResult(sig.id or "", [_result_of(t) for t in sig.tasks], app=sig.app)
-    return AsyncResult(sig.id or "", sig.app.backend, task_name=sig.name)
 
 
 # -- chord --------------------------------------------------------------------------------------
@@ -675,7 +665,7 @@ class chord(Signature):
         header = group(*self.tasks, app=app)
         header_options = {k: v for k, v in options.items() if k != "chain"}
         header_options.update(header_delay)
-        members = header._freeze_members(gid, options.get("root_id"), body, args, kwargs)
+        members, _ = header._freeze_members(gid, options.get("root_id"), body, args, kwargs)
         if not members:
             body.apply_async(([],))
             body_result.parent = GroupResult(gid, [], app=app)

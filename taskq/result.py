@@ -250,8 +250,9 @@ class GroupResult(ResultSet):
 
 def result_from_tuple(value: Any, backend: Backend,
                       app: TaskQ | None = None) -> AsyncResult | GroupResult:
-    """The result handle for Celery's tuple form (``as_tuple``)."""
-    (rid, parent), members = value
+    """The result handle for Celery's tuple form (``as_tuple``), nested groups included."""
+    head, members = value
+    rid, parent = head if isinstance(head, list | tuple) else (head, None)
     parent_result = result_from_tuple(parent, backend, app) if parent else None
     if members is not None:
         return GroupResult(rid, [result_from_tuple(m, backend, app) for m in members],

@@ -109,6 +109,25 @@ def test_a_running_task_knows_its_chain_group_and_chord(broker: Broker,
     assert all(p["chord"]["options"]["task_id"] == body.id for p in parts)
 
 
+def test_a_nested_group_on_a_worker_gets_nested_lists_and_restores(broker: Broker,
+                                                                   workers: WorkerSet) -> None:
+    """A group holding a chain that ends in a group and a chord: get() is a nested list,
+    and the saved GroupResult restores with the same nesting (parents included)."""
+    workers.start(broker, app="canvasmod", pool="threads", concurrency=3)
+    app = client_for(broker)
+    add, tsum = app.tasks["canvasmod.add"], app.tasks["canvasmod.tsum"]
+    res = group(add.s(1, 1) | group(add.s(2), add.s(3)), add.s(4, 4),
+                chord([add.s(1, 1)], tsum.s())).apply_async()
+    assert res.get(timeout=30) == [[4, 5], 8, 2]
+    res.save()
+    back = GroupResult.restore(res.id, app=app)
+    assert back is not None and back.as_tuple() == res.as_tuple()
+    assert back.get(timeout=10) == [[4, 5], 8, 2]
+    assert isinstance(back.results[0], GroupResult) and back.results[0].parent is not None
+    assert back.results[0].parent.get(timeout=10) == 2
+    res.delete()
+
+
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
 def test_parts_the_worker_ends_count_toward_the_chord(broker: Broker, workers: WorkerSet,
                                                       tmp_path: Path) -> None:
