@@ -186,7 +186,8 @@ class TaskQ:
 
         Options: countdown, eta, expires, queue, routing_key, exchange, priority, headers,
         task_id, time_limit, soft_time_limit, link, link_error, serializer, retry,
-        retry_policy, ignore_result.
+        retry_policy, ignore_result; ``add_to_parent=False`` keeps the result out of the
+        running task's ``children``.
         """
         check_options(options, CALL_OPTIONS, "send_task option")
         now = dt.datetime.now(dt.UTC)
@@ -237,7 +238,17 @@ class TaskQ:
             retry=options.get("retry"),
             retry_policy=options.get("retry_policy"),
         )
-        return AsyncResult(task_id, self.backend, task_name=name)
+        result = AsyncResult(task_id, self.backend, task_name=name)
+        if options.get("add_to_parent", True):
+            self.add_to_parent(result)
+        return result
+
+    def add_to_parent(self, result: Any) -> None:
+        """Record ``result`` as a child of the task this worker is running, if any (its
+        stored ``children``, as Celery's ``add_to_parent``)."""
+        parent = self.current_worker_request()
+        if parent is not None:
+            parent.children.append(result)
 
     def _route(self, name: str) -> str | None:
         route = self.conf.task_routes.get(name)
@@ -289,6 +300,14 @@ class TaskQ:
     def current_request(self) -> Context | None:
         stack = getattr(self._local, "stack", None)
         return stack[-1] if stack else None
+
+    def current_worker_request(self) -> Context | None:
+        """The request of the task a worker runs here: tasks run eagerly inside it
+        (``apply()``) are skipped, as Celery's ``current_worker_task`` skips them."""
+        for context in reversed(getattr(self._local, "stack", None) or ()):
+            if not context.is_eager:
+                return context
+        return None
 
     # -- connections and results --------------------------------------------------------------
     def connection(self, url: str | None = None, *, heartbeat: float | None = None

@@ -36,6 +36,7 @@ SEND_OPTIONS = frozenset({
     "task_id", "time_limit", "soft_time_limit", "link", "link_error", "serializer", "retry",
     "retry_policy", "ignore_result", "retries", "parent_id", "root_id", "group_id",
     "group_index", "shadow", "reply_to", "chain", "chord", "replaced_task_nesting",
+    "add_to_parent",
 })
 # Options a later merge must not replace (as Celery: a frozen group id stays).
 _IMMUTABLE_OPTIONS = frozenset({"group_id"})
@@ -539,9 +540,14 @@ class group(_TaskList):
         options.pop("group_id", None)
         options.pop("group_index", None)
         body = options.pop("chord", None)
+        add_to_parent = options.pop("add_to_parent", True)
         members, _ = self._freeze_members(gid, options.get("root_id"), body, args, kwargs)
-        results = [member.apply_async(**options) for member in members]
-        return GroupResult(gid, results, app=self.app)
+        # The running task (if any) gets the group as one child, as in Celery.
+        results = [member.apply_async(add_to_parent=False, **options) for member in members]
+        result = GroupResult(gid, results, app=self.app)
+        if add_to_parent:
+            self.app.add_to_parent(result)
+        return result
 
 
 # -- chord --------------------------------------------------------------------------------------
@@ -659,6 +665,7 @@ class chord(Signature):
         outer_chord = options.pop("chord", None)
         outer_group = options.pop("group_id", None)
         outer_index = options.pop("group_index", None)
+        add_to_parent = options.pop("add_to_parent", True)
         body.options.update({k: v for k, v in options.items() if k != "parent_id"})
         body_result = body.freeze(body_id, group_id=outer_group or gid, chord=outer_chord,
                                   root_id=options.get("root_id"), group_index=outer_index)
@@ -667,12 +674,16 @@ class chord(Signature):
         header_options.update(header_delay)
         members, _ = header._freeze_members(gid, options.get("root_id"), body, args, kwargs)
         if not members:
-            body.apply_async(([],))
+            body.apply_async(([],), add_to_parent=add_to_parent)
             body_result.parent = GroupResult(gid, [], app=app)
             return body_result
         app.backend.set_chord_size(gid, sum(chord_size(m) for m in members))
-        results = [member.apply_async(**header_options) for member in members]
-        _root_of(body_result).parent = GroupResult(gid, results, app=app)
+        results = [member.apply_async(add_to_parent=False, **header_options)
+                   for member in members]
+        header_result = GroupResult(gid, results, app=app)
+        if add_to_parent:  # the header is the running task's child, as in Celery
+            app.add_to_parent(header_result)
+        _root_of(body_result).parent = header_result
         return body_result
 
 

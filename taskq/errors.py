@@ -11,6 +11,7 @@
     ├── BrokerDatabaseError           the embedded broker's database file is unusable
     ├── ResultBackendError            the result backend failed or is misconfigured
     ├── TimeoutError                  waiting for a result took too long
+    ├── IncompleteStream              collect() reached a result that is not ready
     ├── TaskRevokedError              the task was revoked
     ├── TaskPredicate                 control flow raised from inside a task
     │   ├── Retry                     retry the task later
@@ -42,6 +43,7 @@ __all__ = [
     "ConfigurationError",
     "ContentDisallowed",
     "Ignore",
+    "IncompleteStream",
     "InvalidTaskMessage",
     "MaxRetriesExceededError",
     "NotRegistered",
@@ -129,6 +131,11 @@ class ResultBackendError(TaskqError):
 
 class TimeoutError(TaskqError, builtins.TimeoutError):
     """Waiting for a result took longer than the timeout."""
+
+
+class IncompleteStream(TaskqError):
+    """``iterdeps()`` reached a result that is not ready, so its children are not known yet
+    (``collect()`` waits for each instead; ``intermediate=True`` skips the check)."""
 
 
 class TaskRevokedError(TaskqError):

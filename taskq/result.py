@@ -120,8 +120,47 @@ class AsyncResult:
         return ((self.id, self.parent.as_tuple() if self.parent is not None else None), None)
 
     @property
-    def children(self) -> list[Any]:
-        return list(self._meta().get("children") or [])
+    def children(self) -> list[AsyncResult | GroupResult]:
+        """The results of the tasks this one sent while it ran (subtasks, a group, a chain's
+        first step; for a chain's step, the next step), as the worker stored them."""
+        return [result_from_tuple(child, self.backend, self.backend.app)
+                for child in self._meta().get("children") or []]
+
+    def iterdeps(self, intermediate: bool = False
+                 ) -> Iterator[tuple[Any, AsyncResult | GroupResult]]:
+        return _iterdeps(self, intermediate)
+
+    def collect(self, intermediate: bool = False, **get_options: Any
+                ) -> Iterator[tuple[AsyncResult | GroupResult, Any]]:
+        """``(result, value)`` for this result and, breadth first, every child's (waiting
+        for each with ``get(**get_options)``), as Celery's ``collect``."""
+        for _, node in self.iterdeps(intermediate=intermediate):
+            yield node, node.get(**get_options)
+
+    def get_leaf(self) -> Any:
+        """The value of the last result ``iterdeps`` reaches."""
+        value = None
+        for _, node in self.iterdeps():
+            value = node.get()
+        return value
+
+
+def _iterdeps(root: AsyncResult | GroupResult, intermediate: bool
+              ) -> Iterator[tuple[Any, AsyncResult | GroupResult]]:
+    """``(parent, node)`` breadth first from ``root``; a node's children are known only once
+    it is ready, so an unready one raises ``IncompleteStream`` unless ``intermediate``."""
+    from collections import deque
+
+    from taskq.errors import IncompleteStream
+
+    pending: deque[tuple[Any, AsyncResult | GroupResult]] = deque([(None, root)])
+    while pending:
+        parent, node = pending.popleft()
+        yield parent, node
+        if node.ready():
+            pending.extend((node, child) for child in node.children)
+        elif not intermediate:
+            raise IncompleteStream(f"result {node.id} is not ready: its children are unknown")
 
 
 class ResultSet:
@@ -217,6 +256,17 @@ class GroupResult(ResultSet):
     def as_tuple(self) -> tuple[Any, ...]:
         return ((self.id, self.parent.as_tuple() if self.parent is not None else None),
                 [r.as_tuple() for r in self.results])
+
+    @property
+    def children(self) -> list[AsyncResult | GroupResult]:
+        return list(self.results)
+
+    def iterdeps(self, intermediate: bool = False
+                 ) -> Iterator[tuple[Any, AsyncResult | GroupResult]]:
+        return _iterdeps(self, intermediate)
+
+    collect = AsyncResult.collect
+    get_leaf = AsyncResult.get_leaf
 
     def _backend(self, backend: Backend | None) -> Backend:
         if backend is not None:

@@ -106,6 +106,7 @@ CALL_OPTIONS = frozenset({
     "task_id", "time_limit", "soft_time_limit", "link", "link_error", "serializer", "retry",
     "retry_policy", "ignore_result", "retries", "parent_id", "root_id", "group_id",
     "group_index", "shadow", "reply_to", "chain", "chord", "replaced_task_nesting",
+    "add_to_parent",
 })
 
 

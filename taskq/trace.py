@@ -115,6 +115,7 @@ def execute(
         task.pop_request()
 
     run_hooks(task.app.hooks.task_postrun, task, msg.id, outcome.state)
+    followers = _followers(task, msg, context, eager) if outcome.succeeded else []
     if backend is not None:
         if on_storing is not None:
             on_storing()
@@ -124,7 +125,8 @@ def execute(
         if msg.chord is not None and not eager:  # a chord's header part: count it
             chord.message_done(task.app, msg, outcome.state, outcome.value)
     if outcome.state == states.SUCCESS:
-        _send_callbacks(task, msg, outcome.value, eager)
+        for sig, rest in followers:
+            _send(task, sig, outcome.value, msg, eager, rest)
     elif outcome.state == states.FAILURE:
         _send_errbacks(task, msg, eager, outcome, context)
     return outcome
@@ -179,13 +181,42 @@ def _send(task: Task, sig: Signature, result: Any, msg: TaskMessage, eager: bool
         logger.exception("task %s[%s]: sending callback %s failed", task.name, msg.id, sig.name)
 
 
-def _send_callbacks(task: Task, msg: TaskMessage, value: Any, eager: bool) -> None:
-    for raw in msg.callbacks:
-        _send(task, signature(raw, task.app), value, msg, eager)
+def _followers(task: Task, msg: TaskMessage, context: Context, eager: bool
+               ) -> list[tuple[Signature, tuple[Any, ...]]]:
+    """What a successful task sends next: its callbacks, then the next step of its chain
+    (with the rest of the chain). Their ids are fixed here, before the result is stored, so
+    that the stored ``children`` name them, as Celery's do (Celery sends them before it
+    stores; taskq still stores first, so a task that dies in between sends nothing)."""
+    raws: list[tuple[Any, tuple[Any, ...]]] = [(raw, ()) for raw in msg.callbacks]
     if msg.chain:
         # Celery keeps the remaining chain reversed: the next step is the last item.
         *rest, nxt = msg.chain
-        _send(task, signature(nxt, task.app), value, msg, eager, tuple(rest))
+        raws.append((nxt, tuple(rest)))
+    followers: list[tuple[Signature, tuple[Any, ...]]] = []
+    for raw, after in raws:
+        try:
+            followers.append((signature(raw, task.app), after))
+        except Exception:  # the task's own outcome is still stored
+            logger.exception("task %s[%s]: callback %r is not a signature", task.name,
+                             msg.id, raw.get("task"))
+    if not eager:
+        for sig, _ in followers:
+            if sig.subtask_type == "chunks":  # sent as a group it builds anew: no fixed id
+                continue
+            try:
+                context.children.append(_first_result(sig.freeze()))
+            except Exception:
+                logger.exception("task %s[%s]: fixing the id of %s failed", task.name,
+                                 msg.id, sig.name)
+    return followers
+
+
+def _first_result(result: Any) -> Any:
+    """What Celery records as the child for a sent signature: a task's or a group's own
+    result, a chain's first step, a chord's header."""
+    while getattr(result, "parent", None) is not None:
+        result = result.parent
+    return result
 
 
 def _send_errbacks(task: Task, msg: TaskMessage, eager: bool, outcome: Outcome,

@@ -32,6 +32,12 @@ def pending_meta(task_id: str) -> Meta:
             "children": [], "date_done": None}
 
 
+def children_of(request: Any) -> list[Any]:
+    """The ``children`` of a task's record: the results of the tasks it sent, in Celery's
+    tuple form (``AsyncResult.as_tuple``), which Celery's ``result.children`` reads."""
+    return [child.as_tuple() for child in getattr(request, "children", None) or ()]
+
+
 @dataclass(frozen=True)
 class ChordJoin:
     """What the last header part of a chord gets: every part's ``(task id, state, result)``
@@ -97,7 +103,7 @@ class Backend:
             "status": state,
             "result": self.prepare_result(state, result),
             "traceback": traceback,
-            "children": [],
+            "children": children_of(request),
             "date_done": dt.datetime.now(dt.UTC).isoformat()
             if state in states.READY_STATES else None,
             "task_id": task_id,

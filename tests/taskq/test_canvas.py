@@ -22,7 +22,7 @@ from taskq.result import AsyncResult, GroupResult
 def client_for(b: Broker) -> TaskQ:
     """A client app whose tasks have the worker's names (canvasmod)."""
     app = b.app()
-    for name in ("add", "tsum", "boom", "collect", "die", "nap", "whoami"):
+    for name in ("add", "tsum", "boom", "collect", "die", "nap", "whoami", "fanout"):
         app.task(name=f"canvasmod.{name}")(lambda *a: None)
     return app
 
@@ -107,6 +107,22 @@ def test_a_running_task_knows_its_chain_group_and_chord(broker: Broker,
                                                                 (body.parent.id, 1)]
     assert all(p["chord"]["task"] == "canvasmod.collect" for p in parts)
     assert all(p["chord"]["options"]["task_id"] == body.id for p in parts)
+
+
+def test_results_of_tasks_sent_from_a_task_are_its_children(broker: Broker,
+                                                             workers: WorkerSet) -> None:
+    """The worker stores what a task sent as its children (a task, a group, a chain's first
+    step, whose child is the next step), so collect() walks the whole tree."""
+    workers.start(broker, app="canvasmod", pool="prefork", concurrency=2)
+    app = client_for(broker)
+    res = app.tasks["canvasmod.fanout"].delay(2)
+    assert res.get(timeout=30) == 2
+    task, grp, first = res.children
+    assert task.get(timeout=10) == 4
+    assert isinstance(grp, GroupResult) and grp.get(timeout=10) == [0, 2]
+    assert first.get(timeout=10) == 2  # stored, so its children are known
+    assert [c.get(timeout=10) for c in first.children] == [12]
+    assert [v for _, v in res.collect(timeout=10)] == [2, 4, [0, 2], 2, 0, 2, 12]
 
 
 def test_a_nested_group_on_a_worker_gets_nested_lists_and_restores(broker: Broker,

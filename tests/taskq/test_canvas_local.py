@@ -25,6 +25,7 @@ class Local:
     app: TaskQ
     add: Task
     tsum: Task
+    fanout: Task
 
 
 @pytest.fixture
@@ -40,10 +41,19 @@ def local(tmp_path: Path) -> Iterator[Local]:
     def tsum(values: list[int]) -> int:
         return sum(values)
 
+    @app.task(name="local.fanout")
+    def fanout(n: int) -> int:
+        """Sends a task, a group and a chain from inside itself."""
+        add.delay(n, n)
+        group(add.s(i, i) for i in range(n)).delay()
+        chain(add.s(1, 1), add.s(10)).delay()
+        add.apply_async((0, 0), add_to_parent=False)  # not a child
+        return n
+
     worker = ThreadWorker(app, pool="threads", concurrency=3, hostname="canvaslocal@test")
     worker.start()
     try:
-        yield Local(app, add, tsum)
+        yield Local(app, add, tsum, fanout)
     finally:
         worker.stop()
         app.close()
@@ -102,3 +112,31 @@ def test_a_chain_ending_in_a_nested_group_returns_its_group_result(local: Local)
     add = local.add
     res = chain(add.s(1, 1), group(add.s(10), add.s(20))).apply_async()
     assert isinstance(res, GroupResult) and res.get(timeout=30) == [12, 22]
+
+
+# -- children ---------------------------------------------------------------------------------
+
+def test_tasks_sent_from_a_task_are_its_children(local: Local) -> None:
+    """Given a task that sends a task, a group and a chain, its stored children are their
+    results as Celery records them (the task; the GroupResult; the chain's first step, whose
+    own child is the next step the worker sent), and collect() walks them all."""
+    res = local.fanout.delay(2)
+    assert res.get(timeout=30) == 2
+    task, grp, first = res.children
+    assert isinstance(task, AsyncResult) and task.get(timeout=10) == 4
+    assert isinstance(grp, GroupResult) and grp.get(timeout=10) == [0, 2]
+    assert isinstance(first, AsyncResult) and first.get(timeout=10) == 2
+    (second,) = first.children
+    assert second.get(timeout=10) == 12 and second.children == []
+    assert [value for _, value in res.collect(timeout=10)] == [2, 4, [0, 2], 2, 0, 2, 12]
+    leaves = [value for r, value in res.collect(timeout=10) if not r.children]
+    assert leaves == [4, 0, 2, 12]
+
+
+def test_a_chain_step_records_the_next_step_as_its_child(local: Local) -> None:
+    add = local.add
+    res = chain(add.s(1, 2), add.s(10), add.s(100)).apply_async()
+    assert res.get(timeout=30) == 113
+    assert res.parent is not None and res.parent.children == [res]
+    assert res.parent.parent is not None and res.parent.parent.children == [res.parent]
+    assert res.children == []

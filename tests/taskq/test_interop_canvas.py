@@ -151,6 +151,32 @@ def _tuples(value: object) -> object:
     return value
 
 
+def _children_seen(capp: celery.Celery) -> list[object]:
+    """The tree fanout's result.children and collect() give a Celery client."""
+    res = capp.send_task("canvasmod.fanout", (2,))
+    assert res.get(timeout=30) == 2
+    tree = [(type(r).__name__, r.id, value, [c.id for c in r.children or []])
+            for r, value in res.collect(timeout=10)]
+    return [res.id, tree]
+
+
+@pytest.mark.parametrize("broker", ["redis", "amqp"], indirect=True)
+def test_a_celery_client_reads_the_same_children_from_taskq_as_from_celery(
+        broker: Broker, workers: WorkerSet, tmp_path: Path) -> None:
+    """Given a task that sends a task, a group and a chain, a Celery client's
+    result.children and collect() see the same tree (up to fresh ids) whether a Celery
+    worker or a taskq worker ran it."""
+    capp = celery_client(broker)
+    with celery_worker(broker, tmp_path):
+        on_celery = _children_seen(capp)
+    w = workers.start(broker, app="canvasmod", pool="prefork", concurrency=2)
+    on_taskq = _children_seen(capp)
+    w.stop()
+    assert _ids_by_order(on_taskq) == _ids_by_order(on_celery)
+    assert [value for _, _, value, _ in on_taskq[1]] == [2, 4, [0, 2], 2, 0, 2, 12]
+    capp.close()
+
+
 # -- a taskq client's canvas on a Celery worker -----------------------------------------------
 
 CELERY_WORKER_MODULE = '''
@@ -179,6 +205,14 @@ def tsum(values):
 @app.task(name="canvasmod.collect")
 def collect(values):
     return list(values)
+
+@app.task(name="canvasmod.fanout")
+def fanout(n):
+    from celery import chain, group
+    add.delay(n, n)
+    group(add.s(i, i) for i in range(n)).delay()
+    chain(add.s(1, 1), add.s(10)).delay()
+    return n
 
 @app.task(name="canvasmod.whoami", bind=True)
 def whoami(self, *args):

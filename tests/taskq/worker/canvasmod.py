@@ -9,6 +9,7 @@ from typing import Any
 from ledgerfile import note
 
 from taskq import TaskQ
+from taskq.canvas import chain, group
 
 app = TaskQ("canvasmod")
 
@@ -70,3 +71,12 @@ def whoami(self: Any, *args: Any) -> dict[str, Any]:
     r = self.request
     return {"chain": r.chain, "group": r.group, "group_index": r.group_index,
             "chord": r.chord, "args": list(args)}
+
+
+@app.task(name="canvasmod.fanout")
+def fanout(n: int) -> int:
+    """Sends a task, a group and a chain from inside itself: its result's children."""
+    add.delay(n, n)
+    group(add.s(i, i) for i in range(n)).delay()
+    chain(add.s(1, 1), add.s(10)).delay()
+    return n
