@@ -104,6 +104,9 @@ class TaskQ:
         """Extra worker steps (``taskq.worker.steps.Step`` instances) every worker runs."""
         self.clock = LamportClock()
         """The logical clock of this process (events, remote control, mingle)."""
+        from taskq import builtin_tasks
+
+        builtin_tasks.register(self)
 
     def __repr__(self) -> str:
         return f"<TaskQ {self.main}>"

@@ -402,6 +402,17 @@ class chain(_TaskList):
             merged[0] = merged[0].clone(args, kwargs)
         return merged
 
+    def apply(self, args: Iterable[Any] | None = None,
+              kwargs: Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """Run the steps here, one after another, each with the value before it; a failed
+        step ends the chain and its result is returned."""
+        result: Any = None
+        for index, step in enumerate(self._steps(tuple(args or ()), dict(kwargs or {}))):
+            result = step.apply() if index == 0 else step.apply((result.get(),))
+            if not result.successful():
+                break
+        return result
+
     def freeze(self, _id: str | None = None, group_id: str | None = None,
                chord: Mapping[str, Any] | None = None, root_id: str | None = None,
                parent_id: str | None = None, group_index: int | None = None
@@ -518,6 +529,15 @@ class group(_TaskList):
             members.append(member)
         return members, results
 
+    def apply(self, args: Iterable[Any] | None = None,
+              kwargs: Mapping[str, Any] | None = None, **options: Any) -> GroupResult:
+        """Run the members here, one after another; their results as a group's."""
+        from taskq.result import GroupResult
+
+        results: list[Any] = [task.clone(tuple(args or ()), dict(kwargs or {})).apply()
+                              for task in self._flat()]
+        return GroupResult(self.id or str(uuid.uuid4()), results, app=self._app)
+
     def freeze(self, _id: str | None = None, group_id: str | None = None,
                chord: Mapping[str, Any] | None = None, root_id: str | None = None,
                parent_id: str | None = None, group_index: int | None = None
@@ -627,6 +647,12 @@ class chord(Signature):
             new.kwargs["body"] = new.body | other
             return new
         return super().__or__(other)
+
+    def apply(self, args: Iterable[Any] | None = None,
+              kwargs: Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """Run the header here, then the body with its values (a failed part raises)."""
+        header = group(*self.tasks, app=self._app).apply(args, kwargs)
+        return self.body.apply((header.get(),))
 
     def link(self, callback: Mapping[str, Any]) -> Mapping[str, Any]:
         return self.body.link(callback)

@@ -16,6 +16,7 @@ import click
 
 from taskq import cli_ops
 from taskq.app import TaskQ
+from taskq.builtin_tasks import own_tasks
 from taskq.cli_base import Context, app_option, fail_cleanly
 
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s %(process)d] %(name)s: %(message)s"
@@ -152,7 +153,7 @@ def _print_banner(app: TaskQ, w: Any) -> None:
         f"  results:     {safe_url(results) if results else 'disabled'}",
         f"  pool:        {w.pool_kind} x {w.concurrency} ({app.conf.worker_optimization})",
         f"  queues:      {', '.join(q.name for q in w.consumer.queues)}",
-        f"  tasks:       {', '.join(sorted(app.tasks)) or '(none)'}",
+        f"  tasks:       {', '.join(own_tasks(app)) or '(none)'}",
     ]
     click.echo("\n".join(lines), err=True)
 

@@ -334,6 +334,64 @@ class Task:
     def AsyncResult(self, task_id: str) -> AsyncResult:
         return self.app.AsyncResult(task_id, task_name=self.name)
 
+    # -- replacing ----------------------------------------------------------------------------
+    def replace(self, sig: Mapping[str, Any]) -> Any:
+        """End this task by handing its place to ``sig`` (a task, chain, group or chord), as
+        Celery's ``Task.replace`` does: ``sig`` takes this task's id (so the result the
+        caller holds ends with ``sig``'s), its callbacks and errbacks, the rest of its chain
+        and its place in a group or chord. A group gets a ``celery.accumulate`` body, so
+        its results arrive as one list. Raises ``Ignore`` (nothing is stored for this run);
+        run eagerly (``apply()``), it returns ``sig``'s value instead.
+        """
+        from taskq.canvas import chain, group, signature
+        from taskq.errors import ConfigurationError, Ignore
+
+        request = self.request
+        if request.called_directly or request.id is None:
+            raise RuntimeError(f"{self.name}.replace() called outside a worker or apply(); "
+                               "there is no running task to replace: call the signature")
+        sig = signature(sig, self.app).clone()
+        if "chord" in sig.options:
+            raise ConfigurationError("a signature replacing a task must not be part of a "
+                                     "chord: replace with the chord itself")
+        if isinstance(sig, chain) and not sig.tasks:
+            raise ConfigurationError("cannot replace a task with an empty chain")
+        accumulate = Signature("celery.accumulate", (), {"index": 0}, app=self.app)
+        if isinstance(sig, group):
+            sig = sig | accumulate
+        if isinstance(sig, chain) and isinstance(sig.tasks[-1], group):
+            sig.tasks[-1] = sig.tasks[-1] | accumulate.clone()
+        for callback in request.callbacks or ():
+            sig.link(callback)
+        for errback in request.errbacks or ():
+            sig.link_error(errback)
+        if isinstance(sig, chain) and "link" in sig.options:
+            # Linked to the last step, not to the chain, so they are not linked twice below.
+            sig.tasks[-1].options.setdefault("link", []).extend(sig.options.pop("link"))
+        sig.freeze(request.id)
+        nesting = request.replaced_task_nesting + 1
+        place: dict[str, Any] = {"chord": request.chord, "group_id": request.group,
+                 "group_index": request.group_index, "root_id": request.root_id}
+        sig.set(replaced_task_nesting=nesting,
+                **{k: v for k, v in place.items() if v is not None})
+        if isinstance(sig, chain):
+            for step in sig.tasks:
+                step.set(replaced_task_nesting=nesting)
+        rest = [signature(raw, self.app).clone().set(replaced_task_nesting=nesting)
+                for raw in reversed(request.chain or ())]
+        if rest:  # this task's chain goes on after sig, each step keeping its own id
+            steps = [sig]
+            if isinstance(sig, chain):  # its errbacks stay with its own steps
+                steps = list(sig.tasks)
+                for errback in sig.options.get("link_error") or ():
+                    for step in steps:
+                        step.link_error(errback)
+            sig = chain(*steps, *rest, app=self.app)
+        if request.is_eager:
+            return sig.apply().get()
+        sig.delay()
+        raise Ignore("Replaced by new task")
+
     # -- retrying -----------------------------------------------------------------------------
     def retry(
         self,

@@ -230,8 +230,13 @@ def revoked(worker: Worker, **_: Any) -> list[str]:
 
 
 @handler
-def registered(worker: Worker, taskinfoitems: Any = None, **_: Any) -> list[str]:
-    return sorted(worker.app.tasks)
+def registered(worker: Worker, taskinfoitems: Any = None, builtins: bool = False,
+               **_: Any) -> list[str]:
+    """The worker's task names; the built-in ``celery.*`` ones only with ``builtins``, as
+    Celery answers."""
+    from taskq.builtin_tasks import own_tasks
+
+    return sorted(worker.app.tasks) if builtins else own_tasks(worker.app)
 
 
 @handler

@@ -22,7 +22,8 @@ from taskq.result import AsyncResult, GroupResult
 def client_for(b: Broker) -> TaskQ:
     """A client app whose tasks have the worker's names (canvasmod)."""
     app = b.app()
-    for name in ("add", "tsum", "boom", "collect", "die", "nap", "whoami", "fanout"):
+    for name in ("add", "tsum", "boom", "collect", "die", "nap", "whoami", "fanout",
+                 "add_replaced", "add_to_all", "replace_with_chain", "replace_with_boom"):
         app.task(name=f"canvasmod.{name}")(lambda *a: None)
     return app
 
@@ -107,6 +108,34 @@ def test_a_running_task_knows_its_chain_group_and_chord(broker: Broker,
                                                                 (body.parent.id, 1)]
     assert all(p["chord"]["task"] == "canvasmod.collect" for p in parts)
     assert all(p["chord"]["options"]["task_id"] == body.id for p in parts)
+
+
+def test_a_replaced_task_hands_its_id_chain_and_chord_place_to_the_replacement(
+        broker: Broker, workers: WorkerSet, tmp_path: Path) -> None:
+    """self.replace(sig) on a worker: the caller's result ends with sig's value (a group's
+    as one list), a chain goes on after it, a chord counts it once in its place, and the
+    replaced task's errback runs when the replacement fails."""
+    workers.start(broker, app="canvasmod", pool="prefork", concurrency=2)
+    app = client_for(broker)
+    t = {n: app.tasks[f"canvasmod.{n}"] for n in (
+        "add", "collect", "add_replaced", "add_to_all", "replace_with_chain",
+        "replace_with_boom")}
+    assert t["add_replaced"].delay(1, 2).get(timeout=30) == 3
+    assert t["add_to_all"].delay([1, 2, 3], 10).get(timeout=30) == [11, 12, 13]
+    res = chain(t["add"].s(1, 1), t["add_replaced"].s(5), t["replace_with_chain"].s(0)
+                ).apply_async()
+    assert res.get(timeout=30) == 107
+    header = [t["add_replaced"].s(1, 1), t["add_to_all"].s([1], 1),
+              t["replace_with_chain"].s(1, 1), t["add"].s(4, 4)]
+    assert chord(header, t["collect"].s()).apply_async().get(timeout=30) == [2, [2], 102, 8]
+
+    errback = app.task(name="canvasmod.errback")(lambda *a: None)
+    ledger = tmp_path / "errbacks.log"
+    failing = t["replace_with_boom"].s().on_error(errback.s(str(ledger))).apply_async()
+    with pytest.raises(ValueError, match="boom"):
+        failing.get(timeout=30)
+    wait_until(lambda: ledger.exists() and f"errback {failing.id}" in ledger.read_text(),
+               30, "the replaced task's errback")
 
 
 def test_results_of_tasks_sent_from_a_task_are_its_children(broker: Broker,

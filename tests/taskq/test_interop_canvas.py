@@ -177,6 +177,45 @@ def test_a_celery_client_reads_the_same_children_from_taskq_as_from_celery(
     capp.close()
 
 
+def _replaced_seen(capp: celery.Celery) -> list[object]:
+    """What a Celery client's get() returns for tasks that replace themselves: alone, as a
+    chain's step, as chord parts, and when the replacement fails."""
+    sig = capp.signature
+    seen: list[object] = [
+        sig("canvasmod.add_replaced", (1, 2)).delay().get(timeout=30),
+        sig("canvasmod.add_to_all", ([1, 2, 3], 10)).delay().get(timeout=30),
+        sig("canvasmod.replace_with_chain", (1, 2)).delay().get(timeout=30),
+        cchain(sig("canvasmod.add", (1, 1)), sig("canvasmod.add_replaced", (5,)),
+               sig("canvasmod.add", (10,)))().get(timeout=30),
+        cchord([sig("canvasmod.add_replaced", (1, 1)), sig("canvasmod.add_to_all", ([1], 1)),
+                sig("canvasmod.replace_with_chain", (1, 1)), sig("canvasmod.add", (4, 4))],
+               sig("canvasmod.collect"))().get(timeout=30),
+    ]
+    failing = sig("canvasmod.replace_with_boom").delay()
+    with pytest.raises(ValueError, match="boom"):
+        failing.get(timeout=30)
+    seen.append(failing.state)
+    return seen
+
+
+@pytest.mark.parametrize("broker", ["redis", "amqp"], indirect=True)
+def test_a_celery_clients_replaced_tasks_end_as_on_a_celery_worker(
+        broker: Broker, workers: WorkerSet, tmp_path: Path) -> None:
+    """Given tasks that call self.replace() (a task, a group, a chain, a failing chain), a
+    Celery client's get() returns the same on a taskq worker as on a Celery worker: the
+    replacement takes the replaced task's id, its chain and its place in a chord."""
+    capp = celery_client(broker)
+    with celery_worker(broker, tmp_path):
+        on_celery = _replaced_seen(capp)
+    w = workers.start(broker, app="canvasmod", pool="prefork", concurrency=2)
+    on_taskq = _replaced_seen(capp)
+    w.stop()
+    expected = [3, [11, 12, 13], 103, 17, [2, [2], 102, 8], states.FAILURE]
+    assert on_celery == expected
+    assert on_taskq == expected
+    capp.close()
+
+
 # -- a taskq client's canvas on a Celery worker -----------------------------------------------
 
 CELERY_WORKER_MODULE = '''
@@ -213,6 +252,29 @@ def fanout(n):
     group(add.s(i, i) for i in range(n)).delay()
     chain(add.s(1, 1), add.s(10)).delay()
     return n
+
+@app.task(name="canvasmod.boom")
+def boom(*args):
+    raise ValueError("boom")
+
+@app.task(name="canvasmod.add_replaced", bind=True)
+def add_replaced(self, x, y):
+    return self.replace(add.s(x, y))
+
+@app.task(name="canvasmod.add_to_all", bind=True)
+def add_to_all(self, nums, val):
+    from celery import group
+    return self.replace(group(add.s(n, val) for n in nums))
+
+@app.task(name="canvasmod.replace_with_chain", bind=True)
+def replace_with_chain(self, x, y):
+    from celery import chain
+    return self.replace(chain(add.s(x, y), add.s(100)))
+
+@app.task(name="canvasmod.replace_with_boom", bind=True)
+def replace_with_boom(self, *args):
+    from celery import chain
+    return self.replace(chain(add.s(1, 1), boom.s()))
 
 @app.task(name="canvasmod.whoami", bind=True)
 def whoami(self, *args):

@@ -80,3 +80,25 @@ def fanout(n: int) -> int:
     group(add.s(i, i) for i in range(n)).delay()
     chain(add.s(1, 1), add.s(10)).delay()
     return n
+
+
+# -- tasks that replace themselves (as in Celery's integration tests) ----------------------------
+
+@app.task(name="canvasmod.add_replaced", bind=True)
+def add_replaced(self: Any, x: int, y: int) -> Any:
+    return self.replace(add.s(x, y))
+
+
+@app.task(name="canvasmod.add_to_all", bind=True)
+def add_to_all(self: Any, nums: list[int], val: int) -> Any:
+    return self.replace(group(add.s(n, val) for n in nums))
+
+
+@app.task(name="canvasmod.replace_with_chain", bind=True)
+def replace_with_chain(self: Any, x: int, y: int) -> Any:
+    return self.replace(chain(add.s(x, y), add.s(100)))
+
+
+@app.task(name="canvasmod.replace_with_boom", bind=True)
+def replace_with_boom(self: Any, *args: Any) -> Any:
+    return self.replace(chain(add.s(1, 1), boom.s()))

@@ -74,3 +74,14 @@ def test_stats_reads_max_tasks_from_the_pool_then_the_setting():
     solo = pool_for("solo")(app, concurrency=1, on_started=noop, on_done=noop, on_lost=noop,
                             on_unstarted=noop)
     assert inspect._pool_stats(stand_in(solo))["max-tasks-per-child"] == "N/A"
+
+
+def test_registered_leaves_out_the_builtin_tasks_unless_asked_as_celery_does():
+    """Every app has celery.accumulate (Task.replace sends it after a group); `inspect
+    registered` names it only with builtins=True, as Celery's worker answers."""
+    own = TaskQ("registeredtest", broker="memory://", environ={})
+    own.task(name="registeredtest.add")(lambda x, y: x + y)
+    worker = SimpleNamespace(app=own)
+    assert inspect.registered(worker) == ["registeredtest.add"]
+    assert inspect.registered(worker, builtins=True) == ["celery.accumulate",
+                                                         "registeredtest.add"]
