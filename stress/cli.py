@@ -110,6 +110,7 @@ def run(corpus: Path | None, suite_name: str | None, app: str | None,
         apply_workload,
         cells_of,
         load_suite,
+        named_axes,
         parse_cell,
         parse_matrix,
         restrict,
@@ -136,9 +137,10 @@ def run(corpus: Path | None, suite_name: str | None, app: str | None,
             suite.matrix, suite.combine = parse_matrix(data.get("matrix", data), str(matrix_file))
         if cell_text:
             first = {k: v[0] for k, v in suite.matrix.items()}
-            cells = [parse_cell(cell_text, {**DEFAULT_CELL, **first})]
+            cells = [parse_cell(cell_text, {**DEFAULT_CELL, **first},
+                                named_axes(suite.matrix, suite.faults))]
         else:
-            cells = cells_of(suite.matrix, suite.combine)
+            cells = cells_of(suite.matrix, suite.combine, suite.faults)
         if broker_url:
             cells = restrict(cells, transport_of(broker_url))
         options = RunOptions(seed=seed, duration=duration, max_time=max_time,
@@ -263,7 +265,7 @@ def replay(report: Path, cell_id: str, report_dir: Path | None) -> None:
         suite = load_suite(data.get("suite_file") or data["suite"])
         if info.get("workload"):
             apply_workload(suite, Path(info["workload"]))
-        cell = Cell(recorded["params"])
+        cell = Cell.recorded(recorded["params"], cell_id)
         options = RunOptions(seed=info.get("seed"), duration=info.get("duration"),
                              max_time=info.get("max_time"), broker_url=info.get("broker"),
                              app=info.get("app"), worker_cmd=info.get("worker_cmd"),

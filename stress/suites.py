@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import string
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from typing import Any
 from stress.errors import ScenarioError
 
 __all__ = ["AXES", "DEFAULT_CELL", "Cell", "Suite", "cells_of", "find_suites", "load_suite",
-           "parse_cell", "scenarios_dir"]
+           "named_axes", "parse_cell", "scenarios_dir"]
 
 AXES: dict[str, tuple[type, tuple[Any, ...] | None]] = {
     "transport": (str, ("redis", "amqp", "sqlite")),
@@ -61,17 +62,30 @@ DEFAULT_CELL: dict[str, Any] = {"transport": "redis", "pool": "fair", "max_tasks
 
 @dataclass(frozen=True)
 class Cell:
-    """One configuration of the matrix; ``id`` stays the same between runs."""
+    """One configuration of the matrix; ``id`` stays the same between runs.
+
+    ``params`` holds a value for every axis (the worker needs them all); ``named`` lists the
+    axes the id shows: a suite's cells are named by the axes it uses (``named_axes``), so a
+    kill-main cell is not called ``kill_rate=10``. ``None`` names every axis in ``params``."""
 
     params: Mapping[str, Any]
+    named: tuple[str, ...] | None = None
 
     @property
     def id(self) -> str:
-        """The matrix axes in their order, then any other parameter (an explored case's
+        """The named axes in their order, then any other parameter (an explored case's
         pool type, lease, ...) by name."""
-        known = [f"{k}={_show(self.params[k])}" for k in AXES if k in self.params]
+        known = [f"{k}={_show(self.params[k])}" for k in AXES
+                 if k in self.params and (self.named is None or k in self.named)]
         extra = [f"{k}={_show(self.params[k])}" for k in sorted(self.params) if k not in AXES]
         return ",".join(known + extra)
+
+    @classmethod
+    def recorded(cls, params: Mapping[str, Any], cell_id: str) -> Cell:
+        """The cell a report recorded, named as it was then (a report written before cells
+        were named by their suite's axes names every axis)."""
+        shown = {part.partition("=")[0] for part in cell_id.split(",")}
+        return cls(params, tuple(k for k in AXES if k in shown))
 
     @property
     def children(self) -> int:
@@ -233,29 +247,53 @@ def _pairwise(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def cells_of(axes: Mapping[str, list[Any]], combine: str = "pairwise") -> list[Cell]:
+def named_axes(matrix: Iterable[str], faults: Iterable[Mapping[str, Any]] = ()
+               ) -> tuple[str, ...]:
+    """The axes that name a suite's cells: the transport (every cell runs on one broker), the
+    axes its matrix lists, and those its fault schedules read (``{kill_rate}``), in AXES
+    order. An axis with one value stays in the name, so ids do not change when a ``--matrix``
+    adds a value."""
+    used = set(matrix) | {"transport"}
+    for fault in faults:
+        used |= {name for _, name, _, _ in string.Formatter().parse(
+            str(fault.get("schedule", ""))) if name}
+    return tuple(k for k in AXES if k in used)
+
+
+def cells_of(axes: Mapping[str, list[Any]], combine: str = "pairwise",
+             faults: Iterable[Mapping[str, Any]] = ()) -> list[Cell]:
+    """The matrix's cells (every axis it does not list at its default), named by
+    ``named_axes``."""
     full = {k: list(axes.get(k, [DEFAULT_CELL[k]])) for k in AXES}
     rows = (_pairwise(full) if combine == "pairwise"
             else [dict(zip(full, row, strict=True)) for row in itertools.product(*full.values())])
-    return [Cell(row) for row in rows]
+    named = named_axes(axes, faults)
+    return [Cell(row, named) for row in rows]
 
 
-def parse_cell(text: str, base: Mapping[str, Any] | None = None) -> Cell:
-    """``transport=redis,pool=fast`` on top of ``base`` (the defaults)."""
+def parse_cell(text: str, base: Mapping[str, Any] | None = None,
+               named: Iterable[str] | None = None) -> Cell:
+    """``transport=redis,pool=fast`` on top of ``base`` (the defaults), named by ``named``
+    and the axes ``text`` sets (every axis when ``named`` is None)."""
     params = dict(base or DEFAULT_CELL)
+    given: set[str] = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
         if not sep or key.strip() not in AXES:
             raise ScenarioError(f"--cell {text!r}: expected k=v pairs with k one of "
                                 f"{', '.join(AXES)}")
         params[key.strip()] = _typed(key.strip(), value.strip(), "--cell")
-    return Cell(params)
+        given.add(key.strip())
+    if named is None:
+        return Cell(params)
+    shown = given | set(named) | {"transport"}
+    return Cell(params, tuple(k for k in AXES if k in shown))
 
 
 def restrict(cells: Iterable[Cell], transport: str) -> list[Cell]:
     """The cells for one transport (``--broker``), de-duplicated."""
     seen: dict[str, Cell] = {}
     for cell in cells:
-        moved = Cell({**cell.params, "transport": transport})
+        moved = Cell({**cell.params, "transport": transport}, cell.named)
         seen.setdefault(moved.id, moved)
     return list(seen.values())

@@ -7,7 +7,17 @@ import itertools
 import pytest
 
 from stress.errors import ScenarioError
-from stress.suites import AXES, cells_of, find_suites, load_suite, parse_cell, restrict
+from stress.suites import (
+    AXES,
+    DEFAULT_CELL,
+    Cell,
+    cells_of,
+    find_suites,
+    load_suite,
+    named_axes,
+    parse_cell,
+    restrict,
+)
 
 
 @pytest.mark.parametrize("name", sorted(find_suites()))
@@ -31,6 +41,51 @@ def test_cell_ids_are_stable_and_name_every_axis() -> None:
     assert cell.id == ("transport=redis,pool=fast,max_tasks_per_child=0,acks=late,"
                        "concurrency=2,kill_rate=10")
     assert [part.split("=")[0] for part in cell.id.split(",")] == list(AXES)
+
+
+def test_a_suites_cells_are_named_only_by_the_axes_it_uses() -> None:
+    """Given kill-connections (its matrix: transport, pool, acks; no schedule reads an axis),
+    its cell ids name those three axes and not kill_rate, concurrency or max_tasks_per_child,
+    which it leaves at their defaults; the cells still carry every axis for the worker."""
+    suite = load_suite("kill-connections")
+    cells = cells_of(suite.matrix, suite.combine, suite.faults)
+    for cell in cells:
+        assert [part.split("=")[0] for part in cell.id.split(",")] == [
+            "transport", "pool", "acks"]
+        assert cell["kill_rate"] == 10 and cell["concurrency"] == 2
+    assert len({c.id for c in cells}) == len(cells)
+    restricted = restrict(cells, "redis")
+    assert all("kill_rate" not in c.id for c in restricted)
+
+
+@pytest.mark.parametrize("name", sorted(find_suites()))
+def test_every_axis_a_fault_schedule_reads_names_the_cells(name: str) -> None:
+    suite = load_suite(name)
+    for cell in cells_of(suite.matrix, suite.combine, suite.faults):
+        shown = {part.split("=")[0] for part in cell.id.split(",")}
+        assert shown == {"transport", *suite.matrix}
+        if any("{kill_rate}" in str(f.get("schedule")) for f in suite.faults):
+            assert "kill_rate" in shown
+
+
+def test_a_schedule_axis_missing_from_the_matrix_still_names_the_cell() -> None:
+    assert named_axes(["pool"], [{"schedule": "poisson {kill_rate}/s"}]) == (
+        "transport", "pool", "kill_rate")
+
+
+def test_one_cell_given_on_the_command_line_is_named_by_the_suites_axes_and_its_own() -> None:
+    suite = load_suite("kill-main")
+    cell = parse_cell("pool=fast", {**DEFAULT_CELL}, named_axes(suite.matrix, suite.faults))
+    assert cell.id == "transport=redis,pool=fast,acks=early"
+
+
+def test_a_recorded_cell_keeps_the_name_its_report_gave_it() -> None:
+    """Replay rebuilds a cell from report.json: a report written when ids named every axis
+    and a newer one both find their cell under the id they recorded."""
+    params = dict(DEFAULT_CELL)
+    old_id = Cell(params).id
+    assert Cell.recorded(params, old_id).id == old_id
+    assert Cell.recorded(params, "transport=redis,acks=early").id == "transport=redis,acks=early"
 
 
 @pytest.mark.parametrize("text, expected", [
