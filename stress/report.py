@@ -20,15 +20,16 @@ from stress.cell import CellResult
 from stress.oracles import ORACLES, Verdict
 from stress.suites import Suite
 
-__all__ = ["replay_command", "summary_table", "write_json", "write_junit",
-           "write_junit_rows"]
+__all__ = ["LEGEND", "oracle_figures", "replay_command", "summary_table", "write_json",
+           "write_junit", "write_junit_rows"]
 
 
 def replay_command(report: Path, cell_id: str) -> str:
     return shlex.join(["taskq-stress", "replay", str(report), cell_id])
 
 
-def _figures(verdict_figures: dict[str, Any], oracle: str) -> str:
+def oracle_figures(verdict_figures: dict[str, Any], oracle: str) -> str:
+    """The figures the summary shows for one oracle's verdict, ``k=v`` separated by spaces."""
     keys = {
         "nothing-lost": ("published", "finished", "failed", "lost", "duplicates"),
         "lost-process": ("kills_of_running", "p50_ms", "p99_ms"),
@@ -44,8 +45,9 @@ def _figures(verdict_figures: dict[str, Any], oracle: str) -> str:
 def _varying(results: Sequence[CellResult]) -> tuple[list[str], dict[str, Any]]:
     """The parameters that differ between the cells, and the ones all cells share."""
     keys: list[str] = []
-    for result in results:
-        keys += [k for k in result.cell.params if k not in keys]
+    for result in results:  # the axes each cell's id names (not those left at defaults)
+        keys += [k for k in (part.partition("=")[0] for part in result.cell.id.split(","))
+                 if k and k not in keys]
     varying, fixed = [], {}
     for key in keys:
         values = {_text(r.cell.params.get(key)) for r in results}
@@ -62,13 +64,17 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-# Under the table: why figures that look bad can be a pass (docs/guarantees.md).
+# Under the table: why figures that look bad can be a pass, by the rows of the delivery table
+# (docs/guarantees.md) that allow them.
 LEGEND = (
-    "failed: tasks that ended FAILURE where the delivery table allows it (their child was "
-    "killed while they ran, without reject_on_worker_lost; a hard time limit); "
-    "duplicates: tasks that ran again where the table allows it (acks_late after a dead main "
-    "process or a lost connection; reject_on_worker_lost requeues; retries); "
-    "a cell fails only on outcomes the table forbids. See docs/guarantees.md."
+    "Allowed outcomes (docs/guarantees.md): failed= counts tasks that ended FAILURE where a "
+    "row allows it: 'running; its child dies' (WorkerLostError, early ack or acks_late without "
+    "reject_on_worker_lost), 'running; hard time limit' (TimeLimitExceeded), and workload "
+    "tasks meant to fail; duplicates= counts tasks that ran again where a row allows it: "
+    "'the main process dies' and 'the broker connection is lost' (acks_late; on RabbitMQ also "
+    "early ack), reject_on_worker_lost requeues, retries; early-ack tasks the row 'the main "
+    "process dies' loses are not counted in lost=. A cell fails only on outcomes the table "
+    "forbids."
 )
 
 
@@ -78,15 +84,17 @@ def summary_table(suite: Suite, results: Sequence[CellResult], console: Console)
     title = f"taskq-stress {suite.name}" + (f" (every cell: {shared})" if shared else "")
     table = Table(title=title, show_lines=False)
     table.add_column("#", justify="right")
-    table.add_column("cell", overflow="fold")
+    # ", " lets a narrow column wrap between axes, and its width keeps each axis whole
+    cells = [", ".join(f"{k}={_text(r.cell.params.get(k))}" for k in varying) or r.cell.id
+             for r in results]
+    widest = max((len(part) for name in cells for part in name.split(" ")), default=4)
+    table.add_column("cell", overflow="fold", min_width=min(widest, 40))
     names = list(ORACLES) + sorted({v.oracle for r in results for v in r.verdicts}
                                    - set(ORACLES))
     for oracle in names:
         table.add_column(oracle, overflow="fold")
     table.add_column("s", justify="right")
-    for n, result in enumerate(results, 1):
-        params = result.cell.params
-        name = ",".join(f"{k}={_text(params.get(k))}" for k in varying) or result.cell.id
+    for n, (result, name) in enumerate(zip(results, cells, strict=True), 1):
         row = [str(n), name]
         if result.error:
             row += [f"[red]ERROR[/] {result.error.splitlines()[0][:60]}"] + [""] * (
@@ -99,7 +107,7 @@ def summary_table(suite: Suite, results: Sequence[CellResult], console: Console)
                     row.append("-")
                     continue
                 mark = "[green]pass[/]" if v.passed else "[red]FAIL[/]"
-                row.append(f"{mark} {_figures(v.figures, oracle)}".strip())
+                row.append(f"{mark} {oracle_figures(v.figures, oracle)}".strip())
         row.append(f"{result.seconds:.0f}")
         table.add_row(*row)
     console.print(table)

@@ -98,6 +98,7 @@ th { background: #f4f4f4; } .pass { color: #1a7f37; font-weight: 600; }
 .fail { color: #cf222e; font-weight: 600; } .note { color: #555; font-style: italic; }
 code { font-size: .92em; word-break: break-all; } svg { max-width: 100%; height: auto; }
 .figures { font-size: .9em; color: #444; } .charts { display: flex; flex-wrap: wrap; gap: 1em; }
+caption { text-align: left; color: #555; padding-bottom: .2em; } h2 { overflow-wrap: anywhere; }
 """
 
 
@@ -115,14 +116,10 @@ def render(runs: Sequence[Run]) -> str:
     if charts is None:
         out.append(f'<p class="note">{_e(CHARTS_HINT)}</p>')
     groups = _groups(runs)
-    out.append("<ol>" + "".join(
-        f'<li><a href="#cell-{n}">{_e(cell_id)}</a> {_marks(members)}</li>'
-        for n, (cell_id, members) in enumerate(groups, 1)) + "</ol>")
+    out.append(_cells_table(groups, compare=len(runs) > 1))
     for n, (cell_id, members) in enumerate(groups, 1):
         out.append(_cell_section(n, cell_id, members, charts, compare=len(runs) > 1))
-    from stress.report import LEGEND
-
-    out.append(f'<p class="note">{_e(LEGEND)}</p></body></html>\n')
+    out.append("</body></html>\n")
     return "\n".join(out)
 
 
@@ -171,6 +168,42 @@ def _groups(runs: Sequence[Run]) -> list[tuple[str, list[tuple[Run, dict[str, An
         for cell in run.cells:
             groups.setdefault(str(cell.get("cell")), []).append((run, cell))
     return list(groups.items())
+
+
+def _cells_table(groups: Sequence[tuple[str, Sequence[tuple[Run, dict[str, Any]]]]], *,
+                 compare: bool) -> str:
+    """The cells, numbered as their sections, each named by the axes that differ between
+    them (the shared ones in the caption), with its verdicts and nothing-lost figures, and
+    the legend saying why failed= and duplicates= can be a pass."""
+    from stress.report import LEGEND, oracle_figures
+
+    params = [dict(members[0][1].get("params") or {}) for _, members in groups]
+    keys = list(dict.fromkeys(k for p in params for k in p))
+    varying = [k for k in keys if len({str(p.get(k)) for p in params}) > 1]
+    named = {part.partition("=")[0] for cell_id, _ in groups for part in cell_id.split(",")}
+    shared = ", ".join(f"{k}={_show(params[0].get(k))}" for k in keys
+                       if k not in varying and k in named)
+    rows = []
+    for n, ((cell_id, members), p) in enumerate(zip(groups, params, strict=True), 1):
+        name = ",".join(f"{k}={_show(p[k])}" for k in varying if k in p) or cell_id
+        figures = "<br>".join(
+            (f"{_e(run.label)}: " if compare else "") + _e(oracle_figures(
+                v.get("figures") or {}, "nothing-lost"))
+            for run, cell in members for v in cell.get("verdicts") or []
+            if v.get("oracle") == "nothing-lost")
+        rows.append(f'<tr><td><a href="#cell-{n}">{n}</a></td><td><a href="#cell-{n}">'
+                    f"{_e(name)}</a></td><td>{_marks(members)}</td>"
+                    f'<td class="figures">{figures}</td></tr>')
+    caption = f"<caption>every cell: {_e(shared)}</caption>" if shared else ""
+    return (f'<table class="cells">{caption}<tr><th>#</th><th>cell</th><th>verdict</th>'
+            "<th>nothing-lost</th></tr>" + "".join(rows)
+            + f'</table><p class="note">{_e(LEGEND)}</p>')
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _marks(members: Sequence[tuple[Run, dict[str, Any]]]) -> str:

@@ -199,3 +199,23 @@ def test_latencies_spread_over_decades_are_binned_on_a_log_scale(tmp_path):
     assert "log scale" not in render([run])
     run.cells[0]["series"]["latencies_ms"] = [2.0, 3.0, 1800.0]
     assert "milliseconds (log scale)" in render([run])
+
+
+def test_the_page_lists_cells_numbered_by_what_differs_with_the_legend_under_them(tmp_path):
+    """Given a run of two cells that differ only in acks, the page opens with a table of the
+    cells: an index column, each cell named by acks alone (the shared axes in its caption),
+    its verdict and nothing-lost figures, and the legend for allowed outcomes right under it."""
+    folder = _report(tmp_path, "run")
+    data = json.loads((folder / "report.json").read_text())
+    late = {**CELL, "acks": "late"}
+    data["cells"][1].update(cell=Cell(late).id, params=late)
+    data["cells"][0]["verdicts"][1]["figures"] = {"published": 5, "failed": 2}
+    (folder / "report.json").write_text(json.dumps(data))
+    page = render([load_run(folder)])
+    table = page[page.index('<table class="cells">'):page.index('<h2 id="cell-1">')]
+    assert "<th>#</th><th>cell</th>" in table
+    assert "every cell: transport=sqlite, pool=fair" in table
+    rows = re.findall(r"<tr><td><a href=\"#cell-(\d)\">\d</a></td><td><a[^>]*>([^<]*)</a>", table)
+    assert rows == [("1", "acks=early"), ("2", "acks=late")]
+    assert "published=5 failed=2" in table
+    assert "A cell fails only on outcomes the table forbids" in table

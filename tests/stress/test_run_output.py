@@ -52,7 +52,9 @@ def test_the_table_numbers_rows_names_cells_by_what_differs_and_explains_figures
     assert "acks=early" in text and "acks=late" in text
     assert "transport=sqlite,acks" not in text  # the shared axes are not repeated per row
     assert "│ 2 │" in text or "| 2 |" in text
-    assert "a cell fails only on outcomes the table forbids" in text
+    legend = " ".join(text.split())
+    assert "A cell fails only on outcomes the table forbids" in legend
+    assert "where a row allows it: 'running; its child dies'" in legend
 
 
 def test_plain_progress_prints_a_line_per_cell_start_and_end():
@@ -86,3 +88,30 @@ def test_a_report_folder_used_again_judges_only_this_run(stress_run, tmp_path: P
     lost = run.verdict("nothing-lost")
     assert lost["passed"], lost["message"]
     assert not (stale / "publisher-1.jsonl").exists()
+
+
+def test_a_narrow_table_wraps_a_cells_name_between_axes_never_inside_one():
+    suite = load_suite("kill-children")
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=100, force_terminal=False)
+    cells = [{"transport": "sqlite", "pool": pool, "max_tasks_per_child": mtpc, "acks": acks}
+             for pool, mtpc, acks in [("fair", 0, "early"), ("fast", 10, "late-reject")]]
+    summary_table(suite, [_result(cell) for cell in cells], console)
+    text = buffer.getvalue()
+    for token in ("max_tasks_per_child=10", "max_tasks_per_child=0", "acks=late-reject",
+                  "pool=fast"):
+        assert token in text, text
+
+
+def test_the_table_title_names_only_the_axes_the_suite_uses():
+    suite = load_suite("kill-main")
+    console, buffer = _console()
+    named = ("transport", "acks")
+    results = [_result({}) for _ in range(2)]
+    for result, acks in zip(results, ("early", "late"), strict=True):
+        result.cell = Cell({"transport": "sqlite", "pool": "fair", "max_tasks_per_child": 0,
+                            "acks": acks, "concurrency": 2, "kill_rate": 10.0}, named)
+    summary_table(suite, results, console)
+    text = buffer.getvalue()
+    assert "every cell: transport=sqlite)" in text
+    assert "kill_rate" not in text and "pool=" not in text
