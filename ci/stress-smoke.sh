@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/taskq-stress ]; then
     python3 -m venv .venv
-    .venv/bin/python -m pip install -q -e '.[redis]'
+    .venv/bin/python -m pip install -q -e '.[redis,report]'
 fi
 SEED="${TASKQ_STRESS_SEED:-1}"          # fixed, so CI runs the same schedules every time
 DURATION="${TASKQ_STRESS_DURATION:-4}"
