@@ -247,6 +247,9 @@ class CeleryTask(Task):
                 signals.task_postrun.send(sender=ctask, task_id=task_id, task=ctask,
                                           args=args, kwargs=kwargs, retval=retval, state=state)
             finally:
+                # What the task sent through Celery's client (add_to_parent) is stored as
+                # its children, as on Celery's worker.
+                self.request.children.extend(request.children)
                 _task_stack.pop()
                 ctask.request_stack.pop()
 

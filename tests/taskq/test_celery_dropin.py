@@ -197,3 +197,14 @@ def test_a_tasks_rate_limit_spaces_out_its_starts(project: Project) -> None:
     # "30/m": one start every 2 s, so the third no earlier than 4 s after sending (a slow
     # machine only makes it later; 0.2 s for the clocks of two processes)
     assert max(starts) - sent_at >= 4.0 - 0.2, starts
+
+
+def test_replace_and_children_work_as_on_celery(project: Project) -> None:
+    """Celery's self.replace() ends with the replacement's value (a group's as a list), and
+    what the task sent through Celery's client is its result's children."""
+    t = project.tasks
+    assert t.add_replaced.delay(1, 2).get(timeout=RESULT_TIMEOUT) == 3
+    assert t.add_to_all.delay([1, 2], 10).get(timeout=RESULT_TIMEOUT) == [11, 12]
+    res = t.spawn.delay(2)
+    assert res.get(timeout=RESULT_TIMEOUT) == 2
+    assert [c.get(timeout=RESULT_TIMEOUT) for c in res.children] == [0, 2, [0, 2]]

@@ -4,7 +4,7 @@ custom base class, ``autoretry_for``, ``update_state``, ``Reject`` and ``Ignore`
 import os
 import time
 
-from celery import Task, current_task, shared_task
+from celery import Task, current_task, group, shared_task
 from celery.exceptions import Ignore, Reject
 
 from .celery import app
@@ -110,3 +110,22 @@ def ignored():
 @app.task(rate_limit="30/m")
 def limited():
     return time.time()
+
+
+@app.task
+def spawn(n):
+    """Sends tasks and a group from inside itself: its result's children."""
+    for i in range(n):
+        add.delay(i, i)
+    group(add.s(i, i) for i in range(n)).delay()
+    return n
+
+
+@app.task(bind=True)
+def add_replaced(self, x, y):
+    raise self.replace(add.s(x, y))
+
+
+@app.task(bind=True)
+def add_to_all(self, nums, val):
+    raise self.replace(group(add.s(n, val) for n in nums))
