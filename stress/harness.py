@@ -36,7 +36,7 @@ def _own_ledger(task: Task) -> bool:
 def install(target: TaskQ) -> TaskQ:
     """Add the ledger hooks to ``target`` (they write nothing outside a stress cell)."""
 
-    def on_lost(task_id: str, name: str, exc: BaseException, requeued: bool) -> None:
+    def on_lost(task_id: str, name: str, exc: BaseException, requeued: bool, *_: object) -> None:
         write = ledger.writer("worker")
         if write is not None:
             write.write("lost", task_id, name=name, error=type(exc).__name__,

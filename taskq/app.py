@@ -53,11 +53,12 @@ class Hooks:
     """Called where a task runs (the pool child), with the task and its id, just before it."""
     task_postrun: list[Callable[[Task, str, str], None]] = field(default_factory=list)
     """Called where a task ran, with the task, its id and its state, right after it."""
-    task_lost: list[Callable[[str, str, BaseException, bool], None]] = field(
+    task_lost: list[Callable[[str, str, BaseException, bool, TaskMessage], None]] = field(
         default_factory=list)
     """Called in the worker's main process when the child running a task died: with the task
-    id, its name, the error (``WorkerLostError`` or ``TimeLimitExceeded``) and whether the
-    task was requeued to run again. A hook that raises is logged and ignored."""
+    id, its name, the error (``WorkerLostError`` or ``TimeLimitExceeded``), whether the
+    task was requeued to run again, and its message. A hook that raises is logged and
+    ignored."""
 
 
 def run_hooks(hooks: Iterable[Callable[..., Any]], *args: Any) -> None:

@@ -17,6 +17,11 @@ becomes taskq's RETRY outcome; ``Reject``/``Ignore`` become taskq's; ``on_succes
 fire. Results are stored by taskq's backend for the Celery app's ``result_backend`` URL, in
 Celery's format and key layout; ``update_state`` uses Celery's own backend (same keys).
 
+A task whose pool process died ends as on Celery's worker, in the worker's main process
+(through taskq's ``task_lost`` hook): unless it was requeued, ``task_failure`` is sent with
+the request on the task's stack (Celery's ``Request.on_failure``), and after a hard time
+limit the task's ``on_failure`` and ``after_return`` run first (``Request.on_timeout``).
+
 One difference from Celery's worker: the handlers and the task signals run just before the
 outcome is stored rather than just after it.
 """
@@ -31,6 +36,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from billiard.einfo import ExceptionInfo
+from billiard.exceptions import TimeLimitExceeded
+from billiard.exceptions import WorkerLostError as CeleryWorkerLostError
 from celery import Celery, signals
 from celery._state import _task_stack
 from celery.app.defaults import DEFAULTS
@@ -44,7 +51,7 @@ from taskq import states
 from taskq.app import TaskQ
 from taskq.config import SETTINGS, validate
 from taskq.errors import ConfigurationError, Ignore, Reject, Retry
-from taskq.protocol import to_wire
+from taskq.protocol import TaskMessage, to_wire
 from taskq.task import Task
 from taskq.worker.steps import Step
 
@@ -121,7 +128,9 @@ def from_celery(capp: Celery) -> TaskQ:
         app.tasks.setdefault(name, CeleryTask(app, ctask))
     app.hooks.worker_process_init.append(_process_init)
     app.hooks.worker_process_shutdown.append(_process_shutdown)
-    app.steps.append(CeleryStep(capp.main or "celery", sorted(ignored)))
+    step = CeleryStep(capp, sorted(ignored))
+    app.hooks.task_lost.append(step.task_lost)
+    app.steps.append(step)
     capp.__dict__["_taskq_app"] = app
     return app
 
@@ -136,16 +145,20 @@ def _process_shutdown() -> None:
 
 class CeleryStep(Step):
     """Names the Celery settings taskq does not use (once logging is set up), sends Celery's
-    ``worker_ready`` once the consumer is up and ``worker_shutdown`` at stop."""
+    ``worker_ready`` once the consumer is up and ``worker_shutdown`` at stop, and ends a
+    lost task as Celery's main process does (``task_lost``)."""
 
     name = "celery"
     requires = ("consumer", "control")
 
-    def __init__(self, main: str, ignored: list[str]) -> None:
-        self.main = main
+    def __init__(self, capp: Celery, ignored: list[str]) -> None:
+        self.capp = capp
+        self.main = capp.main or "celery"
         self.ignored = ignored
+        self.hostname: str | None = None
 
     def start(self, worker: Worker) -> None:
+        self.hostname = worker.hostname
         if self.ignored:
             logger.warning("Celery app %s: taskq does not use these settings: %s", self.main,
                            ", ".join(self.ignored))
@@ -153,6 +166,52 @@ class CeleryStep(Step):
 
     def stop(self, worker: Worker) -> None:
         signals.worker_shutdown.send(sender=worker)
+
+    def task_lost(self, task_id: str, name: str, exc: BaseException, requeued: bool,
+                  msg: TaskMessage) -> None:
+        """The ``task_lost`` hook: what Celery's worker runs in its main process for a task
+        whose pool process died and that is not requeued (the store and errbacks are
+        taskq's own). A hard time limit (``Request.on_timeout``) runs the task's
+        ``on_failure`` and ``after_return``; both send ``task_failure``."""
+        ctask = self.capp.tasks.get(name)
+        if requeued or ctask is None:
+            return
+        args, kwargs = list(msg.args), dict(msg.kwargs)
+        timed_out = isinstance(exc, TimeLimitExceeded)
+        error = exc if timed_out else CeleryWorkerLostError(str(exc))  # Celery's class
+        try:
+            raise error
+        except BaseException:
+            einfo = ExceptionInfo()
+        request = _celery_context(msg, args, kwargs, hostname=self.hostname,
+                                  delivery_info={})
+        ctask.request_stack.push(request)
+        try:
+            if timed_out:
+                _guarded(ctask.on_failure, error, task_id, args, kwargs, einfo)
+                if task_has_custom(ctask, "after_return"):
+                    _guarded(ctask.after_return, states.FAILURE, error, task_id, args,
+                             kwargs, None)
+            signals.task_failure.send(
+                sender=ctask, task_id=task_id, exception=error, args=args, kwargs=kwargs,
+                traceback=error.__traceback__ if timed_out else einfo.traceback, einfo=einfo)
+        finally:
+            ctask.request_stack.pop()
+
+
+def _celery_context(msg: TaskMessage | None, args: Any, kwargs: Any, **fields: Any) -> Any:
+    """Celery's ``self.request`` for ``msg``, built as Celery's worker builds it (headers,
+    the body's embedded canvas, properties), with ``fields`` on top."""
+    ctx: dict[str, Any] = {}
+    if msg is not None:
+        body, headers, properties = to_wire(msg)
+        ctx.update(headers)
+        ctx.update({k: v for k, v in body[2].items() if v is not None})
+        ctx["properties"] = properties
+        ctx.update(id=msg.id, task=msg.task, reply_to=msg.reply_to, correlation_id=msg.id,
+                   retries=msg.retries, is_eager=False)
+    ctx.update(fields)
+    return CeleryContext(ctx, args=args, kwargs=kwargs, called_directly=False)
 
 
 class CeleryTask(Task):
@@ -179,14 +238,9 @@ class CeleryTask(Task):
         """Celery's ``self.request`` for this call, built from the message as Celery's
         worker builds it (headers, the body's embedded canvas, properties, delivery)."""
         ctx = self.request
-        fields: dict[str, Any] = {}
-        if ctx.message is not None:
-            body, headers, properties = to_wire(ctx.message)
-            fields.update(headers)
-            fields.update({k: v for k, v in body[2].items() if v is not None})
-            fields["properties"] = properties
         info = dict(ctx.delivery_info)
-        fields.update(
+        return _celery_context(
+            ctx.message, args, kwargs,
             id=ctx.id, task=self.name, reply_to=ctx.reply_to, correlation_id=ctx.id,
             hostname=ctx.hostname, is_eager=ctx.is_eager, retries=ctx.retries,
             delivery_info={"exchange": info.get("exchange"),
@@ -194,7 +248,6 @@ class CeleryTask(Task):
                            "priority": info.get("priority"),
                            "redelivered": bool(info.get("redelivered"))},
         )
-        return CeleryContext(fields, args=args, kwargs=kwargs, called_directly=False)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         ctask = self.celery_task

@@ -622,7 +622,7 @@ class Worker:
         if decision.phase in (lifecycle.Phase.LOST, lifecycle.Phase.REDELIVERED,
                               lifecycle.Phase.GIVEN_BACK):
             run_hooks(self.app.hooks.task_lost, request.id, request.name, exc,
-                      decision.phase is not lifecycle.Phase.LOST)
+                      decision.phase is not lifecycle.Phase.LOST, request.msg)
         self._carry_out(request, decision, job=job, exc=exc)
         self.feed_pool()
 

@@ -106,3 +106,37 @@ def test_taskq_imports_no_celery_for_its_own_apps() -> None:
             "assert not [m for m in sys.modules if m.split('.')[0] == 'celery'], "
             "sorted(m for m in sys.modules if m.startswith('celery'))")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_lost_task_sends_task_failure_only_when_it_is_not_requeued() -> None:
+    """Celery's main process sends ``task_failure`` for a lost task unless it requeued it
+    (reject_on_worker_lost), with the request on the task's stack while it runs."""
+    from taskq.celery_app import from_celery
+    from taskq.errors import WorkerLostError
+    from taskq.protocol import TaskMessage
+
+    capp = celery.Celery("lostsig", broker="memory://", set_as_current=False)
+
+    @capp.task(name="lostsig.t")
+    def t(x: int) -> int:
+        return x
+
+    seen: list[tuple[str, str, list[int], str | None]] = []
+
+    def receiver(sender: object = None, task_id: str = "", exception: object = None,
+                 args: list[int] | None = None, **_: object) -> None:
+        seen.append((task_id, type(exception).__name__, list(args or ()), t.request.id))
+
+    celery.signals.task_failure.connect(receiver, sender=t, weak=False)
+    try:
+        app = from_celery(capp)
+        msg = TaskMessage(task="lostsig.t", id="id-1", args=(7,))
+        for hook in app.hooks.task_lost:
+            hook("id-1", "lostsig.t", WorkerLostError("gone"), True, msg)
+        assert seen == []
+        for hook in app.hooks.task_lost:
+            hook("id-1", "lostsig.t", WorkerLostError("gone"), False, msg)
+        assert seen == [("id-1", "WorkerLostError", [7], "id-1")]
+        assert t.request.id is None  # popped again
+    finally:
+        celery.signals.task_failure.disconnect(receiver, sender=t)

@@ -159,6 +159,38 @@ def test_custom_base_class_handlers_run(project: Project) -> None:
         f"on_success {ok.id} ok-0", f"after_return {ok.id} SUCCESS"]
 
 
+def test_a_lost_task_sends_task_failure_from_the_main_process(project: Project) -> None:
+    """As Celery's worker (Request.on_failure): a task whose pool process died ends FAILURE
+    with WorkerLostError, and the main process sends ``task_failure`` with the task's args,
+    an einfo and the request on the task's stack; the task's own on_failure is not called."""
+    path = project.path()
+    r = project.tasks.dies.delay(path)
+    wait_until(lambda: r.state == "FAILURE", RESULT_TIMEOUT, "the lost task's FAILURE")
+    assert type(r.result).__name__ == "WorkerLostError"
+    wait_until(lambda: project.lines("failure", r.id), 30, "task_failure of the lost task")
+    assert project.lines("failure", r.id) == [
+        ["failure", r.id, "WorkerLostError", str(project.worker.pid), r.id, "1", "True"]]
+    assert not Path(path).exists()  # on_failure / after_return: not for a lost task
+
+
+def test_a_hard_time_limit_runs_the_failure_handlers_from_the_main_process(
+        project: Project) -> None:
+    """As Celery's worker (Request.on_timeout): the task's on_failure and after_return run
+    with TimeLimitExceeded, and ``task_failure`` is sent, though its process was killed."""
+    path = project.path()
+    r = project.tasks.overruns.delay(path)
+    wait_until(lambda: r.state == "FAILURE", RESULT_TIMEOUT, "the overrun task's FAILURE")
+    assert type(r.result).__name__ == "TimeLimitExceeded"
+    wait_until(lambda: project.lines("failure", r.id), 30, "task_failure of the overrun")
+    assert project.lines("failure", r.id)[0][:4] == [
+        "failure", r.id, "TimeLimitExceeded", str(project.worker.pid)]
+    wait_until(lambda: Path(path).exists() and "after_return" in Path(path).read_text(),
+               30, "after_return")
+    lines = Path(path).read_text().splitlines()
+    assert lines[0].startswith(f"on_failure {r.id} TimeLimitExceeded ")
+    assert lines[1:] == [f"after_return {r.id} FAILURE"]
+
+
 def test_autoretry_for_retries_with_backoff_then_succeeds(project: Project) -> None:
     path = project.path()
     r = project.tasks.autoretried.delay(path)

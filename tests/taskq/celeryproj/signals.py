@@ -42,8 +42,9 @@ def on_success(sender=None, result=None, **rest):
 
 
 @signals.task_failure.connect
-def on_failure(sender=None, task_id=None, exception=None, **rest):
-    _write("failure", task_id, type(exception).__name__)
+def on_failure(sender=None, task_id=None, exception=None, args=None, einfo=None, **rest):
+    _write("failure", task_id, type(exception).__name__, os.getpid(), sender.request.id,
+           len(args), "Traceback" in str(einfo))
 
 
 @signals.task_retry.connect

@@ -2,6 +2,7 @@
 custom base class, ``autoretry_for``, ``update_state``, ``Reject`` and ``Ignore``."""
 
 import os
+import signal
 import time
 
 from celery import Task, current_task, group, shared_task
@@ -86,6 +87,17 @@ def explode(path):
 @app.task(base=Audited, bind=True)
 def audited_ok(self, path):
     return f"ok-{self.request.retries}"
+
+
+@app.task(base=Audited)
+def dies(path):
+    """Its pool process dies under it, as an out-of-memory kill would end it."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(base=Audited, time_limit=1)
+def overruns(path):
+    time.sleep(60)
 
 
 @shared_task(bind=True, autoretry_for=(ConnectionError,), retry_backoff=1,
