@@ -1,8 +1,9 @@
 """Redis result backend, compatible with Celery's.
 
 Each record is stored at ``celery-task-meta-<task_id>`` (prefixed by ``global_keyprefix``
-when set) with ``result_expires`` as its TTL, and the same payload is published on a channel
-of the same name: Celery's ``AsyncResult.get()`` waits on that channel, and so does taskq's.
+when set, followed by '_' unless it ends in one of ``:_-.``, as Celery 5.5+ writes it) with
+``result_expires`` as its TTL, and the same payload is published on a channel of the same
+name: Celery's ``AsyncResult.get()`` waits on that channel, and so does taskq's.
 """
 
 from __future__ import annotations
@@ -109,12 +110,12 @@ class RedisBackend(Backend):
                 "the redis:// result backend needs the redis package: pip install 'taskq[redis]'"
             ) from None
         self.url = url
+        # Celery (5.5+) separates a prefix that does not end in a separator with '_', for
+        # task and group keys alike. Celery 5.4 always added '_', hence taskq[celery]'s floor.
+        if global_keyprefix and global_keyprefix[-1] not in ":_-.":
+            global_keyprefix += "_"
         self.keyprefix = global_keyprefix
-        # Celery separates a prefix that does not end in a separator with '_'.
-        group_prefix = global_keyprefix
-        if group_prefix and group_prefix[-1] not in ":_-.":
-            group_prefix += "_"
-        self.group_keyprefix = f"{group_prefix}{GROUP_PREFIX}"
+        self.group_keyprefix = f"{global_keyprefix}{GROUP_PREFIX}"
         self.chord_ordered = result_chord_ordered
         self.expires = app.conf.result_expires
         self._redis_errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)

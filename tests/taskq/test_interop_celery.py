@@ -81,10 +81,14 @@ def test_a_taskq_task_runs_on_a_celery_worker_and_taskq_reads_the_result(redis_u
     capp.close()
 
 
-def test_celery_reads_a_result_stored_by_taskq(redis_url, unique):
+@pytest.mark.parametrize("separator", [":", ""])
+def test_celery_reads_a_result_stored_by_taskq(redis_url, unique, separator):
+    """Under the same keys, with a global_keyprefix that ends in a separator or not (Celery
+    5.5+ then puts '_' after it, for results as for groups)."""
     capp = celery_app(redis_url, unique, backend=redis_url)
-    tq = TaskQ("t", backend=redis_url, environ={},
-               result_backend_transport_options={"global_keyprefix": f"{unique}:"})
+    options = {"global_keyprefix": f"{unique}{separator}"}
+    capp.conf.result_backend_transport_options = options
+    tq = TaskQ("t", backend=redis_url, environ={}, result_backend_transport_options=options)
     tq.backend.mark_as_done("ok-id", {"answer": 42})
     tq.backend.mark_as_failure("bad-id", ValueError("nope"))
     assert capp.AsyncResult("ok-id").get(timeout=5) == {"answer": 42}
