@@ -228,6 +228,7 @@ class CeleryTask(Task):
             ignore_result=ctask.ignore_result, serializer=ctask.serializer,
             track_started=ctask.track_started,
             rate_limit=ctask.rate_limit,
+            store_errors_even_if_ignored=ctask.store_errors_even_if_ignored,
             # autoretry_for stays empty: Celery wrapped ctask.run with it already.
         )
 

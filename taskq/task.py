@@ -98,7 +98,8 @@ TASK_OPTIONS = frozenset({
     "name", "bind", "queue", "routing_key", "priority", "acks_late", "reject_on_worker_lost",
     "time_limit", "soft_time_limit", "max_retries", "default_retry_delay", "autoretry_for",
     "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "ignore_result",
-    "serializer", "track_started", "rate_limit",
+    "serializer", "track_started", "rate_limit", "expires", "typing",
+    "store_errors_even_if_ignored",
 })
 
 CALL_OPTIONS = frozenset({
@@ -144,6 +145,9 @@ class Task:
         serializer: str | None = None,
         track_started: bool | None = None,
         rate_limit: str | float | None = None,
+        expires: float | dt.datetime | None = None,
+        typing: bool = True,
+        store_errors_even_if_ignored: bool | None = None,
     ) -> None:
         parse_rate(rate_limit)  # a bad rate fails here, not in the worker's loop
         self.app = app
@@ -168,6 +172,9 @@ class Task:
         self._serializer = serializer
         self._track_started = track_started
         self._rate_limit = rate_limit
+        self.expires = expires  # as Celery: each call's default ``expires``
+        self.typing = typing  # as Celery: False sends calls its signature would refuse
+        self._store_errors_even_if_ignored = store_errors_even_if_ignored
         self._local = threading.local()
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -215,6 +222,11 @@ class Task:
         return bool(self.app.conf.task_track_started if own is None else own)
 
     @property
+    def store_errors_even_if_ignored(self) -> bool:
+        own = self._store_errors_even_if_ignored
+        return bool(self.app.conf.task_store_errors_even_if_ignored if own is None else own)
+
+    @property
     def rate_limit(self) -> str | float | None:
         """How often a worker starts this task (``"10/s"``, ``"100/m"``; None: no limit)."""
         own = self._rate_limit
@@ -251,6 +263,8 @@ class Task:
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Raise ``TypeError`` if the function cannot be called with these arguments."""
+        if not self.typing:
+            return
         params = (self, *args) if self.bind else args
         self._signature.bind(*params, **kwargs)
 
@@ -271,6 +285,7 @@ class Task:
             "queue": self.queue, "routing_key": self.routing_key, "priority": self.priority,
             "time_limit": self._time_limit, "soft_time_limit": self._soft_time_limit,
             "serializer": self._serializer, "ignore_result": self._ignore_result,
+            "expires": self.expires,
         }
         for key, value in defaults.items():
             if options.get(key) is None and value is not None:

@@ -145,7 +145,7 @@ def _store(task: Task, context: Context, outcome: Outcome, ignore_result: bool) 
     backend = task.app.backend
     task_id = context.id
     assert task_id is not None
-    store_errors = not ignore_result or task.app.conf.task_store_errors_even_if_ignored
+    store_errors = not ignore_result or task.store_errors_even_if_ignored
     try:
         if outcome.state == states.SUCCESS and not ignore_result:
             backend.mark_as_done(task_id, outcome.value, request=context)

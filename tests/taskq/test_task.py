@@ -175,3 +175,63 @@ def test_retry_outside_a_worker_raises(app):
 
     with pytest.raises(RuntimeError, match="outside a worker"):
         t()
+
+
+class _Published(Exception):
+    """Raised by a before_task_publish hook: the message is caught, never sent."""
+
+
+def _published(app: TaskQ, call) -> object:
+    def catch(msg, routing):
+        raise _Published(msg)
+
+    app.hooks.before_task_publish.append(catch)
+    try:
+        with pytest.raises(_Published) as caught:
+            call()
+    finally:
+        app.hooks.before_task_publish.remove(catch)
+    return caught.value.args[0]
+
+
+def test_a_tasks_expires_is_its_calls_default_as_on_celery(app):
+    import datetime as dt
+
+    @app.task(expires=60)
+    def t():
+        return 1
+
+    before = dt.datetime.now(dt.UTC)
+    msg = _published(app, t.delay)
+    assert before + dt.timedelta(seconds=59) <= msg.expires <= before + dt.timedelta(
+        seconds=61)
+    assert _published(app, lambda: t.apply_async(expires=600)).expires >= before + (
+        dt.timedelta(seconds=599))
+
+
+def test_typing_false_sends_calls_the_signature_would_refuse(app):
+    @app.task(typing=False)
+    def loose(a):
+        return a
+
+    assert _published(app, lambda: loose.delay(1, 2, x=3)).args == (1, 2)
+
+
+def test_a_tasks_store_errors_even_if_ignored_beats_the_setting(tmp_path):
+    from taskq.protocol import TaskMessage
+    from taskq.trace import execute
+
+    app = TaskQ("t", broker="memory://", backend=f"db+sqlite:///{tmp_path}/r.db", environ={})
+
+    @app.task(ignore_result=True, store_errors_even_if_ignored=True)
+    def kept():
+        raise ValueError("kept")
+
+    @app.task(ignore_result=True)
+    def dropped():
+        raise ValueError("dropped")
+
+    for task in (kept, dropped):
+        execute(task, TaskMessage(task=task.name, id=f"id-{task.__name__}"))
+    assert app.backend.get_task_meta("id-kept")["status"] == "FAILURE"
+    assert app.backend.get_task_meta("id-dropped")["status"] == "PENDING"
