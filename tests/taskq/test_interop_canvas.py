@@ -10,8 +10,9 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -34,6 +35,8 @@ from e2e_support import (  # noqa: E402
 from taskq import states  # noqa: E402
 from taskq.canvas import chain, chord, group  # noqa: E402
 from taskq.result import GroupResult  # noqa: E402
+
+T = TypeVar("T")
 
 
 def celery_client(b: Broker) -> celery.Celery:
@@ -160,21 +163,32 @@ def _children_seen(capp: celery.Celery) -> list[object]:
     return [res.id, tree]
 
 
+def _seen_on_both(broker: Broker, workers: WorkerSet, tmp_path: Path,
+                  seen: Callable[[celery.Celery], T], **worker: Any) -> tuple[T, T]:
+    """What ``seen`` reads through a Celery client when a Celery worker runs the tasks, then
+    when a taskq worker (``canvasmod``, started with ``worker``) does."""
+    capp = celery_client(broker)
+    try:
+        with celery_worker(broker, tmp_path):
+            on_celery = seen(capp)
+        w = workers.start(broker, app="canvasmod", **worker)
+        on_taskq = seen(capp)
+        w.stop()
+    finally:
+        capp.close()
+    return on_celery, on_taskq
+
+
 @pytest.mark.parametrize("broker", ["redis", "amqp"], indirect=True)
 def test_a_celery_client_reads_the_same_children_from_taskq_as_from_celery(
         broker: Broker, workers: WorkerSet, tmp_path: Path) -> None:
     """Given a task that sends a task, a group and a chain, a Celery client's
     result.children and collect() see the same tree (up to fresh ids) whether a Celery
     worker or a taskq worker ran it."""
-    capp = celery_client(broker)
-    with celery_worker(broker, tmp_path):
-        on_celery = _children_seen(capp)
-    w = workers.start(broker, app="canvasmod", pool="prefork", concurrency=2)
-    on_taskq = _children_seen(capp)
-    w.stop()
+    on_celery, on_taskq = _seen_on_both(broker, workers, tmp_path, _children_seen,
+                                        pool="prefork", concurrency=2)
     assert _ids_by_order(on_taskq) == _ids_by_order(on_celery)
     assert [value for _, _, value, _ in on_taskq[1]] == [2, 4, [0, 2], 2, 0, 2, 12]
-    capp.close()
 
 
 def _replaced_seen(capp: celery.Celery) -> list[object]:
@@ -204,16 +218,11 @@ def test_a_celery_clients_replaced_tasks_end_as_on_a_celery_worker(
     """Given tasks that call self.replace() (a task, a group, a chain, a failing chain), a
     Celery client's get() returns the same on a taskq worker as on a Celery worker: the
     replacement takes the replaced task's id, its chain and its place in a chord."""
-    capp = celery_client(broker)
-    with celery_worker(broker, tmp_path):
-        on_celery = _replaced_seen(capp)
-    w = workers.start(broker, app="canvasmod", pool="prefork", concurrency=2)
-    on_taskq = _replaced_seen(capp)
-    w.stop()
+    on_celery, on_taskq = _seen_on_both(broker, workers, tmp_path, _replaced_seen,
+                                        pool="prefork", concurrency=2)
     expected = [3, [11, 12, 13], 103, 17, [2, [2], 102, 8], states.FAILURE]
     assert on_celery == expected
     assert on_taskq == expected
-    capp.close()
 
 
 # -- a taskq client's canvas on a Celery worker -----------------------------------------------
@@ -368,13 +377,8 @@ def test_self_request_canvas_fields_match_a_celery_worker(broker: Broker, worker
     """Given the same canvases from a Celery client, self.request.chain, .group,
     .group_index and .chord inside the task are the same on a taskq worker as on Celery's
     (up to the fresh task ids)."""
-    capp = celery_client(broker)
-    with celery_worker(broker, tmp_path):
-        on_celery = _request_fields_seen(capp)
-    w = workers.start(broker, app="canvasmod", pool="threads", concurrency=3)
-    on_taskq = _request_fields_seen(capp)
-    w.stop()
+    on_celery, on_taskq = _seen_on_both(broker, workers, tmp_path, _request_fields_seen,
+                                        pool="threads", concurrency=3)
     assert _ids_by_order(on_taskq) == _ids_by_order(on_celery)
-    capp.close()
 
 
