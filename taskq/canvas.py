@@ -749,6 +749,8 @@ class chunks(Signature):
     """``task.chunks(items, n)``: the items in chunks of ``n``, each chunk one starmap task,
     run as a group."""
 
+    COMPOSITE = True  # its kwargs are task, it and n: not arguments for each starmap
+
     def __init__(self, task: Mapping[str, Any], it: Iterable[Any], n: int, *,
                  app: TaskQ | None = None, **options: Any) -> None:
         sig = signature(task, app)

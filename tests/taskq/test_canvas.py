@@ -16,7 +16,7 @@ from e2e_support import REDIS_URL, Broker, WorkerSet, make_broker, wait_until
 from taskq import TaskQ, states
 from taskq.canvas import Signature, chain, chord, chord_size, group
 from taskq.errors import ChordError, ResultBackendError, WorkerLostError
-from taskq.result import AsyncResult, GroupResult
+from taskq.result import AsyncResult, GroupResult, result_from_tuple
 
 
 def client_for(b: Broker) -> TaskQ:
@@ -152,6 +152,30 @@ def test_results_of_tasks_sent_from_a_task_are_its_children(broker: Broker,
     assert first.get(timeout=10) == 2  # stored, so its children are known
     assert [c.get(timeout=10) for c in first.children] == [12]
     assert [v for _, v in res.collect(timeout=10)] == [2, 4, [0, 2], 2, 0, 2, 12]
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_map_starmap_and_chunks_run_on_a_taskq_worker(broker: Broker,
+                                                      workers: WorkerSet) -> None:
+    """task.map / task.starmap are one celery.map / celery.starmap task each, task.chunks a
+    group of starmaps, and celery.chunks sent as a task starts that group (its result is the
+    group's tuple form, as Celery stores it): the worker has all three built in."""
+    workers.start(broker, app="canvasmod", pool="prefork", concurrency=2)
+    app = client_for(broker)
+    add, tsum = app.tasks["canvasmod.add"], app.tasks["canvasmod.tsum"]
+
+    assert tsum.map([[1, 2], [3, 4, 5]]).apply_async().get(timeout=30) == [3, 12]
+    assert add.starmap([(1, 2), (3, 4)]).delay().get(timeout=30) == [3, 7]
+    res = add.chunks([(i, i) for i in range(5)], 2).apply_async()
+    assert isinstance(res, GroupResult)
+    assert res.get(timeout=30) == [[0, 2], [4, 6], [8]]
+
+    sent = app.send_task("celery.chunks", (), {"task": dict(add.s()),
+                                               "it": [[1, 1], [2, 2], [3, 3]], "n": 2})
+    group_tuple = sent.get(timeout=30)
+    restored = result_from_tuple(group_tuple, app.backend, app)
+    assert isinstance(restored, GroupResult)
+    assert restored.get(timeout=30) == [[2, 4], [6]]
 
 
 def test_a_nested_group_on_a_worker_gets_nested_lists_and_restores(broker: Broker,

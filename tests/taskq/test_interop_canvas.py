@@ -225,6 +225,40 @@ def test_a_celery_clients_replaced_tasks_end_as_on_a_celery_worker(
     assert on_taskq == expected
 
 
+def _mapped_seen(capp: celery.Celery) -> list[object]:
+    """What a Celery client's xmap, xstarmap and chunks return, and celery.chunks sent as a
+    task (the group's tuple form, then what that group returns)."""
+    from celery.canvas import chunks as cchunks
+    from celery.canvas import xmap as cxmap
+    from celery.canvas import xstarmap as cxstarmap
+
+    add, tsum = capp.signature("canvasmod.add"), capp.signature("canvasmod.tsum")
+    sent = capp.send_task("celery.chunks", (), {"task": dict(add), "it": [[1, 1], [2, 2], [3, 3]],
+                                                "n": 2})
+    group_tuple = sent.get(timeout=30)
+    return [
+        cxmap(tsum, [[1, 2], [3, 4, 5]], app=capp).apply_async().get(timeout=30),
+        cxstarmap(add, [(1, 2), (3, 4)], app=capp).apply_async().get(timeout=30),
+        cchunks(add, [(i, i) for i in range(5)], 2, app=capp).apply_async().get(timeout=30),
+        group_tuple,
+        capp.GroupResult(group_tuple[0][0], [capp.AsyncResult(r[0][0]) for r in group_tuple[1]])
+        .get(timeout=30),
+    ]
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_celery_clients_map_starmap_and_chunks_run_as_on_a_celery_worker(
+        broker: Broker, workers: WorkerSet, tmp_path: Path) -> None:
+    """Given xmap, xstarmap and chunks from a Celery 5.7 client, a taskq worker runs the
+    celery.map, celery.starmap and celery.chunks built-ins with the same results as a Celery
+    worker (up to fresh ids)."""
+    on_celery, on_taskq = _seen_on_both(broker, workers, tmp_path, _mapped_seen,
+                                        pool="prefork", concurrency=2)
+    assert _ids_by_order(on_taskq) == _ids_by_order(on_celery)
+    assert on_taskq[:3] == [[3, 12], [3, 7], [[0, 2], [4, 6], [8]]]
+    assert on_taskq[4] == [[2, 4], [6]]
+
+
 # -- a taskq client's canvas on a Celery worker -----------------------------------------------
 
 CELERY_WORKER_MODULE = '''

@@ -77,11 +77,13 @@ def test_stats_reads_max_tasks_from_the_pool_then_the_setting():
 
 
 def test_registered_leaves_out_the_builtin_tasks_unless_asked_as_celery_does():
-    """Every app has celery.accumulate (Task.replace sends it after a group); `inspect
-    registered` names it only with builtins=True, as Celery's worker answers."""
+    """Every app has celery.accumulate (Task.replace sends it after a group) and celery.map,
+    celery.starmap and celery.chunks (task.map, task.starmap, task.chunks); `inspect
+    registered` names them only with builtins=True, as Celery's worker answers."""
     own = TaskQ("registeredtest", broker="memory://", environ={})
     own.task(name="registeredtest.add")(lambda x, y: x + y)
     worker = SimpleNamespace(app=own)
     assert inspect.registered(worker) == ["registeredtest.add"]
-    assert inspect.registered(worker, builtins=True) == ["celery.accumulate",
-                                                         "registeredtest.add"]
+    assert inspect.registered(worker, builtins=True) == [
+        "celery.accumulate", "celery.chunks", "celery.map", "celery.starmap",
+        "registeredtest.add"]
