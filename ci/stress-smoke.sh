@@ -5,10 +5,9 @@
 # Usage: bash ci/stress-smoke.sh [extra taskq-stress run options, e.g. -A yourapp]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/taskq-stress ]; then
-    python3 -m venv .venv
-    .venv/bin/python -m pip install -q -e '.[redis,report]'
-fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+# Always: a .venv made by the README's first command has no redis package.
+.venv/bin/python -m pip install -q -e '.[redis,report]'
 SEED="${TASKQ_STRESS_SEED:-1}"          # fixed, so CI runs the same schedules every time
 DURATION="${TASKQ_STRESS_DURATION:-4}"
 OUT="stress-reports/smoke-$SEED"

@@ -71,7 +71,16 @@ class Space:
         return env
 
     def check(self) -> None:
-        """Fail with a clear error (exit code 2) when the broker cannot be reached."""
+        """Fail with a clear error (exit code 2) when the broker cannot be reached, or its
+        client package (or the result backend's) is not installed."""
+        if self.transport == "redis" or self.backend_url.startswith("redis"):
+            try:
+                import redis  # noqa: F401
+            except ImportError:
+                raise RunnerError(
+                    f"the cell's {'broker' if self.transport == 'redis' else 'result backend'}"
+                    " is Redis, and the redis package is not installed: pip install "
+                    "'taskq[redis]' (or pass --broker sqlite:// to run without Redis)") from None
         if self.transport == "sqlite":
             return
         host, port = address_of(self.url)
@@ -91,8 +100,10 @@ class Space:
 
 
 def _delete_redis_prefix(url: str, prefix: str) -> None:
-    import redis
-
+    try:
+        import redis
+    except ImportError:
+        return  # nothing could have been written there without it
     with contextlib.suppress(Exception):
         client = redis.Redis.from_url(url, socket_timeout=5)
         try:
