@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from stress.cell import CellResult
@@ -97,7 +98,7 @@ def summary_table(suite: Suite, results: Sequence[CellResult], console: Console)
     for n, (result, name) in enumerate(zip(results, cells, strict=True), 1):
         row = [str(n), name]
         if result.error:
-            row += [f"[red]ERROR[/] {result.error.splitlines()[0][:60]}"] + [""] * (
+            row += [f"[red]ERROR[/] {escape(result.error.splitlines()[0][:60])}"] + [""] * (
                 len(names) - 1)
         else:
             by_name = {v.oracle: v for v in result.verdicts}

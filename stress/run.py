@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from chaos.errors import ChaosError
@@ -156,13 +157,14 @@ def run_suite(suite: Suite, cells: Sequence[Cell], options: RunOptions,
     summary_table(suite, results, out)
     for result in results:
         if result.error:
-            out.print(f"[red]ERROR[/] {result.cell.id}: {result.error}")
+            # escaped: an error text says e.g. pip install 'taskq[redis]', not markup
+            out.print(f"[red]ERROR[/] {result.cell.id}: {escape(result.error)}")
         elif not result.passed:
             for v in result.verdicts:
                 if not v.passed:
-                    out.print(f"[red]FAIL[/] {result.cell.id} {v.oracle}: {v.message}")
+                    out.print(f"[red]FAIL[/] {result.cell.id} {v.oracle}: {escape(v.message)}")
             out.print(f"  seed {result.seed}; artifacts in {result.directory}; replay "
-                      f"with: {result.replay}")
+                      f"with: {escape(result.replay)}")
     if interrupted or any(r.error for r in results):
         code = 2
     else:

@@ -25,3 +25,26 @@ def test_a_redis_cell_without_the_redis_package_says_what_to_install(
 def test_a_sqlite_cell_needs_no_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "redis", None)
     make_space("sqlite", tmp_path, "sqlite://").check()
+
+
+def test_the_runner_prints_what_to_install_as_written(tmp_path: Path) -> None:
+    """End to end, without the redis package: exit code 2 and the install command as
+    written (the terminal output once ate '[redis]' as markup)."""
+    import os
+    import subprocess
+
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "redis.py").write_text("raise ImportError('no redis package (test)')\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(shadow), str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "stress", "run", "--suite", "kill-children", "--broker",
+         "redis://127.0.0.1:6379/0", "--duration", "1", "--cell", "pool=fair,acks=early",
+         "--report-dir", str(tmp_path / "reports")],
+        capture_output=True, text=True, timeout=120, cwd=root, env=env)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "pip install 'taskq[redis]'" in output.replace("\n", " "), output
+    assert "Traceback" not in output
