@@ -2,8 +2,9 @@
 
 ``bench.noop`` does nothing (drain, publish); ``bench.stamp`` appends the monotonic time it
 started at to the file ``TASKQ_STRESS_BENCH_STAMPS`` names (start-up: the task itself says
-when the first one ran). Both apps read their broker and queue from the environment the
-benchmark sets.
+when the first one ran); ``bench.redis3`` makes three Redis calls (an I/O-bound task: INCR,
+SET, GET on a key under the run's prefix, on the broker's Redis, one client per process).
+Both apps read their broker and queue from the environment the benchmark sets.
 """
 
 from __future__ import annotations
@@ -43,6 +44,23 @@ def _stamp() -> None:
 
 stamp = app.task(name="bench.stamp", ignore_result=True)(_stamp)
 
+_redis: dict[int, Any] = {}  # pid -> client: a pool process never uses its parent's socket
+
+
+def _redis3() -> None:
+    client = _redis.get(os.getpid())
+    if client is None:
+        import redis
+
+        client = _redis[os.getpid()] = redis.Redis.from_url(BROKER)
+    key = f"{OPTIONS.get('global_keyprefix', 'bench:')}redis3"
+    client.incr(f"{key}:count")
+    client.set(key, os.getpid())
+    client.get(key)
+
+
+redis3 = app.task(name="bench.redis3", ignore_result=True)(_redis3)
+
 
 @functools.cache
 def celery_app() -> Any:
@@ -56,6 +74,7 @@ def celery_app() -> Any:
 
     capp.task(name="bench.noop", ignore_result=True)(celery_noop)
     capp.task(name="bench.stamp", ignore_result=True)(_stamp)
+    capp.task(name="bench.redis3", ignore_result=True)(_redis3)
     return capp
 
 

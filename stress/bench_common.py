@@ -64,3 +64,14 @@ def cleanup(url: str, prefix: str, queue: str) -> None:
 
     with Connection(url) as conn, contextlib.suppress(Exception):
         conn.default_channel.queue_delete(queue)
+
+
+def spread(values: list[float], digits: int = 0) -> dict[str, Any]:
+    """Median, range and every value of a benchmark's rounds (rounded to ``digits``)."""
+    import statistics
+
+    def r(v: float) -> float:
+        return round(v, digits) if digits else round(v)
+
+    return {"runs": len(values), "median": r(statistics.median(values)), "min": r(min(values)),
+            "max": r(max(values)), "values": [r(v) for v in values]}

@@ -7,6 +7,7 @@ Celery worker on the same messages, alternating, and prints both rates and their
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,12 +16,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kombu import Connection, Exchange, Queue
 
-from stress.bench_common import Rated, fill, transport_options
+from stress.bench_common import Rated, cleanup, fill, transport_options
 
 
 @dataclass(frozen=True)
@@ -44,14 +46,16 @@ def _env(url: str, options: dict[str, Any], queue: str) -> dict[str, str]:
             "TASKQ_STRESS_BENCH_QUEUE": queue, "PYTHONPATH": os.getcwd()}
 
 
-def _worker_cmd(kind: str, queue: str, node: str, concurrency: int) -> list[str]:
+def _worker_cmd(kind: str, queue: str, node: str, concurrency: int,
+                worker_args: Sequence[str] = ()) -> list[str]:
     if kind == "taskq":
         return [sys.executable, "-m", "taskq", "worker", "-A", "stress.bench_apps:app",
                 "-P", "prefork", "-c", str(concurrency), "-O", "fair", "-Q", queue, "-n", node,
-                "-l", "warning", "--without-mingle", "--without-gossip"]
+                "-l", "warning", "--without-mingle", "--without-gossip", *worker_args]
     return [sys.executable, "-m", "celery", "-A", "stress.bench_apps:celery", "worker",
             "-P", "prefork", "-c", str(concurrency), "-O", "fair", "-Q", queue, "-n", node,
-            "-l", "warning", "--without-mingle", "--without-gossip", "--without-heartbeat"]
+            "-l", "warning", "--without-mingle", "--without-gossip", "--without-heartbeat",
+            *worker_args]
 
 
 def _done(url: str, options: dict[str, Any], queue: str, kind: str, node: str) -> int:
@@ -68,13 +72,30 @@ def _done(url: str, options: dict[str, Any], queue: str, kind: str, node: str) -
     return -1
 
 
-def drain_once(kind: str, url: str, tasks: int, concurrency: int = 2,
-               timeout: float = 600.0) -> DrainRun:
-    queue = f"bench.{uuid.uuid4().hex[:8]}"
-    options = transport_options(url, f"{queue}:")
-    fill(url, options, queue, tasks, "bench.noop")
+@dataclass(frozen=True)
+class RunningWorker:
+    """A benchmark's worker, up: it has answered a stats request."""
+
+    kind: str
+    url: str
+    options: dict[str, Any]
+    queue: str
+    node: str
+    proc: subprocess.Popen[bytes]
+    first_done: int  # tasks finished when it first answered
+
+    def done(self) -> int:
+        return _done(self.url, self.options, self.queue, self.kind, self.node)
+
+
+@contextlib.contextmanager
+def running_worker(kind: str, url: str, options: dict[str, Any], queue: str,
+                   concurrency: int = 2, worker_args: Sequence[str] = ()
+                   ) -> Iterator[RunningWorker]:
+    """Start a ``kind`` worker on ``queue``, wait for its first answer, kill its process
+    group on the way out (the queue and keys are the caller's to delete)."""
     node = f"{kind}-{queue}@bench"
-    proc = subprocess.Popen(_worker_cmd(kind, queue, node, concurrency),
+    proc = subprocess.Popen(_worker_cmd(kind, queue, node, concurrency, worker_args),
                             env=_env(url, options, queue), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -82,30 +103,48 @@ def drain_once(kind: str, url: str, tasks: int, concurrency: int = 2,
         while (first := _done(url, options, queue, kind, node)) < 0:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"{kind} worker did not come up")
-        # The clock starts at the worker's first answer; what it finished before that is
-        # left out of the count (it may consume before it answers).
-        start = time.monotonic()
-        deadline = start + timeout
-        while True:
-            done = _done(url, options, queue, kind, node)
-            if done >= tasks:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{kind} drained {done}/{tasks} in {timeout} s")
-            time.sleep(0.05)
-        return DrainRun(kind, url.split("://")[0], tasks - first, time.monotonic() - start)
+        yield RunningWorker(kind, url, options, queue, node, proc, first)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(10)
-        with Connection(url, transport_options=options) as conn:
-            try:
-                Queue(queue, Exchange(queue, "direct"), routing_key=queue)(
-                    conn.default_channel).delete()
-            except Exception:
-                pass
+
+
+def drain_once(kind: str, url: str, tasks: int, concurrency: int = 2,
+               timeout: float = 600.0, task: str = "bench.noop",
+               worker_args: Sequence[str] = (), budget: float | None = None) -> DrainRun:
+    """Fill a fresh queue with ``tasks`` ``task`` messages and time a worker draining it.
+    With ``budget`` (seconds), a drain that takes longer stops there and its rate is what
+    it finished meanwhile (a slow worker, e.g. one forking a child per task); without, a
+    drain longer than ``timeout`` fails."""
+    queue = f"bench.{uuid.uuid4().hex[:8]}"
+    prefix = f"{queue}:"
+    options = transport_options(url, prefix)
+    try:
+        fill(url, options, queue, tasks, task)
+        with running_worker(kind, url, options, queue, concurrency, worker_args) as worker:
+            # The clock starts at the worker's first answer; what it finished before that
+            # is left out of the count (it may consume before it answers).
+            start = time.monotonic()
+            if tasks - worker.first_done < max(1, tasks // 10):
+                raise RuntimeError(
+                    f"{kind} finished {worker.first_done} of {tasks} tasks before it first "
+                    "answered: too few left to time; queue more tasks")
+            deadline = start + (timeout if budget is None else budget)
+            done = worker.first_done
+            while True:
+                done = max(done, worker.done())  # -1: no answer this time
+                if done >= tasks:
+                    break
+                if time.monotonic() > deadline:
+                    if budget is None:
+                        raise RuntimeError(f"{kind} drained {done}/{tasks} in {timeout} s")
+                    break
+                time.sleep(0.05)
+            return DrainRun(kind, url.split("://")[0], done - worker.first_done,
+                            time.monotonic() - start)
+    finally:
+        cleanup(url, prefix, queue)
 
 
 def report(runs: list[DrainRun]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from chaos.cli import cli as chaos_cli
+from stress.bench_all import ROW_KEYS as BENCH_ROWS
 from stress.errors import StressError
 
 __all__ = ["main"]
@@ -431,6 +432,64 @@ def publish(broker: str, count: int, rounds: int, compare: str | None,
         lambda kind: publish_once(kind, broker, count, baseline=baseline),
         lambda run: f"{run.kind}: {run.rate:,.0f} send_task/s ({run.seconds:.2f} s)")
     click.echo(json.dumps(report(runs), indent=2))
+
+
+@bench.command(name="all")
+@click.option("--redis", "redis_url", default="redis://127.0.0.1:6379/0", show_default=True,
+              help="The Redis server (broker and, for publishing, result backend).")
+@click.option("--amqp", "amqp_url", default="amqp://guest:guest@127.0.0.1:5672//",
+              show_default=True, help="The RabbitMQ broker of the RabbitMQ drain row.")
+@click.option("--compare", multiple=True, type=click.Choice(["celery", "dramatiq"]),
+              help="Measure this worker too, beside taskq (repeat for several; one that is "
+                   "not installed is left out and said so).")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Rounds; each measures every row for every worker.")
+@click.option("--row", "only", multiple=True, type=click.Choice(list(BENCH_ROWS)),
+              help="Measure only this row (repeat for several; default: all).")
+@click.option("--drain-tasks", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="Noop tasks per drain (Redis and RabbitMQ rows).")
+@click.option("--redis-tasks", type=click.IntRange(min=1), default=3000, show_default=True,
+              help="Tasks per drain of the row whose task makes 3 Redis calls.")
+@click.option("--recycle-tasks", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Tasks queued for the --max-tasks-per-child 1 row ...")
+@click.option("--recycle-budget", type=click.FloatRange(min=0.1), default=8.0,
+              show_default=True, help="... which stops after this many seconds.")
+@click.option("--startup-tasks", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Tasks queued before a worker starts (start-up row).")
+@click.option("--publish-count", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="send_task calls timed per publishing round.")
+@click.option("--settle", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Seconds an idle worker sits before its PSS is read.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("bench-all.json"), show_default=True,
+              help="Where the figures go as JSON (every measurement, with the load average).")
+def bench_all(redis_url: str, amqp_url: str, compare: tuple[str, ...], rounds: int,
+              only: tuple[str, ...], drain_tasks: int, redis_tasks: int, recycle_tasks: int,
+              recycle_budget: float, startup_tasks: int, publish_count: int, settle: float,
+              json_path: Path) -> None:
+    """Measure every row of issue 17's table (drains, a Redis-bound task, start-up,
+    recycling, idle PSS, publishing), taskq beside the --compare workers, rounds
+    alternating; print median and range per row and write JSON."""
+    import json
+    import tempfile
+
+    from stress.bench_all import Sizes, make_rows, run, select, summary, table
+
+    sizes = Sizes(drain_tasks, redis_tasks, recycle_tasks, recycle_budget, startup_tasks,
+                  publish_count, settle)
+    kinds = ["taskq", *dict.fromkeys(compare)]
+    with tempfile.TemporaryDirectory(prefix="taskq-bench-all-") as tmp:
+        rows = select(make_rows(redis_url, amqp_url, sizes, Path(tmp)), only)
+
+        def progress(sample: Any) -> None:
+            shown = "failed: " + sample.error if sample.value is None else f"{sample.value:,.1f}"
+            click.echo(f"round {sample.round} {sample.row} {sample.kind}: {shown} "
+                       f"(load {sample.load[0]:.2f}, {sample.seconds:.1f} s)", err=True)
+
+        doc = summary(run(rows, kinds, rounds, progress))
+    json_path.write_text(json.dumps(doc, indent=2) + "\n")
+    click.echo(table(doc))
+    click.echo(f"taskq-stress: figures written to {json_path}", err=True)
 
 
 @bench.command()

@@ -56,3 +56,59 @@ def test_bench_publish_prints_send_task_calls_per_second(redis_url):
     assert figures["taskq"]["runs"] == 2
     assert 0 < figures["taskq"]["min_per_s"] <= figures["taskq"]["median_per_s"] \
         <= figures["taskq"]["max_per_s"]
+
+
+_ALL_ROWS = ["drain_redis", "drain_amqp", "redis3", "startup", "recycle", "pss", "publish"]
+_TINY = ["--drain-tasks", "2000", "--redis-tasks", "1500", "--recycle-tasks", "100",
+         "--recycle-budget", "1", "--startup-tasks", "3", "--publish-count", "50",
+         "--settle", "0"]
+
+
+def test_bench_all_measures_every_row_of_the_table_and_writes_its_figures(
+        redis_url, amqp_url, tmp_path):
+    # Given every row, one tiny round, taskq alone
+    out = tmp_path / "all.json"
+    table = _bench("all", "--redis", redis_url, "--amqp", amqp_url, "--rounds", "1",
+                   "--json", str(out), *_TINY)
+    doc = json.loads(out.read_text())
+    # Then the JSON has one entry per row, in the order, each with its figure
+    # (or, for a drain the worker finished before it could be timed, the reason)
+    assert [row["key"] for row in doc["rows"]] == _ALL_ROWS
+    assert doc["rounds"] == 1 and doc["kinds"] == ["taskq"]
+    assert [(s["row"], s["kind"], s["round"]) for s in doc["samples"]] == [
+        (key, "taskq", 1) for key in _ALL_ROWS]
+    for row in doc["rows"]:
+        entry = row["taskq"]
+        assert row["unit"] and row["target"], row["key"]
+        assert entry["load_1m"]["min"] <= entry["load_1m"]["max"], row["key"]
+        if row["key"] in {"startup", "pss", "publish"}:
+            assert entry["runs"] == 1 and entry["min"] == entry["median"] == entry["max"] > 0
+        else:
+            assert entry["runs"] == 1 or entry["errors"], row["key"]
+    # And the table printed has a line per row under its header, then the notes
+    lines = table.splitlines()
+    assert lines[0].split()[:2] == ["figure", "unit"] and "taskq" in lines[0]
+    assert "load 1m" in lines[0]
+    for row, line in zip(doc["rows"], lines[2:9], strict=True):
+        assert line.startswith(row["figure"]), line
+    assert "median (min-max) of 1 rounds" in table
+
+
+def test_bench_all_alternates_which_worker_goes_first_and_names_what_it_left_out(
+        redis_url, tmp_path):
+    out = tmp_path / "all.json"
+    table = _bench("all", "--redis", redis_url, "--rounds", "2", "--compare", "celery",
+                   "--compare", "dramatiq", "--row", "pss", "--row", "publish",
+                   "--json", str(out), *_TINY)
+    doc = json.loads(out.read_text())
+    order = [(s["round"], s["row"], s["kind"]) for s in doc["samples"]]
+    assert order == [(1, "pss", "taskq"), (1, "pss", "celery"),
+                     (1, "publish", "taskq"), (1, "publish", "celery"),
+                     (2, "pss", "celery"), (2, "pss", "taskq"),
+                     (2, "publish", "celery"), (2, "publish", "taskq")]
+    for row in doc["rows"]:
+        for kind in ("taskq", "celery"):
+            assert row[kind]["runs"] == 2 and len(row[kind]["values"]) == 2, (row, kind)
+        assert row["ratio_taskq_over_celery"] > 0
+    if "dramatiq" in doc["skipped"]:  # not installed here: said in the JSON and the table
+        assert "dramatiq: not installed" in table
