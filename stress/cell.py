@@ -109,9 +109,10 @@ class CellRun:
         worker: WorkerProc | None = None
         runners: list[Any] = []
         publisher: Publisher | None = None
+        faults = self.suite.faults_for(self.cell["transport"])
         try:
             space.check()
-            if any(f["kind"] in NEEDS_PROXY for f in self.suite.faults):
+            if any(f["kind"] in NEEDS_PROXY for f in faults):
                 if space.transport == "sqlite":
                     raise RunnerError("network faults need a networked broker (redis or amqp), "
                                       "not the embedded sqlite one")
@@ -141,7 +142,7 @@ class CellRun:
                                   time.monotonic() - started, worker.command)
             baseline = self._settled_health(worker)
             fleet = [worker, *self._others]
-            runners = build_runners(self.suite.faults, self.cell.params, seed=self.seed,
+            runners = build_runners(faults, self.cell.params, seed=self.seed,
                                     duration=self.duration, journal=journal,
                                     main_pid=lambda: worker.pid if worker else None,
                                     proxy=proxy, broker=private,
@@ -218,7 +219,8 @@ class CellRun:
 
     def _private_broker(self, journal: Journal) -> LocalRedis | None:
         """A private redis-server for suites that restart the broker (never the shared one)."""
-        if not any(f["kind"] in NEEDS_PRIVATE_BROKER for f in self.suite.faults):
+        if not any(f["kind"] in NEEDS_PRIVATE_BROKER
+                   for f in self.suite.faults_for(self.cell["transport"])):
             return None
         if self.cell["transport"] != "redis":
             raise RunnerError(f"suite {self.suite.name} restarts a private redis-server: use "

@@ -8,7 +8,9 @@ behind and no process ever waits on another. Events:
 - ``started``: a task began, with the pid that runs it;
 - ``finished``: a task's body returned or raised, with its outcome;
 - ``lost``: the worker's main process saw the child running the task die (written by the
-  ledger hooks of :mod:`stress.harness`; a worker without them is judged without it).
+  ledger hooks of :mod:`stress.harness`; a worker without them is judged without it);
+- ``canvas``: the broker has a canvas (written by the publisher, with its id): its tasks and
+  what each waits for (:mod:`stress.canvas`).
 
 Times are ``CLOCK_MONOTONIC`` (one clock for every process of the machine, the fault journal's
 clock too) and wall time for humans.
@@ -145,10 +147,14 @@ class Book:
 
     def __init__(self) -> None:
         self.by_id: dict[str, History] = {}
+        self.canvases: dict[str, dict[str, Any]] = {}  # canvas id -> its ``canvas`` entry
         self.events = 0  # started/finished/lost entries seen: progress
 
     def add(self, entries: Iterable[Entry]) -> None:
         for entry in entries:
+            if entry.event == "canvas":
+                self._canvas(entry)
+                continue
             history = self.by_id.get(entry.task_id)
             if history is None:
                 history = self.by_id[entry.task_id] = History(entry.task_id)
@@ -166,6 +172,17 @@ class Book:
                 _insert(history.finishes, entry)
             elif entry.event == "lost":
                 _insert(history.losses, entry)
+
+    def _canvas(self, entry: Entry) -> None:
+        """Note a canvas; its tasks that the worker sends get a history without ``published``
+        (the canvas oracle judges them)."""
+        self.canvases[entry.task_id] = entry.extra
+        for node in entry.extra.get("nodes", []):
+            history = self.by_id.get(node["id"])
+            if history is None:
+                history = self.by_id[node["id"]] = History(node["id"])
+            history.kind = node.get("kind", history.kind)
+            history.expect = node.get("expect", history.expect)
 
     def published(self) -> list[History]:
         return [h for h in self.by_id.values() if h.published is not None]

@@ -143,8 +143,14 @@ def _resolved(history: History, faults: Sequence[FaultRecord], cell: Cell) -> bo
 
 
 def unresolved(book: Book, faults: Sequence[FaultRecord], cell: Cell) -> list[History]:
-    """Published tasks that have not reached an end the table allows (yet)."""
-    return [h for h in book.published() if not _resolved(h, faults, cell)]
+    """Published tasks that have not reached an end the table allows (yet), and the tasks of
+    canvases the worker owes (sends once the tasks before them succeeded)."""
+    pending = [h for h in book.published() if not _resolved(h, faults, cell)]
+    if book.canvases:
+        from stress.canvas_oracle import owed  # imports this module
+
+        pending += owed(book, faults, cell)
+    return pending
 
 
 def maybe_lost(pending: Sequence[History], faults: Sequence[FaultRecord], cell: Cell) -> bool:
@@ -396,7 +402,7 @@ def _in_flight(ev: Evidence, at: float) -> bool:
 
 
 def not_vacuous(ev: Evidence) -> Verdict:
-    kinds = {f["kind"] for f in ev.suite.faults}
+    kinds = {f["kind"] for f in ev.suite.faults_for(ev.cell["transport"])}
     figures: dict[str, Any] = {}
     problems = []
     published = len(ev.book.published())
@@ -521,6 +527,10 @@ def judge(ev: Evidence) -> tuple[list[Verdict], dict[str, Any]]:
                 pool_health(ev)]
     if "max_short_wait" in ev.suite.oracles:
         verdicts.append(head_of_line(ev))
+    if ev.suite.canvas:
+        from stress.canvas_oracle import canvas  # imports this module
+
+        verdicts.append(canvas(ev))
     verdicts = explore_verdicts(ev, verdicts)
     figures: dict[str, Any] = {"publish_errors": ev.publish_errors}
     child_kills = _ok(ev.faults, {"kill-child"})

@@ -4,7 +4,9 @@ It talks to the broker directly (never through the fault proxy: the worker is un
 the publisher) and writes ``published`` to the ledger only after the publish returned, that
 is after the broker confirmed it (RabbitMQ publisher confirms; Redis and SQLite commit
 before they answer). A publish that fails is retried with backoff and counted, never
-recorded as published.
+recorded as published. A suite with ``[workload.canvas]`` publishes canvases
+(:mod:`stress.canvas`): the tasks the client itself sends get ``published`` entries, and the
+whole canvas one ``canvas`` entry, once the broker has all of them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from stress.canvas import CanvasMix
 from stress.errors import ScenarioError
 from stress.ledger import LedgerWriter
 from stress.spaces import Space
@@ -80,6 +83,9 @@ class Publisher:
         self.own: AppTasks | None = AppTasks(suite.app_tasks, seed) if suite.app_tasks else None
         self.mix = None if self.own else Mix(suite.workload or {"noop": 1}, seed,
                                              suite.workload_params)
+        self.canvases = (CanvasMix(suite.canvas, self.mix, self.app, seed,
+                                   suite.workload_params)
+                         if suite.canvas and self.mix is not None else None)
         self.rate = rate
         self.duration = duration
         self.published = 0
@@ -106,8 +112,20 @@ class Publisher:
         return self._send(task_name(kind), (), kind=kind, expect=EXPECTED[kind],
                           task_id=task_id)
 
+    def _publish_canvas(self, mix: CanvasMix) -> None:
+        canvas = mix.draw()
+        canvas.signature.apply_async()
+        self.ledger.write("canvas", canvas.id, shape=canvas.shape,
+                          nodes=[node.record() for node in canvas.nodes])
+        for node in canvas.nodes:
+            if node.client:
+                self.ledger.write("published", node.id, kind=node.kind, expect=node.expect)
+                self.published += 1
+
     def _publish_next(self) -> None:
-        if self.own is not None:
+        if self.canvases is not None:
+            self._publish_canvas(self.canvases)
+        elif self.own is not None:
             name, args, expect = self.own.draw()
             self._send(name, args, kind=name, expect=expect)
         else:

@@ -15,9 +15,14 @@ A suite file::
     [workload.params]
     sleep = [0.02, 0.3]
 
+    [workload.canvas]        # optional: publish canvases of those kinds (stress.canvas)
+    chain = 2
+    chord = 1
+
     [[faults]]
     kind = "kill-children"   # see stress.faults.KINDS
     schedule = "poisson {kill_rate}/s"   # chaos's schedule syntax; {axis} is the cell's value
+    # transports = ["redis", "amqp"]     # only in these cells (a proxy fault: not sqlite)
 
     [matrix]
     combine = "pairwise"     # every pair of axis values in some cell; or "product"
@@ -114,6 +119,7 @@ class Suite:
     max_time: float = 180.0
     workload: dict[str, float] = field(default_factory=dict)
     workload_params: dict[str, Any] = field(default_factory=dict)
+    canvas: dict[str, float] = field(default_factory=dict)  # canvas shape weights
     app_tasks: list[dict[str, Any]] = field(default_factory=list)
     faults: list[dict[str, Any]] = field(default_factory=list)
     matrix: dict[str, list[Any]] = field(default_factory=dict)
@@ -121,6 +127,11 @@ class Suite:
     oracles: dict[str, Any] = field(default_factory=dict)
     worker_args: list[str] = field(default_factory=list)
     worker_env: dict[str, str] = field(default_factory=dict)
+
+    def faults_for(self, transport: str) -> list[dict[str, Any]]:
+        """The faults a cell on ``transport`` runs: those without ``transports``, and those
+        that list it (a connection cut needs a networked broker: not the embedded SQLite)."""
+        return [f for f in self.faults if transport in f.get("transports", (transport,))]
 
 
 def scenarios_dir() -> Path:
@@ -188,6 +199,7 @@ def load_suite(name_or_path: str, directory: Path | None = None) -> Suite:
     workload = dict(data.get("workload", {}))
     params = workload.pop("params", {})
     app_tasks = workload.pop("tasks", [])
+    canvas = _canvas_weights(workload.pop("canvas", {}), where=str(path))
     matrix, combine = parse_matrix(data.get("matrix", {}), where)
     faults = data.get("faults", [])
     from stress.faults import KINDS
@@ -196,17 +208,34 @@ def load_suite(name_or_path: str, directory: Path | None = None) -> Suite:
         if fault.get("kind") not in KINDS:
             raise ScenarioError(f"{where}: fault kind {fault.get('kind')!r}; known: "
                                 f"{', '.join(KINDS)}")
+        for transport in fault.get("transports", []):
+            _typed("transport", transport, f"{where}: fault {fault['kind']!r} transports")
     worker = data.get("worker", {})
     return Suite(
         name=str(head.get("name", path.stem)), description=str(head.get("description", "")),
         path=path, duration=float(head.get("duration", 10)), rate=float(head.get("rate", 100)),
         max_time=float(head.get("max_time", 180)),
         workload={k: float(v) for k, v in workload.items()}, workload_params=params,
-        app_tasks=list(app_tasks), faults=list(faults), matrix=matrix, combine=combine,
+        canvas=canvas, app_tasks=list(app_tasks), faults=list(faults), matrix=matrix,
+        combine=combine,
         oracles=dict(data.get("oracles", {})),
         worker_args=[str(a) for a in worker.get("args", [])],
         worker_env={str(k): str(v) for k, v in worker.get("env", {}).items()},
     )
+
+
+def _canvas_weights(table: Mapping[str, Any], where: str) -> dict[str, float]:
+    from stress.canvas import SHAPES
+
+    unknown = sorted(set(table) - set(SHAPES))
+    if unknown:
+        raise ScenarioError(f"{where}: unknown canvas shapes {unknown} in [workload.canvas]; "
+                            f"known: {', '.join(SHAPES)}")
+    try:
+        return {k: float(v) for k, v in table.items()}
+    except (TypeError, ValueError):
+        raise ScenarioError(f"{where}: [workload.canvas] takes a weight (a number) per "
+                            "shape") from None
 
 
 def apply_workload(suite: Suite, path: Path) -> None:
@@ -220,6 +249,10 @@ def apply_workload(suite: Suite, path: Path) -> None:
     if not workload:
         raise ScenarioError(f"{path} has no [workload] table; name your tasks in "
                             "[[workload.tasks]] (see examples/shop/taskq-stress.toml)")
+    if "canvas" in workload:
+        raise ScenarioError(f"{path}: [workload.canvas] draws canvases of the stress "
+                            "workload's own kinds; an app's [workload] cannot have one")
+    suite.canvas = {}
     suite.workload_params = workload.pop("params", {})
     suite.app_tasks = list(workload.pop("tasks", []))
     suite.workload = {k: float(v) for k, v in workload.items()}
