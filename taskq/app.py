@@ -175,7 +175,9 @@ class TaskQ:
                     ) from None
 
     def import_includes(self) -> None:
-        for module in self.include:
+        """Import the task modules a worker needs, as Celery's worker does: the ``imports``
+        setting, then ``include=`` and the ``include`` setting."""
+        for module in (*self.conf.imports, *self.include, *self.conf.include):
             importlib.import_module(module)
 
     # -- calling ------------------------------------------------------------------------------

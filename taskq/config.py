@@ -22,6 +22,7 @@ import importlib
 import json
 import os
 import types
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -277,9 +278,65 @@ _SETTINGS: tuple[Setting, ...] = (
     Setting("worker_hostname", None, _optional(_str), "Node name, name@host."),
     Setting("worker_send_task_events", False, _bool, "Send task events."),
     Setting("task_send_sent_event", False, _bool, "Send task-sent events when publishing."),
+    Setting("worker_pool_restarts", False, _bool,
+            "Allow the pool_restart remote command (Flower's pool restart button)."),
+    Setting("broker_connection_retry_on_startup", True, _bool,
+            "Keep trying to reach the broker when the worker starts (False: exit instead)."),
+    # modules and tests
+    Setting("imports", [], _str_list, "Modules a worker imports at start (before include)."),
+    Setting("include", [], _str_list, "More modules a worker imports at start."),
+    Setting("task_always_eager", False, _bool,
+            "apply_async/delay run the task here and now (apply()) instead of sending it."),
+    Setting("task_eager_propagates", False, _bool,
+            "With task_always_eager: a failing task raises instead of returning FAILURE."),
 )
 
 SETTINGS: Mapping[str, Setting] = types.MappingProxyType({s.name: s for s in _SETTINGS})
+
+# Celery's old upper-case names (Celery < 4, ``celeryconfig.py`` files) of the settings taskq
+# has: a config module may still use them, with a DeprecationWarning naming the new name.
+OLD_NAMES: Mapping[str, str] = types.MappingProxyType({
+    "BROKER_URL": "broker_url", "BROKER_TRANSPORT_OPTIONS": "broker_transport_options",
+    "BROKER_CONNECTION_TIMEOUT": "broker_connection_timeout",
+    "BROKER_CONNECTION_RETRY": "broker_connection_retry",
+    "BROKER_CONNECTION_MAX_RETRIES": "broker_connection_max_retries",
+    "BROKER_CONNECTION_RETRY_ON_STARTUP": "broker_connection_retry_on_startup",
+    "BROKER_FAILOVER_STRATEGY": "broker_failover_strategy",
+    "BROKER_HEARTBEAT": "broker_heartbeat", "BROKER_POOL_LIMIT": "broker_pool_limit",
+    "CELERY_RESULT_BACKEND": "result_backend",
+    "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS": "result_backend_transport_options",
+    "CELERY_RESULT_SERIALIZER": "result_serializer",
+    "RESULT_ACCEPT_CONTENT": "result_accept_content",
+    "CELERY_TASK_RESULT_EXPIRES": "result_expires",
+    "CELERY_RESULT_PERSISTENT": "result_persistent",
+    "CELERY_TASK_SERIALIZER": "task_serializer", "CELERY_ACCEPT_CONTENT": "accept_content",
+    "CELERY_DEFAULT_QUEUE": "task_default_queue",
+    "CELERY_DEFAULT_EXCHANGE": "task_default_exchange",
+    "CELERY_DEFAULT_EXCHANGE_TYPE": "task_default_exchange_type",
+    "CELERY_DEFAULT_ROUTING_KEY": "task_default_routing_key",
+    "CELERY_DEFAULT_PRIORITY": "task_default_priority", "CELERY_QUEUES": "task_queues",
+    "CELERY_ROUTES": "task_routes", "CELERY_ACKS_LATE": "task_acks_late",
+    "CELERY_REJECT_ON_WORKER_LOST": "task_reject_on_worker_lost",
+    "CELERYD_TASK_TIME_LIMIT": "task_time_limit",
+    "CELERYD_TASK_SOFT_TIME_LIMIT": "task_soft_time_limit",
+    "CELERY_IGNORE_RESULT": "task_ignore_result",
+    "CELERY_STORE_ERRORS_EVEN_IF_IGNORED": "task_store_errors_even_if_ignored",
+    "CELERY_TRACK_STARTED": "task_track_started",
+    "CELERY_DEFAULT_RATE_LIMIT": "task_default_rate_limit",
+    "CELERY_TASK_PUBLISH_RETRY": "task_publish_retry",
+    "CELERY_TASK_PUBLISH_RETRY_POLICY": "task_publish_retry_policy",
+    "CELERY_TIMEZONE": "timezone", "CELERYD_CONCURRENCY": "worker_concurrency",
+    "CELERYD_POOL": "worker_pool", "CELERYD_PREFETCH_MULTIPLIER": "worker_prefetch_multiplier",
+    "CELERYD_MAX_TASKS_PER_CHILD": "worker_max_tasks_per_child",
+    "CELERYD_MAX_MEMORY_PER_CHILD": "worker_max_memory_per_child",
+    "CELERYD_SOFT_SHUTDOWN_TIMEOUT": "worker_soft_shutdown_timeout",
+    "CELERY_DISABLE_RATE_LIMITS": "worker_disable_rate_limits",
+    "CELERY_SEND_EVENTS": "worker_send_task_events",
+    "CELERY_SEND_TASK_SENT_EVENT": "task_send_sent_event",
+    "CELERYD_POOL_RESTARTS": "worker_pool_restarts", "CELERY_IMPORTS": "imports",
+    "CELERY_INCLUDE": "include", "CELERY_ALWAYS_EAGER": "task_always_eager",
+    "CELERY_EAGER_PROPAGATES_EXCEPTIONS": "task_eager_propagates",
+})
 
 
 def lookup(name: str) -> Setting:
@@ -356,11 +413,15 @@ class Config(Mapping[str, Any]):
                     "its folder is on PYTHONPATH"
                 ) from None
         found: dict[str, Any] = {}
+        old: dict[str, str] = {}  # new name: the old name it was given as
         for attr in dir(obj):
             if attr.startswith("_"):
                 continue
             value = getattr(obj, attr)
             if isinstance(value, types.ModuleType | type | types.FunctionType):
+                continue
+            if attr in OLD_NAMES:
+                old[OLD_NAMES[attr]] = attr
                 continue
             if attr.isupper():
                 if attr.lower() in SETTINGS:
@@ -370,6 +431,19 @@ class Config(Mapping[str, Any]):
                     )
                 continue
             found[attr] = value
+        for new, name in old.items():
+            if new in found:
+                raise ConfigurationError(
+                    f"config {_name_of(obj)}: both {name} and {new} are set; keep "
+                    f"{new} = ... alone")
+            found[new] = getattr(obj, name)
+        if old:
+            # As Celery: mixing the old and new names is an error, the old ones alone work.
+            warnings.warn(
+                f"config {_name_of(obj)}: Celery's old setting names are deprecated; "
+                "write " + ", ".join(f"{new} instead of {name}"
+                                     for new, name in sorted(old.items())),
+                DeprecationWarning, stacklevel=3)
         unknown = [name for name in found if name not in SETTINGS]
         if unknown:
             name = unknown[0]

@@ -268,7 +268,7 @@ class Task:
         params = (self, *args) if self.bind else args
         self._signature.bind(*params, **kwargs)
 
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult | EagerResult:
         return self.apply_async(args, kwargs)
 
     def apply_async(
@@ -276,11 +276,18 @@ class Task:
         args: tuple[Any, ...] | list[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
-    ) -> AsyncResult:
-        """Publish a message asking a worker to run this task; see ``TaskQ.send_task``."""
+    ) -> AsyncResult | EagerResult:
+        """Publish a message asking a worker to run this task; see ``TaskQ.send_task``.
+        With ``task_always_eager`` it runs here instead (``apply()``): an ``EagerResult``."""
         check_options(options, CALL_OPTIONS, "apply_async option")
         args, kwargs = tuple(args or ()), dict(kwargs or {})
         self.check_arguments(args, kwargs)
+        conf = self.app.conf
+        if conf.task_always_eager:  # as Celery: run here and now, nothing is sent
+            return self.apply(
+                args, kwargs, task_id=options.get("task_id"),
+                headers=options.get("headers"), link=options.get("link"),
+                link_error=options.get("link_error"), throw=conf.task_eager_propagates)
         defaults: dict[str, Any] = {
             "queue": self.queue, "routing_key": self.routing_key, "priority": self.priority,
             "time_limit": self._time_limit, "soft_time_limit": self._soft_time_limit,

@@ -253,6 +253,13 @@ class BrokerConsumer:
     def _schedule_reconnect(self, exc: BaseException) -> None:
         delay = RECONNECT_DELAYS[min(self._attempt, len(RECONNECT_DELAYS) - 1)]
         self._attempt += 1
+        if (not self.connected_once and self._attempt >= len(self.urls)
+                and not self.app.conf.broker_connection_retry_on_startup):
+            # As Celery: each broker URL tried once, then the worker gives up.
+            self.on_fatal(f"cannot reach the broker at {safe_url(self.url)} "
+                          f"({type(exc).__name__}: {exc}) and "
+                          "broker_connection_retry_on_startup is off")
+            return
         if len(self.urls) > 1:
             self.url_index += 1
         if not self.connected_once:

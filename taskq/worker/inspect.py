@@ -144,6 +144,9 @@ def pool_shrink(worker: Worker, n: int = 1, **_: Any) -> dict[str, Any]:
 @handler
 def pool_restart(worker: Worker, modules: list[str] | None = None, reload: bool = False,
                  **_: Any) -> dict[str, Any]:
+    if not worker.app.conf.worker_pool_restarts:  # as Celery: off unless the setting is on
+        return {"error": "Pool restarts not enabled: set worker_pool_restarts "
+                         "(TASKQ_WORKER_POOL_RESTARTS=1)"}
     pool = worker.pool
     return _pool_call(worker, "pool_restart", pool.supports_restart, pool.restart,
                       modules or [], bool(reload))

@@ -101,7 +101,8 @@ def flower(broker: Broker, tmp_path: Path) -> Iterator[Flower]:
 
 def test_every_flower_page_and_api_endpoint_answers_200_for_a_taskq_worker(
         broker: Broker, worker: StartWorker, ledger: Ledger, flower: Flower) -> None:
-    w = worker(broker, pool="prefork", concurrency=1, args=["-E"])
+    w = worker(broker, pool="prefork", concurrency=1, args=["-E"],
+               env={"TASKQ_WORKER_POOL_RESTARTS": "1"})  # Flower's restart button
     name = urllib.parse.quote(w.hostname)
     client = broker.app()
     done = client.send_task("appmod.add", (2, 3))

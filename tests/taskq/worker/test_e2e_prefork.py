@@ -88,7 +88,8 @@ def test_inspect_active_names_the_child_and_pool_grow_shrink_work(
 
 def test_pool_restart_replaces_every_child_and_autoscale_grows_under_load(
         redis_broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
-    w = worker(redis_broker, pool="prefork", concurrency=2, args=["--autoscale", "4,1"])
+    w = worker(redis_broker, pool="prefork", concurrency=2, args=["--autoscale", "4,1"],
+               env={"TASKQ_WORKER_POOL_RESTARTS": "1"})
     client = redis_broker.app()
     before = set(_pool_processes(client, w.hostname))
     client.control.broadcast("pool_restart", {"modules": ["appmod"], "reload": True},

@@ -12,7 +12,7 @@ from taskq.pool import Pool, pool_for
 from taskq.pool.threads import ThreadPool
 from taskq.worker import inspect
 
-app = TaskQ("inspecttest", broker="memory://")
+app = TaskQ("inspecttest", broker="memory://", worker_pool_restarts=True)
 noop: Any = lambda *args: None  # noqa: E731
 
 
@@ -66,6 +66,15 @@ def test_a_pool_without_the_feature_answers_an_error_and_is_not_called():
                             ("autoscale", {"max": 2, "min": 1})]:
         reply = getattr(inspect, command)(worker, **kwargs)
         assert reply == {"error": f"the solo pool does not support {command}"}
+
+
+def test_pool_restart_is_refused_unless_worker_pool_restarts_is_on_as_on_celery():
+    pool = ResizingPool()
+    worker = stand_in(pool)
+    worker.app = TaskQ("inspecttest", broker="memory://")  # worker_pool_restarts: default
+    reply = inspect.pool_restart(worker, modules=["appmod"])
+    assert reply["error"].startswith("Pool restarts not enabled: set worker_pool_restarts")
+    assert pool.calls == []
 
 
 def test_stats_reads_max_tasks_from_the_pool_then_the_setting():

@@ -1,0 +1,40 @@
+"""Celery's worker settings on a real ``taskq worker`` (issue 16): ``imports`` loads task
+modules at start, ``broker_connection_retry_on_startup`` off makes a worker that cannot reach
+its broker exit instead of waiting."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+import pytest
+from e2e_support import HERE, TASKQ, Broker, StartWorker
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_the_imports_setting_registers_the_tasks_of_its_modules(
+        broker: Broker, worker: StartWorker) -> None:
+    worker(broker, env={"TASKQ_IMPORTS": "appmod_imported"})
+    result = broker.app().send_task("appmod_imported.imported")
+    assert result.get(timeout=30) == "imported"
+
+
+def test_a_worker_without_retry_on_startup_exits_when_the_broker_is_unreachable(
+        redis_broker: Broker) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, **redis_broker.env, "PYTHONPATH": path, "TASKQ_BROKER_URL": url,
+           "TASKQ_BROKER_CONNECTION_RETRY_ON_STARTUP": "false"}
+    out = subprocess.run([*TASKQ, "worker", "-A", "appmod", "-P", "threads", "-c", "1",
+                          "--without-mingle", "--without-gossip"], env=env,
+                         capture_output=True, text=True, timeout=120,
+                         stdin=subprocess.DEVNULL)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text
+    assert f"cannot reach the broker at {url}" in text, text
+    assert "broker_connection_retry_on_startup is off" in text, text
+    assert "Traceback" not in text and " ready: pool=" not in text, text
