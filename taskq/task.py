@@ -356,6 +356,21 @@ class Task:
     def AsyncResult(self, task_id: str) -> AsyncResult:
         return self.app.AsyncResult(task_id, task_name=self.name)
 
+    # -- reporting ----------------------------------------------------------------------------
+    def update_state(self, task_id: str | None = None, state: str | None = None,
+                     meta: Any = None) -> None:
+        """Store ``state`` (say ``"PROGRESS"``) with ``meta`` for this task now, as Celery's
+        ``update_state``: clients see it as ``result.state`` and ``result.info`` until the
+        task's outcome replaces it. ``task_id`` defaults to the running task's."""
+        task_id = task_id or self.request.id
+        if task_id is None:
+            raise RuntimeError(f"{self.name}.update_state() outside a running task needs a "
+                               "task_id")
+        if not state:
+            raise TypeError(f"{self.name}.update_state() needs a state, e.g. "
+                            "update_state(state='PROGRESS', meta={'done': 1})")
+        self.app.backend.store_result(task_id, meta, state, request=self.request)
+
     # -- replacing ----------------------------------------------------------------------------
     def replace(self, sig: Mapping[str, Any]) -> Any:
         """End this task by handing its place to ``sig`` (a task, chain, group or chord), as

@@ -1,15 +1,16 @@
-"""Celery's worker settings on a real ``taskq worker`` (issue 16): ``imports`` loads task
-modules at start, ``broker_connection_retry_on_startup`` off makes a worker that cannot reach
-its broker exit instead of waiting."""
+"""Celery's worker settings and task methods on a real ``taskq worker`` (issue 16): ``imports``
+loads task modules at start, ``broker_connection_retry_on_startup`` off makes a worker that
+cannot reach its broker exit instead of waiting, ``update_state`` shows a custom state."""
 
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
-from e2e_support import HERE, TASKQ, Broker, StartWorker
+from e2e_support import HERE, TASKQ, Broker, StartWorker, wait_until
 
 
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
@@ -38,3 +39,14 @@ def test_a_worker_without_retry_on_startup_exits_when_the_broker_is_unreachable(
     assert f"cannot reach the broker at {url}" in text, text
     assert "broker_connection_retry_on_startup is off" in text, text
     assert "Traceback" not in text and " ready: pool=" not in text, text
+
+
+def test_update_state_shows_a_custom_state_and_meta_to_the_client(
+        broker: Broker, worker: StartWorker, tmp_path: Path) -> None:
+    worker(broker, env={"TASKQ_IMPORTS": "appmod_progress"})
+    gate = tmp_path / "gate"
+    result = broker.app().send_task("appmod_progress.progress", (str(gate),))
+    wait_until(lambda: result.state == "PROGRESS", 60, "the PROGRESS state")
+    assert result.info == {"done": 1, "of": 2}
+    gate.write_text("go")
+    assert result.get(timeout=60) == "finished"
