@@ -37,8 +37,10 @@ tasks still running included. Here (the scripts and the keys are in ``redis_lua`
   Messages fetched but never handed to the application are released at once.
 - ``no_ack`` consumers (result and reply queues) pop without a lease.
 
-Publishing, fanout (pub/sub) and the queue layout are kombu's, so Celery and taskq clients
-on kombu's stock transport publish to consumers on this one unchanged. Renewal and restore
+Fanout (pub/sub) and the queue layout are kombu's, so Celery and taskq clients on kombu's
+stock transport publish to consumers on this one unchanged, and the other way round.
+Publishing to a direct or topic exchange takes one round trip (kombu's takes two) and
+batches take one pipeline: ``redis_publish``. Renewal and restore
 run on the event loop's timers after ``register_with_event_loop`` and inside
 ``drain_events`` otherwise (whose waits are cut to ``maintenance_tick``); a program that holds
 messages without doing either loses its leases. ``visibility_timeout`` is ignored: with
@@ -74,6 +76,7 @@ from taskq.transports.lease import (
     check_renewal,
     lease_clock,
 )
+from taskq.transports.redis_publish import PublishChannelMixin
 
 __all__ = ["TRANSPORT", "TRANSPORT_ALIAS", "Channel", "LeaseQoS", "LeaseSettings", "Transport"]
 
@@ -158,7 +161,7 @@ class LeaseQoS(LeaseQoSBase[str]):
 
 
 # -- the channel ----------------------------------------------------------------------------
-class Channel(LeaseChannelMixin, kredis.Channel):
+class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
     """kombu's Redis channel with leased deliveries (see the module docstring)."""
 
     QoS = LeaseQoS  # type: ignore[assignment]
@@ -537,6 +540,7 @@ class Transport(kredis.Transport):
         self.scripts: dict[str, Any] = {}
         self.incoming: dict[str, str] = {}
         self.pending_acks: list[tuple[str, str]] = []  # (delivery tag, lease id)
+        self.binding_tables: dict[str, Any] = {}  # exchange -> its table as last seen
         self.hub: Any = None  # the event loop, once registered: acks are deferred to its tick
         super().__init__(client, **kwargs)
         self.cycle = LeasePoller(self.lease.maintenance_tick)  # type: ignore[assignment]

@@ -137,3 +137,22 @@ for i = #ids, 1, -1 do
 end
 return #ids
 """
+
+#: Publishes ARGV[2] (a message as kombu's ``_put`` writes it) if the exchange's binding table
+#: KEYS[1] is the one the message was routed with, whose fingerprint is ARGV[1] (see
+#: ``redis_publish.fingerprint``): LPUSH on KEYS[2..ARGV[3]+1], then PEXPIRE each further
+#: key by its ARGV[4..] ms (queues declared with x-expires). Returns 1 when published,
+#: else the table's members (nothing written): the caller routes again and retries.
+#: A binding lookup and the push in one round trip, atomically (kombu does SMEMBERS, then
+#: LPUSH: a queue bound or unbound in between is missed or still written to).
+PUBLISH = """
+local members = redis.call('SMEMBERS', KEYS[1])
+table.sort(members)
+local parts = {}
+for i, m in ipairs(members) do parts[i] = #m .. ':' .. m end
+if redis.sha1hex(table.concat(parts)) ~= ARGV[1] then return members end
+local n = tonumber(ARGV[3])
+for i = 2, n + 1 do redis.call('LPUSH', KEYS[i], ARGV[2]) end
+for i = n + 2, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[i - n + 2]) end
+return 1
+"""
