@@ -58,6 +58,11 @@ def _is_fatal(exc: BaseException) -> str | None:
     return None
 
 
+def is_quorum(queue: Queue) -> bool:
+    """A RabbitMQ quorum queue (``x-queue-type: quorum`` in its arguments)."""
+    return (queue.queue_arguments or {}).get("x-queue-type") == "quorum"
+
+
 def connect_once(conn: Connection) -> None:
     """Open ``conn`` with a single attempt. kombu's ``connect()`` makes two, sleeping 2 s in
     between, which would stall the loop on every reconnect attempt (we retry on a timer)."""
@@ -190,8 +195,12 @@ class BrokerConsumer:
             channel.on_leases_lost = self._leases_lost
         consumer = KombuConsumer(channel, queues=self.queues, on_message=self._on_message,
                                  no_ack=False, auto_declare=True)
-        # RabbitMQ >= 3.3 applies a non-global prefetch per consumer, as we want.
-        apply_global = not conn.qos_semantics_matches_spec
+        # RabbitMQ >= 3.3 reads a global prefetch as one limit for the channel (every queue
+        # consumed on it), as we want. Quorum queues refuse it (540 NOT_IMPLEMENTED at
+        # basic.consume): with one among the queues the prefetch is per consumer, as Celery
+        # 5.5 does; a later prefetch change then reaches only consumers started after it.
+        apply_global = (not conn.qos_semantics_matches_spec
+                        and not any(is_quorum(q) for q in self.queues))
 
         def set_prefetch(prefetch_count: int) -> None:
             consumer.qos(prefetch_count=prefetch_count, apply_global=apply_global)

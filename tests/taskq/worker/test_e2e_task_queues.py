@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from e2e_support import Broker, StartWorker
+from e2e_support import Broker, Ledger, StartWorker
 from kombu import Exchange, Queue
 
 from taskq import TaskQ
@@ -29,6 +29,23 @@ def test_a_priority_queue_declared_by_a_celery_deployment_is_consumed(
     results = [client.send_task("appmod.add", (i, 1), priority=i % 10) for i in range(5)]
     assert [r.get(timeout=60) for r in results] == [i + 1 for i in range(5)]
     assert w.alive()
+
+
+def test_a_quorum_queue_is_consumed_with_a_per_consumer_prefetch(
+        amqp_broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
+    """RabbitMQ refuses a global prefetch on a quorum queue (540 NOT_IMPLEMENTED at
+    basic.consume): the worker consumes it with a per-consumer prefetch, as Celery 5.5 does,
+    instead of retrying for ever as if the broker were down."""
+    b = amqp_broker
+    spec = json.dumps([{"name": b.name, "exchange": b.name, "routing_key": b.name,
+                        "queue_arguments": {"x-queue-type": "quorum"}}])
+    w = worker(b, env={"TASKQ_TASK_QUEUES": spec})
+    client = b.app(TASKQ_TASK_QUEUES=spec)
+    results = [client.send_task("appmod.add", (i, 1)) for i in range(5)]
+    late = client.send_task("appmod.late_sleeper", (0.1, str(ledger)))
+    assert [r.get(timeout=60) for r in results] == [i + 1 for i in range(5)]
+    assert late.get(timeout=60) == "slept-late"
+    assert w.alive() and "global qos" not in w.log()
 
 
 def test_task_queues_keep_their_arguments_and_a_worker_without_q_consumes_them_all() -> None:
