@@ -60,7 +60,8 @@ def _is_fatal(exc: BaseException) -> str | None:
 
 def is_quorum(queue: Queue) -> bool:
     """A RabbitMQ quorum queue (``x-queue-type: quorum`` in its arguments)."""
-    return (queue.queue_arguments or {}).get("x-queue-type") == "quorum"
+    arguments = getattr(queue, "queue_arguments", None) or {}  # kombu sets it at run time
+    return arguments.get("x-queue-type") == "quorum"
 
 
 def connect_once(conn: Connection) -> None:
