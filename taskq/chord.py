@@ -10,9 +10,12 @@ with every part's result in header order, or, if a part failed, stores the body 
 ``ChordError("Dependency <id> raised <exc>")``, runs the body's ``link_error`` and fails
 the rest of its chain. No ``chord_unlock`` task polls anything.
 
-A claimer that dies between taking the claim and sending the body leaves the claim to
-expire (``CHORD_CLAIM_SECONDS`` on Redis); a redelivered copy of a part then takes it. So
-under ``acks_late`` the body runs at least once, never before the last part.
+A pool child that dies after storing its part's outcome, before it counted the part or sent
+the body, leaves that to the worker's main process (``taskq.trace.follow_up``), which gives up
+the claim the child held (it told its parent of it) and counts again. Any other claimer that
+dies between taking the claim and sending the body leaves the claim to expire
+(``CHORD_CLAIM_SECONDS``); a redelivered copy of a part then takes it. So under ``acks_late``
+the body runs at least once, never before the last part.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import inspect
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from taskq import states
@@ -38,13 +41,14 @@ logger = logging.getLogger("taskq.chord")
 COUNTED_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
 
 
-def message_done(app: TaskQ, msg: TaskMessage, state: str, value: Any) -> None:
+def message_done(app: TaskQ, msg: TaskMessage, state: str, value: Any, *,
+                 on_claimed: Callable[[str, str], None] | None = None) -> None:
     """A task whose message has a ``chord`` field ended in ``state``: count it."""
     if msg.chord is None or not msg.group or state not in COUNTED_STATES:
         return
     part_done(app, group_id=msg.group, task_id=msg.id, group_index=msg.group_index,
               body=msg.chord, state=state, value=value, parent_id=msg.id,
-              root_id=msg.root_id or msg.id)
+              root_id=msg.root_id or msg.id, on_claimed=on_claimed)
 
 
 def ended_by_worker(app: TaskQ, msg: TaskMessage, state: str, exc: BaseException) -> None:
@@ -69,8 +73,11 @@ def ended_by_worker(app: TaskQ, msg: TaskMessage, state: str, exc: BaseException
 
 def part_done(app: TaskQ, *, group_id: str, task_id: str, group_index: int | None,
               body: Mapping[str, Any], state: str, value: Any, parent_id: str | None,
-              root_id: str | None) -> None:
+              root_id: str | None, on_claimed: Callable[[str, str], None] | None = None
+              ) -> None:
     """Record one part of chord ``group_id``; the part that completes it fires the body.
+    ``on_claimed(group_id, token)`` is told of the claim before the body is sent (a pool
+    child tells its parent, which gives the claim up if the child dies holding it).
 
     Never raises: a failure is logged (the part's own result is already stored).
     """
@@ -83,6 +90,8 @@ def part_done(app: TaskQ, *, group_id: str, task_id: str, group_index: int | Non
         return
     if join is None:
         return
+    if on_claimed is not None:
+        on_claimed(join.group_id, join.token)
     callback = signature(body, app)
     try:
         failed = _first_failure(backend, join.parts)

@@ -25,6 +25,7 @@ from taskq.task import Context
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from taskq.app import TaskQ
     from taskq.protocol import TaskMessage
     from taskq.task import Task
 
@@ -77,6 +78,8 @@ def execute(
     store: bool = True,
     on_storing: Callable[[], None] | None = None,
     on_stored: Callable[[str], None] | None = None,
+    on_claimed: Callable[[str, str], None] | None = None,
+    on_followed: Callable[[], None] | None = None,
 ) -> Outcome:
     """Run ``task`` for ``msg`` and record the outcome; never raises for a task's own error.
 
@@ -85,6 +88,10 @@ def execute(
     just before the outcome is stored and ``on_stored(state)`` just after (before callbacks
     are sent): the prefork child uses them to shield the store from its soft-limit signal and
     to tell the parent that the outcome is final (a death after that must not undo it).
+    ``on_claimed(group_id, token)`` runs when this part completed its chord and holds the claim
+    to fire the body, and ``on_followed()`` once the chord part is counted and everything that
+    follows the outcome is sent: a child that dies between ``on_stored`` and ``on_followed``
+    leaves that to the parent (``follow_up``).
     """
     context = Context.from_message(msg, delivery_info=delivery_info, hostname=hostname,
                                    is_eager=eager)
@@ -123,13 +130,42 @@ def execute(
         if on_stored is not None:
             on_stored(outcome.state)
         if msg.chord is not None and not eager:  # a chord's header part: count it
-            chord.message_done(task.app, msg, outcome.state, outcome.value)
+            chord.message_done(task.app, msg, outcome.state, outcome.value,
+                               on_claimed=on_claimed)
     if outcome.state == states.SUCCESS:
         for sig, rest in followers:
             _send(task, sig, outcome.value, msg, eager, rest)
     elif outcome.state == states.FAILURE:
         _send_errbacks(task, msg, eager, outcome, context)
+    if on_followed is not None:
+        on_followed()
     return outcome
+
+
+def follow_up(app: TaskQ, msg: TaskMessage, state: str,
+              claim: tuple[str, str] | None = None) -> None:
+    """The pool child that ran ``msg`` died after it stored ``state``, before it had counted
+    its chord part and sent what follows (the next chain step, its callbacks or errbacks):
+    do that here, with the stored value, or the chain stops and the chord's body never runs.
+    Counting again adds nothing (a part counts once); ``claim`` is the dead child's claim to
+    fire the body, given up so that this count takes it. Never raises."""
+    try:
+        value = app.backend.result_from_meta(app.backend.get_task_meta(msg.id))
+        if claim is not None:
+            app.backend.chord_release(*claim)
+        if state != states.SUCCESS:
+            exc = value if isinstance(value, BaseException) else RuntimeError(repr(value))
+            chord.ended_by_worker(app, msg, state, exc)
+            return
+        if msg.chord is not None:
+            chord.message_done(app, msg, state, value)
+        task = app.get_task(msg.task)
+        context = Context.from_message(msg)
+        for sig, rest in _followers(task, msg, context, eager=False):
+            _send(task, sig, value, msg, False, rest)
+    except Exception:
+        logger.exception("task %s[%s]: sending what follows its stored %s failed", msg.task,
+                         msg.id, state)
 
 
 def _store_started(task: Task, context: Context) -> None:

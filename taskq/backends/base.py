@@ -195,6 +195,10 @@ class Backend:
         self.ensure_chords_allowed()
         return None
 
+    def chord_release(self, group_id: str, token: str) -> None:
+        """Give up the claim ``token`` to fire the body of chord ``group_id`` (its holder died
+        before it sent the body), so that the next count of a part takes it."""
+
     def chord_done(self, join: ChordJoin) -> None:
         """The body was sent (or failed): drop the chord's counters; later duplicates of a
         part are ignored."""

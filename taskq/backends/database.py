@@ -272,6 +272,16 @@ class DatabaseBackend(Backend):
                                      f"{value!r:.200}")
         return list(value)
 
+    def chord_release(self, group_id: str, token: str) -> None:
+        try:
+            with self._begin() as conn:
+                conn.execute(chords.update().where(
+                    chords.c.group_id == group_id, chords.c.claim == token)
+                    .values(claim=None, claim_until=None))
+        except sa.exc.SQLAlchemyError as exc:
+            raise ResultBackendError(f"giving up the claim of chord {group_id} failed: {exc}"
+                                     ) from exc
+
     def chord_done(self, join: ChordJoin) -> None:
         try:
             with self._begin() as conn:

@@ -82,6 +82,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# A claimer died before it sent the body: give its claim up (only if it still holds it).
+_CHORD_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 CHORD_CLAIM_SECONDS = 10  # a claimer that dies before sending the body frees it this soon
 CHORD_DONE_SECONDS = 300  # how long late duplicates of a fired chord's parts are ignored
 
@@ -239,6 +246,10 @@ class RedisBackend(Backend):
         if not isinstance(value, list | tuple) or len(value) != 4:
             raise TaskqError(f"a chord part is not [1, id, state, result]: {value!r:.200}")
         return list(value)
+
+    def chord_release(self, group_id: str, token: str) -> None:
+        with self._errors("giving up a chord's claim"):
+            self.client.eval(_CHORD_RELEASE, 1, self._chord_keys(group_id)[".c"], token)
 
     def chord_done(self, join: ChordJoin) -> None:
         keys = self._chord_keys(join.group_id)

@@ -71,6 +71,11 @@ class JobResult:
     runtime: float = 0.0
     summary: str = ""
     traceback: str = ""  # a FAILURE's formatted traceback: the worker logs it and sends it
+    # Its child died after storing the outcome, before it counted its chord part and sent
+    # what follows: the worker does that (``taskq.trace.follow_up``), giving up ``claim``
+    # (group id, token: the child's claim to fire a chord's body) first.
+    follow_up: bool = False
+    claim: tuple[str, str] | None = None
 
 
 StartedCallback = Callable[[Job, int], None]
@@ -81,12 +86,15 @@ UnstartedCallback = Callable[[Job], None]
 
 def run_job(app: TaskQ, job: Job, hostname: str | None, *,
             on_storing: Callable[[], None] | None = None,
-            on_stored: Callable[[str], None] | None = None) -> JobResult:
+            on_stored: Callable[[str], None] | None = None,
+            on_claimed: Callable[[str, str], None] | None = None,
+            on_followed: Callable[[], None] | None = None) -> JobResult:
     """Run a job in this process (a child, a thread or the main process) and summarise it.
 
     ``on_storing`` / ``on_stored(state)``: called just before and just after the outcome is
     stored (see ``taskq.trace.execute``); the prefork child blocks its soft-limit signal and
-    tells the parent, so that a death after the store never overwrites or reruns it."""
+    tells the parent, so that a death after the store never overwrites or reruns it.
+    ``on_claimed`` / ``on_followed``: see ``taskq.trace.execute``."""
     from taskq.trace import execute
 
     expires = job.msg.expires
@@ -111,7 +119,8 @@ def run_job(app: TaskQ, job: Job, hostname: str | None, *,
         return JobResult("REVOKED", summary="expired")
     task = app.get_task(job.name)
     outcome = execute(task, job.msg, delivery_info=job.delivery_info, hostname=hostname,
-                      on_storing=on_storing, on_stored=on_stored)
+                      on_storing=on_storing, on_stored=on_stored, on_claimed=on_claimed,
+                      on_followed=on_followed)
     summary = "" if outcome.value is None else repr(outcome.value)[:200]
     return JobResult(outcome.state, outcome.requeue, outcome.runtime, summary,
                      outcome.traceback or "")

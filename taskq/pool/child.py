@@ -4,7 +4,10 @@ max memory: ``exiting`` follows ``done`` and no further job is read).
 
 Between ``started`` and ``done`` it says ``storing`` just before it stores the outcome and
 ``stored`` right after (callbacks are sent after that): a child that dies after ``stored``
-has finished its job, whatever the parent reads next (issue 13 #9). The soft-limit signal
+has finished its job, whatever the parent reads next (issue 13 #9). It says ``followed`` once
+its chord part is counted and what follows the outcome is sent (``claimed`` first if the part
+completed its chord): one that dies between ``stored`` and ``followed`` leaves that to the
+parent (issue 15). The soft-limit signal
 is blocked from ``storing`` on, so it cannot cut the store short. A job with a hard limit
 arms ``ITIMER_REAL`` for the limit plus ``HARD_LIMIT_GRACE``: if the parent, which kills the
 child at the limit, is stalled, SIGALRM ends the child anyway (SIGALRM is the pool's in a
@@ -175,11 +178,18 @@ def _run(app: TaskQ, job: Job, hostname: str | None, seq: int, event_fd: int) ->
         _State.stored = state
         write_frames(event_fd, ("stored", seq, state))
 
+    def claimed(group_id: str, token: str) -> None:
+        write_frames(event_fd, ("claimed", seq, group_id, token))
+
+    def followed() -> None:
+        write_frames(event_fd, ("followed", seq))
+
     try:
         # Blocked since before ``started`` was sent: a soft limit (or revoke) signalled in
         # between is delivered now, not lost.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SOFT)
-        return run_job(app, job, hostname, on_storing=storing, on_stored=stored)
+        return run_job(app, job, hostname, on_storing=storing, on_stored=stored,
+                       on_claimed=claimed, on_followed=followed)
     except BaseException as exc:  # outside the task's own try (a late soft limit, exit())
         summary = f"{type(exc).__name__}: {exc}"[:200]
         if _State.stored is not None:  # after the store: what was stored is the outcome

@@ -74,10 +74,10 @@ class Child:
     """The parent's view of one child process."""
 
     __slots__ = (
-        "alarm_at", "current", "current_seq", "event_eof", "event_fd", "hard_at", "job_fd",
-        "kill_reason", "killed", "pending", "pid", "pidfd", "queued", "reader", "reap_delay",
-        "reap_scheduled", "reaped", "retired_at", "soft_at", "spawned_at", "state", "stored",
-        "storing", "taken", "tasks", "writing",
+        "alarm_at", "claim", "current", "current_seq", "event_eof", "event_fd", "followed",
+        "hard_at", "job_fd", "kill_reason", "killed", "pending", "pid", "pidfd", "queued",
+        "reader", "reap_delay", "reap_scheduled", "reaped", "retired_at", "soft_at",
+        "spawned_at", "state", "stored", "storing", "taken", "tasks", "writing",
     )
 
     def __init__(self, pid: int, pidfd: int, job_fd: int, event_fd: int, now: float) -> None:
@@ -98,6 +98,8 @@ class Child:
         self.tasks = 0                  # jobs it finished
         self.storing = False            # the current job's outcome is being stored
         self.stored: str | None = None  # ... and was stored, as this state: it is final
+        self.followed = False           # ... and what follows it was sent (chord part counted)
+        self.claim: tuple[str, str] | None = None  # its claim to fire a chord's body
         self.soft_at = 0.0              # deadlines of the current job, pool clock (0: none)
         self.hard_at = 0.0
         self.alarm_at = 0.0             # when the armed timer fires (0: none armed)

@@ -25,7 +25,9 @@
   given up (reported lost, unstarted) after ``task_max_redeliveries`` + 1 of them.
 - A child that dies after ``stored`` (its outcome is in the backend) has its job reported
   ``done`` with that state, never lost; one that dies between ``storing`` and ``stored`` is
-  settled by reading the backend from a thread (done if the store got through).
+  settled by reading the backend from a thread (done if the store got through). Either way,
+  unless it had said ``followed``, the result says ``follow_up``: the worker counts its chord
+  part and sends what follows the outcome, which the child may not have done.
 - ``max_tasks_per_child``: a child is given at most that many jobs it will run; a job it
   skipped (taken back with ``withdraw``) gives its slot back.
 - Each child's lifecycle (starting, ready, broken, retiring, dead) is one ``ChildState`` with
@@ -399,6 +401,7 @@ class PreforkPool(Pool):
             child.current = job
             child.current_seq = frame[1]
             child.storing, child.stored = False, None
+            child.followed, child.claim = False, None
             job.pid = child.pid
             self._early_deaths = self._unstarted_deaths = 0  # children can run jobs
             if self._start_failures:
@@ -415,6 +418,7 @@ class PreforkPool(Pool):
             child.current = None
             child.soft_at = child.hard_at = 0.0
             child.storing, child.stored = False, None
+            child.followed, child.claim = False, None
             child.tasks += 1
             result: JobResult = frame[2]
             self.on_done(job, result)
@@ -424,6 +428,12 @@ class PreforkPool(Pool):
         elif kind == "stored":
             if child.current is not None and child.current_seq == frame[1]:
                 child.stored = frame[2]
+        elif kind == "claimed":
+            if child.current is not None and child.current_seq == frame[1]:
+                child.claim = (frame[2], frame[3])
+        elif kind == "followed":
+            if child.current is not None and child.current_seq == frame[1]:
+                child.followed = True
         elif kind == "skipped":  # withdrawn before it started
             job = self._take_queued(child, frame[1])
             if job is not None:
@@ -608,10 +618,15 @@ class PreforkPool(Pool):
             # Its outcome was stored before it died (sending callbacks, say): that is the
             # end. Failing it now would overwrite the stored result; requeueing it would run
             # it (and its chain) twice (issue 13 #9).
-            logger.warning("pool child %d died (%s) after %s[%s] stored %s: kept", child.pid,
-                           how, job.name, job.id, child.stored)
+            # Before it said ``followed``: what follows the outcome (its chord part, the next
+            # chain step, callbacks) may not have been sent; the worker sends it (issue 15).
+            logger.warning("pool child %d died (%s) after %s[%s] stored %s: kept%s", child.pid,
+                           how, job.name, job.id, child.stored,
+                           "" if child.followed else "; the worker sends what follows it")
             return self.on_done, (job, JobResult(child.stored,
-                                                 summary=f"stored; then its process: {exc}"))
+                                                 summary=f"stored; then its process: {exc}",
+                                                 follow_up=not child.followed,
+                                                 claim=child.claim))
         self.stats["lost"] += 1
         logger.debug("pool child %d died (%s) running %s[%s]", child.pid, how, job.name,
                      job.id)
@@ -648,7 +663,8 @@ class PreforkPool(Pool):
         if state in states.READY_STATES:
             logger.warning("%s[%s] stored %s before its pool child died: kept", job.name,
                            job.id, state)
-            self.on_done(job, JobResult(state, summary=f"stored; then its process: {exc}"))
+            self.on_done(job, JobResult(state, summary=f"stored; then its process: {exc}",
+                                        follow_up=True))
         else:
             self.on_lost(job, exc)
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from taskq import chord, states
+from taskq import chord, states, trace
 from taskq.app import run_hooks
 from taskq.errors import (
     ConfigurationError,
@@ -582,9 +582,27 @@ class Worker:
                        result.runtime, f": {result.summary}" if result.summary else "")
         if result.state == states.REJECTED:
             self.consumer.reject(request, requeue=result.requeue)
+        elif result.follow_up:
+            self._follow_up_then_ack(request, result)
         else:
             self.consumer.ack(request)
         self.feed_pool()
+
+    def _follow_up_then_ack(self, request: Request, result: JobResult) -> None:
+        """The child died after storing the outcome and before it sent what follows it (its
+        chord part, the next chain step): send that off the loop (``trace.follow_up``), then
+        ack, so that under ``acks_late`` a worker that dies meanwhile leaves the message."""
+        app, msg = self.app, request.msg
+
+        def then(_outcome: Outcome) -> None:  # follow_up never raises: it logs
+            self.consumer.ack(request)
+
+        if not self.offload_results.submit(
+                f"sending what follows {request.name}[{request.id}]",
+                lambda: trace.follow_up(app, msg, result.state, result.claim), then):
+            logger.error("task %s[%s]: what follows its %s is not sent: the result backend "
+                         "is not keeping up", request.name, request.id, result.state)
+            self.consumer.ack(request)
 
     def _task_done_event(self, job: Job, result: JobResult) -> None:
         if not self.task_events:

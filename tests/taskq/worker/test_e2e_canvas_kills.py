@@ -1,0 +1,76 @@
+"""A real ``taskq worker -P prefork`` (app ``appmod_pool``) whose pool child dies after it
+stored a task's outcome and before it sent what follows it (issue 15, found by
+``taskq-stress run --suite canvas``): the next step of a chain, a chord's body. The outcome
+stays stored (issue 13 #9) and the worker's main process sends what follows, once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from e2e_support import Broker, Ledger, StartWorker, wait_until
+
+from taskq import states
+from taskq.canvas import Signature, chain, chord
+
+
+def _records(ledger: Ledger, task_id: str) -> int:
+    return sum(1 for p in ledger.lines() if p[:2] == ["record", task_id])
+
+
+def _stalled_worker(broker: Broker, worker: StartWorker, flag: Path) -> None:
+    # One child: the parts run one after another; the first send of a task's child (the
+    # next step, the body) stalls after the store, for the test to kill it there.
+    worker(broker, pool="prefork", concurrency=1, app="appmod_pool",
+           env={"APPMOD_STALL_AFTER_STORE": str(flag)})
+
+
+@pytest.mark.parametrize("broker", ["redis_broker", "amqp_broker"])
+def test_a_chain_goes_on_when_a_steps_child_dies_after_storing_it(
+        request: pytest.FixtureRequest, worker: StartWorker, ledger: Ledger, tmp_path: Path,
+        broker: str) -> None:
+    """Given a chain whose first step stored SUCCESS and is sending the second, when its
+    child is killed, then the second step still runs, once."""
+    b: Broker = request.getfixturevalue(broker)
+    flag = tmp_path / "stalled"
+    _stalled_worker(b, worker, flag)
+    client = b.app()
+    first = Signature("appmod.sleeper", (0, str(ledger)), immutable=True, app=client)
+    second = Signature("appmod.record", ("next",), {"ledger": str(ledger)}, immutable=True,
+                       app=client)
+    result = chain(first, second, app=client).apply_async()
+    pid = int(wait_until(lambda: flag.exists() and flag.read_text(), 30, "the stall"))
+    os.kill(pid, signal.SIGKILL)
+    assert result.get(timeout=60) == "next"
+    assert result.parent.state == states.SUCCESS
+    # Behind anything the worker might still send: a duplicate would run before this ends.
+    assert client.send_task("appmod.add", (1, 1)).get(timeout=30) == 2
+    assert _records(ledger, result.id) == 1
+
+
+@pytest.mark.parametrize("broker", ["redis_broker", "amqp_broker"])
+def test_a_chord_body_runs_once_when_the_last_parts_child_dies_holding_the_claim(
+        request: pytest.FixtureRequest, worker: StartWorker, ledger: Ledger, tmp_path: Path,
+        broker: str) -> None:
+    """Given a chord whose last header part stored SUCCESS, completed the count and took the
+    claim to fire the body, when its child is killed before the body is sent, then the body
+    still runs, once (under early acks no part comes back to take the claim once it
+    expired: the worker gives the dead child's claim up)."""
+    b: Broker = request.getfixturevalue(broker)
+    flag = tmp_path / "stalled"
+    _stalled_worker(b, worker, flag)
+    client = b.app()
+    header = [Signature("appmod.sleeper", (0, str(ledger)), immutable=True, app=client)
+              for _ in range(2)]
+    body = Signature("appmod.record", ({"fired": True},), {"ledger": str(ledger)},
+                     immutable=True, app=client)
+    result = chord(header, body, app=client).apply_async()
+    pid = int(wait_until(lambda: flag.exists() and flag.read_text(), 30, "the stall"))
+    os.kill(pid, signal.SIGKILL)
+    assert result.get(timeout=60) == {"fired": True}
+    assert [r.state for r in result.parent.results] == [states.SUCCESS] * 2
+    assert client.send_task("appmod.add", (1, 1)).get(timeout=30) == 2
+    assert _records(ledger, result.id) == 1
