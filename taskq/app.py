@@ -249,11 +249,39 @@ class TaskQ:
             self.add_to_parent(result)
         return result
 
+    @contextmanager
+    def publish_batch(self) -> Iterator[None]:
+        """Send the task messages this thread publishes inside the block together, when it
+        ends: one pipeline on Redis, one wait for every confirm on RabbitMQ
+        (``taskq.publish_batch``). Calls return their results as usual; the messages reach
+        the broker at the end of the block (on Redis, none if the block raises). Groups and
+        chords publish their tasks this way."""
+        with self._publisher.batch():
+            yield
+
+    def send_many(self, signatures: Iterable[Mapping[str, Any]]) -> list[Any]:
+        """Publish many calls at once (``app.send_many(add.s(i, i) for i in range(100))``):
+        each signature's ``apply_async()`` inside one ``publish_batch``; their results, in
+        order."""
+        from taskq.canvas import signature
+
+        results = []
+        with self.publish_batch():
+            for item in signatures:
+                if not isinstance(item, Mapping) or not isinstance(item.get("task"), str):
+                    raise TypeError(
+                        f"send_many takes signatures such as add.s(1, 2), got {item!r}")
+                results.append(signature(item, self).apply_async())
+        return results
+
     def add_to_parent(self, result: Any) -> None:
         """Record ``result`` as a child of the task this worker is running, if any (its
         stored ``children``, as Celery's ``add_to_parent``)."""
         parent = self.current_worker_request()
-        if parent is not None:
+        if parent is None:
+            return
+        task = self.tasks.get(parent.task or "")
+        if task is None or task.trail:  # trail=False: the task keeps no children
             parent.children.append(result)
 
     def _route(self, name: str) -> str | None:

@@ -563,7 +563,9 @@ class group(_TaskList):
         add_to_parent = options.pop("add_to_parent", True)
         members, _ = self._freeze_members(gid, options.get("root_id"), body, args, kwargs)
         # The running task (if any) gets the group as one child, as in Celery.
-        results = [member.apply_async(add_to_parent=False, **options) for member in members]
+        with self.app.publish_batch():  # one pipeline on Redis (taskq.publish_batch)
+            results = [member.apply_async(add_to_parent=False, **options)
+                       for member in members]
         result = GroupResult(gid, results, app=self.app)
         if add_to_parent:
             self.app.add_to_parent(result)
@@ -704,8 +706,9 @@ class chord(Signature):
             body_result.parent = GroupResult(gid, [], app=app)
             return body_result
         app.backend.set_chord_size(gid, sum(chord_size(m) for m in members))
-        results = [member.apply_async(add_to_parent=False, **header_options)
-                   for member in members]
+        with app.publish_batch():
+            results = [member.apply_async(add_to_parent=False, **header_options)
+                       for member in members]
         header_result = GroupResult(gid, results, app=app)
         if add_to_parent:  # the header is the running task's child, as in Celery
             app.add_to_parent(header_result)

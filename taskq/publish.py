@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from kombu import Connection, Exchange, Producer, Queue
@@ -16,6 +17,7 @@ from kombu.transport import TRANSPORT_ALIASES
 from taskq.embedded import default_broker_url
 from taskq.errors import BrokerUnreachable, ConfigurationError
 from taskq.protocol import TaskMessage, to_wire
+from taskq.publish_batch import buffer_for
 from taskq.urls import safe_url
 
 if TYPE_CHECKING:
@@ -151,6 +153,7 @@ class Publisher:
         self._connections: Any = None
         self._abandoned: list[Any] = []
         self._targets: dict[tuple[Any, ...], Queue] = {}
+        self._local = threading.local()  # .producer: the open batch's, in this thread
 
     def _ensure_pool(self) -> ProducerPool:
         if self._pid != os.getpid():
@@ -187,6 +190,34 @@ class Publisher:
             queue = self._targets[key] = queue_for(conf, name)
         return queue
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Send what this thread publishes inside the block together, through one producer,
+        when the block ends (``taskq.publish_batch``); nested blocks join the outer one."""
+        if getattr(self._local, "producer", None) is not None:
+            yield
+            return
+        with ExitStack() as stack:
+            try:
+                producer = stack.enter_context(
+                    self._ensure_pool().acquire(block=True, timeout=30))
+                buffer = buffer_for(producer.channel)
+                buffer.start()
+            except (OperationalError, ConnectionError, OSError) as exc:
+                raise self._unreachable("a batch of tasks", {}, exc) from exc
+            self._local.producer = producer
+            try:
+                yield
+            except BaseException:
+                buffer.discard()
+                raise
+            finally:
+                self._local.producer = None
+            try:
+                buffer.flush()
+            except (OperationalError, ConnectionError, OSError) as exc:
+                raise self._unreachable("a batch of tasks", {}, exc) from exc
+
     def publish(
         self,
         msg: TaskMessage,
@@ -205,28 +236,33 @@ class Publisher:
         policy = dict(conf["task_publish_retry_policy"])
         if retry_policy:
             policy.update(retry_policy)
+        options = dict(
+            exchange=queue.exchange if exchange is None else exchange,
+            routing_key=queue.routing_key if routing_key is None else routing_key,
+            serializer=serializer or conf["task_serializer"],
+            headers=headers,
+            priority=priority,
+            delivery_mode=2,
+            retry=retry,
+            retry_policy=policy,
+            **properties,
+        )
         try:
+            batched = getattr(self._local, "producer", None)
+            if batched is not None:
+                batched.publish(body, declare=_undeclared(batched, queue), **options)
+                return
             with self._ensure_pool().acquire(block=True, timeout=30) as producer:
-                producer.publish(
-                    body,
-                    exchange=queue.exchange if exchange is None else exchange,
-                    routing_key=queue.routing_key if routing_key is None else routing_key,
-                    serializer=serializer or conf["task_serializer"],
-                    headers=headers,
-                    priority=priority,
-                    delivery_mode=2,
-                    declare=[queue],
-                    retry=retry,
-                    retry_policy=policy,
-                    **properties,
-                )
+                producer.publish(body, declare=_undeclared(producer, queue), **options)
         except (OperationalError, ConnectionError, OSError) as exc:
-            url = broker_url(conf)
-            raise BrokerUnreachable(
-                f"cannot publish task {msg.task}[{msg.id}]: broker {safe_url(url)} unreachable "
-                f"after {policy.get('max_retries', 0)} retries ({exc}); check that the broker is "
-                "running and that broker_url (or TASKQ_BROKER_URL) points at it"
-            ) from exc
+            raise self._unreachable(f"task {msg.task}[{msg.id}]", policy, exc) from exc
+
+    def _unreachable(self, what: str, policy: Mapping[str, Any], exc: BaseException
+                     ) -> BrokerUnreachable:
+        return BrokerUnreachable(
+            f"cannot publish {what}: broker {safe_url(broker_url(self.conf))} unreachable "
+            f"after {policy.get('max_retries', 0)} retries ({exc}); check that the broker is "
+            "running and that broker_url (or TASKQ_BROKER_URL) points at it")
 
     def close(self) -> None:
         if self._pid == os.getpid() and self._connections is not None:
@@ -234,3 +270,13 @@ class Publisher:
                 self._pool.force_close_all()
             self._connections.force_close_all()
         self._pool, self._connections = None, None
+
+
+def _undeclared(producer: Producer, queue: Queue) -> list[Queue]:
+    """``[queue]`` unless kombu would skip declaring it on this connection anyway (its
+    declaration is cached there): kombu copies the queue and its exchange on every publish
+    before it looks (``common._maybe_declare``): ~40 µs of a send's ~290 µs of CPU here."""
+    declared = getattr(producer.connection, "declared_entities", None)
+    if declared is not None and queue.can_cache_declaration and hash(queue) in declared:
+        return []
+    return [queue]

@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.utils.json import loads
 
 from taskq.transports.redis import TRANSPORT_ALIAS
+from tests.redis_commands import RedisCommands
 
 pytestmark = pytest.mark.redis
 
@@ -56,31 +56,6 @@ def connect(redis_url: str) -> Iterator[Connect]:
     yield connect
     for conn in opened:
         conn.release()
-
-
-class Commands:
-    """What this process sends to Redis: one entry per write to a socket (a round trip)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.sent: list[list[str]] = []
-        cls = redis.connection.AbstractConnection
-        original = cls.send_packed_command
-
-        def spy(conn: Any, command: Any, check_health: bool = True) -> None:
-            chunks = command if isinstance(command, list) else [command]
-            raw = b"".join(bytes(c) for c in chunks)
-            # each command of the write is `*<n>\r\n$<len>\r\n<NAME>\r\n...`
-            names = [part.split(b"\r\n")[2].decode() for part in raw.split(b"*")[1:]
-                     if part[:1].isdigit() and part.count(b"\r\n") >= 3
-                     and part.split(b"\r\n")[1].startswith(b"$")
-                     and part.split(b"\r\n")[2].isalpha()]
-            self.sent.append(names)
-            original(conn, command, check_health)
-
-        monkeypatch.setattr(cls, "send_packed_command", spy)
-
-    def clear(self) -> None:
-        self.sent.clear()
 
 
 def _body(raw: bytes) -> Any:
@@ -151,7 +126,7 @@ def test_a_direct_publish_is_one_round_trip(connect, prefixes, redis_client, mon
     queue = Queue("q", Exchange("q"), routing_key="q")
     producer = Producer(conn.default_channel)
     producer.publish({"warm": 1}, exchange=queue.exchange, routing_key="q", declare=[queue])
-    commands = Commands(monkeypatch)
+    commands = RedisCommands(monkeypatch)
     for n in range(10):
         producer.publish({"n": n}, exchange=queue.exchange, routing_key="q")
     assert commands.sent == [["EVALSHA"]] * 10
@@ -192,7 +167,7 @@ def test_a_batch_is_one_pipeline_and_keeps_the_order(connect, prefixes, redis_cl
     producer = Producer(conn.default_channel)
     producer.publish({"warm": 1}, exchange=queue.exchange, routing_key="q", declare=[queue])
     redis_client.delete(f"{prefix}q")
-    commands = Commands(monkeypatch)
+    commands = RedisCommands(monkeypatch)
     with conn.default_channel.buffered_publishes():
         for n in range(100):
             producer.publish({"n": n}, exchange=queue.exchange, routing_key="q")
