@@ -33,7 +33,8 @@ class Sizes:
     recycle_tasks: int = 1000  # -c 1 --max-tasks-per-child 1 ...
     recycle_budget: float = 8.0  # ... stops after this many seconds (a fork per task)
     startup_tasks: int = 100  # queued before the worker starts
-    publish_count: int = 2000  # send_task calls timed
+    publish_count: int = 2000  # send_task calls timed (and tasks sent in groups)
+    group_size: int = 100  # tasks per group (publishing in bulk)
     settle: float = 1.0  # idle seconds before reading the PSS
 
 
@@ -103,10 +104,15 @@ def make_rows(redis_url: str, amqp_url: str, sizes: Sizes, scratch: Path) -> lis
         Row("publish", "client publish one by one (send_task, Redis, results on)", "sends/s",
             ">= 1,500/s", True, lambda kind: publish_once(kind, redis_url,
                                                           sizes.publish_count).rate),
+        Row("publish_group", f"client publish in groups of {sizes.group_size} (Redis, "
+            "results on)", "tasks/s", "-", True,
+            lambda kind: publish_once(kind, redis_url, sizes.publish_count,
+                                      group_size=sizes.group_size).rate),
     ]
 
 
-ROW_KEYS = ("drain_redis", "drain_amqp", "redis3", "startup", "recycle", "pss", "publish")
+ROW_KEYS = ("drain_redis", "drain_amqp", "redis3", "startup", "recycle", "pss", "publish",
+            "publish_group")
 
 
 def installed(kind: str) -> bool:

@@ -50,10 +50,37 @@ def _client(kind: str, url: str, prefix: str, queue: str) -> Any:
                  task_default_queue=queue)
 
 
-def time_sends(kind: str, url: str, count: int, prefix: str, queue: str) -> float:
-    """In this process: seconds for ``count`` one-by-one ``send_task`` calls after a warm-up."""
+def _group_sender(kind: str, client: Any, size: int) -> Any:
+    """``send(first)``: publish ``group(bench.noop(first), ..., bench.noop(first + size - 1))``
+    with the client's own canvas (taskq's publishes a group in one batch)."""
+    if kind == "celery":
+        from celery import group as cgroup
+
+        def send_celery(first: int) -> None:
+            cgroup(client.signature("bench.noop", args=(i,))
+                   for i in range(first, first + size)).apply_async()
+        return send_celery
+    from taskq.canvas import Signature, group
+
+    def send_taskq(first: int) -> None:
+        group(*(Signature("bench.noop", (i,), app=client)
+                for i in range(first, first + size)), app=client).apply_async()
+    return send_taskq
+
+
+def time_sends(kind: str, url: str, count: int, prefix: str, queue: str,
+               group_size: int = 0) -> float:
+    """In this process: seconds for ``count`` one-by-one ``send_task`` calls after a warm-up
+    (with ``group_size``, ``count`` tasks sent as groups of that many)."""
     client = _client(kind, url, prefix, queue)
     try:
+        if group_size:
+            send = _group_sender(kind, client, group_size)
+            send(0)
+            started = time.perf_counter()
+            for first in range(0, count, group_size):
+                send(first)
+            return time.perf_counter() - started
         for i in range(WARMUP):
             client.send_task("bench.noop", args=(i,))
         started = time.perf_counter()
@@ -65,9 +92,12 @@ def time_sends(kind: str, url: str, count: int, prefix: str, queue: str) -> floa
 
 
 def publish_once(kind: str, url: str, count: int, baseline: Path | None = None,
-                 timeout: float = 600.0) -> PublishRun:
+                 timeout: float = 600.0, group_size: int = 0) -> PublishRun:
     """One round in a fresh interpreter (run in a scratch directory, so a baseline tree's
-    ``taskq`` linked there is the one imported)."""
+    ``taskq`` linked there is the one imported). With ``group_size``, ``count`` (rounded
+    up to whole groups) tasks are sent as groups of that many."""
+    if group_size:
+        count = -(-count // group_size) * group_size
     token = uuid.uuid4().hex[:8]
     prefix, queue = f"benchpub{token}:", f"bench.{token}"
     with tempfile.TemporaryDirectory(prefix="taskq-bench-publish-") as tmp:
@@ -75,10 +105,12 @@ def publish_once(kind: str, url: str, count: int, baseline: Path | None = None,
             assert baseline is not None
             os.symlink(baseline.resolve() / "taskq", Path(tmp) / "taskq")
         code = ("import json, sys; from stress.bench_publish import time_sends; "
-                "print(json.dumps(time_sends(*sys.argv[1:3], int(sys.argv[3]), *sys.argv[4:])))")
+                "print(json.dumps(time_sends(*sys.argv[1:3], int(sys.argv[3]), *sys.argv[4:6], "
+                "int(sys.argv[6]))))")
         try:
             done = subprocess.run(
-                [sys.executable, "-c", code, kind, url, str(count), prefix, queue],
+                [sys.executable, "-c", code, kind, url, str(count), prefix, queue,
+                 str(group_size)],
                 cwd=tmp, env={**os.environ, "PYTHONPATH": os.getcwd()}, capture_output=True,
                 text=True, timeout=timeout)
         finally:

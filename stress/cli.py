@@ -458,6 +458,8 @@ def publish(broker: str, count: int, rounds: int, compare: str | None,
               help="Tasks queued before a worker starts (start-up row).")
 @click.option("--publish-count", type=click.IntRange(min=1), default=2000, show_default=True,
               help="send_task calls timed per publishing round.")
+@click.option("--group-size", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Tasks per group when publishing in bulk (--publish-count tasks a round).")
 @click.option("--settle", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Seconds an idle worker sits before its PSS is read.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -465,18 +467,18 @@ def publish(broker: str, count: int, rounds: int, compare: str | None,
               help="Where the figures go as JSON (every measurement, with the load average).")
 def bench_all(redis_url: str, amqp_url: str, compare: tuple[str, ...], rounds: int,
               only: tuple[str, ...], drain_tasks: int, redis_tasks: int, recycle_tasks: int,
-              recycle_budget: float, startup_tasks: int, publish_count: int, settle: float,
-              json_path: Path) -> None:
+              recycle_budget: float, startup_tasks: int, publish_count: int,
+              group_size: int, settle: float, json_path: Path) -> None:
     """Measure every row of issue 17's table (drains, a Redis-bound task, start-up,
-    recycling, idle PSS, publishing), taskq beside the --compare workers, rounds
-    alternating; print median and range per row and write JSON."""
+    recycling, idle PSS, publishing one by one and in groups), taskq beside the --compare
+    workers, rounds alternating; print median and range per row and write JSON."""
     import json
     import tempfile
 
     from stress.bench_all import Sizes, make_rows, run, select, summary, table
 
     sizes = Sizes(drain_tasks, redis_tasks, recycle_tasks, recycle_budget, startup_tasks,
-                  publish_count, settle)
+                  publish_count, group_size, settle)
     kinds = ["taskq", *dict.fromkeys(compare)]
     with tempfile.TemporaryDirectory(prefix="taskq-bench-all-") as tmp:
         rows = select(make_rows(redis_url, amqp_url, sizes, Path(tmp)), only)

@@ -58,10 +58,11 @@ def test_bench_publish_prints_send_task_calls_per_second(redis_url):
         <= figures["taskq"]["max_per_s"]
 
 
-_ALL_ROWS = ["drain_redis", "drain_amqp", "redis3", "startup", "recycle", "pss", "publish"]
+_ALL_ROWS = ["drain_redis", "drain_amqp", "redis3", "startup", "recycle", "pss", "publish",
+             "publish_group"]
 _TINY = ["--drain-tasks", "2000", "--redis-tasks", "1500", "--recycle-tasks", "100",
          "--recycle-budget", "1", "--startup-tasks", "3", "--publish-count", "50",
-         "--settle", "0"]
+         "--group-size", "10", "--settle", "0"]
 
 
 def test_bench_all_measures_every_row_of_the_table_and_writes_its_figures(
@@ -81,7 +82,7 @@ def test_bench_all_measures_every_row_of_the_table_and_writes_its_figures(
         entry = row["taskq"]
         assert row["unit"] and row["target"], row["key"]
         assert entry["load_1m"]["min"] <= entry["load_1m"]["max"], row["key"]
-        if row["key"] in {"startup", "pss", "publish"}:
+        if row["key"] in {"startup", "pss", "publish", "publish_group"}:
             assert entry["runs"] == 1 and entry["min"] == entry["median"] == entry["max"] > 0
         else:
             assert entry["runs"] == 1 or entry["errors"], row["key"]
@@ -89,7 +90,7 @@ def test_bench_all_measures_every_row_of_the_table_and_writes_its_figures(
     lines = table.splitlines()
     assert lines[0].split()[:2] == ["figure", "unit"] and "taskq" in lines[0]
     assert "load 1m" in lines[0]
-    for row, line in zip(doc["rows"], lines[2:9], strict=True):
+    for row, line in zip(doc["rows"], lines[2:2 + len(_ALL_ROWS)], strict=True):
         assert line.startswith(row["figure"]), line
     assert "median (min-max) of 1 rounds" in table
 
