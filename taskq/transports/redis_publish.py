@@ -40,6 +40,7 @@ __all__ = ["PIPELINE_MAX", "PublishChannelMixin", "fingerprint"]
 
 PIPELINE_MAX = 1000  # scripts per pipeline: bounds one reply and Redis's time on it
 _ATTEMPTS = 5  # routes per message before kombu's own (non-atomic) path
+_TABLES_MAX = 1024  # binding tables a connection keeps
 
 
 def fingerprint(members: Iterable[bytes | str]) -> str:
@@ -195,7 +196,10 @@ class PublishChannelMixin:
     def _remember(self, exchange: str, members: Sequence[bytes]) -> None:
         ch: Any = self
         rows = [tuple(bytes_to_str(m).split(ch.sep)) for m in members]
-        ch.connection.binding_tables[exchange] = _Table(fingerprint(members), rows)
+        tables: dict[str, _Table] = ch.connection.binding_tables
+        if exchange not in tables and len(tables) >= _TABLES_MAX:
+            tables.clear()  # exchange names made up per message: keep it bounded
+        tables[exchange] = _Table(fingerprint(members), rows)
 
     def _run_publishes(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         ch: Any = self

@@ -212,3 +212,19 @@ def test_fanout_messages_in_a_batch_still_reach_subscribers(connect, prefixes):
             except TimeoutError:
                 pass
     assert got == [{"n": 1}, {"n": 2}]
+
+
+def test_a_batch_loads_the_script_when_redis_does_not_know_it(connect, prefixes,
+                                                               redis_client):
+    # Given a channel whose script sha Redis has never seen (as after a Redis restart)
+    prefix = prefixes("noscript")
+    conn = connect(prefix)
+    queue = Queue("q", Exchange("q"), routing_key="q")
+    producer = Producer(conn.default_channel)
+    producer.publish({"n": 0}, exchange=queue.exchange, routing_key="q", declare=[queue])
+    conn.default_channel._script("PUBLISH").sha = "0" * 40
+    # When a batch goes out, every message of it still arrives, once
+    with conn.default_channel.buffered_publishes():
+        for n in range(1, 4):
+            producer.publish({"n": n}, exchange=queue.exchange, routing_key="q")
+    assert _bodies(redis_client, f"{prefix}q") == [{"n": n} for n in range(4)]
