@@ -134,12 +134,19 @@ class TaskQ:
     def task(
         self, fn: Callable[..., Any] | None = None, /, **options: Any
     ) -> Task | Callable[[Callable[..., Any]], Task]:
-        """Register a function as a task: ``@app.task`` or ``@app.task(bind=True, ...)``."""
+        """Register a function as a task: ``@app.task`` or ``@app.task(bind=True, ...)``.
+        ``base=`` names a ``Task`` subclass to make it from (its methods and attributes are
+        the task's, as a Celery base class's are)."""
         check_options(options, TASK_OPTIONS, "task option")
+        base = options.pop("base", None) or Task
+        if not (isinstance(base, type) and issubclass(base, Task)):
+            raise TypeError(
+                f"task option base={base!r}: expected a subclass of taskq.Task (a Celery "
+                "base class runs with its Celery app: taskq worker -A <the Celery app>)")
 
         def register(fn: Callable[..., Any]) -> Task:
             name = options.pop("name", None) or self._task_name(fn)
-            task = Task(self, fn, name=name, **options)
+            task = base(self, fn, name=name, **options)
             self.tasks[name] = task
             return task
 

@@ -99,7 +99,7 @@ TASK_OPTIONS = frozenset({
     "time_limit", "soft_time_limit", "max_retries", "default_retry_delay", "autoretry_for",
     "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "ignore_result",
     "serializer", "track_started", "rate_limit", "expires", "typing",
-    "store_errors_even_if_ignored",
+    "store_errors_even_if_ignored", "base", "trail",
 })
 
 CALL_OPTIONS = frozenset({
@@ -148,6 +148,7 @@ class Task:
         expires: float | dt.datetime | None = None,
         typing: bool = True,
         store_errors_even_if_ignored: bool | None = None,
+        trail: bool = True,
     ) -> None:
         parse_rate(rate_limit)  # a bad rate fails here, not in the worker's loop
         self.app = app
@@ -175,6 +176,7 @@ class Task:
         self.expires = expires  # as Celery: each call's default ``expires``
         self.typing = typing  # as Celery: False sends calls its signature would refuse
         self._store_errors_even_if_ignored = store_errors_even_if_ignored
+        self.trail = trail  # as Celery: False keeps no children in the stored result
         self._local = threading.local()
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn

@@ -73,3 +73,9 @@ def test_imports_then_include_are_imported_by_import_includes(tmp_path: Path,
                                                  include=("cfg_include_b",)))
     app.import_includes()
     assert sys.modules["cfg_imports_a"].LOADED and sys.modules["cfg_include_b"].LOADED
+
+
+def test_base_must_be_a_taskq_task_subclass():
+    app = TaskQ("base", broker="memory://")
+    with pytest.raises(TypeError, match=r"expected a subclass of taskq\.Task"):
+        app.task(base=object)(lambda: 1)

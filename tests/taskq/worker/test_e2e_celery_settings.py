@@ -50,3 +50,24 @@ def test_update_state_shows_a_custom_state_and_meta_to_the_client(
     assert result.info == {"done": 1, "of": 2}
     gate.write_text("go")
     assert result.get(timeout=60) == "finished"
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_task_made_from_a_base_class_has_its_methods_on_the_worker(
+        broker: Broker, worker: StartWorker) -> None:
+    worker(broker, env={"TASKQ_IMPORTS": "appmod_options"})
+    result = broker.app().send_task("appmod_options.greet", ("ann",))
+    assert result.get(timeout=30) == "hello ann from appmod_options.greet"
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_trail_false_keeps_no_children_in_the_result(broker: Broker,
+                                                      worker: StartWorker) -> None:
+    worker(broker, env={"TASKQ_IMPORTS": "appmod_options"})
+    client = broker.app()
+    trailed = client.send_task("appmod_options.spawn")
+    untrailed = client.send_task("appmod_options.spawn_without_trail")
+    assert trailed.get(timeout=30) == untrailed.get(timeout=30) == "sent"
+    [child] = trailed.children
+    assert child.get(timeout=30) == 2
+    assert not untrailed.children
