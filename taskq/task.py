@@ -358,6 +358,27 @@ class Task:
     def AsyncResult(self, task_id: str) -> AsyncResult:
         return self.app.AsyncResult(task_id, task_name=self.name)
 
+    # -- handlers: override in a base class (``@app.task(base=...)``), as on Celery ----------
+    def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+                     ) -> None:
+        """Called where the task runs, just before it (an error here fails the task)."""
+
+    def on_success(self, retval: Any, task_id: str, args: tuple[Any, ...],
+                   kwargs: Mapping[str, Any]) -> None:
+        """Called after a success is stored."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple[Any, ...],
+                   kwargs: Mapping[str, Any], einfo: Any) -> None:
+        """Called after a failure is stored (``einfo``: billiard's ``ExceptionInfo``)."""
+
+    def on_retry(self, exc: BaseException, task_id: str, args: tuple[Any, ...],
+                 kwargs: Mapping[str, Any], einfo: Any) -> None:
+        """Called after a retry is stored and the next attempt published."""
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: tuple[Any, ...],
+                     kwargs: Mapping[str, Any], einfo: Any) -> None:
+        """Called after ``on_success``/``on_failure`` (not after a retry)."""
+
     # -- reporting ----------------------------------------------------------------------------
     def update_state(self, task_id: str | None = None, state: str | None = None,
                      meta: Any = None) -> None:

@@ -15,6 +15,8 @@ import traceback as tb
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from billiard.einfo import ExceptionInfo
+
 from taskq import chord, states
 from taskq.app import run_hooks
 from taskq.canvas import Signature, signature
@@ -98,14 +100,17 @@ def execute(
     backend = task.app.backend if store else None
     ignore_result = task.ignore_result or msg.ignore_result
     started = time.monotonic()
+    einfo: ExceptionInfo | None = None
     task.push_request(context)
     task.app.push_current(context)
     run_hooks(task.app.hooks.task_prerun, task, msg.id)
     try:
         if backend is not None and not eager and not ignore_result and task.track_started:
             _store_started(task, context)
+        task.before_start(msg.id, context.args, context.kwargs)
         value = _call(task, msg)
     except Retry as retry:
+        einfo = ExceptionInfo()
         outcome = Outcome(states.RETRY, retry.exc or retry, _format_tb(retry),
                           time.monotonic() - started, retry=retry)
     except Ignore:
@@ -114,6 +119,7 @@ def execute(
         outcome = Outcome(states.REJECTED, reject, None, time.monotonic() - started,
                           requeue=reject.requeue)
     except Exception as exc:
+        einfo = ExceptionInfo()
         outcome = Outcome(states.FAILURE, exc, _format_tb(exc), time.monotonic() - started)
     else:
         outcome = Outcome(states.SUCCESS, value, None, time.monotonic() - started)
@@ -132,6 +138,7 @@ def execute(
         if msg.chord is not None and not eager:  # a chord's header part: count it
             chord.message_done(task.app, msg, outcome.state, outcome.value,
                                on_claimed=on_claimed)
+    _run_handlers(task, context, outcome, einfo)
     if outcome.state == states.SUCCESS:
         for sig, rest in followers:
             _send(task, sig, outcome.value, msg, eager, rest)
@@ -166,6 +173,34 @@ def follow_up(app: TaskQ, msg: TaskMessage, state: str,
     except Exception:
         logger.exception("task %s[%s]: sending what follows its stored %s failed", msg.task,
                          msg.id, state)
+
+
+def _run_handlers(task: Task, context: Context, outcome: Outcome,
+                  einfo: ExceptionInfo | None) -> None:
+    """The task's ``on_success``/``on_failure``/``on_retry`` and ``after_return``, as Celery's
+    worker calls them: after the outcome is stored, with the request still current. A
+    handler that raises is logged; the outcome stays what it was."""
+    task_id, args, kwargs = context.id, context.args, context.kwargs
+    calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+    if outcome.state == states.SUCCESS:
+        calls.append((task.on_success, (outcome.value, task_id, args, kwargs)))
+    elif outcome.state == states.FAILURE:
+        calls.append((task.on_failure, (outcome.value, task_id, args, kwargs, einfo)))
+    elif outcome.state == states.RETRY:
+        calls.append((task.on_retry, (outcome.value, task_id, args, kwargs, einfo)))
+    if outcome.state in (states.SUCCESS, states.FAILURE):
+        calls.append((task.after_return, (outcome.state, outcome.value, task_id, args,
+                                          kwargs, einfo)))
+    task.push_request(context)
+    try:
+        for handler, handler_args in calls:
+            try:
+                handler(*handler_args)
+            except Exception:
+                logger.exception("task %s[%s]: its %s raised", task.name, task_id,
+                                 getattr(handler, "__name__", handler))
+    finally:
+        task.pop_request()
 
 
 def _store_started(task: Task, context: Context) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from taskq import TaskQ
+from taskq import Task, TaskQ
 from taskq.config import OLD_NAMES, SETTINGS, Config
 from taskq.errors import ConfigurationError
 from taskq.result import EagerResult
@@ -79,3 +79,24 @@ def test_base_must_be_a_taskq_task_subclass():
     app = TaskQ("base", broker="memory://")
     with pytest.raises(TypeError, match=r"expected a subclass of taskq\.Task"):
         app.task(base=object)(lambda: 1)
+
+
+def test_handlers_of_a_base_class_run_under_apply_and_one_that_raises_changes_nothing():
+    app = TaskQ("handlers", broker="memory://")
+    calls: list[tuple[str, ...]] = []
+
+    class Noted(Task):
+        def on_success(self, retval, task_id, args, kwargs):
+            calls.append(("on_success", retval, task_id, self.request.id))
+            raise RuntimeError("a broken handler")
+
+        def after_return(self, status, retval, task_id, args, kwargs, einfo):
+            calls.append(("after_return", status))
+
+    @app.task(base=Noted)
+    def two():
+        return 2
+
+    result = two.apply(task_id="t1")
+    assert result.get() == 2 and result.state == "SUCCESS"
+    assert calls == [("on_success", 2, "t1", "t1"), ("after_return", "SUCCESS")]

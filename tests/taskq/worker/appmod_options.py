@@ -34,3 +34,37 @@ def spawn(self: Any) -> str:
 def spawn_without_trail(self: Any) -> str:
     app.send_task("appmod.add", (2, 2))
     return "sent"
+
+
+class Audited(Task):
+    """A base class whose handlers note each call in the file the task is given."""
+
+    def _note(self, path: str, line: str) -> None:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+    def before_start(self, task_id: Any, args: Any, kwargs: Any) -> None:
+        self._note(args[0], f"before_start {task_id}")
+
+    def on_success(self, retval: Any, task_id: Any, args: Any, kwargs: Any) -> None:
+        self._note(args[0], f"on_success {task_id} {retval} {self.request.id}")
+
+    def on_failure(self, exc: Any, task_id: Any, args: Any, kwargs: Any, einfo: Any) -> None:
+        self._note(args[0], f"on_failure {task_id} {type(exc).__name__} "
+                            f"{einfo.type.__name__}")
+
+    def on_retry(self, exc: Any, task_id: Any, args: Any, kwargs: Any, einfo: Any) -> None:
+        self._note(args[0], f"on_retry {task_id} {type(exc).__name__}")
+
+    def after_return(self, status: Any, retval: Any, task_id: Any, args: Any, kwargs: Any,
+                     einfo: Any) -> None:
+        self._note(args[0], f"after_return {task_id} {status}")
+
+
+@app.task(base=Audited, bind=True, max_retries=1, default_retry_delay=0)
+def audited(self: Any, path: str, fail: bool) -> str:
+    if fail and self.request.retries == 0:
+        raise self.retry(exc=KeyError("again"))
+    if fail:
+        raise ValueError("boom")
+    return "ok"

@@ -71,3 +71,27 @@ def test_trail_false_keeps_no_children_in_the_result(broker: Broker,
     [child] = trailed.children
     assert child.get(timeout=30) == 2
     assert not untrailed.children
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_base_classs_handlers_run_on_the_worker_as_on_celery(
+        broker: Broker, worker: StartWorker, tmp_path: Path) -> None:
+    worker(broker, pool="prefork", concurrency=1, env={"TASKQ_IMPORTS": "appmod_options"})
+    client = broker.app()
+    ok_path, bad_path = tmp_path / "ok.txt", tmp_path / "bad.txt"
+    ok = client.send_task("appmod_options.audited", (str(ok_path), False))
+    bad = client.send_task("appmod_options.audited", (str(bad_path), True))
+    assert ok.get(timeout=30) == "ok"
+    with pytest.raises(ValueError, match="boom"):
+        bad.get(timeout=30)
+
+    def lines(path: Path) -> list[str]:
+        return path.read_text().splitlines() if path.exists() else []
+
+    wait_until(lambda: len(lines(ok_path)) == 3, 30, "the success handlers")
+    assert lines(ok_path) == [f"before_start {ok.id}", f"on_success {ok.id} ok {ok.id}",
+                              f"after_return {ok.id} SUCCESS"]
+    wait_until(lambda: len(lines(bad_path)) == 5, 30, "the retry and failure handlers")
+    assert lines(bad_path) == [
+        f"before_start {bad.id}", f"on_retry {bad.id} KeyError", f"before_start {bad.id}",
+        f"on_failure {bad.id} ValueError ValueError", f"after_return {bad.id} FAILURE"]
