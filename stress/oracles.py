@@ -393,7 +393,8 @@ def lost_process(ev: Evidence) -> Verdict:
 # -- not vacuous --------------------------------------------------------------------------------
 
 def _in_flight(ev: Evidence, at: float) -> bool:
-    for h in ev.book.published():
+    # every task the ledger saw run: a canvas's steps sent by the worker count too
+    for h in list(ev.book.by_id.values()):
         for s in h.starts:
             end = _run_end(h, s)
             if s.mono <= at and (end is None or end >= at):
