@@ -229,6 +229,9 @@ class CeleryTask(Task):
             track_started=ctask.track_started,
             rate_limit=ctask.rate_limit,
             store_errors_even_if_ignored=ctask.store_errors_even_if_ignored,
+            throws=tuple(getattr(ctask, "throws", ()) or ()),
+            send_events=getattr(ctask, "send_events", True),
+            trail=getattr(ctask, "trail", True),
             # autoretry_for stays empty: Celery wrapped ctask.run with it already.
         )
 

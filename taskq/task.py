@@ -99,7 +99,7 @@ TASK_OPTIONS = frozenset({
     "time_limit", "soft_time_limit", "max_retries", "default_retry_delay", "autoretry_for",
     "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "ignore_result",
     "serializer", "track_started", "rate_limit", "expires", "typing",
-    "store_errors_even_if_ignored", "base", "trail",
+    "store_errors_even_if_ignored", "base", "trail", "throws", "send_events",
 })
 
 CALL_OPTIONS = frozenset({
@@ -149,6 +149,8 @@ class Task:
         typing: bool = True,
         store_errors_even_if_ignored: bool | None = None,
         trail: bool = True,
+        throws: tuple[type[BaseException], ...] = (),
+        send_events: bool = True,
     ) -> None:
         parse_rate(rate_limit)  # a bad rate fails here, not in the worker's loop
         self.app = app
@@ -177,6 +179,9 @@ class Task:
         self.typing = typing  # as Celery: False sends calls its signature would refuse
         self._store_errors_even_if_ignored = store_errors_even_if_ignored
         self.trail = trail  # as Celery: False keeps no children in the stored result
+        # As Celery: a failure with one of these is expected (logged at INFO, no traceback).
+        self.throws = tuple(throws)
+        self.send_events = send_events  # False: the worker sends no task events for it
         self._local = threading.local()
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn

@@ -29,6 +29,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from taskq import states
 from taskq.errors import PoolFeatureUnsupported
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ class JobResult:
     # (group id, token: the child's claim to fire a chord's body) first.
     follow_up: bool = False
     claim: tuple[str, str] | None = None
+    expected: bool = False  # a FAILURE with one of the task's ``throws`` exceptions
 
 
 StartedCallback = Callable[[Job, int], None]
@@ -122,8 +124,10 @@ def run_job(app: TaskQ, job: Job, hostname: str | None, *,
                       on_storing=on_storing, on_stored=on_stored, on_claimed=on_claimed,
                       on_followed=on_followed)
     summary = "" if outcome.value is None else repr(outcome.value)[:200]
+    expected = bool(outcome.state == states.FAILURE and task.throws
+                    and isinstance(outcome.value, task.throws))
     return JobResult(outcome.state, outcome.requeue, outcome.runtime, summary,
-                     outcome.traceback or "")
+                     outcome.traceback or "", expected=expected)
 
 
 class Pool(ABC):

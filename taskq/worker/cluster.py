@@ -82,8 +82,12 @@ class Events:
             return None
         return self.dispatcher.send(type_, **fields)
 
-    def task(self, type_: str, **fields: Any) -> None:
-        if self.worker.task_events:
+    def task(self, type_: str, task_name: str, **fields: Any) -> None:
+        """A task event, unless task events are off or the task says ``send_events=False``."""
+        if not self.worker.task_events:
+            return
+        task = self.worker.app.tasks.get(task_name)
+        if task is None or task.send_events:
             self.send(type_, **fields)
 
     def heartbeat(self) -> None:

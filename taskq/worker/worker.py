@@ -419,8 +419,8 @@ class Worker:
         logger.debug("received %s[%s]", request.name, request.id)
         msg = request.msg
         if self.task_events:
-            self.events.task("task-received", uuid=msg.id, name=msg.task, args=msg.argsrepr,
-                             kwargs=msg.kwargsrepr, root_id=msg.root_id,
+            self.events.task("task-received", msg.task, uuid=msg.id, name=msg.task,
+                             args=msg.argsrepr, kwargs=msg.kwargsrepr, root_id=msg.root_id,
                              parent_id=msg.parent_id, retries=msg.retries,
                              eta=msg.eta.isoformat() if msg.eta else None,
                              expires=msg.expires.isoformat() if msg.expires else None)
@@ -560,7 +560,7 @@ class Worker:
         if request.settled_reason is not None:
             logger.warning("task %s[%s] started although its lease was lost (%s): it may run "
                            "twice", request.name, request.id, request.settled_reason)
-        self.events.task("task-started", uuid=job.id, pid=pid)
+        self.events.task("task-started", job.name, uuid=job.id, pid=pid)
         # Early acks were sent before the job reached the pool (feed_pool).
         if request.terminated is not None:  # revoked with terminate before it started
             self.pool.terminate_job(job, request.terminated)
@@ -572,7 +572,9 @@ class Worker:
         self.totals[result.state] += 1
         self.completed_by_name[job.name] += 1
         self._task_done_event(job, result)
-        if result.state == states.FAILURE:  # as Celery: ERROR, with the task's traceback
+        if result.expected:  # one of the task's ``throws``: as Celery, INFO, no traceback
+            logger.info("task %s[%s] raised expected: %s", job.name, job.id, result.summary)
+        elif result.state == states.FAILURE:  # as Celery: ERROR, with the task's traceback
             logger.error("task %s[%s] %s in %.3fs%s%s", job.name, job.id, result.state,
                          result.runtime, f": {result.summary}" if result.summary else "",
                          f"\n{result.traceback.rstrip()}" if result.traceback else "")
@@ -608,15 +610,15 @@ class Worker:
         if not self.task_events:
             return
         if result.state == states.SUCCESS:
-            self.events.task("task-succeeded", uuid=job.id, result=result.summary,
+            self.events.task("task-succeeded", job.name, uuid=job.id, result=result.summary,
                              runtime=result.runtime)
         elif result.state == states.FAILURE:
-            self.events.task("task-failed", uuid=job.id, exception=result.summary,
+            self.events.task("task-failed", job.name, uuid=job.id, exception=result.summary,
                              traceback=result.traceback or None)
         elif result.state == states.RETRY:
-            self.events.task("task-retried", uuid=job.id, exception=result.summary)
+            self.events.task("task-retried", job.name, uuid=job.id, exception=result.summary)
         elif result.state == states.REJECTED:
-            self.events.task("task-rejected", uuid=job.id, requeue=result.requeue)
+            self.events.task("task-rejected", job.name, uuid=job.id, requeue=result.requeue)
 
     def on_job_lost(self, job: Job, exc: BaseException) -> None:
         request = self.dispatched.pop(job, None)
@@ -670,7 +672,7 @@ class Worker:
         for action in decision.actions:
             match action:
                 case lifecycle.Emit(event=event, fields=fields):
-                    self.events.task(event, uuid=request.id, **dict(fields))
+                    self.events.task(event, request.name, uuid=request.id, **dict(fields))
                 case lifecycle.Store():
                     store = action
                 case lifecycle.Ack() if store is not None:

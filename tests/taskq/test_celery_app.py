@@ -140,3 +140,22 @@ def test_a_lost_task_sends_task_failure_only_when_it_is_not_requeued() -> None:
         assert t.request.id is None  # popped again
     finally:
         celery.signals.task_failure.disconnect(receiver, sender=t)
+
+
+def test_a_celery_tasks_throws_send_events_and_trail_are_taken() -> None:
+    from taskq.celery_app import from_celery
+
+    capp = celery.Celery("opts", broker="memory://", set_as_current=False)
+
+    @capp.task(name="opts.t", throws=(KeyError,), send_events=False, trail=False)
+    def t() -> None:
+        raise KeyError("x")
+
+    @capp.task(name="opts.plain")
+    def plain() -> None:
+        pass
+
+    app = from_celery(capp)
+    task, default = app.tasks["opts.t"], app.tasks["opts.plain"]
+    assert (task.throws, task.send_events, task.trail) == ((KeyError,), False, False)
+    assert (default.throws, default.send_events, default.trail) == ((), True, True)

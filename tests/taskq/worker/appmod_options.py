@@ -68,3 +68,13 @@ def audited(self: Any, path: str, fail: bool) -> str:
     if fail:
         raise ValueError("boom")
     return "ok"
+
+
+@app.task(throws=(KeyError,))
+def picky(key: str) -> None:
+    raise KeyError(key)
+
+
+@app.task(send_events=False)
+def quiet() -> str:
+    return "quiet"

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_support import HERE, TASKQ, Broker, StartWorker, wait_until
@@ -95,3 +96,39 @@ def test_a_base_classs_handlers_run_on_the_worker_as_on_celery(
     assert lines(bad_path) == [
         f"before_start {bad.id}", f"on_retry {bad.id} KeyError", f"before_start {bad.id}",
         f"on_failure {bad.id} ValueError ValueError", f"after_return {bad.id} FAILURE"]
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_throws_logs_an_expected_failure_at_info_without_a_traceback(
+        broker: Broker, worker: StartWorker) -> None:
+    w = worker(broker, pool="prefork", concurrency=1, env={"TASKQ_IMPORTS": "appmod_options"})
+    result = broker.app().send_task("appmod_options.picky", ("k1",))
+    with pytest.raises(KeyError):
+        result.get(timeout=30)
+    assert result.state == "FAILURE"
+    line = w.wait_log(rf"(?m)INFO/MainProcess \d+\] taskq\.worker: task "
+                      rf"appmod_options\.picky\[{result.id}\] raised expected: "
+                      r"KeyError\('k1'\)$", 30)
+    assert not w.log()[line.end():].lstrip("\n").startswith("Traceback")
+    assert f"picky[{result.id}] FAILURE" not in w.log()
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_send_events_false_sends_no_task_events_for_that_task(
+        broker: Broker, worker: StartWorker) -> None:
+    from taskq.events import EventReceiver
+
+    worker(broker, pool="prefork", concurrency=1, args=["-E"],
+           env={"TASKQ_IMPORTS": "appmod_options"})
+    client = broker.app()
+    events: list[dict[str, Any]] = []
+    with client.connection() as conn, EventReceiver(
+            conn, handlers={"*": events.append}) as receiver:
+        quiet = client.send_task("appmod_options.quiet")
+        loud = client.send_task("appmod.add", (1, 2))
+        assert quiet.get(timeout=30) == "quiet" and loud.get(timeout=30) == 3
+        receiver.capture(timeout=30, stop=lambda: any(
+            e.get("uuid") == loud.id and e.get("type") == "task-succeeded" for e in events))
+    assert {e["type"] for e in events if e.get("uuid") == loud.id} >= {
+        "task-received", "task-started", "task-succeeded"}
+    assert not [e for e in events if e.get("uuid") == quiet.id]
