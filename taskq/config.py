@@ -221,6 +221,8 @@ _SETTINGS: tuple[Setting, ...] = (
             "Content types accepted for results (default: accept_content)."),
     Setting("result_expires", 86400.0, _optional(_number(float, 0)),
             "Seconds a stored result is kept (None: forever)."),
+    Setting("result_extended", False, _bool,
+            "Store the task's name, args, kwargs, worker, retries and queue with its result."),
     Setting("result_persistent", False, _bool, "rpc:// results survive a broker restart."),
     # tasks and messages
     Setting("task_serializer", "json", _str, "Serializer for task messages."),
@@ -309,6 +311,7 @@ OLD_NAMES: Mapping[str, str] = types.MappingProxyType({
     "RESULT_ACCEPT_CONTENT": "result_accept_content",
     "CELERY_TASK_RESULT_EXPIRES": "result_expires",
     "CELERY_RESULT_PERSISTENT": "result_persistent",
+    "CELERY_RESULT_EXTENDED": "result_extended",
     "CELERY_TASK_SERIALIZER": "task_serializer", "CELERY_ACCEPT_CONTENT": "accept_content",
     "CELERY_DEFAULT_QUEUE": "task_default_queue",
     "CELERY_DEFAULT_EXCHANGE": "task_default_exchange",

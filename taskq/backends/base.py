@@ -32,6 +32,22 @@ def pending_meta(task_id: str) -> Meta:
             "children": [], "date_done": None}
 
 
+def extended_meta(request: Any) -> dict[str, Any]:
+    """What ``result_extended`` adds to a stored result, in Celery's fields: the task's name,
+    arguments, the worker that ran it, its retries and the routing key it came with."""
+    delivery_info = getattr(request, "delivery_info", None) or {}
+    args = getattr(request, "args", None)
+    kwargs = getattr(request, "kwargs", None)
+    return {
+        "name": getattr(request, "task", None),
+        "args": list(args) if args is not None else None,
+        "kwargs": dict(kwargs) if kwargs is not None else None,
+        "worker": getattr(request, "hostname", None),
+        "retries": getattr(request, "retries", None),
+        "queue": delivery_info.get("routing_key"),
+    }
+
+
 def children_of(request: Any) -> list[Any]:
     """The ``children`` of a task's record: the results of the tasks it sent, in Celery's
     tuple form (``AsyncResult.as_tuple``), which Celery's ``result.children`` reads."""
@@ -112,6 +128,8 @@ class Backend:
             meta["group_id"] = request.group
         if request is not None and getattr(request, "parent_id", None):
             meta["parent_id"] = request.parent_id
+        if request is not None and self.app.conf.result_extended:
+            meta.update(extended_meta(request))
         self._set(task_id, meta, state, request)
         return meta
 

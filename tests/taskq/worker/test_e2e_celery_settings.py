@@ -132,3 +132,32 @@ def test_send_events_false_sends_no_task_events_for_that_task(
     assert {e["type"] for e in events if e.get("uuid") == loud.id} >= {
         "task-received", "task-started", "task-succeeded"}
     assert not [e for e in events if e.get("uuid") == quiet.id]
+
+
+def test_result_extended_stores_name_args_worker_and_queue_as_celery_reads_them(
+        broker: Broker, worker: StartWorker) -> None:
+    w = worker(broker, env={"TASKQ_RESULT_EXTENDED": "1"})
+    client = broker.app()
+    result = client.send_task("appmod.add", (2, 3))
+    assert result.get(timeout=30) == 5
+    assert (result.name, result.args, result.kwargs) == ("appmod.add", [2, 3], {})
+    assert (result.worker, result.retries, result.queue) == (w.hostname, 0, broker.queue)
+    worker(broker)  # result_extended off there: none of it (either worker may take it)
+    off = client.send_task("appmod.add", (1, 1))
+    assert off.get(timeout=30) == 2
+    assert (off.name is not None) == (off.worker == w.hostname)
+    if broker.kind == "redis":  # and Celery's client reads the same fields
+        import json
+
+        from celery import Celery
+
+        capp = Celery("ext", broker=broker.url, backend=broker.env["TASKQ_RESULT_BACKEND"],
+                      set_as_current=False)
+        capp.conf.result_backend_transport_options = json.loads(
+            broker.env["TASKQ_RESULT_BACKEND_TRANSPORT_OPTIONS"])
+        try:
+            cres = capp.AsyncResult(result.id)
+            assert (cres.name, cres.args, cres.kwargs, cres.worker, cres.queue) == (
+                "appmod.add", [2, 3], {}, w.hostname, broker.queue)
+        finally:
+            capp.close()
