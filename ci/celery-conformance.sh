@@ -5,6 +5,8 @@
 #
 #   bash ci/celery-conformance.sh [test files...]   (default: t/integration/test_tasks.py)
 #
+# CONFORMANCE_WORKERS="taskq" (or "celery") runs one worker's half only (default: both).
+#
 # Runs on a private redis-server (broker and backend): the suite's tasks talk to Redis db 0
 # directly. Logs and JUnit files go to $CONFORMANCE_OUT (default: ./conformance-out).
 set -euo pipefail
@@ -39,7 +41,7 @@ export PYTHONPATH="$ROOT/ci/conformance:$SUITE"
 export CONFORMANCE_LOG_DIR="$OUT"
 
 status=0
-for worker in taskq celery; do
+for worker in ${CONFORMANCE_WORKERS:-taskq celery}; do
     redis-cli -p "$PORT" flushall >/dev/null
     echo "== $worker worker: ${FILES[*]}"
     (cd "$SUITE" && CONFORMANCE_WORKER=$worker WORKER_LOGLEVEL=INFO "$PY" -m pytest \
