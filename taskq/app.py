@@ -183,9 +183,12 @@ class TaskQ:
 
     def import_includes(self) -> None:
         """Import the task modules a worker needs, as Celery's worker does: the ``imports``
-        setting, then ``include=`` and the ``include`` setting."""
+        setting, then ``include=`` and the ``include`` setting; then set every task's
+        ``task_annotations``."""
         for module in (*self.conf.imports, *self.include, *self.conf.include):
             importlib.import_module(module)
+        for task in self.tasks.values():  # settings loaded after a task was defined
+            task.annotate()
 
     # -- calling ------------------------------------------------------------------------------
     def send_task(

@@ -67,6 +67,7 @@ CELERY_DEFAULT_BROKER = "amqp://guest:guest@localhost:5672//"
 # Celery settings taskq honours without a setting of the same name.
 _HANDLED = frozenset({
     "broker_url", "result_backend", "imports", "include", "deprecated_settings",
+    "task_annotations",  # Celery sets them on its task classes, which CeleryTask reads
 })
 # Celery settings whose default-or-not taskq cannot change, left out of the warning.
 _HARMLESS = frozenset({

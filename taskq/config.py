@@ -169,6 +169,28 @@ def _queues(name: str, value: Any) -> list[Any] | None:
     return out
 
 
+def _annotations(name: str, value: Any) -> list[Any]:
+    """``task_annotations``: Celery's forms, a mapping of task name (or ``"*"``) to attributes,
+    an object with ``annotate(task)``, or a list of those; in the environment, JSON."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = _json(name, value.strip() or "null") or []
+    items = list(value) if isinstance(value, list | tuple) else [value]
+    for item in items:
+        if isinstance(item, Mapping):
+            bad = [k for k, v in item.items() if not isinstance(v, Mapping)]
+            if bad:
+                raise ConfigurationError(
+                    f"setting {name}: {bad[0]!r} maps to {_describe(item[bad[0]])}; expected "
+                    "a mapping of task attributes, e.g. {'tasks.add': {'rate_limit': '10/s'}}")
+        elif not callable(getattr(item, "annotate", None)):
+            raise ConfigurationError(
+                f"setting {name}: {item!r} is neither a mapping of task name to attributes nor "
+                "an object with an annotate(task) method")
+    return items
+
+
 def _rate(name: str, value: Any) -> str | float:
     try:
         parse_rate(value)
@@ -238,6 +260,8 @@ _SETTINGS: tuple[Setting, ...] = (
     Setting("task_queues", None, _queues,
             "Queues as the broker should declare them (kombu Queues with their arguments, "
             "exchanges and routing keys); a worker without -Q consumes them all."),
+    Setting("task_annotations", [], _annotations,
+            "Task attributes set by name or for '*' (Celery's form), e.g. rate limits."),
     Setting("task_routes", {}, _dict, "Map of task name to {'queue': ..., 'routing_key': ...}."),
     Setting("task_acks_late", False, _bool,
             "Ack after the task finishes instead of when it starts."),
@@ -318,7 +342,8 @@ OLD_NAMES: Mapping[str, str] = types.MappingProxyType({
     "CELERY_DEFAULT_EXCHANGE_TYPE": "task_default_exchange_type",
     "CELERY_DEFAULT_ROUTING_KEY": "task_default_routing_key",
     "CELERY_DEFAULT_PRIORITY": "task_default_priority", "CELERY_QUEUES": "task_queues",
-    "CELERY_ROUTES": "task_routes", "CELERY_ACKS_LATE": "task_acks_late",
+    "CELERY_ROUTES": "task_routes", "CELERY_ANNOTATIONS": "task_annotations",
+    "CELERY_ACKS_LATE": "task_acks_late",
     "CELERY_REJECT_ON_WORKER_LOST": "task_reject_on_worker_lost",
     "CELERYD_TASK_TIME_LIMIT": "task_time_limit",
     "CELERYD_TASK_SOFT_TIME_LIMIT": "task_soft_time_limit",

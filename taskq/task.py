@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskq.canvas import Signature, as_signatures
 from taskq.config import _suggest
-from taskq.errors import MaxRetriesExceededError, Retry
+from taskq.errors import ConfigurationError, MaxRetriesExceededError, Retry
 from taskq.protocol import TaskMessage
 from taskq.ratelimit import parse_rate
 
@@ -362,6 +362,32 @@ class Task:
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
         return self.app.AsyncResult(task_id, task_name=self.name)
+
+    # -- annotations --------------------------------------------------------------------------
+    def annotate(self) -> None:
+        """Set the attributes ``task_annotations`` gives this task, as Celery does: for each
+        annotation in order, its ``"*"`` entry, then the one for this task's name (an object
+        instead returns them from ``annotate(task)``). Options read from the settings
+        (``acks_late``, ``time_limit``, ...) are set as the task's own value."""
+        for annotation in self.app.conf.task_annotations:
+            if isinstance(annotation, Mapping):
+                found = [annotation.get("*"), annotation.get(self.name)]
+            else:
+                found = [annotation.annotate(self)]
+            for attrs in found:
+                for key, value in (attrs or {}).items():
+                    self._set_annotated(key, value)
+
+    def _set_annotated(self, key: str, value: Any) -> None:
+        if key.startswith("_") or not (key in TASK_OPTIONS or hasattr(self, key)):
+            raise ConfigurationError(
+                f"task_annotations for {self.name}: {key!r} is no task attribute"
+                + _suggest(key, TASK_OPTIONS))
+        prop = getattr(type(self), key, None)
+        if isinstance(prop, property) and prop.fset is None:
+            setattr(self, f"_{key}", value)  # the task's own value beats the setting
+        else:
+            setattr(self, key, value)
 
     # -- handlers: override in a base class (``@app.task(base=...)``), as on Celery ----------
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]

@@ -100,3 +100,42 @@ def test_handlers_of_a_base_class_run_under_apply_and_one_that_raises_changes_no
     result = two.apply(task_id="t1")
     assert result.get() == 2 and result.state == "SUCCESS"
     assert calls == [("on_success", 2, "t1", "t1"), ("after_return", "SUCCESS")]
+
+
+def test_task_annotations_set_attributes_by_name_and_for_every_task_as_celery_does():
+    failures: list[str] = []
+
+    class OnlyAdd:
+        def annotate(self, task):
+            return {"soft_time_limit": 7} if task.name == "ann.add" else None
+
+    app = TaskQ("ann", broker="memory://", environ={}, task_annotations=[
+        {"*": {"rate_limit": "5/s"}, "ann.add": {"acks_late": True, "rate_limit": "1/m"}},
+        OnlyAdd(),
+        {"ann.sub": {"on_failure": lambda exc, *args: failures.append(repr(exc))}},
+    ])
+
+    @app.task(name="ann.add")
+    def add(x, y):
+        return x + y
+
+    @app.task(name="ann.sub")
+    def sub(x, y):
+        raise ValueError("sub")
+
+    app.import_includes()  # as a worker starts
+    assert (add.rate_limit, add.acks_late, add.soft_time_limit) == ("1/m", True, 7)
+    assert (sub.rate_limit, sub.acks_late, sub.soft_time_limit) == ("5/s", False, None)
+    assert sub.apply((1, 2)).state == "FAILURE"
+    assert failures == ["ValueError('sub')"]
+
+
+def test_a_task_annotation_naming_no_attribute_is_an_error_naming_it():
+    app = TaskQ("ann", broker="memory://", environ={},
+                task_annotations={"ann.add": {"rate_limt": "1/s"}})
+    app.task(name="ann.add")(lambda: 1)
+    with pytest.raises(ConfigurationError, match="'rate_limt' is no task attribute; did you "
+                                                 "mean 'rate_limit'"):
+        app.import_includes()
+    with pytest.raises(ConfigurationError, match="expected a mapping of task attributes"):
+        TaskQ("ann", broker="memory://", environ={}, task_annotations={"ann.add": 3})

@@ -161,3 +161,14 @@ def test_result_extended_stores_name_args_worker_and_queue_as_celery_reads_them(
                 "appmod.add", [2, 3], {}, w.hostname, broker.queue)
         finally:
             capp.close()
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_task_annotations_from_the_environment_reach_the_worker(
+        broker: Broker, worker: StartWorker) -> None:
+    annotations = '{"appmod.sleeper": {"time_limit": 1}}'
+    worker(broker, pool="prefork", concurrency=1,
+           env={"TASKQ_TASK_ANNOTATIONS": annotations})
+    result = broker.app().send_task("appmod.sleeper", (30,))
+    wait_until(lambda: result.state == "FAILURE", 60, "the annotated hard time limit")
+    assert type(result.result).__name__ == "TimeLimitExceeded"
