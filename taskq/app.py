@@ -53,6 +53,12 @@ class Hooks:
     """Called where a task runs (the pool child), with the task and its id, just before it."""
     task_postrun: list[Callable[[Task, str, str], None]] = field(default_factory=list)
     """Called where a task ran, with the task, its id and its state, right after it."""
+    inspect_conf: list[Callable[[bool], Mapping[str, Any]]] = field(default_factory=list)
+    """Called by the ``conf`` remote command with ``with_defaults``: more settings to answer
+    with, under their own names (a Celery app's, as Celery's worker answers)."""
+    inspect_report: list[Callable[[], str]] = field(default_factory=list)
+    """Called by the ``report`` remote command: more text for its answer (Celery's
+    ``bugreport`` for a Celery app)."""
     task_lost: list[Callable[[str, str, BaseException, bool, TaskMessage], None]] = field(
         default_factory=list)
     """Called in the worker's main process when the child running a task died: with the task

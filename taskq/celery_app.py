@@ -129,11 +129,23 @@ def from_celery(capp: Celery) -> TaskQ:
         app.tasks.setdefault(name, CeleryTask(app, ctask))
     app.hooks.worker_process_init.append(_process_init)
     app.hooks.worker_process_shutdown.append(_process_shutdown)
+    # inspect conf/report answer with the Celery app's settings and bug report, as Celery's.
+    app.hooks.inspect_conf.append(lambda with_defaults: _celery_conf(capp, with_defaults))
+    app.hooks.inspect_report.append(capp.bugreport)
     step = CeleryStep(capp, sorted(ignored))
     app.hooks.task_lost.append(step.task_lost)
     app.steps.append(step)
     capp.__dict__["_taskq_app"] = app
     return app
+
+
+def _celery_conf(capp: Celery, with_defaults: bool) -> Mapping[str, Any]:
+    """What Celery's worker answers ``inspect conf`` with (its own command, run here)."""
+    from types import SimpleNamespace
+
+    from celery.worker import control
+
+    return dict(control.conf(SimpleNamespace(app=capp), with_defaults=with_defaults))
 
 
 def _process_init() -> None:

@@ -239,7 +239,20 @@ def registered(worker: Worker, taskinfoitems: Any = None, builtins: bool = False
     Celery answers."""
     from taskq.builtin_tasks import own_tasks
 
-    return sorted(worker.app.tasks) if builtins else own_tasks(worker.app)
+    names = sorted(worker.app.tasks) if builtins else own_tasks(worker.app)
+    items = [item for item in (taskinfoitems or DEFAULT_TASK_INFO_ITEMS)
+             if isinstance(item, str) and not item.startswith("_")]
+    return [_task_info(worker.app.tasks[name], items) for name in names]
+
+
+DEFAULT_TASK_INFO_ITEMS = ("exchange", "routing_key", "rate_limit")  # Celery's
+
+
+def _task_info(task: Any, items: list[str]) -> str:
+    """``name [item=value ...]`` for the items the task has, as Celery answers ``registered``."""
+    fields = [f"{item}={getattr(task, item)}" for item in items
+              if getattr(task, item, None) is not None]
+    return f"{task.name} [{' '.join(fields)}]" if fields else str(task.name)
 
 
 @handler
@@ -258,6 +271,8 @@ def conf(worker: Worker, with_defaults: bool = False, **_: Any) -> dict[str, Any
 
             value = safe_url(value) if isinstance(value, str) else value
         out[name] = _json_safe(value)
+    for hook in worker.app.hooks.inspect_conf:
+        out.update(_json_safe(dict(hook(bool(with_defaults)))))
     return out
 
 
@@ -341,6 +356,7 @@ def report(worker: Worker, **_: Any) -> dict[str, Any]:
              f"pool: {worker.pool_kind} x {worker.pool_size()}",
              f"active: {len(active(worker))} reserved: {len(reserved(worker))} "
              f"scheduled: {len(worker.held)}"]
+    lines += [hook() for hook in worker.app.hooks.inspect_report]
     return {"ok": "\n".join(lines)}
 
 

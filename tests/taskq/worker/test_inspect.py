@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from taskq import TaskQ
 from taskq.pool import Pool, pool_for
 from taskq.pool.threads import ThreadPool
@@ -96,3 +98,30 @@ def test_registered_leaves_out_the_builtin_tasks_unless_asked_as_celery_does():
     assert inspect.registered(worker, builtins=True) == [
         "celery.accumulate", "celery.chunks", "celery.map", "celery.starmap",
         "registeredtest.add"]
+
+
+def test_registered_with_taskinfoitems_answers_in_celerys_form():
+    own = TaskQ("infotest", broker="memory://", environ={})
+    own.task(name="infotest.add", rate_limit="10/s")(lambda x, y: x + y)
+    own.task(name="infotest.sub", routing_key="rk")(lambda x, y: x - y)
+    worker = SimpleNamespace(app=own)
+    # Celery's default items: exchange, routing_key, rate_limit (those the task has)
+    assert inspect.registered(worker) == ["infotest.add [rate_limit=10/s]",
+                                          "infotest.sub [routing_key=rk]"]
+    assert inspect.registered(worker, taskinfoitems=["name"]) == [
+        "infotest.add [name=infotest.add]", "infotest.sub [name=infotest.sub]"]
+
+
+def test_conf_and_report_answer_with_a_celery_apps_settings_and_bug_report():
+    celery = pytest.importorskip("celery")
+    from taskq.celery_app import from_celery
+
+    capp = celery.Celery("confrep", broker="memory://", set_as_current=False)
+    capp.conf.worker_hijack_root_logger = False
+    app = from_celery(capp)
+    worker = SimpleNamespace(app=app, hostname="n@h", pool_kind="solo", pool_size=lambda: 1,
+                             dispatched={}, ready=[], held={})
+    conf = inspect.conf(worker)
+    assert conf["worker_hijack_root_logger"] is False
+    assert inspect.conf(worker, with_defaults=True)["enable_utc"] is True
+    assert "software -> celery:" in inspect.report(worker)["ok"]
