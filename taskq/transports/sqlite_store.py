@@ -28,7 +28,11 @@ fails with SQLITE_BUSY without waiting). ``database is locked`` is retried until
 ``busy_timeout`` has passed, then raised as ``BrokerBusy`` (a connection error). The file is
 in WAL mode with ``synchronous=NORMAL``: a commit survives the process being killed, readers
 never wait for writers. A connection is never used across fork: each process opens its own
-(and never closes an inherited one, which could run SQLite's cleanup under its parent).
+(and never closes an inherited one, which could run SQLite's cleanup under its parent). No
+process forks while one of its threads is inside a transaction (``_hold_for_fork``): SQLite
+keeps a process's locks in memory, and a child forked then inherits them as held by nobody it
+can reach, so none of its own connections could ever write that file again (every write
+``database is locked``; issue 15: a worker forked a pool child while a thread published).
 """
 
 from __future__ import annotations
@@ -38,10 +42,30 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from taskq.errors import BrokerBusy, BrokerDatabaseError
+
+_stores: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
+def _hold_for_fork() -> None:
+    """Before ``fork()``: wait until no thread of this process is inside a transaction (each
+    holds its store's lock for the whole transaction), and keep them out until it is done."""
+    for store in list(_stores):
+        store._lock.acquire()
+
+
+def _release_after_fork() -> None:
+    for store in list(_stores):
+        with contextlib.suppress(RuntimeError):
+            store._lock.release()
+
+
+os.register_at_fork(before=_hold_for_fork, after_in_parent=_release_after_fork,
+                    after_in_child=_release_after_fork)
 
 __all__ = ["Fetched", "Store"]
 
@@ -135,6 +159,7 @@ class Store:
         self._pid = 0
         self._abandoned: list[sqlite3.Connection] = []  # a parent's, never closed here
         self._lock = threading.RLock()  # kombu pools hand a connection to one thread at a time
+        _stores.add(self)
 
     # -- the connection -------------------------------------------------------------------
     def _describe(self, exc: BaseException) -> BrokerDatabaseError:
