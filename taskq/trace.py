@@ -203,6 +203,10 @@ def _run_handlers(task: Task, context: Context, outcome: Outcome,
         task.pop_request()
 
 
+def _is_reject(exc: BaseException) -> bool:
+    return type(exc).__name__ == "Reject"
+
+
 def _store_started(task: Task, context: Context) -> None:
     assert context.id is not None
     try:
@@ -225,7 +229,12 @@ def _store(task: Task, context: Context, outcome: Outcome, ignore_result: bool) 
         elif outcome.state == states.RETRY and store_errors:
             backend.mark_as_retry(task_id, outcome.value, outcome.traceback, request=context)
         elif outcome.state == states.REJECTED and not outcome.requeue and store_errors:
-            backend.mark_as_rejected(task_id, str(outcome.value), request=context)
+            # The exception the task raised: a Celery task's own Reject (taskq's is raised
+            # from it), so that a Celery client's get() raises celery's Reject.
+            reject: BaseException = outcome.value
+            cause = reject.__cause__
+            backend.mark_as_rejected(task_id, cause if cause and _is_reject(cause) else reject,
+                                     request=context)
     except Exception:
         logger.exception("task %s[%s]: storing its %s state failed", task.name, task_id,
                          outcome.state)

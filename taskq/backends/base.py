@@ -154,10 +154,15 @@ class Backend:
 
         return self.store_result(task_id, TaskRevokedError(reason), states.REVOKED, None, request)
 
-    def mark_as_rejected(self, task_id: str, reason: str, request: Any = None) -> Meta:
+    def mark_as_rejected(self, task_id: str, reason: str | BaseException,
+                         request: Any = None) -> Meta:
+        """A task that rejected its message without requeue never runs again: a terminal
+        FAILURE with the ``Reject`` it raised (``reason``: that exception, or its text), as
+        Celery 5.7 stores it, so that every client's ``get()`` ends."""
         from taskq.errors import Reject
 
-        return self.store_result(task_id, Reject(reason), states.REJECTED, None, request)
+        exc = reason if isinstance(reason, BaseException) else Reject(reason)
+        return self.store_result(task_id, exc, states.FAILURE, None, request)
 
     # -- reading ------------------------------------------------------------------------------
     def get_task_meta(self, task_id: str) -> Meta:

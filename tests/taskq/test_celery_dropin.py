@@ -219,6 +219,11 @@ def test_reject_and_ignore_end_as_on_celery(project: Project) -> None:
     wait_until(lambda: project.lines("postrun", ignored.id), 30, "task_postrun of ignored")
     assert project.lines("postrun", rejected.id)[0][3] == "REJECTED"
     assert project.lines("postrun", ignored.id)[0][3] == "IGNORED"
+    # Rejected without requeue: a terminal FAILURE with Celery's Reject, as Celery 5.7
+    # stores it (a state Celery's client does not know left its get() waiting for ever).
+    with pytest.raises(celery.exceptions.Reject, match="not for me"):
+        rejected.get(timeout=RESULT_TIMEOUT)
+    assert rejected.state == "FAILURE"
     assert project.tasks.add.delay(3, 4).get(timeout=RESULT_TIMEOUT) == 7  # carries on
 
 
