@@ -8,7 +8,9 @@
 # CONFORMANCE_WORKERS="taskq" (or "celery") runs one worker's half only (default: both).
 #
 # Runs on a private redis-server (broker and backend): the suite's tasks talk to Redis db 0
-# directly. Logs and JUnit files go to $CONFORMANCE_OUT (default: ./conformance-out).
+# directly. Logs, JUnit files and compare.txt (ci/conformance/compare.py: the figures, and the
+# tests taskq fails that Celery's worker passes) go to $CONFORMANCE_OUT (default:
+# ./conformance-out). Exit 1 when taskq fails a test Celery's worker passes.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -49,4 +51,10 @@ for worker in ${CONFORMANCE_WORKERS:-taskq celery}; do
         --junitxml "$OUT/$worker.xml" "${FILES[@]}") >"$OUT/$worker.txt" 2>&1 || status=1
     tail -n 1 "$OUT/$worker.txt"
 done
+# Per file, passed/failed/skipped of each worker (the README's figures), then the tests
+# Celery's worker passes and taskq's does not. With both halves run, that list decides the
+# exit status: each worker fails some tests a separate worker process cannot pass.
+"$PY" "$ROOT/ci/conformance/compare.py" "$OUT" | tee "$OUT/compare.txt" && compared=0 || compared=1
+workers="${CONFORMANCE_WORKERS:-taskq celery}"
+[[ "$workers" == *taskq* && "$workers" == *celery* ]] && status=$compared
 exit $status
