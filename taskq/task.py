@@ -531,6 +531,7 @@ class Task:
                 queue=options.get("queue") or self.queue,
                 exchange=options.get("exchange") or routing.get("exchange"),
                 routing_key=options.get("routing_key") or routing.get("routing_key"),
+                priority=options.get("priority", routing.get("priority")),  # as Celery
                 serializer=self._serializer,
             )
         if throw:

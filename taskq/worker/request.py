@@ -74,6 +74,8 @@ class Request:
         info = dict(self.message.delivery_info or {})
         info.pop("delivery_tag", None)
         info["redelivered"] = bool(info.get("redelivered"))
+        if info.get("priority") is None:  # as Celery's request: the message's priority
+            info["priority"] = (self.message.properties or {}).get("priority")
         return {k: v for k, v in info.items() if isinstance(v, str | int | bool | type(None))}
 
     @classmethod

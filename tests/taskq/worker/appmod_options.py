@@ -78,3 +78,11 @@ def picky(key: str) -> None:
 @app.task(send_events=False)
 def quiet() -> str:
     return "quiet"
+
+
+@app.task(bind=True, max_retries=1, default_retry_delay=0)
+def priority_seen(self: Any) -> Any:
+    """The priority in self.request.delivery_info, on the first attempt and on its retry."""
+    if not self.request.retries:
+        raise self.retry()
+    return self.request.delivery_info.get("priority")

@@ -172,3 +172,10 @@ def test_task_annotations_from_the_environment_reach_the_worker(
     result = broker.app().send_task("appmod.sleeper", (30,))
     wait_until(lambda: result.state == "FAILURE", 60, "the annotated hard time limit")
     assert type(result.result).__name__ == "TimeLimitExceeded"
+
+
+def test_the_message_priority_is_in_delivery_info_and_kept_by_a_retry(
+        broker: Broker, worker: StartWorker) -> None:
+    worker(broker, env={"TASKQ_IMPORTS": "appmod_options"})
+    result = broker.app().send_task("appmod_options.priority_seen", priority=7)
+    assert result.get(timeout=30) == 7
