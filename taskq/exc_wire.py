@@ -26,8 +26,21 @@ _AS_CELERY: dict[type[BaseException], tuple[str, str]] = {
 _FROM_CELERY = {where: cls for cls, where in _AS_CELERY.items()}
 
 
+def _safe(value: Any) -> Any:
+    """``value`` as JSON keeps it (tuples as lists, nested too), else its repr, as Celery's
+    ``ensure_serializable`` does: an argument that is a tuple of strings (Celery's
+    ``UnpickleableExceptionWrapper`` holds one) stays a sequence, not its repr."""
+    if isinstance(value, _JSON_SAFE):
+        return value
+    if isinstance(value, list | tuple):
+        return [_safe(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _safe(v) for k, v in value.items()}
+    return repr(value)
+
+
 def _safe_args(args: tuple[Any, ...]) -> list[Any]:
-    return [a if isinstance(a, _JSON_SAFE) else repr(a) for a in args]
+    return [_safe(a) for a in args]
 
 
 def exception_to_wire(exc: BaseException) -> dict[str, Any]:

@@ -44,6 +44,25 @@ def test_non_json_arguments_are_repr_d():
     assert wire["exc_message"] == [repr(object)]
 
 
+def test_sequence_and_mapping_arguments_stay_json_as_celery_keeps_them():
+    wire = exception_to_wire(KeyError(("foo",), {"k": (1, object)}))
+    assert wire["exc_message"] == [["foo"], {"k": [1, repr(object)]}]
+
+
+def test_celerys_unpickleable_wrapper_keeps_the_original_args():
+    """Celery's Retry(exc=...) wraps an exception that does not pickle; its exc_args must
+    reach a Celery client as ('foo',), not as the characters of "('foo',)"."""
+    import pytest
+
+    serialization = pytest.importorskip("celery.utils.serialization")
+    wrapper = serialization.UnpickleableExceptionWrapper("mod", "Unpickleable", ("foo",), "t")
+    wire = exception_to_wire(wrapper)
+    assert wire["exc_message"][:3] == ["mod", "Unpickleable", ["foo"]]
+    back = exception_from_wire(wire)
+    assert isinstance(back, serialization.UnpickleableExceptionWrapper)
+    assert back.exc_args == ("foo",)
+
+
 def test_eager_result_states():
     ok = EagerResult("i", 1, "SUCCESS")
     assert ok.ready() and ok.successful() and not ok.failed() and ok.get() == 1
