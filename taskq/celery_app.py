@@ -220,7 +220,7 @@ def _celery_context(msg: TaskMessage | None, args: Any, kwargs: Any, **fields: A
         body, headers, properties = to_wire(msg)
         ctx.update(headers)
         ctx.update({k: v for k, v in body[2].items() if v is not None})
-        ctx["properties"] = properties
+        ctx["properties"] = {**msg.properties, **properties}
         ctx.update(id=msg.id, task=msg.task, reply_to=msg.reply_to, correlation_id=msg.id,
                    retries=msg.retries, is_eager=False)
     ctx.update(fields)

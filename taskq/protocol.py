@@ -70,6 +70,9 @@ class TaskMessage:
     chord: Signature | None = None
     headers: Mapping[str, Any] = field(default_factory=dict)
     """Custom (non-protocol) headers, such as those passed to ``apply_async(headers=...)``."""
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    """The other message properties it arrived with (``app_id``, ``priority``, ...), as
+    Celery's ``self.request.properties`` shows them; never published again."""
 
     @property
     def correlation_id(self) -> str:
@@ -207,7 +210,14 @@ def decode_headers_body(
         chain=_signatures(embed, "chain"),
         chord=_chord(embed),
         headers={k: v for k, v in headers.items() if k not in PROTOCOL_HEADERS},
+        properties={k: v for k, v in props.items() if k not in _NOT_PROPERTIES
+                    and isinstance(v, str | int | float | bool)},
     )
+
+
+# Set from the message's fields (to_wire), or kombu's own bookkeeping.
+_NOT_PROPERTIES = frozenset({"correlation_id", "reply_to", "delivery_info", "delivery_tag",
+                             "body_encoding"})
 
 
 def _body(payload: Any) -> tuple[tuple[Any, ...], dict[str, Any], Mapping[str, Any]]:

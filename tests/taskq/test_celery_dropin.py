@@ -116,6 +116,12 @@ def test_app_task_and_shared_task_answer_celerys_client(project: Project) -> Non
                             r"broker_channel_error_retry\n")
 
 
+def test_request_properties_hold_the_message_properties(project: Project) -> None:
+    props = project.tasks.properties.apply_async(app_id="1234").get(timeout=RESULT_TIMEOUT)
+    assert props["app_id"] == "1234"
+    assert props["correlation_id"]
+
+
 def test_retry_republishes_with_retries_plus_one(project: Project) -> None:
     path = project.path()
     r = project.tasks.flaky.delay(path)

@@ -141,3 +141,8 @@ def add_replaced(self, x, y):
 @app.task(bind=True)
 def add_to_all(self, nums, val):
     raise self.replace(group(add.s(n, val) for n in nums))
+
+
+@app.task(bind=True)
+def properties(self):
+    return self.request.properties
