@@ -425,6 +425,21 @@ class Task:
                             "update_state(state='PROGRESS', meta={'done': 1})")
         self.app.backend.store_result(task_id, meta, state, request=self.request)
 
+    def send_event(self, type_: str, **fields: Any) -> dict[str, Any] | None:
+        """Send a custom event (say ``"task-progress"``) for the running task, as Celery's
+        ``send_event``: with its ``uuid``, this worker's hostname and the app's clock, whether
+        or not the worker sends task events (``-E``). Monitors (``EventReceiver``,
+        ``celery events``, Flower) see it. Returns the event, or None if it could not be
+        sent (events never fail a task). Each call uses a connection of its own."""
+        from taskq.events.dispatcher import EventDispatcher
+        from taskq.protocol import origin_name
+
+        request = self.request
+        with self.app.connection() as conn:
+            dispatcher = EventDispatcher(conn, request.hostname or origin_name(),
+                                         self.app.clock)
+            return dispatcher.send(type_, uuid=request.id, **fields)
+
     # -- replacing ----------------------------------------------------------------------------
     def replace(self, sig: Mapping[str, Any]) -> Any:
         """End this task by handing its place to ``sig`` (a task, chain, group or chord), as

@@ -86,3 +86,9 @@ def priority_seen(self: Any) -> Any:
     if not self.request.retries:
         raise self.retry()
     return self.request.delivery_info.get("priority")
+
+
+@app.task(bind=True)
+def progress_event(self: Any) -> str:
+    self.send_event("task-progress", done=1, of=2)
+    return "sent"

@@ -179,3 +179,20 @@ def test_the_message_priority_is_in_delivery_info_and_kept_by_a_retry(
     worker(broker, env={"TASKQ_IMPORTS": "appmod_options"})
     result = broker.app().send_task("appmod_options.priority_seen", priority=7)
     assert result.get(timeout=30) == 7
+
+
+def test_send_event_sends_a_custom_event_for_the_running_task(
+        broker: Broker, worker: StartWorker) -> None:
+    from taskq.events import EventReceiver
+
+    w = worker(broker, env={"TASKQ_IMPORTS": "appmod_options"})  # no -E: sent all the same
+    client = broker.app()
+    events: list[dict[str, Any]] = []
+    with client.connection() as conn, EventReceiver(
+            conn, handlers={"task-progress": events.append}) as receiver:
+        result = client.send_task("appmod_options.progress_event")
+        assert result.get(timeout=30) == "sent"
+        receiver.capture(timeout=30, stop=lambda: any(e.get("uuid") == result.id
+                                                       for e in events))
+    [event] = [e for e in events if e.get("uuid") == result.id]
+    assert (event["done"], event["of"], event["hostname"]) == (1, 2, w.hostname)
