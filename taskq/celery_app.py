@@ -245,6 +245,7 @@ class CeleryTask(Task):
             throws=tuple(getattr(ctask, "throws", ()) or ()),
             send_events=getattr(ctask, "send_events", True),
             trail=getattr(ctask, "trail", True),
+            acks_on_failure_or_timeout=getattr(ctask, "acks_on_failure_or_timeout", True),
             # autoretry_for stays empty: Celery wrapped ctask.run with it already.
         )
 

@@ -100,6 +100,7 @@ TASK_OPTIONS = frozenset({
     "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "ignore_result",
     "serializer", "track_started", "rate_limit", "expires", "typing",
     "store_errors_even_if_ignored", "base", "trail", "throws", "send_events",
+    "acks_on_failure_or_timeout",
 })
 
 CALL_OPTIONS = frozenset({
@@ -151,6 +152,7 @@ class Task:
         trail: bool = True,
         throws: tuple[type[BaseException], ...] = (),
         send_events: bool = True,
+        acks_on_failure_or_timeout: bool = True,
     ) -> None:
         parse_rate(rate_limit)  # a bad rate fails here, not in the worker's loop
         self.app = app
@@ -182,6 +184,9 @@ class Task:
         # As Celery: a failure with one of these is expected (logged at INFO, no traceback).
         self.throws = tuple(throws)
         self.send_events = send_events  # False: the worker sends no task events for it
+        # As Celery: False rejects (dead-letters) an acks_late task's message when it fails,
+        # times out or its process dies, instead of acking it.
+        self.acks_on_failure_or_timeout = acks_on_failure_or_timeout
         self._local = threading.local()
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn

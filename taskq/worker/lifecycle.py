@@ -171,6 +171,8 @@ class Facts:
     requeued_on_close: bool = False   # the broker requeues unacked deliveries when the
     #                                   connection closes (AMQP), so a lost one is back already
     stopping: bool = False            # the worker is shutting down
+    ack_failures: bool = True         # acks_on_failure_or_timeout: False rejects (without
+    #                                   requeue: dead-lettered) an acks_late failure instead
     extra: dict[str, object] = field(default_factory=dict)
 
     def ack_may_be_lost(self) -> bool:
@@ -193,7 +195,10 @@ def done(f: Facts, state: str, *, requeue: bool = False) -> Decision:
     if state == states.REJECTED:
         return Decision(Phase.GIVEN_BACK if requeue else Phase.DONE, (Reject(requeue),),
                         Rerun.WILL if requeue else Rerun.NEVER)
-    return Decision(Phase.DONE, (Ack(),), Rerun.MAY if f.ack_may_be_lost() else Rerun.NEVER)
+    late = Rerun.MAY if f.ack_may_be_lost() else Rerun.NEVER
+    if state == states.FAILURE and f.acks_late and not f.ack_failures:
+        return Decision(Phase.DONE, (Reject(requeue=False),), late)  # as Celery
+    return Decision(Phase.DONE, (Ack(),), late)
 
 
 def child_died(f: Facts, cause: Cause, error: str) -> Decision:
@@ -220,10 +225,14 @@ def child_died(f: Facts, cause: Cause, error: str) -> Decision:
         error = (f"{error}; given up after {f.redeliveries} redeliveries "
                  f"(task_max_redeliveries={f.max_redeliveries})")
     # A hard limit is a FAILURE whatever the ack policy; never started (children kept dying
-    # reading it) is a poison message the pool already retried: a FAILURE too.
+    # reading it) is a poison message the pool already retried: a FAILURE too. With
+    # acks_on_failure_or_timeout=False an acks_late one is rejected without requeue instead
+    # of acked (dead-lettered), as Celery does; it is not rerun (Celery requeues a timed-out
+    # one: the table's "hard time limit" row says FAILURE for every policy).
+    settle = Reject(requeue=False) if f.acks_late and not f.ack_failures else Ack()
     return Decision(Phase.LOST, (
         Emit("task-failed", (("exception", error), ("traceback", None))),
-        Store(states.FAILURE, error), Ack()), late)
+        Store(states.FAILURE, error), settle), late)
 
 
 def unstarted(f: Facts) -> Decision:

@@ -586,8 +586,8 @@ class Worker:
             self.consumer.reject(request, requeue=result.requeue)
         elif result.follow_up:
             self._follow_up_then_ack(request, result)
-        else:
-            self.consumer.ack(request)
+        else:  # acked (a failure of acks_on_failure_or_timeout=False: rejected)
+            self._carry_out(request, lifecycle.done(self._facts(request), result.state))
         self.feed_pool()
 
     def _follow_up_then_ack(self, request: Request, result: JobResult) -> None:
@@ -661,6 +661,7 @@ class Worker:
             terminated=request.terminated,
             stopping=self.stopping,
             requeued_on_close=self.consumer.requeues_on_close,
+            ack_failures=request.task.acks_on_failure_or_timeout,
         )
 
     def _carry_out(self, request: Request, decision: lifecycle.Decision, *,
@@ -681,6 +682,10 @@ class Worker:
                     store = None
                 case lifecycle.Ack():
                     self.consumer.ack(request)
+                case lifecycle.Reject(requeue=False) if store is not None:
+                    self._store_then_ack(request, store.state,
+                                         self._storer(request, store, exc), reject=True)
+                    store = None
                 case lifecycle.Reject(requeue=requeue):
                     self.consumer.reject(request, requeue=requeue)
                 case lifecycle.Release():
@@ -741,23 +746,31 @@ class Worker:
                                            self._storer(request, store, None), logged):
             logged()
 
-    def _store_then_ack(self, request: Request, state: str, store: Callable[[], Any]) -> None:
+    def _store_then_ack(self, request: Request, state: str, store: Callable[[], Any], *,
+                        reject: bool = False) -> None:
         """Store ``state`` off the loop, then ack on the loop: the broker forgets the message
         only once its end state is stored (DESIGN.md's table). A full lane (the backend has
         been stalled for a long while) acks without the state: the table forbids a rerun
-        more than a missing state; the log says so."""
+        more than a missing state; the log says so. ``reject``: reject it without requeue
+        instead of acking (``acks_on_failure_or_timeout=False``: dead-lettered)."""
+
+        def settle() -> None:
+            if reject:
+                self.consumer.reject(request, requeue=False)
+            else:
+                self.consumer.ack(request)
 
         def then(outcome: Outcome) -> None:
             if not outcome.ok:
                 logger.warning("could not store %s of %s[%s]: %r", state, request.name,
                                request.id, outcome.error)
-            self.consumer.ack(request)
+            settle()
 
         if not self.offload_results.submit(f"storing {state} of {request.name}[{request.id}]",
                                            store, then):
             logger.error("task %s[%s] ends %s without a stored state: the result backend is "
                          "not keeping up", request.name, request.id, state)
-            self.consumer.ack(request)
+            settle()
 
     def _redeliver(self, request: Request, count: int) -> None:
         """Requeue a lost task with its redelivery count: publish a copy, then ack."""

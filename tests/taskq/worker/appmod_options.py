@@ -92,3 +92,13 @@ def priority_seen(self: Any) -> Any:
 def progress_event(self: Any) -> str:
     self.send_event("task-progress", done=1, of=2)
     return "sent"
+
+
+@app.task(acks_late=True, acks_on_failure_or_timeout=False)
+def fails_dead_lettered() -> None:
+    raise ValueError("to the dead letters")
+
+
+@app.task(acks_late=True)
+def fails_acked() -> None:
+    raise ValueError("acked")

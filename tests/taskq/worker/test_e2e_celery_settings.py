@@ -196,3 +196,39 @@ def test_send_event_sends_a_custom_event_for_the_running_task(
                                                        for e in events))
     [event] = [e for e in events if e.get("uuid") == result.id]
     assert (event["done"], event["of"], event["hostname"]) == (1, 2, w.hostname)
+
+
+def test_acks_on_failure_or_timeout_false_dead_letters_a_failed_late_task(
+        amqp_broker: Broker, worker: StartWorker) -> None:
+    """As Celery: the failed task's message is rejected without requeue, so RabbitMQ
+    dead-letters it; with the default it is acked (gone). Both end FAILURE."""
+    import json
+
+    b = amqp_broker
+    dead = f"{b.name}-dead"
+    spec = json.dumps([{"name": b.name, "exchange": b.name, "routing_key": b.name,
+                        "queue_arguments": {"x-dead-letter-exchange": "",
+                                            "x-dead-letter-routing-key": dead}}])
+    with b.raw_connection() as conn:
+        channel = conn.default_channel
+        channel.queue_declare(dead, durable=False, auto_delete=False)
+        try:
+            worker(b, env={"TASKQ_IMPORTS": "appmod_options", "TASKQ_TASK_QUEUES": spec})
+            client = b.app(TASKQ_TASK_QUEUES=spec)
+            rejected = client.send_task("appmod_options.fails_dead_lettered")
+            acked = client.send_task("appmod_options.fails_acked")
+            for result in (rejected, acked):
+                with pytest.raises(ValueError):
+                    result.get(timeout=30)
+
+            def dead_ids() -> list[str]:
+                ids = []
+                while (message := channel.basic_get(dead, no_ack=True)) is not None:
+                    ids.append(message.headers["id"])
+                return ids
+
+            seen: list[str] = []
+            wait_until(lambda: seen.extend(dead_ids()) or seen, 30, "a dead-lettered message")
+            assert seen == [rejected.id]
+        finally:
+            channel.queue_delete(dead)

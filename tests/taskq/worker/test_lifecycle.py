@@ -234,6 +234,23 @@ def test_finished_is_acked_and_never_rerun(policy: str, state: str) -> None:
     assert decision.actions == (Ack(),) and decision.rerun is Rerun.NEVER
 
 
+def test_acks_on_failure_or_timeout_false_rejects_a_late_failure_without_requeue() -> None:
+    """As Celery: an acks_late task's message is dead-lettered (rejected, not requeued)
+    instead of acked when it fails, hits its hard limit or its process dies; never rerun.
+    Early acks and successes are unchanged."""
+    late = Facts(acks_late=True, started=True, ack_failures=False)
+    assert lc.done(late, states.FAILURE).actions == (Reject(requeue=False),)
+    assert lc.done(late, states.FAILURE).rerun is Rerun.NEVER
+    assert lc.done(late, states.SUCCESS).actions == (Ack(),)
+    early = Facts(started=True, acknowledged=True, ack_failures=False)
+    assert lc.done(early, states.FAILURE).actions == (Ack(),)
+    for cause in (Cause.TIME_LIMIT, Cause.CHILD_DIED):
+        decision = lc.child_died(late, cause, LOST)
+        assert kinds(decision) == [Emit, Store, Reject] and decision.rerun is Rerun.NEVER
+        assert decision.actions[-1] == Reject(requeue=False)
+        assert decision.actions[1] == Store(states.FAILURE, LOST)
+
+
 def test_a_rejected_task_goes_back_only_when_it_asked_to() -> None:
     assert lc.done(Facts(), states.REJECTED, requeue=True).rerun is Rerun.WILL
     assert lc.done(Facts(), states.REJECTED).actions == (Reject(requeue=False),)
