@@ -33,8 +33,10 @@ __all__ = ["TaskMessage", "decode", "decode_headers_body", "origin_name", "to_wi
 PROTOCOL_HEADERS = frozenset({
     "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
     "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
-    "stamped_headers", "stamps", "replaced_task_nesting",
+    "replaced_task_nesting",
 })
+# Celery's stamps (``stamped_headers``, ``stamps``) are kept among the caller's headers: they
+# travel on with the message (retries keep them) and revoke_by_stamped_headers reads them.
 
 Signature = dict[str, Any]
 

@@ -96,6 +96,23 @@ def revoke(worker: Worker, task_id: str | list[str], terminate: bool = False,
 
 
 @handler
+def revoke_by_stamped_headers(worker: Worker, headers: Any, terminate: bool = False,
+                              signal: Any = None, **_: Any) -> dict[str, Any]:
+    """Celery's command and replies: revoke the tasks stamped with these values (a mapping
+    of stamp name to values, or Celery's ``["name=value", ...]``)."""
+    if isinstance(headers, list):
+        headers = dict(str(h).split("=", 1) for h in headers if "=" in str(h))
+    if not isinstance(headers, dict):
+        return {"error": f"headers must be a mapping of stamp to values, got {headers!r}"}
+    found = worker.revoke_stamped(headers, terminate=bool(terminate), signum=_signum(signal))
+    if not terminate:
+        return {"ok": f"headers {headers} flagged as revoked, but not terminated"}
+    if not found:
+        return {"ok": f"headers {headers} were not terminated"}
+    return {"ok": f"headers {headers} revoked"}
+
+
+@handler
 def terminate(worker: Worker, signal: Any, task_id: str | list[str], **_: Any
               ) -> dict[str, Any]:
     """Celery's ``control terminate SIGNAL ID``: revoke and signal the running task."""

@@ -9,7 +9,8 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from kombu.clocks import LamportClock
 
@@ -56,6 +57,27 @@ class RevokedSet:
     def as_dict(self) -> dict[str, float]:
         self._purge()
         return dict(self._items)
+
+
+def revoked_by_stamps(headers: Mapping[str, Any],
+                      revoked_stamps: Mapping[str, Sequence[Any]]) -> bool:
+    """A message whose Celery stamps (``stamped_headers`` naming keys of ``stamps``) carry a
+    value revoked by ``revoke_by_stamped_headers``, matched as Celery's worker matches them."""
+    if not revoked_stamps:
+        return False
+    names = headers.get("stamped_headers") or ()
+    stamps = headers.get("stamps") or {}
+    if not isinstance(names, list | tuple) or not isinstance(stamps, Mapping):
+        return False
+    for name in names:
+        revoked = revoked_stamps.get(name)
+        value = stamps.get(name)
+        if revoked is None or value is None:
+            continue
+        values = value if isinstance(value, list | tuple) else [value]
+        if any(v in revoked for v in values if isinstance(v, str | int | float | bool)):
+            return True
+    return False
 
 
 class StateDB:

@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskq import chord, states, trace
@@ -35,7 +35,7 @@ from taskq.worker.control import ControlNode
 from taskq.worker.loop import Loop
 from taskq.worker.offload import Offload, Outcome
 from taskq.worker.request import Rejection, Request
-from taskq.worker.state import RevokedSet, StateDB
+from taskq.worker.state import RevokedSet, StateDB, revoked_by_stamps
 from taskq.worker.steps import Step, order
 
 if TYPE_CHECKING:
@@ -104,6 +104,8 @@ class Worker:
         self.loop = Loop(clock=clock,
                          lag_warning=float("inf") if self.pool_kind == "solo" else 0.5)
         self.revoked = RevokedSet()
+        # revoke_by_stamped_headers: stamp name -> revoked values (Celery's revoked_stamps)
+        self.revoked_stamps: dict[str, list[Any]] = {}
         self.rate_limits = RateLimits(app.conf, clock)
         self.statedb = StateDB(statedb, self.revoked, app.clock) if statedb else None
         # Blocking calls the loop must not make (result-backend writes; republishing and the
@@ -526,7 +528,8 @@ class Worker:
             request = self.ready.popleft()
             if self._gave_back_orphan(request):
                 continue
-            if request.id in self.revoked or request.expired():
+            if (request.id in self.revoked or request.expired()
+                    or revoked_by_stamps(request.msg.headers, self.revoked_stamps)):
                 self._discard_revoked(request)
                 continue
             batch.append(request)
@@ -856,6 +859,22 @@ class Worker:
                 can_terminate=self.pool.supports_terminate_job), job=job)
         if self.statedb is not None:
             self.statedb.changed()  # written within StateDB.SAVE_INTERVAL, off the loop
+
+    def revoke_stamped(self, headers: Mapping[str, Any], *, terminate: bool = False,
+                       signum: int = signal.SIGTERM) -> list[str]:
+        """``revoke_by_stamped_headers``: tasks stamped with one of these values never start
+        here (checked as each leaves the ready queue), those held for an eta or a rate limit
+        are discarded now, and with ``terminate`` running ones are terminated as by
+        ``revoke``. Returns the ids of the requests it found here."""
+        wanted = {name: list(values) if isinstance(values, list | tuple) else [values]
+                  for name, values in headers.items()}
+        for name, values in wanted.items():
+            self.revoked_stamps[name] = [*self.revoked_stamps.get(name, []), *values]
+        found = [request.id for request in (*self.held, *self.dispatched.values())
+                 if revoked_by_stamps(request.msg.headers, wanted)]
+        if found:
+            self.revoke(found, terminate=terminate, signum=signum)
+        return found
 
     def save_state_soon(self) -> None:
         """Hand a changed --statedb to the io lane (timer; the fsync is not the loop's)."""

@@ -122,6 +122,27 @@ def test_request_properties_hold_the_message_properties(project: Project) -> Non
     assert props["correlation_id"]
 
 
+def test_revoke_by_stamped_headers_discards_the_stamped_tasks(project: Project) -> None:
+    """Celery's stamps travel with the message, and revoke_by_stamped_headers (Celery's
+    command and reply) keeps the tasks stamped with a revoked value from running."""
+    from celery.exceptions import TaskRevokedError
+
+    t, node = project.tasks, project.worker.hostname
+    mark = uuid.uuid4().hex
+    [reply] = t.app.control.revoke_by_stamped_headers({"mon": [mark]}, destination=[node],
+                                                      reply=True, timeout=10)
+    assert reply[node] == {
+        "ok": f"headers {{'mon': ['{mark}']}} flagged as revoked, but not terminated"}
+    stamped = t.add.si(1, 1)
+    stamped.stamp(mon=mark)
+    other = t.add.si(2, 2)
+    other.stamp(mon="not-" + mark)
+    revoked, kept = stamped.apply_async(), other.apply_async()
+    assert kept.get(timeout=RESULT_TIMEOUT) == 4
+    with pytest.raises(TaskRevokedError):
+        revoked.get(timeout=RESULT_TIMEOUT)
+
+
 def test_retry_republishes_with_retries_plus_one(project: Project) -> None:
     path = project.path()
     r = project.tasks.flaky.delay(path)

@@ -147,3 +147,18 @@ def test_replaced_task_nesting_travels_as_celerys_header() -> None:
     msg = decode(json.dumps([[], {}, {}]), content_type="application/json",
                  content_encoding="utf-8", headers=bad, properties={}, accept=["json"])
     assert msg.replaced_task_nesting == 0
+
+
+def test_celerys_stamps_stay_with_the_message_and_match_a_stamped_revoke():
+    from taskq.protocol import decode_headers_body, to_wire
+    from taskq.worker.state import revoked_by_stamps
+
+    headers = {"task": "t", "id": "i", "stamped_headers": ["mon", "tags"],
+               "stamps": {"mon": "m1", "tags": ["a", "b"]}}
+    msg = decode_headers_body([[], {}, {}], headers, {})
+    assert to_wire(msg)[1]["stamps"] == {"mon": "m1", "tags": ["a", "b"]}
+    assert revoked_by_stamps(msg.headers, {"mon": ["m1"]})
+    assert revoked_by_stamps(msg.headers, {"tags": ["b", "z"]})
+    assert not revoked_by_stamps(msg.headers, {"mon": ["m"]})  # no substring match
+    assert not revoked_by_stamps(msg.headers, {"other": ["m1"]})
+    assert not revoked_by_stamps({}, {"mon": ["m1"]})
