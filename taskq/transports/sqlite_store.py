@@ -235,19 +235,21 @@ class Store:
 
     def connection(self) -> sqlite3.Connection:
         """This process's connection, opened (and the schema made) on first use."""
-        pid = os.getpid()
-        if self._db is None or self._pid != pid:
-            if self._db is not None:
-                self._abandoned.append(self._db)  # forked: the parent's, left alone
-            self._db = None
-            self._db, self._pid = self._open(), pid
-        return self._db
+        with self._lock:  # opening writes (the schema, the lease clock): never across a fork
+            pid = os.getpid()
+            if self._db is None or self._pid != pid:
+                if self._db is not None:
+                    self._abandoned.append(self._db)  # forked: the parent's, left alone
+                self._db = None
+                self._db, self._pid = self._open(), pid
+            return self._db
 
     def close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None and self._pid == os.getpid():
-            with contextlib.suppress(sqlite3.Error):
-                db.close()
+        with self._lock:  # the last close checkpoints the WAL: never across a fork
+            db, self._db = self._db, None
+            if db is not None and self._pid == os.getpid():
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
 
     # -- transactions ---------------------------------------------------------------------
     def _retry(self, fn: Callable[[], Any]) -> Any:
