@@ -5,6 +5,7 @@ the real ``celery`` package."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -64,30 +65,30 @@ def _redis_keys(b: Broker, pattern: str) -> list[bytes]:
 
 # -- a Celery client's chords on a taskq worker -----------------------------------------------
 
-def test_celery_chord_runs_on_a_taskq_worker(redis_broker: Broker,
-                                             workers: WorkerSet) -> None:
+@pytest.mark.parametrize("broker", ["redis", "amqp"], indirect=True)
+def test_celery_chord_runs_on_a_taskq_worker(broker: Broker, workers: WorkerSet) -> None:
     """Given a chord from a Celery 5.7 client, a taskq worker runs the header, and the last
     part sends the body with the results in header order; the counters are cleaned up."""
-    workers.start(redis_broker, app="canvasmod", pool="threads", concurrency=3)
-    capp = celery_client(redis_broker)
+    workers.start(broker, app="canvasmod", pool="threads", concurrency=3)
+    capp = celery_client(broker)
     add, collect = capp.signature("canvasmod.add"), capp.signature("canvasmod.collect")
     result = cchord([add.clone((i, i)) for i in range(6)], collect)()
     assert result.get(timeout=30) == [0, 2, 4, 6, 8, 10]
     assert result.parent.get(timeout=10) == [0, 2, 4, 6, 8, 10]
     gid = result.parent.id
-    wait_until(lambda: not [k for k in _redis_keys(redis_broker, f"*{gid}.[jtsd]")], 10,
+    wait_until(lambda: not [k for k in _redis_keys(broker, f"*{gid}.[jtsd]")], 10,
                "the chord's .j/.t/.s/.d keys to be removed")
     capp.close()
 
 
-def test_celery_chord_with_a_failing_part_fails_the_body(redis_broker: Broker,
-                                                          workers: WorkerSet,
+@pytest.mark.parametrize("broker", ["redis", "amqp"], indirect=True)
+def test_celery_chord_with_a_failing_part_fails_the_body(broker: Broker, workers: WorkerSet,
                                                           ledger: Ledger) -> None:
     """Given a chord whose second part raises, the body is FAILURE ChordError naming that
     part (a Celery client reads Celery's own ChordError), and the body's link_error runs;
     get() on the chord raises the part's own error first, as it does on a Celery worker."""
-    workers.start(redis_broker, app="canvasmod", pool="threads", concurrency=2)
-    capp = celery_client(redis_broker)
+    workers.start(broker, app="canvasmod", pool="threads", concurrency=2)
+    capp = celery_client(broker)
     header = [capp.signature("canvasmod.add", (1, 1)), capp.signature("canvasmod.boom"),
               capp.signature("canvasmod.add", (2, 2))]
     body = capp.signature("canvasmod.tsum")
@@ -105,12 +106,12 @@ def test_celery_chord_with_a_failing_part_fails_the_body(redis_broker: Broker,
     capp.close()
 
 
-def test_celery_chord_with_a_chain_in_its_header(redis_broker: Broker,
-                                                 workers: WorkerSet) -> None:
+@pytest.mark.parametrize("broker", ["redis", "amqp"], indirect=True)
+def test_celery_chord_with_a_chain_in_its_header(broker: Broker, workers: WorkerSet) -> None:
     """Given chord([add(1,1) | add(10), add(2,2)], tsum): the chain's last step is the
     part that counts, and the body gets 12 + 4."""
-    workers.start(redis_broker, app="canvasmod", pool="threads", concurrency=2)
-    capp = celery_client(redis_broker)
+    workers.start(broker, app="canvasmod", pool="threads", concurrency=2)
+    capp = celery_client(broker)
     add = capp.signature("canvasmod.add")
     header = [cchain(add.clone((1, 1)), add.clone((10,))), add.clone((2, 2))]
     result = cchord(header, capp.signature("canvasmod.tsum"))()
@@ -384,6 +385,42 @@ def test_a_taskq_chord_and_chain_run_on_a_celery_worker(redis_broker: Broker,
         assert res.get(timeout=30) == 12
         assert group(add.s(1, 1), add.s(2, 2)).apply_async().get(timeout=30) == [2, 4]
         client.close()
+
+
+def test_a_chord_split_between_a_celery_and_a_taskq_worker_completes_once(
+        redis_broker: Broker, workers: WorkerSet, tmp_path: Path) -> None:
+    """Given a Celery client's chord whose header parts go half to a queue only a Celery
+    worker consumes and half to one only a taskq worker consumes, on one Redis (broker and
+    results), the parts count together: the body runs once, on either worker, with every
+    part's result in header order."""
+    celery_side = dataclasses.replace(redis_broker, env={
+        **redis_broker.env, **{f"TASKQ_TASK_DEFAULT_{k}": f"{redis_broker.name}-celery"
+                               for k in ("QUEUE", "EXCHANGE", "ROUTING_KEY")}})
+    capp = celery_client(redis_broker)
+    try:
+        with celery_worker(celery_side, tmp_path):
+            w = workers.start(redis_broker, app="canvasmod", pool="prefork", concurrency=2)
+            add = capp.signature("canvasmod.add")
+            header = [add.clone((i, i)).set(queue=f"{redis_broker.name}-celery") if i % 2
+                      else add.clone((i, i)) for i in range(8)]
+            result = cchord(header, capp.signature("canvasmod.collect"))()
+            assert result.get(timeout=60) == [0, 2, 4, 6, 8, 10, 12, 14]
+            parts = [r.id for r in result.parent.results]
+            taskq_log = w.log()
+            celery_log = (tmp_path / "celery.log").read_text(errors="replace")
+            assert all(f"canvasmod.add[{p}] SUCCESS" in taskq_log for p in parts[::2])
+            assert all(f"canvasmod.add[{p}] succeeded" in celery_log for p in parts[1::2])
+            # Behind anything either worker might still send: a second body would run first.
+            assert capp.send_task("canvasmod.add", (1, 1)).get(timeout=30) == 2
+            assert capp.send_task("canvasmod.add", (2, 2),
+                                  queue=f"{redis_broker.name}-celery").get(timeout=30) == 4
+            body = re.escape(result.id)
+            runs = (len(re.findall(rf"canvasmod\.collect\[{body}\] SUCCESS", w.log()))
+                    + len(re.findall(rf"canvasmod\.collect\[{body}\] succeeded",
+                                     (tmp_path / "celery.log").read_text(errors="replace"))))
+            assert runs == 1
+    finally:
+        capp.close()
 
 
 # -- the same Celery client on a taskq worker and on a Celery worker --------------------------
