@@ -4,7 +4,7 @@ Each canvas entry names its tasks and what each waits for (:mod:`stress.canvas`)
 *succeeded* when a run of it finished ``ok``; its success is *final* when the worker did not
 lose that run afterwards (a ``lost`` entry after the finish: the child died before the outcome
 was stored, so the task ends FAILURE ``WorkerLostError`` or is requeued, as the delivery table
-says). Against the table, for every task of every canvas:
+says), nor any other run of it for good. Against the table, for every task of every canvas:
 
 - **order**: it starts only after every task in its ``after`` succeeded: a chain's steps run
   in order, a chord's body never before the last part of its header finished, and never when
@@ -51,7 +51,12 @@ def _successes(history: History) -> list[float]:
 
 def _final_success(history: History) -> float | None:
     """When a run finished ``ok`` with no loss after it (before the task's next start): its
-    outcome was stored, so what follows it is owed."""
+    outcome was stored, so what follows it is owed. None also when any run of it was lost
+    for good (not requeued): two runs at once (a message redelivered after a cut) may end
+    one SUCCESS and one FAILURE ``WorkerLostError``, and the failure, if it counts first,
+    fails the chord's body or the rest of the chain, as the table allows."""
+    if any(not loss.extra.get("requeued") for loss in history.losses):
+        return None
     starts = [s.mono for s in history.starts]
     for at in _successes(history):
         until = min((s for s in starts if s > at), default=math.inf)

@@ -144,6 +144,15 @@ def test_a_body_is_not_owed_when_a_part_was_lost_after_it_finished() -> None:
     assert verdict.figures["bodies_skipped"] == 1 and owed(ev.book, [], ev.cell) == []
 
 
+def test_a_body_is_not_owed_when_a_second_run_of_a_part_was_lost() -> None:
+    # acks_late, a cut: the part runs twice at once; one child is killed (FAILURE counted
+    # first: the body fails with ChordError), the other finishes ok
+    entries = [*_chord([], parts=((1.0, 1.3), (1.0, 1.1))), _e("started", "h0", 12, 1.1),
+               _e("lost", "h0", 2, 1.2, requeued=False)]
+    ev = _evidence(entries, [_cut(1.05)], acks="late")
+    assert canvas(ev).passed and owed(ev.book, ev.faults, ev.cell) == []
+
+
 def test_a_chain_step_that_runs_before_the_step_before_it_finished_fails() -> None:
     verdict = canvas(_evidence(_chain({"s1": (2.0, 2.1), "s2": (2.2, 2.6),
                                        "s3": (2.4, 2.5)})))
