@@ -235,13 +235,18 @@ def reserved(worker: Worker, **_: Any) -> list[dict[str, Any]]:
 
 @handler
 def scheduled(worker: Worker, **_: Any) -> list[dict[str, Any]]:
+    """Requests held for their eta, in Celery's shape: ``priority`` is the priority of
+    Celery's timer entry (6 for every eta), not the message's (that is in ``request``)."""
     out = []
     for req in worker.held:
         eta = req.msg.eta
         out.append({"eta": eta.isoformat() if isinstance(eta, dt.datetime) else None,
-                    "priority": req.delivery_info.get("priority"),
+                    "priority": ETA_TIMER_PRIORITY,
                     "request": request_info(req, worker)})
     return out
+
+
+ETA_TIMER_PRIORITY = 6  # Celery's worker schedules eta tasks on its timer with priority 6
 
 
 @handler

@@ -232,3 +232,23 @@ def test_acks_on_failure_or_timeout_false_dead_letters_a_failed_late_task(
             assert seen == [rejected.id]
         finally:
             channel.queue_delete(dead)
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_inspect_scheduled_answers_in_celerys_shape(broker: Broker, worker: StartWorker
+                                                    ) -> None:
+    w = worker(broker)
+    client = broker.app()
+    later = client.send_task("appmod.add", (1, 2), countdown=120, priority=3)
+
+    def entries() -> list[dict[str, Any]]:
+        [reply] = client.control.broadcast("scheduled", destination=[w.hostname], reply=True,
+                                           timeout=5) or [{}]
+        return list(reply.get(w.hostname) or [])
+
+    [entry] = wait_until(entries, 30, "the eta task among the scheduled")
+    assert entry["priority"] == 6  # Celery's timer priority for eta tasks
+    assert entry["request"]["id"] == later.id
+    assert entry["request"]["delivery_info"]["priority"] == 3
+    assert entry["eta"].endswith("+00:00")
+    client.control.revoke(later.id)
