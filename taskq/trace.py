@@ -82,6 +82,7 @@ def execute(
     on_stored: Callable[[str], None] | None = None,
     on_claimed: Callable[[str, str], None] | None = None,
     on_followed: Callable[[], None] | None = None,
+    on_sent: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Run ``task`` for ``msg`` and record the outcome; never raises for a task's own error.
 
@@ -93,7 +94,8 @@ def execute(
     ``on_claimed(group_id, token)`` runs when this part completed its chord and holds the claim
     to fire the body, and ``on_followed()`` once the chord part is counted and everything that
     follows the outcome is sent: a child that dies between ``on_stored`` and ``on_followed``
-    leaves that to the parent (``follow_up``).
+    leaves that to the parent (``follow_up``); ``on_sent(n)`` after each of what follows is
+    sent (n so far), so the parent sends only the rest.
     """
     context = Context.from_message(msg, delivery_info=delivery_info, hostname=hostname,
                                    is_eager=eager)
@@ -140,8 +142,10 @@ def execute(
                                on_claimed=on_claimed)
     _run_handlers(task, context, outcome, einfo)
     if outcome.state == states.SUCCESS:
-        for sig, rest in followers:
+        for sent, (sig, rest) in enumerate(followers, 1):
             _send(task, sig, outcome.value, msg, eager, rest)
+            if on_sent is not None:
+                on_sent(sent)
     elif outcome.state == states.FAILURE:
         _send_errbacks(task, msg, eager, outcome, context)
     if on_followed is not None:
@@ -150,12 +154,13 @@ def execute(
 
 
 def follow_up(app: TaskQ, msg: TaskMessage, state: str,
-              claim: tuple[str, str] | None = None) -> None:
+              claim: tuple[str, str] | None = None, sent: int = 0) -> None:
     """The pool child that ran ``msg`` died after it stored ``state``, before it had counted
     its chord part and sent what follows (the next chain step, its callbacks or errbacks):
     do that here, with the stored value, or the chain stops and the chord's body never runs.
     Counting again adds nothing (a part counts once); ``claim`` is the dead child's claim to
-    fire the body, given up so that this count takes it. Never raises."""
+    fire the body, given up so that this count takes it; ``sent``: how many of what follows
+    the child had sent (those are not sent again). Never raises."""
     try:
         value = app.backend.result_from_meta(app.backend.get_task_meta(msg.id))
         if claim is not None:
@@ -168,7 +173,7 @@ def follow_up(app: TaskQ, msg: TaskMessage, state: str,
             chord.message_done(app, msg, state, value)
         task = app.get_task(msg.task)
         context = Context.from_message(msg)
-        for sig, rest in _followers(task, msg, context, eager=False):
+        for sig, rest in _followers(task, msg, context, eager=False)[sent:]:
             _send(task, sig, value, msg, False, rest)
     except Exception:
         logger.exception("task %s[%s]: sending what follows its stored %s failed", msg.task,

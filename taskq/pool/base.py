@@ -77,6 +77,7 @@ class JobResult:
     # (group id, token: the child's claim to fire a chord's body) first.
     follow_up: bool = False
     claim: tuple[str, str] | None = None
+    sent: int = 0  # ... and how many of what follows it had sent
     expected: bool = False  # a FAILURE with one of the task's ``throws`` exceptions
 
 
@@ -90,13 +91,14 @@ def run_job(app: TaskQ, job: Job, hostname: str | None, *,
             on_storing: Callable[[], None] | None = None,
             on_stored: Callable[[str], None] | None = None,
             on_claimed: Callable[[str, str], None] | None = None,
-            on_followed: Callable[[], None] | None = None) -> JobResult:
+            on_followed: Callable[[], None] | None = None,
+            on_sent: Callable[[int], None] | None = None) -> JobResult:
     """Run a job in this process (a child, a thread or the main process) and summarise it.
 
     ``on_storing`` / ``on_stored(state)``: called just before and just after the outcome is
     stored (see ``taskq.trace.execute``); the prefork child blocks its soft-limit signal and
     tells the parent, so that a death after the store never overwrites or reruns it.
-    ``on_claimed`` / ``on_followed``: see ``taskq.trace.execute``."""
+    ``on_claimed`` / ``on_followed`` / ``on_sent``: see ``taskq.trace.execute``."""
     from taskq.trace import execute
 
     expires = job.msg.expires
@@ -122,7 +124,7 @@ def run_job(app: TaskQ, job: Job, hostname: str | None, *,
     task = app.get_task(job.name)
     outcome = execute(task, job.msg, delivery_info=job.delivery_info, hostname=hostname,
                       on_storing=on_storing, on_stored=on_stored, on_claimed=on_claimed,
-                      on_followed=on_followed)
+                      on_followed=on_followed, on_sent=on_sent)
     summary = "" if outcome.value is None else repr(outcome.value)[:200]
     expected = bool(outcome.state == states.FAILURE and task.throws
                     and isinstance(outcome.value, task.throws))

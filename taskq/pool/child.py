@@ -6,8 +6,8 @@ Between ``started`` and ``done`` it says ``storing`` just before it stores the o
 ``stored`` right after (callbacks are sent after that): a child that dies after ``stored``
 has finished its job, whatever the parent reads next (issue 13 #9). It says ``followed`` once
 its chord part is counted and what follows the outcome is sent (``claimed`` first if the part
-completed its chord): one that dies between ``stored`` and ``followed`` leaves that to the
-parent (issue 15). The soft-limit signal
+completed its chord; ``sent`` after each callback or chain step): one that dies between
+``stored`` and ``followed`` leaves the rest to the parent (issue 15). The soft-limit signal
 is blocked from ``storing`` on, so it cannot cut the store short. A job with a hard limit
 arms ``ITIMER_REAL`` for the limit plus ``HARD_LIMIT_GRACE``: if the parent, which kills the
 child at the limit, is stalled, SIGALRM ends the child anyway (SIGALRM is the pool's in a
@@ -184,12 +184,15 @@ def _run(app: TaskQ, job: Job, hostname: str | None, seq: int, event_fd: int) ->
     def followed() -> None:
         write_frames(event_fd, ("followed", seq))
 
+    def sent(count: int) -> None:
+        write_frames(event_fd, ("sent", seq, count))
+
     try:
         # Blocked since before ``started`` was sent: a soft limit (or revoke) signalled in
         # between is delivered now, not lost.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SOFT)
         return run_job(app, job, hostname, on_storing=storing, on_stored=stored,
-                       on_claimed=claimed, on_followed=followed)
+                       on_claimed=claimed, on_followed=followed, on_sent=sent)
     except BaseException as exc:  # outside the task's own try (a late soft limit, exit())
         summary = f"{type(exc).__name__}: {exc}"[:200]
         if _State.stored is not None:  # after the store: what was stored is the outcome

@@ -76,7 +76,7 @@ class Child:
     __slots__ = (
         "alarm_at", "claim", "current", "current_seq", "event_eof", "event_fd", "followed",
         "hard_at", "job_fd", "kill_reason", "killed", "pending", "pid", "pidfd", "queued",
-        "reader", "reap_delay", "reap_scheduled", "reaped", "retired_at", "soft_at",
+        "reader", "reap_delay", "reap_scheduled", "reaped", "retired_at", "sent", "soft_at",
         "spawned_at", "state", "stored", "storing", "taken", "tasks", "writing",
     )
 
@@ -100,6 +100,7 @@ class Child:
         self.stored: str | None = None  # ... and was stored, as this state: it is final
         self.followed = False           # ... and what follows it was sent (chord part counted)
         self.claim: tuple[str, str] | None = None  # its claim to fire a chord's body
+        self.sent = 0                   # ... how many of what follows it were sent
         self.soft_at = 0.0              # deadlines of the current job, pool clock (0: none)
         self.hard_at = 0.0
         self.alarm_at = 0.0             # when the armed timer fires (0: none armed)

@@ -4,7 +4,8 @@
 - ``APPMOD_OPEN_FDS=N``: the worker holds N more open files from import on, so the pipes and
   sockets it opens later are numbered past 1023 (where ``select()`` fails);
 - ``APPMOD_STALL_AFTER_STORE=<path>``: the first link callback a task sends (after its result
-  is stored) stalls: the child writes its pid to <path> and sleeps, to be killed there;
+  is stored) stalls: the child writes its pid to <path> and sleeps, to be killed there
+  (``APPMOD_STALL_AT_SEND=N``: the Nth send stalls, after the ones before it were sent);
 - ``APPMOD_DIE_READING=<task name>``: a pool child that reads a job of that task exits at
   once, before ``started``: a message that kills every child it is given.
 """
@@ -33,8 +34,13 @@ _stall_flag = os.environ.get("APPMOD_STALL_AFTER_STORE")
 if _stall_flag:
     _send_task = app.send_task
 
+    _stall_at = int(os.environ.get("APPMOD_STALL_AT_SEND") or 1)
+    _sends = [0]
+
     def _stalling_send_task(*args: Any, **kwargs: Any) -> Any:
         if not os.path.exists(_stall_flag):
+            _sends[0] += 1
+        if not os.path.exists(_stall_flag) and _sends[0] >= _stall_at:
             tmp = f"{_stall_flag}.tmp"
             with open(tmp, "w") as fh:
                 fh.write(str(os.getpid()))

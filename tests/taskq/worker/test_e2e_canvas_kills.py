@@ -21,11 +21,12 @@ def _records(ledger: Ledger, task_id: str) -> int:
     return sum(1 for p in ledger.lines() if p[:2] == ["record", task_id])
 
 
-def _stalled_worker(broker: Broker, worker: StartWorker, flag: Path) -> None:
+def _stalled_worker(broker: Broker, worker: StartWorker, flag: Path, at_send: int = 1) -> None:
     # One child: the parts run one after another; the first send of a task's child (the
-    # next step, the body) stalls after the store, for the test to kill it there.
+    # next step, the body; or the ``at_send``th) stalls after the store, for the test to
+    # kill it there.
     worker(broker, pool="prefork", concurrency=1, app="appmod_pool",
-           env={"APPMOD_STALL_AFTER_STORE": str(flag)})
+           env={"APPMOD_STALL_AFTER_STORE": str(flag), "APPMOD_STALL_AT_SEND": str(at_send)})
 
 
 @pytest.mark.parametrize("broker", ["redis_broker", "amqp_broker"])
@@ -49,6 +50,30 @@ def test_a_chain_goes_on_when_a_steps_child_dies_after_storing_it(
     # Behind anything the worker might still send: a duplicate would run before this ends.
     assert client.send_task("appmod.add", (1, 1)).get(timeout=30) == 2
     assert _records(ledger, result.id) == 1
+
+
+def test_what_the_dead_child_had_sent_is_not_sent_again(
+        redis_broker: Broker, worker: StartWorker, ledger: Ledger, tmp_path: Path) -> None:
+    """Given a step with a link callback and a next chain step, whose child sent the callback
+    and is killed before it sent the next step, then the worker sends only the next step:
+    each runs once."""
+    flag = tmp_path / "stalled"
+    _stalled_worker(redis_broker, worker, flag, at_send=2)
+    client = redis_broker.app()
+    first = Signature("appmod.sleeper", (0, str(ledger)), immutable=True, app=client)
+    callback = Signature("appmod.record", ("linked",), {"ledger": str(ledger)},
+                         immutable=True, app=client)
+    callback_id = callback.freeze().id
+    first.link(callback)
+    second = Signature("appmod.record", ("next",), {"ledger": str(ledger)}, immutable=True,
+                       app=client)
+    result = chain(first, second, app=client).apply_async()
+    pid = int(wait_until(lambda: flag.exists() and flag.read_text(), 30, "the stall"))
+    os.kill(pid, signal.SIGKILL)
+    assert result.get(timeout=60) == "next"
+    assert client.send_task("appmod.add", (1, 1)).get(timeout=30) == 2
+    assert _records(ledger, result.id) == 1
+    assert _records(ledger, callback_id) == 1
 
 
 @pytest.mark.parametrize("broker", ["redis_broker", "amqp_broker"])
