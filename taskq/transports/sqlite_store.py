@@ -29,10 +29,11 @@ fails with SQLITE_BUSY without waiting). ``database is locked`` is retried until
 in WAL mode with ``synchronous=NORMAL``: a commit survives the process being killed, readers
 never wait for writers. A connection is never used across fork: each process opens its own
 (and never closes an inherited one, which could run SQLite's cleanup under its parent). No
-process forks while one of its threads is inside a transaction (``_hold_for_fork``): SQLite
-keeps a process's locks in memory, and a child forked then inherits them as held by nobody it
-can reach, so none of its own connections could ever write that file again (every write
-``database is locked``; issue 15: a worker forked a pool child while a thread published).
+process forks while one of its threads is inside a transaction, nor with a connection open
+(``_hold_for_fork``): SQLite keeps a process's locks and its shared-memory index in memory,
+and a child forked then inherits them as held by nobody it can reach, so none of its own
+connections could write that file again (every write ``database is locked``; issue 15: a
+worker forked a pool child while a thread published).
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ _stores: weakref.WeakSet[Store] = weakref.WeakSet()
 
 def _hold_for_fork() -> None:
     """Before ``fork()``: wait until no thread of this process is inside a transaction (each
-    holds its store's lock for the whole transaction), and keep them out until it is done."""
+    holds its store's lock for the whole transaction), keep them out until it is done, and
+    close the connection, so that the child inherits no SQLite state of this file at all
+    (the next use here opens it again)."""
     for store in list(_stores):
         store._lock.acquire()
+        store.close()
 
 
 def _release_after_fork() -> None:
