@@ -42,7 +42,7 @@ COUNTED_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
 
 
 def message_done(app: TaskQ, msg: TaskMessage, state: str, value: Any, *,
-                 on_claimed: Callable[[str, str], None] | None = None) -> None:
+                 on_claimed: Callable[[str, str, bool], None] | None = None) -> None:
     """A task whose message has a ``chord`` field ended in ``state``: count it."""
     if msg.chord is None or not msg.group or state not in COUNTED_STATES:
         return
@@ -73,11 +73,13 @@ def ended_by_worker(app: TaskQ, msg: TaskMessage, state: str, exc: BaseException
 
 def part_done(app: TaskQ, *, group_id: str, task_id: str, group_index: int | None,
               body: Mapping[str, Any], state: str, value: Any, parent_id: str | None,
-              root_id: str | None, on_claimed: Callable[[str, str], None] | None = None
-              ) -> None:
+              root_id: str | None,
+              on_claimed: Callable[[str, str, bool], None] | None = None) -> None:
     """Record one part of chord ``group_id``; the part that completes it fires the body.
-    ``on_claimed(group_id, token)`` is told of the claim before the body is sent (a pool
-    child tells its parent, which gives the claim up if the child dies holding it).
+    ``on_claimed(group_id, token, fired)`` is told of the claim before the body is sent
+    (``fired`` False) and once it was sent or failed (True), before the counters are dropped:
+    a pool child tells its parent, which gives the claim up if the child dies before the
+    body was sent, and finishes the chord if it dies after.
 
     Never raises: a failure is logged (the part's own result is already stored).
     """
@@ -91,7 +93,7 @@ def part_done(app: TaskQ, *, group_id: str, task_id: str, group_index: int | Non
     if join is None:
         return
     if on_claimed is not None:
-        on_claimed(join.group_id, join.token)
+        on_claimed(join.group_id, join.token, False)
     callback = signature(body, app)
     try:
         failed = _first_failure(backend, join.parts)
@@ -112,6 +114,8 @@ def part_done(app: TaskQ, *, group_id: str, task_id: str, group_index: int | Non
         logger.exception("chord %s: sending the body failed", group_id)
         fail_body(app, callback, ChordError(f"Callback error: {exc!r}"))
     finally:
+        if on_claimed is not None:
+            on_claimed(join.group_id, join.token, True)
         try:
             backend.chord_done(join)
         except Exception:

@@ -80,7 +80,7 @@ def execute(
     store: bool = True,
     on_storing: Callable[[], None] | None = None,
     on_stored: Callable[[str], None] | None = None,
-    on_claimed: Callable[[str, str], None] | None = None,
+    on_claimed: Callable[[str, str, bool], None] | None = None,
     on_followed: Callable[[], None] | None = None,
     on_sent: Callable[[int], None] | None = None,
 ) -> Outcome:
@@ -91,11 +91,12 @@ def execute(
     just before the outcome is stored and ``on_stored(state)`` just after (before callbacks
     are sent): the prefork child uses them to shield the store from its soft-limit signal and
     to tell the parent that the outcome is final (a death after that must not undo it).
-    ``on_claimed(group_id, token)`` runs when this part completed its chord and holds the claim
-    to fire the body, and ``on_followed()`` once the chord part is counted and everything that
-    follows the outcome is sent: a child that dies between ``on_stored`` and ``on_followed``
-    leaves that to the parent (``follow_up``); ``on_sent(n)`` after each of what follows is
-    sent (n so far), so the parent sends only the rest.
+    ``on_claimed(group_id, token, fired)`` runs when this part completed its chord and holds
+    the claim to fire the body (again with ``fired`` once the body was sent),
+    ``on_followed()`` once the chord part is counted and everything that follows the outcome
+    is sent: a child that dies between ``on_stored`` and ``on_followed`` leaves that to the
+    parent (``follow_up``); ``on_sent(n)`` after each of what follows is sent (n so far), so
+    the parent sends only the rest.
     """
     context = Context.from_message(msg, delivery_info=delivery_info, hostname=hostname,
                                    is_eager=eager)
@@ -154,22 +155,36 @@ def execute(
 
 
 def follow_up(app: TaskQ, msg: TaskMessage, state: str,
-              claim: tuple[str, str] | None = None, sent: int = 0) -> None:
+              claim: tuple[str, str] | None = None, sent: int = 0,
+              fired: bool = False) -> None:
     """The pool child that ran ``msg`` died after it stored ``state``, before it had counted
     its chord part and sent what follows (the next chain step, its callbacks or errbacks):
     do that here, with the stored value, or the chain stops and the chord's body never runs.
     Counting again adds nothing (a part counts once); ``claim`` is the dead child's claim to
-    fire the body, given up so that this count takes it; ``sent``: how many of what follows
+    fire the body, given up so that this count takes it (or, ``fired``: the child had sent
+    the body, and only the chord's counters are dropped); ``sent``: how many of what follows
     the child had sent (those are not sent again). Never raises."""
     try:
         value = app.backend.result_from_meta(app.backend.get_task_meta(msg.id))
-        if claim is not None:
+        if claim is not None and fired:
+            from taskq.backends.base import ChordJoin
+
+            app.backend.chord_done(ChordJoin(claim[0], claim[1], ()))
+        elif claim is not None:
             app.backend.chord_release(*claim)
-        if state != states.SUCCESS:
+        if state != states.SUCCESS and not fired:
             exc = value if isinstance(value, BaseException) else RuntimeError(repr(value))
             chord.ended_by_worker(app, msg, state, exc)
             return
-        if msg.chord is not None:
+        if state != states.SUCCESS:
+            exc = value if isinstance(value, BaseException) else RuntimeError(repr(value))
+            chord.run_errbacks(app, msg.errbacks, task_id=msg.id, exc=exc, traceback=None,
+                               request=Context.from_message(msg), parent_id=msg.id,
+                               root_id=msg.root_id or msg.id)
+            if msg.chain:
+                chord.fail_chain(app, msg.chain, exc)
+            return
+        if msg.chord is not None and not fired:
             chord.message_done(app, msg, state, value)
         task = app.get_task(msg.task)
         context = Context.from_message(msg)

@@ -77,6 +77,7 @@ class JobResult:
     # (group id, token: the child's claim to fire a chord's body) first.
     follow_up: bool = False
     claim: tuple[str, str] | None = None
+    fired: bool = False  # ... and had sent that chord's body
     sent: int = 0  # ... and how many of what follows it had sent
     expected: bool = False  # a FAILURE with one of the task's ``throws`` exceptions
 
@@ -90,7 +91,7 @@ UnstartedCallback = Callable[[Job], None]
 def run_job(app: TaskQ, job: Job, hostname: str | None, *,
             on_storing: Callable[[], None] | None = None,
             on_stored: Callable[[str], None] | None = None,
-            on_claimed: Callable[[str, str], None] | None = None,
+            on_claimed: Callable[[str, str, bool], None] | None = None,
             on_followed: Callable[[], None] | None = None,
             on_sent: Callable[[int], None] | None = None) -> JobResult:
     """Run a job in this process (a child, a thread or the main process) and summarise it.

@@ -178,8 +178,8 @@ def _run(app: TaskQ, job: Job, hostname: str | None, seq: int, event_fd: int) ->
         _State.stored = state
         write_frames(event_fd, ("stored", seq, state))
 
-    def claimed(group_id: str, token: str) -> None:
-        write_frames(event_fd, ("claimed", seq, group_id, token))
+    def claimed(group_id: str, token: str, fired: bool) -> None:
+        write_frames(event_fd, ("claimed", seq, group_id, token, fired))
 
     def followed() -> None:
         write_frames(event_fd, ("followed", seq))

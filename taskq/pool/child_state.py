@@ -74,7 +74,7 @@ class Child:
     """The parent's view of one child process."""
 
     __slots__ = (
-        "alarm_at", "claim", "current", "current_seq", "event_eof", "event_fd", "followed",
+        "alarm_at", "claim", "current", "current_seq", "event_eof", "event_fd", "fired", "followed",
         "hard_at", "job_fd", "kill_reason", "killed", "pending", "pid", "pidfd", "queued",
         "reader", "reap_delay", "reap_scheduled", "reaped", "retired_at", "sent", "soft_at",
         "spawned_at", "state", "stored", "storing", "taken", "tasks", "writing",
@@ -101,6 +101,7 @@ class Child:
         self.followed = False           # ... and what follows it was sent (chord part counted)
         self.claim: tuple[str, str] | None = None  # its claim to fire a chord's body
         self.sent = 0                   # ... how many of what follows it were sent
+        self.fired = False              # ... and whether it sent the chord's body
         self.soft_at = 0.0              # deadlines of the current job, pool clock (0: none)
         self.hard_at = 0.0
         self.alarm_at = 0.0             # when the armed timer fires (0: none armed)

@@ -401,7 +401,7 @@ class PreforkPool(Pool):
             child.current = job
             child.current_seq = frame[1]
             child.storing, child.stored = False, None
-            child.followed, child.claim, child.sent = False, None, 0
+            child.followed, child.claim, child.sent, child.fired = False, None, 0, False
             job.pid = child.pid
             self._early_deaths = self._unstarted_deaths = 0  # children can run jobs
             if self._start_failures:
@@ -418,7 +418,7 @@ class PreforkPool(Pool):
             child.current = None
             child.soft_at = child.hard_at = 0.0
             child.storing, child.stored = False, None
-            child.followed, child.claim, child.sent = False, None, 0
+            child.followed, child.claim, child.sent, child.fired = False, None, 0, False
             child.tasks += 1
             result: JobResult = frame[2]
             self.on_done(job, result)
@@ -430,7 +430,7 @@ class PreforkPool(Pool):
                 child.stored = frame[2]
         elif kind == "claimed":
             if child.current is not None and child.current_seq == frame[1]:
-                child.claim = (frame[2], frame[3])
+                child.claim, child.fired = (frame[2], frame[3]), bool(frame[4])
         elif kind == "sent":
             if child.current is not None and child.current_seq == frame[1]:
                 child.sent = frame[2]
@@ -629,7 +629,8 @@ class PreforkPool(Pool):
             return self.on_done, (job, JobResult(child.stored,
                                                  summary=f"stored; then its process: {exc}",
                                                  follow_up=not child.followed,
-                                                 claim=child.claim, sent=child.sent))
+                                                 claim=child.claim, sent=child.sent,
+                                                 fired=child.fired))
         self.stats["lost"] += 1
         logger.debug("pool child %d died (%s) running %s[%s]", child.pid, how, job.name,
                      job.id)

@@ -604,8 +604,8 @@ class Worker:
 
         if not self.offload_results.submit(
                 f"sending what follows {request.name}[{request.id}]",
-                lambda: trace.follow_up(app, msg, result.state, result.claim, result.sent),
-                then):
+                lambda: trace.follow_up(app, msg, result.state, result.claim, result.sent,
+                                        result.fired), then):
             logger.error("task %s[%s]: what follows its %s is not sent: the result backend "
                          "is not keeping up", request.name, request.id, result.state)
             self.consumer.ack(request)

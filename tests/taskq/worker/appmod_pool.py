@@ -6,6 +6,8 @@
 - ``APPMOD_STALL_AFTER_STORE=<path>``: the first link callback a task sends (after its result
   is stored) stalls: the child writes its pid to <path> and sleeps, to be killed there
   (``APPMOD_STALL_AT_SEND=N``: the Nth send stalls, after the ones before it were sent);
+- ``APPMOD_STALL_IN_CHORD_DONE=<path>``: the first chord a pool child fires stalls after
+  the body was sent, before the chord's counters are dropped (pid to <path>, as above);
 - ``APPMOD_DIE_READING=<task name>``: a pool child that reads a job of that task exits at
   once, before ``started``: a message that kills every child it is given.
 """
@@ -49,6 +51,24 @@ if _stall_flag:
         return _send_task(*args, **kwargs)
 
     app.send_task = _stalling_send_task  # type: ignore[method-assign]
+
+_chord_done_flag = os.environ.get("APPMOD_STALL_IN_CHORD_DONE")
+if _chord_done_flag:
+    def _stall_in_chord_done() -> None:  # in the pool children only
+        backend_type = type(app.backend)
+        chord_done = backend_type.chord_done
+
+        def stalling(self: Any, join: Any) -> None:
+            if not os.path.exists(_chord_done_flag):
+                with open(f"{_chord_done_flag}.tmp", "w") as fh:
+                    fh.write(str(os.getpid()))
+                os.rename(f"{_chord_done_flag}.tmp", _chord_done_flag)
+                time.sleep(120)
+            chord_done(self, join)
+
+        backend_type.chord_done = stalling  # type: ignore[method-assign]
+
+    app.hooks.worker_process_init.append(_stall_in_chord_done)
 
 _unreadable = os.environ.get("APPMOD_DIE_READING")
 if _unreadable:

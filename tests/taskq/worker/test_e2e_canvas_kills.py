@@ -99,3 +99,23 @@ def test_a_chord_body_runs_once_when_the_last_parts_child_dies_holding_the_claim
     assert [r.state for r in result.parent.results] == [states.SUCCESS] * 2
     assert client.send_task("appmod.add", (1, 1)).get(timeout=30) == 2
     assert _records(ledger, result.id) == 1
+
+
+def test_a_chord_body_the_dead_child_had_sent_is_not_sent_again(
+        redis_broker: Broker, worker: StartWorker, ledger: Ledger, tmp_path: Path) -> None:
+    """Given a chord whose last part sent the body and is killed before it dropped the
+    chord's counters, then the worker finishes the chord without firing the body again."""
+    flag = tmp_path / "stalled"
+    worker(redis_broker, pool="prefork", concurrency=1, app="appmod_pool",
+           env={"APPMOD_STALL_IN_CHORD_DONE": str(flag)})
+    client = redis_broker.app()
+    header = [Signature("appmod.sleeper", (0, str(ledger)), immutable=True, app=client)
+              for _ in range(2)]
+    body = Signature("appmod.record", ("fired",), {"ledger": str(ledger)}, immutable=True,
+                     app=client)
+    result = chord(header, body, app=client).apply_async()
+    pid = int(wait_until(lambda: flag.exists() and flag.read_text(), 30, "the stall"))
+    os.kill(pid, signal.SIGKILL)
+    assert result.get(timeout=60) == "fired"
+    assert client.send_task("appmod.add", (1, 1)).get(timeout=30) == 2
+    assert _records(ledger, result.id) == 1
