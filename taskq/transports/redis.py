@@ -404,6 +404,14 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
     # -- leases ---------------------------------------------------------------------------
     def _settle(self, mode: str, held: Sequence[tuple[str, str]]) -> int:
         """End the leases of ``held`` [(delivery tag, lease id)]; returns how many were ours."""
+        if self.connection is None:
+            # Closed meanwhile (a consumer's callback closed its connection while a fetched
+            # batch was being delivered): no client is left to settle with. The leases end
+            # on their own and their messages go back to their queues, as for a lost
+            # connection; raising here would take the worker's loop down instead.
+            logger.info("%d deliveries go back to their queues after their lease: the "
+                        "connection was closed before they were settled (%s)", len(held), mode)
+            return 0
         done = 0
         for start in range(0, len(held), _CHUNK):
             chunk = held[start:start + _CHUNK]

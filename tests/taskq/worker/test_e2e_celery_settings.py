@@ -146,7 +146,10 @@ def test_result_extended_stores_name_args_worker_and_queue_as_celery_reads_them(
     off = client.send_task("appmod.add", (1, 1))
     assert off.get(timeout=30) == 2
     assert (off.name is not None) == (off.worker == w.hostname)
-    if broker.kind == "redis":  # and Celery's client reads the same fields
+    import celery
+    # and Celery's client reads the same fields (Celery 5.4, which ci/test-oldest-kombu.sh
+    # runs, reads results under other keys when a global_keyprefix is set: see pyproject)
+    if broker.kind == "redis" and tuple(celery.VERSION[:2]) >= (5, 5):
         import json
 
         from celery import Celery
