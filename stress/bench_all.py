@@ -1,4 +1,4 @@
-"""``taskq-stress bench all``: every figure of issue 17's table in one run, taskq beside the
+"""``taskq-stress bench all``: every figure of the README's performance table in one run, taskq beside the
 workers it is compared with, rounds alternating.
 
 Each row is measured by the benchmark that owns it (``bench_drain``, ``bench_startup``,

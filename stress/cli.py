@@ -469,7 +469,7 @@ def bench_all(redis_url: str, amqp_url: str, compare: tuple[str, ...], rounds: i
               only: tuple[str, ...], drain_tasks: int, redis_tasks: int, recycle_tasks: int,
               recycle_budget: float, startup_tasks: int, publish_count: int,
               group_size: int, settle: float, json_path: Path) -> None:
-    """Measure every row of issue 17's table (drains, a Redis-bound task, start-up,
+    """Measure every row of the README's performance table (drains, a Redis-bound task, start-up,
     recycling, idle PSS, publishing one by one and in groups), taskq beside the --compare
     workers, rounds alternating; print median and range per row and write JSON."""
     import json
