@@ -1,5 +1,5 @@
-"""``taskq-stress bench all``: every figure of the README's performance table in one run, taskq beside the
-workers it is compared with, rounds alternating.
+"""``taskq-stress bench all``: every figure of the README's performance table in one run,
+taskq beside the workers it is compared with, rounds alternating.
 
 Each row is measured by the benchmark that owns it (``bench_drain``, ``bench_startup``,
 ``bench_publish``, ``bench_memory``); this module only lists the rows, runs them round by
