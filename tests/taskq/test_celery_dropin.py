@@ -4,8 +4,6 @@ client. One real worker subprocess per broker (Redis, RabbitMQ), results in Redi
 
 from __future__ import annotations
 
-import importlib
-import os
 import socket
 import sys
 import time
@@ -26,6 +24,7 @@ from e2e_support import (  # noqa: E402
     REDIS_URL,
     Broker,
     WorkerProcess,
+    import_fresh,
     make_broker,
     wait_until,
 )
@@ -55,20 +54,7 @@ class Project:
 
 def _import_project(env: dict[str, str]) -> Any:
     """(Re-)import celeryproj with this test's settings, as the worker imports it."""
-    for name in [m for m in sys.modules if m == "celeryproj" or m.startswith("celeryproj.")]:
-        del sys.modules[name]
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        if str(HERE) not in sys.path:
-            sys.path.insert(0, str(HERE))
-        return importlib.import_module("celeryproj.tasks")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return import_fresh("celeryproj.tasks", env, HERE)
 
 
 @pytest.fixture(scope="module", params=["redis", "amqp"])

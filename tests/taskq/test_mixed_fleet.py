@@ -13,7 +13,6 @@ workers stay up and answer pings to the end.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import signal
 import socket
@@ -34,6 +33,7 @@ sys.path.insert(0, str(HERE / "worker"))
 from e2e_support import (  # noqa: E402
     TASKQ,
     Broker,
+    import_fresh,
     make_broker,
     wait_until,
     wait_while_progressing,
@@ -97,20 +97,7 @@ class Node:
 
 def _import_project(env: dict[str, str]) -> Any:
     """(Re-)import mixedfleet with this test's settings, as the workers import it."""
-    for name in [m for m in sys.modules if m == "mixedfleet" or m.startswith("mixedfleet.")]:
-        del sys.modules[name]
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        if str(HERE) not in sys.path:
-            sys.path.insert(0, str(HERE))
-        return importlib.import_module("mixedfleet")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return import_fresh("mixedfleet", env, HERE)
 
 
 class Fleet:

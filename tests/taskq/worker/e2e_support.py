@@ -84,6 +84,28 @@ def wait_while_progressing(remaining: Callable[[], int], stall: float, what: str
 
 # -- brokers ----------------------------------------------------------------------------------
 
+def import_fresh(module: str, env: dict[str, str], path: Path) -> Any:
+    """(Re-)import ``module`` (a project under ``path``) with ``env`` set, as a worker started
+    with that environment imports it; the environment is put back afterwards."""
+    import importlib
+
+    top = module.split(".")[0]
+    for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+        del sys.modules[name]
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+        return importlib.import_module(module)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _need(host: str, port: int, what: str) -> None:
     """Skip when a broker is missing locally; fail under CI (as tests/conftest.py does)."""
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_support import Broker, Ledger, StartWorker, wait_until
@@ -19,6 +20,20 @@ from taskq.canvas import Signature, chain, chord
 
 def _records(ledger: Ledger, task_id: str) -> int:
     return sum(1 for p in ledger.lines() if p[:2] == ["record", task_id])
+
+
+def _kill_the_stalled_child(flag: Path) -> None:
+    pid = int(wait_until(lambda: flag.exists() and flag.read_text(), 30, "the stall"))
+    os.kill(pid, signal.SIGKILL)
+
+
+def _chord_of_two_sleepers(client: Any, ledger: Ledger, fired: Any) -> Any:
+    """chord([sleeper(0), sleeper(0)], record(fired)), sent."""
+    header = [Signature("appmod.sleeper", (0, str(ledger)), immutable=True, app=client)
+              for _ in range(2)]
+    body = Signature("appmod.record", (fired,), {"ledger": str(ledger)}, immutable=True,
+                     app=client)
+    return chord(header, body, app=client).apply_async()
 
 
 def _stalled_worker(broker: Broker, worker: StartWorker, flag: Path, at_send: int = 1) -> None:
@@ -43,8 +58,7 @@ def test_a_chain_goes_on_when_a_steps_child_dies_after_storing_it(
     second = Signature("appmod.record", ("next",), {"ledger": str(ledger)}, immutable=True,
                        app=client)
     result = chain(first, second, app=client).apply_async()
-    pid = int(wait_until(lambda: flag.exists() and flag.read_text(), 30, "the stall"))
-    os.kill(pid, signal.SIGKILL)
+    _kill_the_stalled_child(flag)
     assert result.get(timeout=60) == "next"
     assert result.parent.state == states.SUCCESS
     # Behind anything the worker might still send: a duplicate would run before this ends.
@@ -68,8 +82,7 @@ def test_what_the_dead_child_had_sent_is_not_sent_again(
     second = Signature("appmod.record", ("next",), {"ledger": str(ledger)}, immutable=True,
                        app=client)
     result = chain(first, second, app=client).apply_async()
-    pid = int(wait_until(lambda: flag.exists() and flag.read_text(), 30, "the stall"))
-    os.kill(pid, signal.SIGKILL)
+    _kill_the_stalled_child(flag)
     assert result.get(timeout=60) == "next"
     assert client.send_task("appmod.add", (1, 1)).get(timeout=30) == 2
     assert _records(ledger, result.id) == 1
@@ -88,13 +101,8 @@ def test_a_chord_body_runs_once_when_the_last_parts_child_dies_holding_the_claim
     flag = tmp_path / "stalled"
     _stalled_worker(b, worker, flag)
     client = b.app()
-    header = [Signature("appmod.sleeper", (0, str(ledger)), immutable=True, app=client)
-              for _ in range(2)]
-    body = Signature("appmod.record", ({"fired": True},), {"ledger": str(ledger)},
-                     immutable=True, app=client)
-    result = chord(header, body, app=client).apply_async()
-    pid = int(wait_until(lambda: flag.exists() and flag.read_text(), 30, "the stall"))
-    os.kill(pid, signal.SIGKILL)
+    result = _chord_of_two_sleepers(client, ledger, {"fired": True})
+    _kill_the_stalled_child(flag)
     assert result.get(timeout=60) == {"fired": True}
     assert [r.state for r in result.parent.results] == [states.SUCCESS] * 2
     assert client.send_task("appmod.add", (1, 1)).get(timeout=30) == 2
@@ -109,13 +117,8 @@ def test_a_chord_body_the_dead_child_had_sent_is_not_sent_again(
     worker(redis_broker, pool="prefork", concurrency=1, app="appmod_pool",
            env={"APPMOD_STALL_IN_CHORD_DONE": str(flag)})
     client = redis_broker.app()
-    header = [Signature("appmod.sleeper", (0, str(ledger)), immutable=True, app=client)
-              for _ in range(2)]
-    body = Signature("appmod.record", ("fired",), {"ledger": str(ledger)}, immutable=True,
-                     app=client)
-    result = chord(header, body, app=client).apply_async()
-    pid = int(wait_until(lambda: flag.exists() and flag.read_text(), 30, "the stall"))
-    os.kill(pid, signal.SIGKILL)
+    result = _chord_of_two_sleepers(client, ledger, "fired")
+    _kill_the_stalled_child(flag)
     assert result.get(timeout=60) == "fired"
     assert client.send_task("appmod.add", (1, 1)).get(timeout=30) == 2
     assert _records(ledger, result.id) == 1
