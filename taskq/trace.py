@@ -269,11 +269,9 @@ def _send(task: Task, sig: Signature, result: Any, msg: TaskMessage, eager: bool
             args, kwargs = sig.with_parent_result(result)
             app.tasks[sig.name].apply(args, kwargs)
         else:
-            options: dict[str, Any] = {}
-            if "parent_id" not in sig.options:
-                options["parent_id"] = msg.id
-            if "root_id" not in sig.options:
-                options["root_id"] = msg.root_id or msg.id
+            # Always this task's ids, as Celery's worker sends them: a Celery client's
+            # frozen chain can carry root_id=None in a group step's options.
+            options: dict[str, Any] = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
             if chain:
                 options["chain"] = list(chain)
             sig.apply_async((result,), **options)

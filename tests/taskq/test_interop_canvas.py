@@ -81,6 +81,24 @@ def test_celery_chord_runs_on_a_taskq_worker(broker: Broker, workers: WorkerSet)
     capp.close()
 
 
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_celery_chains_group_tail_gets_the_chains_root_and_its_parent(
+        broker: Broker, workers: WorkerSet) -> None:
+    """Given a Celery client's chain ending in a group (Celery's test_group::test_parent_ids),
+    every task of the group has the chain's first task as root and the step before it as
+    parent (Celery's client leaves root_id=None in the group's options; taskq's worker took
+    that as set, and the group's tasks became their own roots)."""
+    workers.start(broker, app="canvasmod", pool="threads", concurrency=3)
+    capp = celery_client(broker)
+    ids = capp.signature("canvasmod.ids")
+    res = (ids.clone(kwargs={"i": 1}).set(immutable=True)
+           | ids.clone(kwargs={"i": 2}).set(immutable=True)
+           | cgroup(ids.clone(kwargs={"i": i}).set(immutable=True) for i in range(3, 7)))()
+    values = res.get(timeout=30)
+    assert values == [[res.parent.parent.id, res.parent.id, i] for i in range(3, 7)]
+    capp.close()
+
+
 @pytest.mark.parametrize("broker", ["redis", "amqp"], indirect=True)
 def test_celery_chord_with_a_failing_part_fails_the_body(broker: Broker, workers: WorkerSet,
                                                           ledger: Ledger) -> None:

@@ -73,6 +73,12 @@ def whoami(self: Any, *args: Any) -> dict[str, Any]:
             "chord": r.chord, "args": list(args)}
 
 
+@app.task(name="canvasmod.ids", bind=True)
+def ids(self: Any, i: int = 0) -> list[Any]:
+    """Its root and parent ids, and ``i``."""
+    return [self.request.root_id, self.request.parent_id, i]
+
+
 @app.task(name="canvasmod.fanout")
 def fanout(n: int) -> int:
     """Sends a task, a group and a chain from inside itself: its result's children."""
