@@ -352,6 +352,11 @@ class _TaskList(Signature):
     def _children(self) -> list[Signature]:
         return self.tasks
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Send it, as Celery's chain and group do when called: ``chain(a, b)()`` is
+        ``chain(a, b).apply_async()`` (a task signature called runs here instead)."""
+        return self.apply_async(args, kwargs)
+
 
 class chain(_TaskList):
     """``chain(a.s(), b.s(), c.s())`` (or ``a.s() | b.s() | c.s()``): each step gets the result
@@ -488,6 +493,10 @@ class group(_TaskList):
     """``group(a.s(), b.s())``: run the tasks in parallel; returns a ``GroupResult``."""
 
     KIND = "group"
+
+    def __call__(self, *partial_args: Any, **options: Any) -> Any:
+        """Send it (``group(...)(x, countdown=1)``: Celery's group takes options here)."""
+        return self.apply_async(partial_args, **options)
 
     def __repr__(self) -> str:
         return f"group({self.tasks!r})"

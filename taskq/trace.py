@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from billiard.einfo import ExceptionInfo
+from kombu.exceptions import EncodeError
 
 from taskq import chord, states
 from taskq.app import run_hooks
@@ -135,7 +136,7 @@ def execute(
     if backend is not None:
         if on_storing is not None:
             on_storing()
-        _store(task, context, outcome, ignore_result)
+        outcome = _store(task, context, outcome, ignore_result)
         if on_stored is not None:
             on_stored(outcome.state)
         if msg.chord is not None and not eager:  # a chord's header part: count it
@@ -236,14 +237,24 @@ def _store_started(task: Task, context: Context) -> None:
                        context.id, exc)
 
 
-def _store(task: Task, context: Context, outcome: Outcome, ignore_result: bool) -> None:
+def _store(task: Task, context: Context, outcome: Outcome, ignore_result: bool) -> Outcome:
+    """Store ``outcome``; returns it, or, for a return value the result serializer cannot
+    encode, the FAILURE (kombu's ``EncodeError``) stored instead, as Celery's worker stores
+    it: the value is lost either way, and a client's ``get()`` must end."""
     backend = task.app.backend
     task_id = context.id
     assert task_id is not None
     store_errors = not ignore_result or task.store_errors_even_if_ignored
     try:
         if outcome.state == states.SUCCESS and not ignore_result:
-            backend.mark_as_done(task_id, outcome.value, request=context)
+            try:
+                backend.mark_as_done(task_id, outcome.value, request=context)
+            except EncodeError as exc:
+                logger.error("task %s[%s]: its return value cannot be stored (%s): stored as "
+                             "FAILURE", task.name, task_id, exc)
+                failed = Outcome(states.FAILURE, exc, _format_tb(exc), outcome.runtime)
+                backend.mark_as_failure(task_id, exc, failed.traceback, request=context)
+                return failed
         elif outcome.state == states.FAILURE and store_errors:
             backend.mark_as_failure(task_id, outcome.value, outcome.traceback, request=context)
         elif outcome.state == states.RETRY and store_errors:
@@ -258,6 +269,7 @@ def _store(task: Task, context: Context, outcome: Outcome, ignore_result: bool) 
     except Exception:
         logger.exception("task %s[%s]: storing its %s state failed", task.name, task_id,
                          outcome.state)
+    return outcome
 
 
 def _send(task: Task, sig: Signature, result: Any, msg: TaskMessage, eager: bool,

@@ -64,6 +64,13 @@ class ChordJoin:
     parts: tuple[tuple[str, str, Any], ...]
 
 
+
+def _is_result_object(value: Any) -> bool:
+    """A taskq or Celery result (AsyncResult, GroupResult, ...), which no serializer takes."""
+    module = type(value).__module__
+    return callable(getattr(value, "as_tuple", None)) and (
+        module == "taskq.result" or module.startswith("celery.result"))
+
 class Backend:
     """Stores and fetches task results. Subclasses implement ``_set``, ``_get``, ``_delete``."""
 
@@ -97,6 +104,10 @@ class Backend:
     def prepare_result(self, state: str, result: Any) -> Any:
         if state in states.EXCEPTION_STATES and isinstance(result, BaseException):
             return exception_to_wire(result)
+        if _is_result_object(result):
+            # A task that returns a result (of a chain it sent, say) stores what Celery
+            # stores for it: the result's as_tuple(), its ids and its parents'.
+            return result.as_tuple()
         return result
 
     def result_from_meta(self, meta: Mapping[str, Any]) -> Any:

@@ -273,3 +273,23 @@ def test_replace_refuses_what_cannot_replace_a_task(local: Local) -> None:
     assert "empty chain" in errors[0] and "part of a chord" in errors[1]
     with pytest.raises(RuntimeError, match="outside a worker"):
         _t(local, "add_replaced")(1, 2)
+
+
+def test_calling_a_chain_or_a_group_sends_it_as_on_celery(monkeypatch: Any) -> None:
+    """``chain(a, b)()`` and ``group(a, b)()`` are their apply_async(), as Celery's; taskq
+    ran them here, as a task signature runs when called, and failed: 'celery.chain' is not
+    a task of the app."""
+    from taskq.canvas import Signature
+
+    app = TaskQ("calls", broker="memory://", environ={})
+    sent: list[tuple[str, Any, Any]] = []
+
+    def apply_async(self: Any, args: Any = None, kwargs: Any = None, **options: Any) -> str:
+        sent.append((self.name, tuple(args or ()), options))
+        return self.name
+
+    monkeypatch.setattr(Signature, "apply_async", apply_async)
+    a, b = Signature("calls.a", app=app), Signature("calls.b", app=app)
+    assert chain(a, b)(1) == "celery.chain"
+    assert group(a, b)(2, countdown=5) == "celery.group"
+    assert sent == [("celery.chain", (1,), {}), ("celery.group", (2,), {"countdown": 5})]

@@ -102,3 +102,17 @@ def fails_dead_lettered() -> None:
 @app.task(acks_late=True)
 def fails_acked() -> None:
     raise ValueError("acked")
+
+
+@app.task
+def send_a_chain() -> Any:
+    """Sends add(1, 1) | add(2) and returns its result, as a Celery task may."""
+    from taskq.canvas import Signature, chain
+
+    return chain(Signature("appmod.add", (1, 1), app=app), Signature("appmod.add", (2,), app=app))()
+
+
+@app.task
+def unencodable() -> Any:
+    """Returns what the JSON result serializer cannot take."""
+    return object()

@@ -255,3 +255,23 @@ def test_inspect_scheduled_answers_in_celerys_shape(broker: Broker, worker: Star
     assert entry["request"]["delivery_info"]["priority"] == 3
     assert entry["eta"].endswith("+00:00")
     client.control.revoke(later.id)
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_returned_result_is_stored_as_its_tuple_and_an_unencodable_value_fails(
+        broker: Broker, worker: StartWorker) -> None:
+    """Given a task that returns the result of a chain it sent, then the stored value is the
+    result's as_tuple() (its id and its parent's), as on Celery's worker (Celery's
+    test_groupresult_serialization); given a task that returns what the serializer cannot
+    encode, then it ends FAILURE (EncodeError) and get() raises. Both stayed PENDING for ever
+    (taskq logged that the store failed)."""
+    worker(broker, env={"TASKQ_IMPORTS": "appmod_options"})
+    client = broker.app()
+    sent = client.send_task("appmod_options.send_a_chain").get(timeout=30)
+    (last_id, ((first_id, none), _)), _ = sent
+    assert none is None and client.AsyncResult(last_id).get(timeout=30) == 4
+    assert client.AsyncResult(first_id).get(timeout=30) == 2
+    bad = client.send_task("appmod_options.unencodable")
+    with pytest.raises(Exception, match="not JSON serializable") as raised:
+        bad.get(timeout=30)
+    assert type(raised.value).__name__ == "EncodeError" and bad.state == "FAILURE"
