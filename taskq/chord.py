@@ -20,6 +20,7 @@ the body runs at least once, never before the last part.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import uuid
@@ -180,19 +181,22 @@ def fail_chain(app: TaskQ, chain: Iterable[Mapping[str, Any]], exc: BaseExceptio
 
 
 def _takes_request(task: Task, sig: Signature) -> bool:
-    """Celery's rule: an errback left with more than one argument to fill (after the ones its
-    signature carries) gets ``(request, exc, traceback)``; otherwise the failed task's id."""
+    """Celery's rule: an errback left with more than one positional argument to fill, once
+    its signature's own arguments are bound (``partial(fn, *args, **kwargs)``: a keyword
+    argument binds its parameter and every later one by keyword), gets ``(request, exc,
+    traceback)``; otherwise the failed task's id."""
+    bound_self = (None,) if task.bind else ()
     try:
-        params = list(inspect.signature(task.fn).parameters.values())
-    except (TypeError, ValueError):
-        return False
-    if task.bind:
-        params = params[1:]
+        params = list(inspect.signature(
+            functools.partial(task.fn, *bound_self, *sig.args, **sig.kwargs)).parameters.values())
+    except (TypeError, ValueError):  # arguments that do not fit: count the function's own
+        try:
+            params = list(inspect.signature(task.fn).parameters.values())[len(bound_self):]
+        except (TypeError, ValueError):
+            return False
     if any(p.kind is p.VAR_POSITIONAL for p in params):
         return True
-    positional = [p for p in params
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) - len(sig.args) > 1
+    return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) > 1
 
 
 def run_errbacks(app: TaskQ, errbacks: Iterable[Mapping[str, Any]], *, task_id: str,

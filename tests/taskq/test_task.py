@@ -147,6 +147,33 @@ def test_link_error_gets_the_failed_task_id(app):
     assert seen == ["f1"]
 
 
+def test_an_errbacks_style_is_told_by_what_its_stored_arguments_leave_as_on_celery(app):
+    """Celery 5.7 binds an errback's stored arguments first: ``old(request_id, label)``
+    with ``label`` stored by keyword gets the task id (Celery's
+    test_mutable_errback_with_stored_arguments[old-style-kwargs]; taskq called it with
+    (request, exc, traceback) and it raised), with ``label`` stored by position too, and
+    ``new(request, exc, traceback, label)`` gets the request."""
+    seen = []
+
+    @app.task
+    def fail():
+        raise ValueError("x")
+
+    @app.task
+    def old(request_id, label):
+        seen.append(("old", request_id, label))
+
+    @app.task
+    def new(request, exc, traceback, label):
+        seen.append(("new", request.id, type(exc).__name__, label))
+
+    fail.apply(task_id="f1", link_error=old.s(label="by-keyword"))
+    fail.apply(task_id="f2", link_error=old.s("by-position"))
+    fail.apply(task_id="f3", link_error=new.s("stored"))
+    assert seen == [("old", "f1", "by-keyword"), ("old", "f2", "by-position"),
+                    ("new", "f3", "ValueError", "stored")]
+
+
 def test_unknown_options_are_rejected_with_a_suggestion(app):
     with pytest.raises(TypeError, match="unknown task option 'queu'; did you mean 'queue'"):
         app.task(queu="x")(lambda: 1)
