@@ -13,7 +13,9 @@ says), nor any other run of it for good. Against the table, for every task of ev
   an end (no group member, chain step or chord body is lost), except where the table lets a
   task be lost (early ack, the main process killed);
 - **once**: it runs again only where the table allows a re-run of its own, or because a task
-  in ``resent_by`` succeeded more than once (and sent it again). A chord's body is sent by
+  in ``resent_by`` succeeded more than once (and sent it again), or had its child killed
+  after it succeeded (the worker then sends what follows on the child's behalf: what the
+  child sent but had not reported goes out twice, docs/design.md). A chord's body is sent by
   the part that completes the count, never because a part ran again: under early acks it runs
   exactly once, under ``acks_late`` at least once;
 - **outcome**: the tasks the worker sent end as their kind expects (the tasks the publisher
@@ -63,6 +65,26 @@ def _final_success(history: History) -> float | None:
         if not any(at <= loss.mono < until for loss in history.losses):
             return at
     return None
+
+
+def _killed_after_success(book: Book, task_id: str, faults: Sequence[FaultRecord]) -> int:
+    """Runs of ``task_id`` that finished ``ok`` and whose child was then killed before it
+    started anything else: the worker sends what follows them on the dead child's behalf,
+    and what the child had sent but not yet reported goes out twice (docs/design.md: at
+    least once, the table's "may run twice", rather than a lost chain step or body)."""
+    kills = [(r.mono, int(pid)) for r in _ok(faults, {"kill-child"})
+             for pid in r.detail.get("pids", [])]
+    if not kills:
+        return 0
+    found = 0
+    for finish in _history(book, task_id).finishes:
+        if finish.extra.get("outcome") not in OK_OUTCOMES:
+            continue
+        next_start = min((s.mono for h in book.by_id.values() for s in h.starts
+                          if s.pid == finish.pid and s.mono > finish.mono), default=math.inf)
+        found += any(pid == finish.pid and finish.mono <= at < next_start
+                     for at, pid in kills)
+    return found
 
 
 def _history(book: Book, task_id: str) -> History:
@@ -126,7 +148,9 @@ def _judge_node(book: Book, node: dict[str, Any], shape: str, ev: Evidence,
         problems.append(f"{what} was owed (every task before it succeeded) and "
                         + ("never started" if not h.starts else
                            f"started {len(h.starts)} time(s) and never ended"))
-    resends = sum(max(0, len(_successes(_history(book, p))) - 1) for p in node["resent_by"])
+    resends = 0 if len(h.starts) < 2 else sum(
+        max(0, len(_successes(_history(book, p))) - 1)
+        + _killed_after_success(book, p, ev.faults) for p in node["resent_by"])
     for index, (previous, nxt) in enumerate(zip(h.starts, h.starts[1:], strict=False), 1):
         counts["duplicates"] += 1
         if _rerun_allowed(h, previous, ev.faults, ev.cell) or _every_rerun_has_a_cause(

@@ -170,6 +170,27 @@ def test_a_chain_step_run_twice_is_allowed_only_when_the_step_before_ran_twice()
                   ).passed
 
 
+def _kill(at: float, pid: int) -> FaultRecord:
+    return FaultRecord(mono=at, wall=at, kind="kill-child", target="worker children",
+                       outcome="ok", detail={"pids": [pid]})
+
+
+def test_a_chain_step_may_run_twice_when_the_step_before_lost_its_child_after_it_succeeded(
+        ) -> None:
+    """The worker sends what follows a task whose child died after it stored its outcome;
+    what the child had sent but not reported goes out twice (canvas suite, sqlite seed 5,
+    early acks: step 2 ran again 2 ms after its first run's child was killed)."""
+    entries = _chain({"s1": (2.0, 2.1), "s2": (2.2, 2.3), "s3": (2.4, 2.5)})
+    twice = entries + _run("s2", 51, 2.35, 2.4)
+    assert not canvas(_evidence(twice)).passed
+    # s1 ran in pid 20; killed after it finished and before pid 20 started anything else
+    assert canvas(_evidence(twice, faults=[_kill(2.12, 20)])).passed
+    # killed while it ran s1, or much later while it ran something else: no such cause
+    assert not canvas(_evidence(twice, faults=[_kill(2.05, 20)])).passed
+    assert not canvas(_evidence(twice + _run("other", 20, 2.5, 3.0),
+                                faults=[_kill(2.9, 20)])).passed
+
+
 def test_a_lost_chain_step_fails() -> None:
     verdict = canvas(_evidence(_chain({"s1": (2.0, 2.1), "s2": (2.2, 2.3)})))
     assert not verdict.passed and "s3" in verdict.message and "never started" in verdict.message
