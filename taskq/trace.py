@@ -173,6 +173,13 @@ def follow_up(app: TaskQ, msg: TaskMessage, state: str,
             app.backend.chord_done(ChordJoin(claim[0], claim[1], ()))
         elif claim is not None:
             app.backend.chord_release(*claim)
+        elif msg.chord is not None and msg.group and not fired:
+            # The child may have completed the count and taken the claim, then died before
+            # it said so: give up the claim this part holds, if it does, so the count below
+            # takes it (else the body waits for a claim nobody will use).
+            from taskq.backends.base import claim_token
+
+            app.backend.chord_release(msg.group, claim_token(msg.id, msg.group_index))
         if state != states.SUCCESS and not fired:
             exc = value if isinstance(value, BaseException) else RuntimeError(repr(value))
             chord.ended_by_worker(app, msg, state, exc)

@@ -64,6 +64,12 @@ class ChordJoin:
     parts: tuple[tuple[str, str, Any], ...]
 
 
+def claim_token(task_id: str, group_index: int | None) -> str:
+    """The token a chord part claims the body with: its own id and index, so that when the
+    child that counted it dies before telling whether it took the claim, the worker can give
+    that claim up (only if this part still holds it) and count the part again."""
+    return f"{task_id}:{'' if group_index is None else group_index}"
+
 
 def _is_result_object(value: Any) -> bool:
     """A taskq or Celery result (AsyncResult, GroupResult, ...), which no serializer takes."""

@@ -18,13 +18,12 @@ import datetime as dt
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from taskq.backends.base import Backend, ChordJoin, Meta
+from taskq.backends.base import Backend, ChordJoin, Meta, claim_token
 from taskq.errors import ResultBackendError
 from taskq.urls import safe_url
 
@@ -225,7 +224,7 @@ class DatabaseBackend(Backend):
         position = float("inf") if group_index is None else float(group_index)
         part = f"{task_id}:{'+inf' if group_index is None else group_index}"
         payload = self.encode([1, task_id, state, result])  # type: ignore[arg-type]
-        token = uuid.uuid4().hex
+        token = claim_token(task_id, group_index)
         try:
             with self._begin() as conn:
                 # Lock the chord's row first (a write, so SQLite takes its write lock now

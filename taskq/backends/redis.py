@@ -9,13 +9,12 @@ name: Celery's ``AsyncResult.get()`` waits on that channel, and so does taskq's.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskq import states
-from taskq.backends.base import Backend, ChordJoin, Meta
+from taskq.backends.base import Backend, ChordJoin, Meta, claim_token
 from taskq.errors import ResultBackendError, TaskqError, TimeoutError
 from taskq.urls import safe_url
 
@@ -218,7 +217,7 @@ class RedisBackend(Backend):
     def chord_part_return(self, group_id: str, task_id: str, group_index: int | None,
                           state: str, result: Any) -> ChordJoin | None:
         keys = self._chord_keys(group_id)
-        token = uuid.uuid4().hex
+        token = claim_token(task_id, group_index)
         part = self.encode([1, task_id, state, result])  # type: ignore[arg-type]
         index = "+inf" if group_index is None else str(group_index)
         with self._errors("counting a chord part"):

@@ -8,6 +8,8 @@
   (``APPMOD_STALL_AT_SEND=N``: the Nth send stalls, after the ones before it were sent);
 - ``APPMOD_STALL_IN_CHORD_DONE=<path>``: the first chord a pool child fires stalls after
   the body was sent, before the chord's counters are dropped (pid to <path>, as above);
+- ``APPMOD_STALL_AFTER_CLAIM=<path>``: the first chord part a pool child counts that takes
+  the claim to fire the body stalls there, before it tells its parent (pid to <path>);
 - ``APPMOD_DIE_READING=<task name>``: a pool child that reads a job of that task exits at
   once, before ``started``: a message that kills every child it is given.
 """
@@ -69,6 +71,25 @@ if _chord_done_flag:
         backend_type.chord_done = stalling  # type: ignore[method-assign]
 
     app.hooks.worker_process_init.append(_stall_in_chord_done)
+
+_claim_flag = os.environ.get("APPMOD_STALL_AFTER_CLAIM")
+if _claim_flag:
+    def _stall_after_claim() -> None:  # in the pool children only
+        backend_type = type(app.backend)
+        part_return = backend_type.chord_part_return
+
+        def stalling(self: Any, *args: Any, **kwargs: Any) -> Any:
+            join = part_return(self, *args, **kwargs)
+            if join is not None and not os.path.exists(_claim_flag):
+                with open(f"{_claim_flag}.tmp", "w") as fh:
+                    fh.write(str(os.getpid()))
+                os.rename(f"{_claim_flag}.tmp", _claim_flag)
+                time.sleep(120)
+            return join
+
+        backend_type.chord_part_return = stalling  # type: ignore[method-assign]
+
+    app.hooks.worker_process_init.append(_stall_after_claim)
 
 _unreadable = os.environ.get("APPMOD_DIE_READING")
 if _unreadable:

@@ -122,3 +122,24 @@ def test_a_chord_body_the_dead_child_had_sent_is_not_sent_again(
     assert result.get(timeout=60) == "fired"
     assert client.send_task("appmod.add", (1, 1)).get(timeout=30) == 2
     assert _records(ledger, result.id) == 1
+
+
+@pytest.mark.parametrize("broker", ["redis_broker", "amqp_broker"])
+def test_a_chord_body_runs_when_the_last_parts_child_dies_before_it_reports_its_claim(
+        request: pytest.FixtureRequest, worker: StartWorker, ledger: Ledger, tmp_path: Path,
+        broker: str) -> None:
+    """Given a chord whose last header part completed the count and took the claim to fire
+    the body, when its child is killed before it told the worker, then the body still runs,
+    once: the worker gives up the claim the part holds (its token is the part's own) and
+    counts it again (canvas suite, Redis seeds 3 and 4, acks_late + reject_on_worker_lost:
+    the claim outlived the child, the recount could not take it, and the body never ran)."""
+    b: Broker = request.getfixturevalue(broker)
+    flag = tmp_path / "stalled"
+    worker(b, pool="prefork", concurrency=1, app="appmod_pool",
+           env={"APPMOD_STALL_AFTER_CLAIM": str(flag)})
+    client = b.app()
+    result = _chord_of_two_sleepers(client, ledger, "fired")
+    _kill_the_stalled_child(flag)
+    assert result.get(timeout=60) == "fired"
+    assert client.send_task("appmod.add", (1, 1)).get(timeout=30) == 2
+    assert _records(ledger, result.id) == 1
