@@ -153,7 +153,7 @@ def _judge_node(book: Book, node: dict[str, Any], shape: str, ev: Evidence,
         + _killed_after_success(book, p, ev.faults) for p in node["resent_by"])
     for index, (previous, nxt) in enumerate(zip(h.starts, h.starts[1:], strict=False), 1):
         counts["duplicates"] += 1
-        if _rerun_allowed(h, previous, ev.faults, ev.cell) or _every_rerun_has_a_cause(
+        if _rerun_allowed(h, previous, ev.faults, ev.cell, nxt.mono) or _every_rerun_has_a_cause(
                 h, index, ev.faults, ev.cell):
             continue
         if resends > 0:

@@ -174,8 +174,9 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 # -- nothing lost -------------------------------------------------------------------------------
 
 def _rerun_allowed(history: History, previous: Entry, faults: Sequence[FaultRecord],
-                   cell: Cell) -> bool:
-    """May the task start again after the run that began at ``previous``?"""
+                   cell: Cell, until: float = math.inf) -> bool:
+    """May the task start again (at ``until``) after the run that began at ``previous``?
+    A fault after that start explains nothing."""
     end = _run_end(history, previous)
     for e in history.finishes:
         if e.pid == previous.pid and e.mono >= previous.mono and e.extra.get("outcome") == "retry":
@@ -191,7 +192,7 @@ def _rerun_allowed(history: History, previous: Entry, faults: Sequence[FaultReco
         # Redelivered after a dead main process or a lost connection. A child may start a job
         # it already held a moment after the fault (a main process told to stop; a connection
         # cut while the job was written to the child): never acked either, so it comes back.
-        return any(r.mono >= previous.mono - EARLY_ACK_WINDOW
+        return any(previous.mono - EARLY_ACK_WINDOW <= r.mono <= until
                    for r in _ok(faults, MAIN_FAULTS | NET_FAULTS))
     # Early acks are sent before the job goes to the pool (Redis and SQLite: and answered), so
     # a dying main process never leaves a started task unacked: the table's "lost", never a
@@ -210,16 +211,19 @@ def _every_rerun_has_a_cause(history: History, index: int, faults: Sequence[Faul
     start? A main process that dies between publishing a lost task's counted copy and acking
     the original leaves two lineages of it, each requeued on its own (the table's "its child
     dies" and "the main process dies" rows), so consecutive starts may belong to different
-    lineages and the previous start does not explain the next. The start is allowed when
-    every rerun up to it has its own cause: a requeue the worker reported, or a main-process
-    fault while the task was about."""
+    lineages and the previous start does not explain the next. So does a connection cut
+    between publishing that copy and acking the original: the ack is lost with the
+    connection and the broker redelivers the original (the table's "broker connection lost"
+    row). The start is allowed when every rerun up to it has its own cause: a requeue the
+    worker reported, or a main-process fault or a connection fault while the task was
+    about."""
     if cell["acks"] != "late-reject":
         return False
     first, start = history.starts[0], history.starts[index]
     requeues = sum(1 for e in history.losses if e.extra.get("requeued") and e.mono <= start.mono)
-    deaths = sum(1 for r in _ok(faults, MAIN_FAULTS)
-                 if first.mono - EARLY_ACK_WINDOW <= r.mono <= start.mono)
-    return requeues + deaths >= index
+    faults_about = sum(1 for r in _ok(faults, MAIN_FAULTS | NET_FAULTS)
+                       if first.mono - EARLY_ACK_WINDOW <= r.mono <= start.mono)
+    return requeues + faults_about >= index
 
 
 def _on_for(record: FaultRecord) -> float:
@@ -240,7 +244,7 @@ def nothing_lost(ev: Evidence) -> Verdict:
         counts["published"] += 1
         for index, (previous, nxt) in enumerate(zip(h.starts, h.starts[1:], strict=False), 1):
             counts["duplicates"] += 1
-            if not (_rerun_allowed(h, previous, ev.faults, ev.cell)
+            if not (_rerun_allowed(h, previous, ev.faults, ev.cell, nxt.mono)
                     or _every_rerun_has_a_cause(h, index, ev.faults, ev.cell)):
                 counts["forbidden_duplicates"] += 1
                 problems.append(f"{h.task_id} ({h.kind}) ran again at +"

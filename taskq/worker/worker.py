@@ -794,11 +794,16 @@ class Worker:
                            self.app.conf.task_max_redeliveries)
             self.consumer.ack(request)
 
-        if not self._publish_copy(request, msg, f"republishing lost task {request.id}", then):
+        # No retry: a publish whose confirm a connection cut swallowed may have landed, and
+        # a retry would add a third copy to the original the broker then redelivers (canvas
+        # suite, amqp seed 1: one cut, a lost task ran three more times). A failed publish
+        # requeues the original instead, as it is.
+        if not self._publish_copy(request, msg, f"republishing lost task {request.id}", then,
+                                  retries=0):
             self.consumer.reject(request, requeue=True)
 
     def _publish_copy(self, request: Request, msg: TaskMessage, what: str,
-                      then: Callable[[Outcome], None]) -> bool:
+                      then: Callable[[Outcome], None], retries: int = 1) -> bool:
         """Publish ``msg`` where ``request`` came from, off the loop; False if refused."""
         info = request.message.delivery_info or {}
 
@@ -806,7 +811,9 @@ class Worker:
             self.app.publish_message(
                 msg, queue=info.get("routing_key") or None,
                 exchange=info.get("exchange"), routing_key=info.get("routing_key"),
-                retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
+                retry=retries > 0,
+                retry_policy={"max_retries": retries, "interval_start": 0,
+                              "interval_step": 0.2},
             )
 
         return self.offload_io.submit(what, publish, then)

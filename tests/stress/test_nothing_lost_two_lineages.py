@@ -24,7 +24,7 @@ def _e(event: str, pid: int, mono: float, **extra: object) -> Entry:
 
 
 def _passes(runs: list[tuple[float, float, bool]], main_kills: list[float],
-            acks: str = "late-reject") -> bool:
+            acks: str = "late-reject", cuts: tuple[float, ...] = ()) -> bool:
     book = Book()
     entries = [_e("published", 1, 60.0, kind="exit", expect="lost")]
     for n, (start, lost, requeued) in enumerate(runs):
@@ -34,6 +34,8 @@ def _passes(runs: list[tuple[float, float, bool]], main_kills: list[float],
     book.add(entries)
     faults = [FaultRecord(mono=at, wall=at, kind="kill-main", target="worker main",
                           outcome="ok", detail={"pids": [2]}) for at in main_kills]
+    faults += [FaultRecord(mono=at, wall=at, kind="proxy-cut", target="proxy", outcome="ok",
+                           detail={"closed": 2}) for at in cuts]
     ev = Evidence(suite=Suite("t", "", Path("t.toml")), cell=parse_cell(f"acks={acks}"),
                   book=book, faults=faults, deadlock=False, deadlock_pending=0,
                   stall_bound=10.0, baseline=None, health=None, worker_starts=2,
@@ -52,3 +54,15 @@ def test_a_run_with_no_cause_of_its_own_is_still_forbidden() -> None:
     assert not _passes(RUNS, main_kills=[20.0])
     # nor is it under plain acks_late (nothing is republished there)
     assert not _passes(RUNS, main_kills=[62.906], acks="late")
+
+
+def test_a_cut_between_republishing_a_lost_task_and_acking_it_is_a_cause() -> None:
+    """canvas seed 1, amqp, acks_late + reject_on_worker_lost: a child was killed, the worker
+    republished its counted copy and the connection was cut before the original's ack went
+    out, so the broker redelivered the original too: the copy and the original each ran."""
+    # (the copy waited 1.9 s for a child: its start is no longer near the cut)
+    runs = [(10.0, 10.1, True), (12.0, 12.2, False), (14.0, 14.2, False)]
+    assert not _passes(runs, main_kills=[])
+    assert _passes(runs, main_kills=[], cuts=(10.15,))
+    # a cut after the last start explains nothing
+    assert not _passes(runs, main_kills=[], cuts=(15.0,))
