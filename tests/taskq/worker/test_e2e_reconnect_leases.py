@@ -125,14 +125,14 @@ def test_a_task_three_leases_long_runs_once(
 
 
 # -- item 5: a reconnect hands the old connection's leases over -------------------------------
-CUT_LEASE = 20.0
+CUT_LEASE = 30.0  # long, so that "before the lease" leaves a busy machine 25 s
 
 
 def test_after_a_cut_reserved_tasks_go_to_an_idle_worker_and_running_ones_keep_their_lease(
         tmp_path: Path, brokers: list[Broker], worker: StartWorker, ledger: Ledger) -> None:
     """Given a worker with both children busy on acks_late tasks longer than the lease and 6
     more reserved, when its Redis connections are killed once, then a second, idle worker
-    runs the 6 within a few seconds (not after the 20 s lease), the running tasks run once,
+    runs the 6 within a few seconds (not after the 30 s lease), the running tasks run once,
     and their acks (through the adopted leases) leave nothing on the broker."""
     broker = lease_broker("redis", tmp_path, lease_timeout=CUT_LEASE, restore_interval=0.5)
     brokers.append(broker)
