@@ -73,7 +73,7 @@ def test_celery_chord_runs_on_a_taskq_worker(broker: Broker, workers: WorkerSet)
     capp = celery_client(broker)
     add, collect = capp.signature("canvasmod.add"), capp.signature("canvasmod.collect")
     result = cchord([add.clone((i, i)) for i in range(6)], collect)()
-    assert result.get(timeout=30) == [0, 2, 4, 6, 8, 10]
+    assert result.get(timeout=60) == [0, 2, 4, 6, 8, 10]
     assert result.parent.get(timeout=10) == [0, 2, 4, 6, 8, 10]
     gid = result.parent.id
     wait_until(lambda: not [k for k in _redis_keys(broker, f"*{gid}.[jtsd]")], 10,
@@ -94,7 +94,7 @@ def test_a_celery_chains_group_tail_gets_the_chains_root_and_its_parent(
     res = (ids.clone(kwargs={"i": 1}).set(immutable=True)
            | ids.clone(kwargs={"i": 2}).set(immutable=True)
            | cgroup(ids.clone(kwargs={"i": i}).set(immutable=True) for i in range(3, 7)))()
-    values = res.get(timeout=30)
+    values = res.get(timeout=60)
     assert values == [[res.parent.parent.id, res.parent.id, i] for i in range(3, 7)]
     capp.close()
 
@@ -113,7 +113,7 @@ def test_celery_chord_with_a_failing_part_fails_the_body(broker: Broker, workers
     body.link_error(capp.signature("canvasmod.errback", (str(ledger),)))
     result = cchord(header, body)()
     with pytest.raises(ValueError, match="boom"):  # Celery's get() raises the part's error
-        result.get(timeout=30)
+        result.get(timeout=60)
     with pytest.raises(CeleryChordError) as info:  # the body's own stored error
         capp.AsyncResult(result.id).get(timeout=10)
     failed_part = result.parent.results[1].id
@@ -133,7 +133,7 @@ def test_celery_chord_with_a_chain_in_its_header(broker: Broker, workers: Worker
     add = capp.signature("canvasmod.add")
     header = [cchain(add.clone((1, 1)), add.clone((10,))), add.clone((2, 2))]
     result = cchord(header, capp.signature("canvasmod.tsum"))()
-    assert result.get(timeout=30) == 16
+    assert result.get(timeout=60) == 16
     capp.close()
 
 
@@ -147,7 +147,7 @@ def test_nested_group_results_cross_between_celery_and_taskq(redis_broker: Broke
     add, tsum = capp.signature("canvasmod.add"), capp.signature("canvasmod.tsum")
     theirs = cgroup(cchain(add.clone((1, 1)), cgroup(add.clone((2,)), add.clone((3,)))),
                     add.clone((4, 4)), cchord([add.clone((1, 1))], tsum))()
-    assert theirs.get(timeout=30) == [[4, 5], 8, 2]
+    assert theirs.get(timeout=60) == [[4, 5], 8, 2]
     theirs.save()
     client = redis_broker.app()
     ours = GroupResult.restore(theirs.id, app=client)
@@ -176,7 +176,7 @@ def _tuples(value: object) -> object:
 def _children_seen(capp: celery.Celery) -> list[object]:
     """The tree fanout's result.children and collect() give a Celery client."""
     res = capp.send_task("canvasmod.fanout", (2,))
-    assert res.get(timeout=30) == 2
+    assert res.get(timeout=60) == 2
     tree = [(type(r).__name__, r.id, value, [c.id for c in r.children or []])
             for r, value in res.collect(timeout=10)]
     return [res.id, tree]
@@ -215,18 +215,18 @@ def _replaced_seen(capp: celery.Celery) -> list[object]:
     chain's step, as chord parts, and when the replacement fails."""
     sig = capp.signature
     seen: list[object] = [
-        sig("canvasmod.add_replaced", (1, 2)).delay().get(timeout=30),
-        sig("canvasmod.add_to_all", ([1, 2, 3], 10)).delay().get(timeout=30),
-        sig("canvasmod.replace_with_chain", (1, 2)).delay().get(timeout=30),
+        sig("canvasmod.add_replaced", (1, 2)).delay().get(timeout=60),
+        sig("canvasmod.add_to_all", ([1, 2, 3], 10)).delay().get(timeout=60),
+        sig("canvasmod.replace_with_chain", (1, 2)).delay().get(timeout=60),
         cchain(sig("canvasmod.add", (1, 1)), sig("canvasmod.add_replaced", (5,)),
-               sig("canvasmod.add", (10,)))().get(timeout=30),
+               sig("canvasmod.add", (10,)))().get(timeout=60),
         cchord([sig("canvasmod.add_replaced", (1, 1)), sig("canvasmod.add_to_all", ([1], 1)),
                 sig("canvasmod.replace_with_chain", (1, 1)), sig("canvasmod.add", (4, 4))],
-               sig("canvasmod.collect"))().get(timeout=30),
+               sig("canvasmod.collect"))().get(timeout=60),
     ]
     failing = sig("canvasmod.replace_with_boom").delay()
     with pytest.raises(ValueError, match="boom"):
-        failing.get(timeout=30)
+        failing.get(timeout=60)
     seen.append(failing.state)
     return seen
 
@@ -254,14 +254,14 @@ def _mapped_seen(capp: celery.Celery) -> list[object]:
     add, tsum = capp.signature("canvasmod.add"), capp.signature("canvasmod.tsum")
     sent = capp.send_task("celery.chunks", (), {"task": dict(add), "it": [[1, 1], [2, 2], [3, 3]],
                                                 "n": 2})
-    group_tuple = sent.get(timeout=30)
+    group_tuple = sent.get(timeout=60)
     return [
-        cxmap(tsum, [[1, 2], [3, 4, 5]], app=capp).apply_async().get(timeout=30),
-        cxstarmap(add, [(1, 2), (3, 4)], app=capp).apply_async().get(timeout=30),
-        cchunks(add, [(i, i) for i in range(5)], 2, app=capp).apply_async().get(timeout=30),
+        cxmap(tsum, [[1, 2], [3, 4, 5]], app=capp).apply_async().get(timeout=60),
+        cxstarmap(add, [(1, 2), (3, 4)], app=capp).apply_async().get(timeout=60),
+        cchunks(add, [(i, i) for i in range(5)], 2, app=capp).apply_async().get(timeout=60),
         group_tuple,
         capp.GroupResult(group_tuple[0][0], [capp.AsyncResult(r[0][0]) for r in group_tuple[1]])
-        .get(timeout=30),
+        .get(timeout=60),
     ]
 
 
@@ -400,8 +400,8 @@ def test_a_taskq_chord_and_chain_run_on_a_celery_worker(redis_broker: Broker,
         assert res.get(timeout=60) == 113
         assert res.parent is not None and res.parent.get(timeout=10) == 13
         res = chord([add.s(i, i) for i in range(4)], tsum.s()).apply_async()
-        assert res.get(timeout=30) == 12
-        assert group(add.s(1, 1), add.s(2, 2)).apply_async().get(timeout=30) == [2, 4]
+        assert res.get(timeout=60) == 12
+        assert group(add.s(1, 1), add.s(2, 2)).apply_async().get(timeout=60) == [2, 4]
         client.close()
 
 
@@ -429,9 +429,9 @@ def test_a_chord_split_between_a_celery_and_a_taskq_worker_completes_once(
             assert all(f"canvasmod.add[{p}] SUCCESS" in taskq_log for p in parts[::2])
             assert all(f"canvasmod.add[{p}] succeeded" in celery_log for p in parts[1::2])
             # Behind anything either worker might still send: a second body would run first.
-            assert capp.send_task("canvasmod.add", (1, 1)).get(timeout=30) == 2
+            assert capp.send_task("canvasmod.add", (1, 1)).get(timeout=60) == 2
             assert capp.send_task("canvasmod.add", (2, 2),
-                                  queue=f"{redis_broker.name}-celery").get(timeout=30) == 4
+                                  queue=f"{redis_broker.name}-celery").get(timeout=60) == 4
             body = re.escape(result.id)
             runs = (len(re.findall(rf"canvasmod\.collect\[{body}\] SUCCESS", w.log()))
                     + len(re.findall(rf"canvasmod\.collect\[{body}\] succeeded",
@@ -448,15 +448,15 @@ def _request_fields_seen(capp: celery.Celery) -> list[object]:
     who = capp.signature("canvasmod.whoami")
     seen: list[object] = []
     res = cchain(who.clone(), who.clone(), who.clone())()
-    third = res.get(timeout=30)
+    third = res.get(timeout=60)
     second = third["args"][0]
     first = second["args"][0]
     # A Celery worker sends a chain's last step with chain=[], a taskq worker with none.
     assert not third["chain"]
     seen += [first, {**second, "args": None}, {**third, "args": None, "chain": None}]
-    seen.append(cgroup(who.clone(), who.clone())().get(timeout=30))
+    seen.append(cgroup(who.clone(), who.clone())().get(timeout=60))
     seen.append(cchord([who.clone(), who.clone()], capp.signature("canvasmod.collect"))()
-                .get(timeout=30))
+                .get(timeout=60))
     return seen
 
 
