@@ -137,6 +137,7 @@ def test_docker_redis_survives_restart_crash_pause(docker_engine: None) -> None:
 
 @pytest.mark.slow
 @pytest.mark.amqp
+@pytest.mark.timeout(480)  # three node starts and a message recovery, on a loaded machine
 def test_local_rabbitmq_node_start_crash_pause_restart(tmp_path: Path) -> None:
     kombu = pytest.importorskip("kombu")
     if not os.access("/usr/lib/rabbitmq/bin/rabbitmq-server", os.X_OK):
@@ -158,7 +159,7 @@ def test_local_rabbitmq_node_start_crash_pause_restart(tmp_path: Path) -> None:
             inbox = conn.SimpleQueue(queue)
             # A restarted node recovers its durable queues' messages after it accepts
             # connections; on a loaded machine that can take well over 10 s.
-            message = wait_until(lambda: inbox.get_nowait(), 120, what="the durable message",
+            message = wait_until(lambda: inbox.get_nowait(), 240, what="the durable message",
                                  interval=0.2, max_interval=1.0, ignore=(inbox.Empty,))
             assert message.payload == {"n": 1}, "a confirmed persistent message survives SIGKILL"
             message.ack()
