@@ -161,22 +161,19 @@ def follow_up(app: TaskQ, msg: TaskMessage, state: str,
     """The pool child that ran ``msg`` died after it stored ``state``, before it had counted
     its chord part and sent what follows (the next chain step, its callbacks or errbacks):
     do that here, with the stored value, or the chain stops and the chord's body never runs.
-    Counting again adds nothing (a part counts once); ``claim`` is the dead child's claim to
-    fire the body, given up so that this count takes it (or, ``fired``: the child had sent
-    the body, and only the chord's counters are dropped); ``sent``: how many of what follows
-    the child had sent (those are not sent again). Never raises."""
+    Counting again adds nothing (a part counts once); a claim to fire the body this part
+    holds is given up first, so that this count takes it; ``claim`` with ``fired``: the
+    child had sent the body, and only the chord's counters are dropped; ``sent``: how many
+    of what follows the child had sent (those are not sent again). Never raises."""
     try:
         value = app.backend.result_from_meta(app.backend.get_task_meta(msg.id))
         if claim is not None and fired:
             from taskq.backends.base import ChordJoin
 
             app.backend.chord_done(ChordJoin(claim[0], claim[1], ()))
-        elif claim is not None:
-            app.backend.chord_release(*claim)
         elif msg.chord is not None and msg.group and not fired:
-            # The child may have completed the count and taken the claim, then died before
-            # it said so: give up the claim this part holds, if it does, so the count below
-            # takes it (else the body waits for a claim nobody will use).
+            # Give up the claim this part holds, if it does (a claim is named by its part,
+            # so whether or not the child said it took one), so the count below takes it.
             from taskq.backends.base import claim_token
 
             app.backend.chord_release(msg.group, claim_token(msg.id, msg.group_index))

@@ -77,6 +77,7 @@ def _is_result_object(value: Any) -> bool:
     return callable(getattr(value, "as_tuple", None)) and (
         module == "taskq.result" or module.startswith("celery.result"))
 
+
 class Backend:
     """Stores and fetches task results. Subclasses implement ``_set``, ``_get``, ``_delete``."""
 

@@ -34,6 +34,14 @@ if _open:
         resource.setrlimit(resource.RLIMIT_NOFILE, (_open + 512, _hard))
     _HELD.extend(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) for _ in range(_open))
 
+def _stall(flag: str) -> None:
+    """Write this process's pid to ``flag`` (atomically) and wait there to be killed."""
+    with open(f"{flag}.tmp", "w") as fh:
+        fh.write(str(os.getpid()))
+    os.rename(f"{flag}.tmp", flag)
+    time.sleep(120)  # the test SIGKILLs this child as soon as the flag appears
+
+
 _stall_flag = os.environ.get("APPMOD_STALL_AFTER_STORE")
 if _stall_flag:
     _send_task = app.send_task
@@ -45,11 +53,7 @@ if _stall_flag:
         if not os.path.exists(_stall_flag):
             _sends[0] += 1
         if not os.path.exists(_stall_flag) and _sends[0] >= _stall_at:
-            tmp = f"{_stall_flag}.tmp"
-            with open(tmp, "w") as fh:
-                fh.write(str(os.getpid()))
-            os.rename(tmp, _stall_flag)
-            time.sleep(120)
+            _stall(_stall_flag)
         return _send_task(*args, **kwargs)
 
     app.send_task = _stalling_send_task  # type: ignore[method-assign]
@@ -62,10 +66,7 @@ if _chord_done_flag:
 
         def stalling(self: Any, join: Any) -> None:
             if not os.path.exists(_chord_done_flag):
-                with open(f"{_chord_done_flag}.tmp", "w") as fh:
-                    fh.write(str(os.getpid()))
-                os.rename(f"{_chord_done_flag}.tmp", _chord_done_flag)
-                time.sleep(120)
+                _stall(_chord_done_flag)
             chord_done(self, join)
 
         backend_type.chord_done = stalling  # type: ignore[method-assign]
@@ -81,10 +82,7 @@ if _claim_flag:
         def stalling(self: Any, *args: Any, **kwargs: Any) -> Any:
             join = part_return(self, *args, **kwargs)
             if join is not None and not os.path.exists(_claim_flag):
-                with open(f"{_claim_flag}.tmp", "w") as fh:
-                    fh.write(str(os.getpid()))
-                os.rename(f"{_claim_flag}.tmp", _claim_flag)
-                time.sleep(120)
+                _stall(_claim_flag)
             return join
 
         backend_type.chord_part_return = stalling  # type: ignore[method-assign]

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import re
@@ -87,8 +88,6 @@ def wait_while_progressing(remaining: Callable[[], int], stall: float, what: str
 def import_fresh(module: str, env: dict[str, str], path: Path) -> Any:
     """(Re-)import ``module`` (a project under ``path``) with ``env`` set, as a worker started
     with that environment imports it; the environment is put back afterwards."""
-    import importlib
-
     top = module.split(".")[0]
     for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
         del sys.modules[name]

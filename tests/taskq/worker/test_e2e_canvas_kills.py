@@ -36,6 +36,21 @@ def _chord_of_two_sleepers(client: Any, ledger: Ledger, fired: Any) -> Any:
     return chord(header, body, app=client).apply_async()
 
 
+def _chord_fires_once_past_a_killed_stall(broker: Broker, worker: StartWorker,
+                                          ledger: Ledger, tmp_path: Path, stall: str) -> None:
+    """A one-child worker whose chord code stalls where ``stall`` (an appmod_pool variable)
+    says; a two-part chord is sent, the stalled child killed: the body runs, once, and the
+    worker goes on."""
+    flag = tmp_path / "stalled"
+    worker(broker, pool="prefork", concurrency=1, app="appmod_pool", env={stall: str(flag)})
+    client = broker.app()
+    result = _chord_of_two_sleepers(client, ledger, "fired")
+    _kill_the_stalled_child(flag)
+    assert result.get(timeout=60) == "fired"
+    assert client.send_task("appmod.add", (1, 1)).get(timeout=30) == 2
+    assert _records(ledger, result.id) == 1
+
+
 def _stalled_worker(broker: Broker, worker: StartWorker, flag: Path, at_send: int = 1) -> None:
     # One child: the parts run one after another; the first send of a task's child (the
     # next step, the body; or the ``at_send``th) stalls after the store, for the test to
@@ -113,15 +128,8 @@ def test_a_chord_body_the_dead_child_had_sent_is_not_sent_again(
         redis_broker: Broker, worker: StartWorker, ledger: Ledger, tmp_path: Path) -> None:
     """Given a chord whose last part sent the body and is killed before it dropped the
     chord's counters, then the worker finishes the chord without firing the body again."""
-    flag = tmp_path / "stalled"
-    worker(redis_broker, pool="prefork", concurrency=1, app="appmod_pool",
-           env={"APPMOD_STALL_IN_CHORD_DONE": str(flag)})
-    client = redis_broker.app()
-    result = _chord_of_two_sleepers(client, ledger, "fired")
-    _kill_the_stalled_child(flag)
-    assert result.get(timeout=60) == "fired"
-    assert client.send_task("appmod.add", (1, 1)).get(timeout=30) == 2
-    assert _records(ledger, result.id) == 1
+    _chord_fires_once_past_a_killed_stall(redis_broker, worker, ledger, tmp_path,
+                                          "APPMOD_STALL_IN_CHORD_DONE")
 
 
 @pytest.mark.parametrize("broker", ["redis_broker", "amqp_broker"])
@@ -133,13 +141,5 @@ def test_a_chord_body_runs_when_the_last_parts_child_dies_before_it_reports_its_
     once: the worker gives up the claim the part holds (its token is the part's own) and
     counts it again (canvas suite, Redis seeds 3 and 4, acks_late + reject_on_worker_lost:
     the claim outlived the child, the recount could not take it, and the body never ran)."""
-    b: Broker = request.getfixturevalue(broker)
-    flag = tmp_path / "stalled"
-    worker(b, pool="prefork", concurrency=1, app="appmod_pool",
-           env={"APPMOD_STALL_AFTER_CLAIM": str(flag)})
-    client = b.app()
-    result = _chord_of_two_sleepers(client, ledger, "fired")
-    _kill_the_stalled_child(flag)
-    assert result.get(timeout=60) == "fired"
-    assert client.send_task("appmod.add", (1, 1)).get(timeout=30) == 2
-    assert _records(ledger, result.id) == 1
+    _chord_fires_once_past_a_killed_stall(request.getfixturevalue(broker), worker, ledger,
+                                          tmp_path, "APPMOD_STALL_AFTER_CLAIM")
