@@ -256,9 +256,8 @@ def _store(task: Task, context: Context, outcome: Outcome, ignore_result: bool) 
             except EncodeError as exc:
                 logger.error("task %s[%s]: its return value cannot be stored (%s): stored as "
                              "FAILURE", task.name, task_id, exc)
-                failed = Outcome(states.FAILURE, exc, _format_tb(exc), outcome.runtime)
-                backend.mark_as_failure(task_id, exc, failed.traceback, request=context)
-                return failed
+                outcome = Outcome(states.FAILURE, exc, _format_tb(exc), outcome.runtime)
+                backend.mark_as_failure(task_id, exc, outcome.traceback, request=context)
         elif outcome.state == states.FAILURE and store_errors:
             backend.mark_as_failure(task_id, outcome.value, outcome.traceback, request=context)
         elif outcome.state == states.RETRY and store_errors:
