@@ -357,8 +357,10 @@ def celery_worker(b: Broker, tmp_path: Path) -> Iterator[None]:
     celery_bin = Path(sys.executable).parent / "celery"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
+            # Its own node name: two of these on the shared RabbitMQ as celery@<host> fight
+            # over one exclusive pidbox queue, and the second dies (RESOURCE_LOCKED).
             [str(celery_bin), "-A", "canvasmod_celery", "worker", "-P", "solo",
-             "--without-mingle", "--without-gossip", "-l", "info"],
+             "-n", f"celery-{b.name}@%h", "--without-mingle", "--without-gossip", "-l", "info"],
             env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         yield
