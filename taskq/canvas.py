@@ -554,7 +554,13 @@ class group(_TaskList):
         from taskq.result import GroupResult
 
         gid = self.options.setdefault("task_id", _id or str(uuid.uuid4()))
-        members, results = self._freeze_members(gid, root_id, chord)
+        # A group that ends a chain in a chord's header (or in another group): its members
+        # are parts of that outer group (as in Celery), and the group carries its place.
+        for key, value in (("group_id", group_id), ("chord", chord),
+                           ("group_index", group_index)):
+            if value is not None:
+                self.options[key] = value
+        members, results = self._freeze_members(group_id or gid, root_id, chord)
         self.kwargs["tasks"] = members
         return GroupResult(gid, results, app=self.app)
 
@@ -566,11 +572,14 @@ class group(_TaskList):
             raise TypeError("a group takes no link/link_error: link the tasks, or use a "
                             "chord for a callback after all of them")
         gid = options.pop("task_id", None) or str(uuid.uuid4())
-        options.pop("group_id", None)
+        outer_gid = options.pop("group_id", None)
         options.pop("group_index", None)
         body = options.pop("chord", None)
         add_to_parent = options.pop("add_to_parent", True)
-        members, _ = self._freeze_members(gid, options.get("root_id"), body, args, kwargs)
+        # With an outer group id (this group ends a chain in a chord header), the members
+        # count in that chord, each once, as Celery's worker sends them.
+        members, _ = self._freeze_members(outer_gid or gid, options.get("root_id"), body,
+                                          args, kwargs)
         # The running task (if any) gets the group as one child, as in Celery.
         with self.app.publish_batch():  # one pipeline on Redis (taskq.publish_batch)
             results = [member.apply_async(add_to_parent=False, **options)
@@ -709,7 +718,12 @@ class chord(Signature):
         header = group(*self.tasks, app=app)
         header_options = {k: v for k, v in options.items() if k != "chain"}
         header_options.update(header_delay)
-        members, _ = header._freeze_members(gid, options.get("root_id"), body, args, kwargs)
+        members, frozen = header._freeze_members(gid, options.get("root_id"), body, args,
+                                                 kwargs)
+        if any(isinstance(r, GroupResult) for r in frozen):
+            # A chain ending in a group gives a nested list: the worker that completes the
+            # chord restores this shape (Celery's Redis backend keeps it under the same key).
+            app.backend.save_group(gid, GroupResult(gid, frozen, app=app).as_tuple())
         if not members:
             body.apply_async(([],), add_to_parent=add_to_parent)
             body_result.parent = GroupResult(gid, [], app=app)

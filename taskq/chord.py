@@ -103,8 +103,7 @@ def part_done(app: TaskQ, *, group_id: str, task_id: str, group_index: int | Non
             logger.info("chord %s: part %s failed; the body fails", group_id, part_id)
             fail_body(app, callback, ChordError(f"Dependency {part_id} raised {exc!r}"))
         else:
-            values = [backend.result_from_meta({"status": s, "result": v})
-                      for _tid, s, v in join.parts]
+            values = header_values(backend, group_id, join.parts)
             options: dict[str, Any] = {}
             if "parent_id" not in callback.options:
                 options["parent_id"] = parent_id
@@ -121,6 +120,37 @@ def part_done(app: TaskQ, *, group_id: str, task_id: str, group_index: int | Non
             backend.chord_done(join)
         except Exception:
             logger.exception("chord %s: cleaning up its counters failed", group_id)
+
+
+def header_values(backend: Any, group_id: str, parts: Iterable[tuple[str, str, Any]]
+                  ) -> list[Any]:
+    """The body's argument: each part's value in header order, or, when the client saved
+    the header because a part is a group (a chain ending in one), the values in that
+    nested shape (``[[a, b], c]``), as Celery's worker gives them."""
+    values = {tid: backend.result_from_meta({"status": s, "result": v})
+              for tid, s, v in parts}
+    flat = [values[tid] for tid, _s, _v in parts]
+    try:
+        saved = backend.restore_group(group_id)
+    except Exception:  # a backend without saved groups: the flat list
+        return flat
+    try:
+        nested = _shaped(saved, values)
+    except (KeyError, TypeError, ValueError):
+        logger.warning("chord %s: its saved header does not match its parts; the body gets "
+                       "them in a flat list", group_id)
+        return flat
+    return nested if isinstance(nested, list) else flat
+
+
+def _shaped(saved: Any, values: Mapping[str, Any]) -> Any:
+    """A saved result tuple ``((id, parent), children)`` with each leaf's value."""
+    if saved is None:
+        return None
+    (rid, _parent), children = saved
+    if children is None:
+        return values[rid]
+    return [_shaped(child, values) for child in children]
 
 
 def _first_failure(backend: Any, parts: Iterable[tuple[str, str, Any]]

@@ -197,6 +197,24 @@ def test_a_nested_group_on_a_worker_gets_nested_lists_and_restores(broker: Broke
     res.delete()
 
 
+def test_a_chain_ending_in_a_group_counts_each_member_in_the_chord_and_nests(
+        broker: Broker, workers: WorkerSet) -> None:
+    """A chord header part that is a chain ending in a group: each of that group's members
+    is a part of the chord (the group's own id must not replace the chord's), and the body
+    gets their values nested, ``[[a, b]]``, as from Celery's worker. Both as a chord in a
+    chain (sent by the worker when the chain reaches it) and sent by the client."""
+    workers.start(broker, app="canvasmod", pool="threads", concurrency=2)
+    app = client_for(broker)
+    add, collect = app.tasks["canvasmod.add"], app.tasks["canvasmod.collect"]
+    res = chain(add.si(1, 0),
+                group(add.si(1, 100), chain(add.si(1, 200),
+                                            group(add.si(1, 1000), add.si(1, 2000)))),
+                collect.s()).apply_async()
+    assert res.get(timeout=60) == [101, [1001, 2001]]
+    res = chord([chain(add.s(40, 2), group(add.s(0), add.s(1)))], collect.s()).apply_async()
+    assert res.get(timeout=60) == [[42, 43]]
+
+
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
 def test_parts_the_worker_ends_count_toward_the_chord(broker: Broker, workers: WorkerSet,
                                                       tmp_path: Path) -> None:
