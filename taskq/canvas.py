@@ -193,13 +193,22 @@ class Signature(dict[str, Any]):
 
     def link(self, callback: Mapping[str, Any]) -> Mapping[str, Any]:
         """Run ``callback`` with this task's result when it succeeds."""
-        self.options.setdefault("link", []).append(callback)
+        self._append_option("link", callback)
         return callback
 
     def link_error(self, errback: Mapping[str, Any]) -> Mapping[str, Any]:
         """Run ``errback`` when this task fails."""
-        self.options.setdefault("link_error", []).append(errback)
+        self._append_option("link_error", errback)
         return errback
+
+    def _append_option(self, key: str, value: Mapping[str, Any]) -> None:
+        """Add to a list option, which ``.set(link_error=sig)`` may have made one signature."""
+        current = self.options.get(key)
+        if current is None:
+            current = []
+        elif isinstance(current, Mapping):
+            current = [current]
+        self.options[key] = [*current, value]
 
     def on_error(self, errback: Mapping[str, Any]) -> Signature:
         self.link_error(errback)
@@ -514,6 +523,16 @@ class group(_TaskList):
             task.link_error(signature(errback, self._app).clone())
         return errback
 
+    def apply_async(self, args: Iterable[Any] | None = None,
+                    kwargs: Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """Send every task. A ``link_error`` set on the group (``.set(link_error=...)``)
+        replaces each task's own when it is sent, as in Celery; passed here it is refused,
+        as Celery refuses it: link the tasks instead."""
+        if options.get("link") is not None or options.get("link_error") is not None:
+            raise TypeError("a group takes no link/link_error: link the tasks, or use a "
+                            "chord for a callback after all of them")
+        return super().apply_async(args, kwargs, **options)
+
     def _flat(self) -> list[Signature]:
         out: list[Signature] = []
         for task in self.tasks:
@@ -568,9 +587,9 @@ class group(_TaskList):
                options: dict[str, Any]) -> Any:
         from taskq.result import GroupResult
 
-        if options.get("link") is not None or options.get("link_error") is not None:
-            raise TypeError("a group takes no link/link_error: link the tasks, or use a "
-                            "chord for a callback after all of them")
+        if options.get("link") is not None:
+            raise TypeError("a group takes no link: link the tasks, or use a chord for a "
+                            "callback after all of them")
         gid = options.pop("task_id", None) or str(uuid.uuid4())
         outer_gid = options.pop("group_id", None)
         options.pop("group_index", None)
@@ -707,7 +726,11 @@ class chord(Signature):
         for callback in _as_list(options.pop("link", None)):
             body.link(callback)
         for errback in _as_list(options.pop("link_error", None)):
-            body.link_error(errback)
+            if isinstance(body, group) and body.options.get("link_error") is not None:
+                # the group's own link_error replaces its tasks' when it runs: join it
+                body._append_option("link_error", errback)
+            else:
+                body.link_error(errback)
         outer_chord = options.pop("chord", None)
         outer_group = options.pop("group_id", None)
         outer_index = options.pop("group_index", None)

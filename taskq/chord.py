@@ -101,7 +101,9 @@ def part_done(app: TaskQ, *, group_id: str, task_id: str, group_index: int | Non
         if failed is not None:
             part_id, exc = failed
             logger.info("chord %s: part %s failed; the body fails", group_id, part_id)
-            fail_body(app, callback, ChordError(f"Dependency {part_id} raised {exc!r}"))
+            error = ChordError(f"Dependency {part_id} raised {exc!r}")
+            error.__cause__ = exc
+            fail_body(app, callback, error)
         else:
             values = header_values(backend, group_id, join.parts)
             options: dict[str, Any] = {}
@@ -163,25 +165,67 @@ def _first_failure(backend: Any, parts: Iterable[tuple[str, str, Any]]
 
 
 def fail_body(app: TaskQ, body: Signature, exc: BaseException) -> None:
-    """The body cannot run: store it as FAILURE ``exc``, run its errbacks, fail what follows."""
-    members = body.tasks if isinstance(body, group) else [body]
-    for member in members:
-        task_id = member.options.setdefault("task_id", str(uuid.uuid4()))
-        try:
-            app.backend.mark_as_failure(task_id, exc)
-        except Exception:
-            logger.exception("storing the failure of chord body %s failed", task_id)
-        request = Context(id=task_id, task=member.name, args=member.args,
-                          kwargs=dict(member.kwargs), called_directly=False)
-        run_errbacks(app, member.options.get("link_error") or (), task_id=task_id, exc=exc,
-                     traceback=None, request=request, parent_id=task_id, root_id=task_id)
-        # A body that is itself a part of an enclosing chord counts there as failed.
-        outer = member.options.get("chord")
-        if outer is not None and member.options.get("group_id"):
-            part_done(app, group_id=member.options["group_id"], task_id=task_id,
-                      group_index=member.options.get("group_index"), body=outer,
-                      state=states.FAILURE, value=exc, parent_id=task_id, root_id=task_id)
-        fail_chain(app, member.options.get("chain") or (), exc)
+    """The body cannot run: store it as FAILURE ``exc``, run its errbacks, fail what follows.
+
+    A group body fails each of its tasks, as Celery 5.7's worker does: with the header's own
+    error (the ``ChordError``'s cause), each running its own errbacks and the group's, once
+    each; a task that is a chord fails as its body (the result it stands for)."""
+    if not isinstance(body, group):
+        _fail_member(app, body, body.options.setdefault("task_id", str(uuid.uuid4())),
+                     _as_list(body.options.get("link_error")), exc)
+        return
+    cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+    group_errbacks = _as_list(body.options.get("link_error"))
+    frozen = body.freeze()
+    for member, result in zip(body.tasks, frozen.results, strict=False):
+        errbacks = [*_result_errbacks(member), *group_errbacks]
+        unique = [eb for i, eb in enumerate(errbacks) if eb not in errbacks[:i]]
+        _fail_member(app, member, result.id, unique, cause)
+    try:
+        app.backend.mark_as_failure(frozen.id, cause)
+    except Exception:
+        logger.exception("storing the failure of chord body group %s failed", frozen.id)
+    fail_chain(app, body.options.get("chain") or (), cause)
+
+
+def _fail_member(app: TaskQ, member: Signature, task_id: str,
+                 errbacks: list[Mapping[str, Any]], exc: BaseException) -> None:
+    try:
+        app.backend.mark_as_failure(task_id, exc)
+    except Exception:
+        logger.exception("storing the failure of chord body %s failed", task_id)
+    request = Context(id=task_id, task=member.name, args=member.args,
+                      kwargs=dict(member.kwargs), called_directly=False)
+    run_errbacks(app, errbacks, task_id=task_id, exc=exc, traceback=None, request=request,
+                 parent_id=task_id, root_id=task_id)
+    # A body that is itself a part of an enclosing chord counts there as failed.
+    outer = member.options.get("chord")
+    if outer is not None and member.options.get("group_id"):
+        part_done(app, group_id=member.options["group_id"], task_id=task_id,
+                  group_index=member.options.get("group_index"), body=outer,
+                  state=states.FAILURE, value=exc, parent_id=task_id, root_id=task_id)
+    fail_chain(app, member.options.get("chain") or (), exc)
+
+
+def _as_list(value: Any) -> list[Mapping[str, Any]]:
+    """``link_error`` as a list: it may be one signature (``.set(link_error=sig)``)."""
+    if not value:
+        return []
+    return [value] if isinstance(value, Mapping) else list(value)
+
+
+def _result_errbacks(sig: Signature) -> list[Mapping[str, Any]]:
+    """The errbacks linked to the result ``sig`` stands for: a chord's own and its body's
+    (recursively), a group's own and each of its tasks', any other signature's own."""
+    errbacks: list[Mapping[str, Any]] = []
+    while isinstance(sig, Signature) and sig.subtask_type == "chord":
+        errbacks += _as_list(sig.options.get("link_error"))
+        sig = signature(sig.kwargs["body"], sig._app)
+    errbacks += _as_list(sig.options.get("link_error"))
+    if isinstance(sig, group):
+        for task in sig.tasks:
+            errbacks += _result_errbacks(task)
+    return errbacks
 
 
 def fail_chain(app: TaskQ, chain: Iterable[Mapping[str, Any]], exc: BaseException) -> None:

@@ -215,6 +215,58 @@ def test_a_chain_ending_in_a_group_counts_each_member_in_the_chord_and_nests(
     assert res.get(timeout=60) == [[42, 43]]
 
 
+def test_a_failed_header_fails_each_task_of_a_group_body_with_its_errbacks(
+        broker: Broker, workers: WorkerSet, tmp_path: Path) -> None:
+    """Celery 5.7's rule for a group body when a header part fails: each task of the body
+    ends FAILURE with the part's own error (get() raises it, not a ChordError), and runs its
+    own errbacks (one set as a single signature too) and the chord's, once each; a chord in
+    the body fails as its body, whose errbacks run."""
+    workers.start(broker, app="canvasmod", pool="threads", concurrency=2)
+    app = client_for(broker)
+    add, boom, tsum = (app.tasks[f"canvasmod.{n}"] for n in ("add", "boom", "tsum"))
+    errback = app.task(name="canvasmod.errback")(lambda *a: None)
+    own, chorded = tmp_path / "own.log", tmp_path / "chord.log"
+    first = tsum.s().set(link_error=errback.s(str(own)))
+    inner = chord([add.si(2, 2)], tsum.s())
+    res = chord([add.si(1, 1), boom.si()], group(inner, first)).apply_async(
+        link_error=errback.s(str(chorded)))
+    assert isinstance(res, GroupResult)
+    with pytest.raises(ValueError, match="boom"):
+        res.get(timeout=60)
+    inner_id, first_id = (r.id for r in res.results)
+    wait_until(lambda: chorded.exists() and len(chorded.read_text().splitlines()) >= 2, 30,
+               "the chord's errback, once per task of the body")
+    wait_until(lambda: own.exists(), 30, "the first task's own errback")
+    assert sorted(chorded.read_text().splitlines()) == sorted(
+        [f"errback {inner_id}", f"errback {first_id}"])
+    assert own.read_text().splitlines() == [f"errback {first_id}"]
+    for r in res.results:
+        assert r.state == states.FAILURE
+
+
+def test_a_groups_own_link_error_replaces_its_tasks_and_gets_the_chords(
+        broker: Broker, workers: WorkerSet, tmp_path: Path) -> None:
+    """``group(...).set(link_error=e)`` as a chord body: when the group runs, ``e`` replaces
+    the errbacks of its tasks (as in Celery), and the chord's own link_error joins it, so a
+    failing task of the body runs each once."""
+    workers.start(broker, app="canvasmod", pool="threads", concurrency=2)
+    app = client_for(broker)
+    add, boom, tsum = (app.tasks[f"canvasmod.{n}"] for n in ("add", "boom", "tsum"))
+    errback = app.task(name="canvasmod.errback")(lambda *a: None)
+    grouped, chorded = tmp_path / "group.log", tmp_path / "chord.log"
+    body = group(boom.s(), tsum.s()).set(link_error=errback.s(str(grouped)))
+    res = chord([add.si(1, 1)], body).apply_async(link_error=errback.s(str(chorded)))
+    with pytest.raises(ValueError, match="boom"):
+        res.get(timeout=60)
+    failed = res.results[0].id
+    wait_until(lambda: grouped.exists() and chorded.exists(), 30, "both errbacks")
+    assert grouped.read_text().splitlines() == [f"errback {failed}"]
+    assert chorded.read_text().splitlines() == [f"errback {failed}"]
+    assert res.results[1].get(timeout=30) == 2
+    with pytest.raises(TypeError, match="link"):
+        group(tsum.s()).apply_async(link_error=errback.s(str(grouped)))
+
+
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
 def test_parts_the_worker_ends_count_toward_the_chord(broker: Broker, workers: WorkerSet,
                                                       tmp_path: Path) -> None:
