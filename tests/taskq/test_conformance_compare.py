@@ -47,3 +47,24 @@ def test_taskq_on_par_exits_0(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(COMPARE), str(tmp_path)], capture_output=True,
                          text=True)
     assert out.returncode == 0 and "0 tests Celery's worker passes" in out.stdout
+
+
+def test_with_known_failures_only_a_new_failure_fails(tmp_path: Path) -> None:
+    """CI runs taskq's half alone: a failure on the known list passes, any other fails, and
+    a known failure that passes now is pointed out."""
+    tasks = "t.integration.test_tasks.test_tasks"
+    known = tmp_path / "known.txt"
+    known.write_text("# reason\ntest_tasks::test_tasks::test_b  # in-process only\n"
+                     "test_tasks::test_tasks::test_c\n")
+    _junit(tmp_path / "taskq.xml", [(tasks, "test_a", "passed"), (tasks, "test_b", "failed"),
+                                    (tasks, "test_c", "passed")])
+    out = subprocess.run([sys.executable, str(COMPARE), str(tmp_path), "--expect", str(known)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 tests taskq's worker fails that are not known failures:" in out.stdout
+    assert "  test_tasks::test_tasks::test_c" in out.stdout.splitlines()
+    _junit(tmp_path / "taskq.xml", [(tasks, "test_a", "failed"), (tasks, "test_b", "failed")])
+    out = subprocess.run([sys.executable, str(COMPARE), str(tmp_path), "--expect", str(known)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "  test_tasks::test_tasks::test_a: AssertionError: nope" in out.stdout.splitlines()
