@@ -63,6 +63,27 @@ class ControlNode:
                            routing_key=reply_to.get("routing_key"), ticket=body.get("ticket"))
             return
         try:
-            node.handle_message(body, message)
+            if body["method"] == "revoke":
+                self._revoke(node, body, message)
+            else:
+                node.handle_message(body, message)
         except Exception:
             logger.exception("control command %r failed", body.get("method"))
+
+    def _revoke(self, node: Node, body: dict[str, Any], message: Message) -> None:
+        """Revoke at once (in the loop), then store REVOKED for the ids no worker started,
+        off the loop; the reply goes when that is done, so a client that waited for it reads
+        the new states."""
+        reply = node.handle_message({**body, "reply_to": None}, message)
+        if reply is None:  # addressed to other workers
+            return
+        raw = (body.get("arguments") or {}).get("task_id")
+        ids = [raw] if isinstance(raw, str) else [str(t) for t in raw or ()]
+        reply_to = body.get("reply_to")
+
+        def send_reply() -> None:
+            if isinstance(reply_to, dict):
+                node.reply({self.worker.hostname: reply}, exchange=reply_to.get("exchange"),
+                           routing_key=reply_to.get("routing_key"), ticket=body.get("ticket"))
+
+        self.worker.store_revoked_elsewhere(ids, send_reply)

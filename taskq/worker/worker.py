@@ -44,6 +44,9 @@ if TYPE_CHECKING:
     from taskq.app import TaskQ
     from taskq.protocol import TaskMessage
 
+# States a revoke may replace with REVOKED: no worker has started the task (as Celery's).
+UNCLAIMED_STATES = frozenset({states.PENDING, states.RECEIVED, states.RETRY, states.REJECTED})
+
 logger = logging.getLogger("taskq.worker")
 
 Clock = Callable[[], float]
@@ -867,6 +870,35 @@ class Worker:
                 can_terminate=self.pool.supports_terminate_job), job=job)
         if self.statedb is not None:
             self.statedb.changed()  # written within StateDB.SAVE_INTERVAL, off the loop
+
+    def store_revoked_elsewhere(self, ids: Sequence[str], then: Callable[[], None]) -> None:
+        """After ``revoke``: store REVOKED for each id not running here whose stored state
+        says no worker started it (PENDING, RECEIVED, RETRY, REJECTED), as Celery 5.7's worker
+        does, so a client's ``get()`` ends at once; a state another worker set (STARTED, a
+        custom one) or a result is left alone. Off the loop; ``then()`` runs on the loop when
+        it is done (the revoke's reply waits for it), or at once when there is nothing to
+        store or the result backend lane is full."""
+        from taskq.backends import DisabledBackend
+        from taskq.backends.rpc import RPCBackend
+
+        backend = self.app.backend
+        running = {job.id for job in self.dispatched}
+        wanted = [i for i in ids if i not in running]
+        if not wanted or isinstance(backend, DisabledBackend | RPCBackend):
+            then()
+            return
+
+        def store() -> None:
+            for task_id in wanted:
+                try:
+                    if backend.get_task_meta(task_id)["status"] in UNCLAIMED_STATES:
+                        backend.mark_as_revoked(task_id, reason="revoked")
+                except Exception as exc:
+                    logger.warning("revoked task %s: storing REVOKED failed: %r", task_id, exc)
+
+        if not self.offload_results.submit(f"storing REVOKED for {len(wanted)} revoked ids",
+                                           store, lambda _outcome: then()):
+            then()
 
     def revoke_stamped(self, headers: Mapping[str, Any], *, terminate: bool = False,
                        signum: int = signal.SIGTERM) -> list[str]:

@@ -137,3 +137,31 @@ def test_terminate_reaches_a_task_queued_in_its_child_when_it_starts(
         queued.get(timeout=5)
     assert busy.get(timeout=30) == "slept-late"
     assert not ledger.ended(queued.id)
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_revoke_stores_revoked_for_ids_no_worker_started_before_it_replies(
+        broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
+    """As Celery 5.7's worker: a revoke of ids this worker does not hold stores REVOKED for
+    those whose state says nobody started them, before the reply; a state another worker
+    set (STARTED, a custom one) stays, and a task running here without terminate runs on."""
+    w = worker(broker, pool="prefork", concurrency=1)
+    client = broker.app()
+    capp = _celery_client(broker)
+    backend = client.backend
+    try:
+        elsewhere, custom, unseen = (f"revoke-{n}-{broker.queue}" for n in ("a", "b", "c"))
+        backend.store_result(elsewhere, {"hostname": "other@host"}, states.STARTED)
+        backend.store_result(custom, {"step": 1}, "PROGRESS")
+        running = client.send_task("appmod.sleeper", (3, str(ledger)))
+        ledger.wait_started(running.id, timeout=30)
+        replies = capp.control.revoke([elsewhere, custom, unseen, running.id], reply=True,
+                                      timeout=10, destination=[w.hostname])
+        assert replies and w.hostname in replies[0]
+        assert backend.get_task_meta(unseen)["status"] == states.REVOKED
+        assert backend.get_task_meta(elsewhere)["status"] == states.STARTED
+        assert backend.get_task_meta(custom)["status"] == "PROGRESS"
+        assert running.get(timeout=30) == "slept"
+        assert running.state == states.SUCCESS
+    finally:
+        capp.close()
