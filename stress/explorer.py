@@ -273,7 +273,7 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
              if options.keep_going and options.corpus_dir.is_dir()
              and any(options.corpus_dir.glob("*.toml")) else [])
     skipped = repeats = 0
-    errors_in_a_row = 0
+    errors_in_a_row = errors = 0
     code = 0
     n = 0
     interrupted = False
@@ -297,6 +297,7 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
             rows.append((case, result, ""))
             log.append(_result_json(result, case, "explore"))
             if result.error:
+                errors += 1
                 errors_in_a_row += 1
                 if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
                     options.say(f"taskq-stress explore: {errors_in_a_row} cases in a row could "
@@ -338,6 +339,7 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
         "brokers": list(options.brokers), "worker_cmd": options.worker_cmd,
         "runs_per_candidate": options.runs_per_candidate,
         "skipped_like_known_failures": skipped, "repeats_of_known_failures": repeats,
+        "could_not_run": errors,
     }
     if found is not None:
         failures.append(_shrink_and_save(found, n, searched, report_dir, options, rows, log,
@@ -349,8 +351,8 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
         code = 1
         summary["failure"] = failures[0]
         summary["failures"] = failures
-    elif interrupted:
-        code = 2
+    elif interrupted or errors:
+        code = 2  # a case that could not run was not searched: not "nothing found"
     summary["interrupted"] = interrupted
     options.say(coverage.table())
     summary["coverage"] = coverage.to_json()
@@ -360,7 +362,8 @@ def explore(options: ExploreOptions, clock: Callable[[], float] = time.monotonic
     if options.junit_path:
         _write_junit(options.junit_path, "explore", rows)
     verdict = (f"FOUND {len(failures)} failure(s)" if code == 1 else "INTERRUPTED" if interrupted
-               else "could not run" if code == 2 else "nothing found")
+               else f"{errors} of {n} cases could not run (see their errors above)" if errors
+               else "nothing found")
     options.say(f"taskq-stress explore: {verdict}: {n} cases in {searched / 60:.1f} min "
                 f"({summary['cases_per_minute']} cases/min, seed {seed}); JSON {report_json}"
                 + (f", JUnit {options.junit_path}" if options.junit_path else ""))

@@ -169,3 +169,24 @@ def test_a_failure_differing_from_a_known_one_only_in_switches_is_a_repeat() -> 
     assert known.explains(other, ["warm-up"])  # but not shrunk again
     assert not known.explains(other, ["warm-up", "deadlock"])
     assert not known.explains(replace(other, config={**other.config, "fds": 0}), ["warm-up"])
+
+
+def test_a_case_that_could_not_run_is_not_nothing_found(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker command that does not start (say ``celery`` not on PATH) leaves the case
+    unjudged: the search exits 2 and says so, even when the other cases passed."""
+    calls = []
+
+    def fake_run(case: Any, directory: Path, options: Any) -> CellResult:
+        calls.append(case)
+        if len(calls) == 1:
+            return CellResult(case.cell(), case.seed, [], {}, directory, 0.1, "",
+                              error="cannot start the worker: no such file")
+        return _deadlock_result(case, directory, True, "ok")
+
+    out = io.StringIO()
+    code, report = _explore(tmp_path, monkeypatch, fake_run, seed=3, max_cases=2, out=out)
+    assert code == 2
+    assert report["explore"]["could_not_run"] == 1
+    assert "1 of 2 cases could not run" in out.getvalue()
+    assert "nothing found" not in out.getvalue()
