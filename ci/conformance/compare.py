@@ -6,8 +6,8 @@ worker passes and taskq's fails, with the first line of its failure. Exit 1 if t
     python ci/conformance/compare.py OUT_DIR --expect FILE
 
 With only taskq's half run (CI), ``--expect FILE`` names the tests taskq's worker is known to
-fail (one ``file::class::test`` per line, ``#`` comments: each with its reason); exit 1 if it
-fails any other test, so a regression shows without running Celery's half.
+fail (one pytest node id per line, ``#`` comments: each with its reason); exit 1 if it fails
+any other test, so a regression shows without running Celery's half.
 
 A test is counted once, by its test id: subtests (pytest-subtests writes one JUnit entry per
 subtest) make it failed if any of them failed. xfail/xpass count as skipped here.
@@ -46,13 +46,14 @@ def outcomes(path: Path) -> dict[tuple[str, str], tuple[str, str]]:
 
 
 def expected_failures(path: Path) -> set[tuple[str, str]]:
-    """``file::class::test`` lines of ``path`` (comments and blank lines skipped)."""
+    """The pytest node ids in ``path`` (``t/integration/test_x.py::class::test``; comments
+    and blank lines skipped) as (file, test id) keys."""
     found = set()
     for line in path.read_text().splitlines():
-        entry = line.split("#", 1)[0].strip()
-        if entry:
-            module, _, test = entry.partition("::")
-            found.add((module, test))
+        entry = line.split("  #", 1)[0].strip()
+        if entry and not entry.startswith("#"):
+            file, _, test = entry.partition("::")
+            found.add((Path(file).stem, test))
     return found
 
 

@@ -54,8 +54,8 @@ def test_with_known_failures_only_a_new_failure_fails(tmp_path: Path) -> None:
     a known failure that passes now is pointed out."""
     tasks = "t.integration.test_tasks.test_tasks"
     known = tmp_path / "known.txt"
-    known.write_text("# reason\ntest_tasks::test_tasks::test_b  # in-process only\n"
-                     "test_tasks::test_tasks::test_c\n")
+    known.write_text("# reason\nt/integration/test_tasks.py::test_tasks::test_b  # in-process\n"
+                     "t/integration/test_tasks.py::test_tasks::test_c\n")
     _junit(tmp_path / "taskq.xml", [(tasks, "test_a", "passed"), (tasks, "test_b", "failed"),
                                     (tasks, "test_c", "passed")])
     out = subprocess.run([sys.executable, str(COMPARE), str(tmp_path), "--expect", str(known)],
