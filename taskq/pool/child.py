@@ -31,6 +31,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 from taskq import states
@@ -137,6 +138,30 @@ def _forget_multiprocessing() -> None:
                 registry.clear()
 
 
+def _forget_imports_in_progress() -> None:
+    """Drop the imports another thread of the parent was in the middle of when it forked.
+
+    Such a thread (an offload lane creating the result backend's engine, say) holds that
+    module's import lock, and the fork copies the lock held by a thread the child does not
+    have: the child's own import of the module would wait on it forever, with its job
+    started. The child forgets the lock and the half-run module, and imports it afresh."""
+    import importlib._bootstrap as bootstrap  # the per-module import locks live here
+
+    locks = getattr(bootstrap, "_module_locks", None)
+    if not isinstance(locks, dict):
+        return
+    me = threading.get_ident()
+    for name, ref in list(locks.items()):
+        lock = ref() if callable(ref) else None
+        owner = getattr(lock, "owner", None)
+        if owner in (None, me):
+            continue
+        locks.pop(name, None)
+        module = sys.modules.get(name)
+        if getattr(getattr(module, "__spec__", None), "_initializing", False):
+            del sys.modules[name]
+
+
 def _rss_kib() -> int:
     """Current resident memory (not ``ru_maxrss``: a child inherits its parent's peak)."""
     try:
@@ -212,6 +237,7 @@ def child_main(app: TaskQ, parent_pid: int, job_fd: int, event_fd: int, *,
     """Runs in the forked child; never returns."""
     code = 0
     try:
+        _forget_imports_in_progress()
         _die_with_parent(parent_pid)
         _reset_signals()
         _KEEPALIVE.extend([app._backend, app._publisher])

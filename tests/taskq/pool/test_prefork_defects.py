@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -241,3 +242,56 @@ def test_a_child_stops_a_task_past_its_hard_limit_when_the_parent_does_not(harne
     assert h.lost[0][0] is job and isinstance(h.lost[0][1], TimeLimitExceeded)
     assert took >= 0.5
     print(f"the child's backstop ended the task {took:.2f} s after it started")
+
+
+# -- found by taskq-stress explore: a fork while another thread imports -------------------------
+
+@app.task(name="import_module")
+def import_module(directory: str, name: str) -> int:
+    import importlib
+    import sys
+
+    sys.path.insert(0, directory)
+    return int(importlib.import_module(name).VALUE)
+
+
+def test_a_child_forked_while_a_parent_thread_imports_a_module_can_import_it(harness, tmp_path):
+    """Given a thread of the parent halfway through importing a module (as an offload lane
+    creating the result backend's engine does) when the pool forks a child, then a job in
+    that child that imports the module runs: the fork copied the module's import lock held
+    by a thread the child does not have, and the child must not wait on it forever (explore
+    case cefc975b8: sqlite, --max-tasks-per-child 1, a child killed; its replacement hung in
+    SQLAlchemy's dialect import until the hard time limit)."""
+    import threading
+
+    module = f"half_imported_{tmp_path.name.replace('-', '_')}"
+    gate = threading.Event()
+    sys.modules[f"{module}_gate"] = gate  # type: ignore[assignment]
+    (tmp_path / f"{module}.py").write_text(
+        "import sys, threading\n"
+        "if threading.current_thread().name == 'importer':\n"
+        f"    sys.modules['{module}_gate'].wait()\n"
+        "VALUE = 42\n")
+    h = harness(concurrency=1, worker_max_tasks_per_child=1)
+    sys.path.insert(0, str(tmp_path))
+    importer = threading.Thread(target=__import__, args=(module,), name="importer", daemon=True)
+    try:
+        importer.start()
+        deadline = time.monotonic() + 10
+        while module not in sys.modules and time.monotonic() < deadline:
+            time.sleep(0.01)  # the importer is inside the module's body, holding its lock
+        assert module in sys.modules
+        first = h.submit("sleep", 0)  # its child is recycled: the next one is forked now
+        h.run_until(lambda: len(h.done) == 1 and h.ready_children() == 1)
+        assert h.pool.stats["spawned"] == 2
+        second = h.submit("import_module", str(tmp_path), module)
+        h.run_until(lambda: len(h.done) == 2, timeout=30)
+        [(_, result)] = [(j, r) for j, r in h.done if j == second]
+        assert result.state == states.SUCCESS, result
+        assert first in {j for j, _ in h.done}
+    finally:
+        gate.set()
+        importer.join(10)
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop(module, None)
+        sys.modules.pop(f"{module}_gate", None)
