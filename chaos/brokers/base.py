@@ -179,7 +179,9 @@ class LocalProcessBroker(Broker):
     ) -> None:
         super().__init__(journal=journal, ready_timeout=ready_timeout)
         self._owns_dir = directory is None
-        self.directory = Path(directory or tempfile.mkdtemp(prefix=f"taskq-chaos-{self.kind}-"))
+        # absolute: the server runs in it (cwd), so a relative path would point inside it
+        self.directory = Path(
+            directory or tempfile.mkdtemp(prefix=f"taskq-chaos-{self.kind}-")).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.log_path = self.directory / f"{self.kind}.log"
         self._proc: subprocess.Popen[bytes] | None = None

@@ -89,6 +89,16 @@ def test_a_broker_that_cannot_start_says_why(tmp_path: Path) -> None:
         LocalRedis(executable="no-such-redis-server")
 
 
+def test_a_broker_in_a_relative_directory_starts(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative ``directory`` (the stress runner passes one under its relative report
+    dir) is taken from the caller's cwd, though the server runs inside it."""
+    monkeypatch.chdir(tmp_path)
+    with LocalRedis(directory="reports/case-1/redis") as broker:
+        assert broker.is_ready()
+        assert broker.directory == tmp_path / "reports" / "case-1" / "redis"
+
+
 def test_verbs_on_a_stopped_broker_are_refused(local_redis: LocalRedis) -> None:
     local_redis.stop()
     with pytest.raises(BrokerError, match="not running"):
