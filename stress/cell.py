@@ -129,9 +129,10 @@ class CellRun:
                 other.start()
             try:
                 within = float(self.suite.oracles.get("warm_up_within", 60.0))
-                self._warm_up(publisher, worker, book, reader, within)
-                for other in self._others:
-                    self._warm_up(publisher, other, book, reader, within)
+                fleet_of = self.fleet > 1
+                self._warm_up(publisher, worker, book, reader, within, 1 if fleet_of else None)
+                for number, other in enumerate(self._others, start=2):
+                    self._warm_up(publisher, other, book, reader, within, number)
             except RunnerError as exc:
                 if not self.suite.oracles.get("judge_warm_up"):
                     raise
@@ -302,8 +303,11 @@ class CellRun:
         return shim
 
     def _warm_up(self, publisher: Publisher, worker: WorkerProc, book: Book,
-                 reader: LedgerReader, timeout: float = 60.0) -> None:
-        """The worker is up when it has run one task end to end."""
+                 reader: LedgerReader, timeout: float = 60.0, member: int | None = None
+                 ) -> None:
+        """The worker is up when it has run one task end to end: in a fleet, this worker
+        (``member``), not another that took its warm-up task (its baseline of fds would then
+        be taken before it had connected); another warm-up task goes out until it does."""
         task_id = f"warmup-{uuid.uuid4()}"
         publisher.publish_one("noop", task_id)
         deadline = time.monotonic() + timeout
@@ -311,7 +315,11 @@ class CellRun:
             book.add(reader.poll())
             history = book.by_id.get(task_id)
             if history is not None and history.finishes:
-                return
+                if member is None or any(str(e.extra.get("member")) == str(member)
+                                         for e in history.starts):
+                    return
+                task_id = f"warmup-{uuid.uuid4()}"
+                publisher.publish_one("noop", task_id)
             if not worker.alive():
                 raise RunnerError(f"the worker exited with {worker.returncode()} before it ran "
                                   f"a task ({worker.command}); its log ends:\n"
