@@ -325,8 +325,10 @@ class CellRun:
                                   f"a task ({worker.command}); its log ends:\n"
                                   f"{worker.log_tail()}")
             time.sleep(0.05)
-        raise RunnerError(f"the worker did not run a warm-up task within {timeout:g} s "
-                          f"({worker.command}); its log ends:\n{worker.log_tail()}")
+        taken = (" (the fleet's other workers ran every one sent)" if member is not None
+                 else "")
+        raise RunnerError(f"the worker did not run a warm-up task within {timeout:g} s"
+                          f"{taken} ({worker.command}); its log ends:\n{worker.log_tail()}")
 
     def _settled_health(self, worker: WorkerProc, timeout: float = 10.0) -> Health | None:
         """The pool once it is back to its size (or what it is after ``timeout``)."""

@@ -519,6 +519,12 @@ class group(_TaskList):
         raise TypeError("a group takes no link: use a chord, group(...) | callback.s()")
 
     def link_error(self, errback: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Run ``errback`` when a task of the group fails: linked to each task, or, when the
+        group has its own ``link_error`` (which replaces its tasks' when it is sent), added
+        there, as Celery does for a chord's group body."""
+        if self.options.get("link_error") is not None:
+            self._append_option("link_error", errback)
+            return errback
         for task in self.tasks:
             task.link_error(signature(errback, self._app).clone())
         return errback
@@ -726,11 +732,7 @@ class chord(Signature):
         for callback in _as_list(options.pop("link", None)):
             body.link(callback)
         for errback in _as_list(options.pop("link_error", None)):
-            if isinstance(body, group) and body.options.get("link_error") is not None:
-                # the group's own link_error replaces its tasks' when it runs: join it
-                body._append_option("link_error", errback)
-            else:
-                body.link_error(errback)
+            body.link_error(errback)
         outer_chord = options.pop("chord", None)
         outer_group = options.pop("group_id", None)
         outer_index = options.pop("group_index", None)

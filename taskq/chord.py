@@ -220,7 +220,10 @@ def _result_errbacks(sig: Signature) -> list[Mapping[str, Any]]:
     errbacks: list[Mapping[str, Any]] = []
     while isinstance(sig, Signature) and sig.subtask_type == "chord":
         errbacks += _as_list(sig.options.get("link_error"))
-        sig = signature(sig.kwargs["body"], sig._app)
+        body = sig.kwargs.get("body")
+        if not isinstance(body, Mapping):
+            return errbacks
+        sig = signature(body, sig._app)
     errbacks += _as_list(sig.options.get("link_error"))
     if isinstance(sig, group):
         for task in sig.tasks:
@@ -236,6 +239,11 @@ def fail_chain(app: TaskQ, chain: Iterable[Mapping[str, Any]], exc: BaseExceptio
     while pending:
         raw = pending.pop(0)
         sig = signature(raw, app)
+        if isinstance(sig, group):
+            # each task of the group fails, and counts where it belongs: a group ending a
+            # chain in a chord's header counts once per task there (chord_size)
+            pending[:0] = [task.clone() for task in sig.tasks]
+            continue
         options = sig.options
         task_id = options.get("task_id")
         if task_id:

@@ -82,7 +82,9 @@ class ControlNode:
         reply_to = body.get("reply_to")
 
         def send_reply() -> None:
-            if isinstance(reply_to, dict):
+            # Not on a node a reconnect has replaced: its channel belongs to a closed
+            # connection, and publishing there would retry in the loop.
+            if isinstance(reply_to, dict) and self.node is node:
                 node.reply({self.worker.hostname: reply}, exchange=reply_to.get("exchange"),
                            routing_key=reply_to.get("routing_key"), ticket=body.get("ticket"))
 

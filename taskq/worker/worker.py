@@ -46,6 +46,13 @@ if TYPE_CHECKING:
 
 # States a revoke may replace with REVOKED: no worker has started the task (as Celery's).
 UNCLAIMED_STATES = frozenset({states.PENDING, states.RECEIVED, states.RETRY, states.REJECTED})
+# With more calls than this waiting on the result-backend lane, a revoke's reply is not held
+# back until its REVOKED states are stored.
+REVOKE_REPLY_BACKLOG = 100
+
+
+def _nothing() -> None:
+    return None
 
 logger = logging.getLogger("taskq.worker")
 
@@ -896,6 +903,9 @@ class Worker:
                 except Exception as exc:
                     logger.warning("revoked task %s: storing REVOKED failed: %r", task_id, exc)
 
+        if self.offload_results.pending() > REVOKE_REPLY_BACKLOG:
+            then()  # a client waits about a second for replies: answer now, store after
+            then = _nothing
         if not self.offload_results.submit(f"storing REVOKED for {len(wanted)} revoked ids",
                                            store, lambda _outcome: then()):
             then()

@@ -215,6 +215,38 @@ def test_a_chain_ending_in_a_group_counts_each_member_in_the_chord_and_nests(
     assert res.get(timeout=60) == [[42, 43]]
 
 
+def test_a_failed_step_before_a_group_ending_a_header_chain_fails_the_chord(
+        broker: Broker, workers: WorkerSet) -> None:
+    """A header part that is a chain ending in a group counts once per task of that group;
+    when a step before the group fails, each of those tasks fails and counts, so the body
+    ends FAILURE ChordError instead of waiting for parts that never come."""
+    workers.start(broker, app="canvasmod", pool="threads", concurrency=2)
+    app = client_for(broker)
+    add, boom, tsum = (app.tasks[f"canvasmod.{n}"] for n in ("add", "boom", "tsum"))
+    res = chord([chain(boom.si(), group(add.s(1), add.s(2))), add.si(1, 1)],
+                tsum.s()).apply_async()
+    with pytest.raises(ChordError, match="boom"):
+        app.AsyncResult(res.id).get(timeout=60)
+
+
+def test_a_groups_link_error_after_its_own_joins_it(broker: Broker, workers: WorkerSet,
+                                                     tmp_path: Path) -> None:
+    """``group.link_error(e)`` on a group that has its own link_error adds ``e`` to it (that
+    option replaces the tasks' errbacks when the group is sent): both run."""
+    workers.start(broker, app="canvasmod", pool="threads", concurrency=2)
+    app = client_for(broker)
+    boom = app.tasks["canvasmod.boom"]
+    errback = app.task(name="canvasmod.errback")(lambda *a: None)
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    g = group(boom.s()).set(link_error=errback.s(str(first)))
+    g.link_error(errback.s(str(second)))
+    res = g.apply_async()
+    failed = res.results[0].id
+    wait_until(lambda: first.exists() and second.exists(), 30, "both errbacks")
+    assert first.read_text().splitlines() == [f"errback {failed}"]
+    assert second.read_text().splitlines() == [f"errback {failed}"]
+
+
 def test_a_failed_header_fails_each_task_of_a_group_body_with_its_errbacks(
         broker: Broker, workers: WorkerSet, tmp_path: Path) -> None:
     """Celery 5.7's rule for a group body when a header part fails: each task of the body
