@@ -323,8 +323,23 @@ def _create_tables(engine: sa.Engine) -> None:
             raise
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any, wait: float = 10.0) -> None:
+    """WAL and normal syncs. Switching a file to WAL needs it to itself, and SQLite can answer
+    "database is locked" at once, without its busy timeout, while another process opens or
+    creates the same file: retry for up to ``wait`` seconds."""
+    import sqlite3
+
+    deadline = time.monotonic() + wait
     cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+    try:
+        while True:
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()

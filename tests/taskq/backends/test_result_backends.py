@@ -194,3 +194,36 @@ def test_sqlite_backend_used_from_a_thread_while_the_process_forks(tmp_path):
     assert not failed, f"children that could not store their results: {failed}"
     assert stored, "the parent's thread stored nothing"
     assert app.AsyncResult("child-19-4").get(timeout=1) == 4
+
+
+def test_switching_a_locked_sqlite_file_to_wal_waits_for_the_lock(tmp_path):
+    """Another process holding the file (as when two processes create the results database
+    at once) makes SQLite refuse the switch to WAL at once, busy timeout or not: the
+    connection hook retries until the lock is gone instead of failing the backend."""
+    import sqlite3
+    import threading
+
+    from taskq.backends.database import _sqlite_pragmas
+
+    path = tmp_path / "r.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    released = threading.Event()
+
+    def release() -> None:
+        released.wait(10)
+        holder.execute("COMMIT")
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    conn = sqlite3.connect(path, timeout=0)  # no busy handler: a lock is refused at once
+    try:
+        threading.Timer(0.2, released.set).start()
+        _sqlite_pragmas(conn, None)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        released.set()
+        thread.join(10)
+        conn.close()
+        holder.close()
