@@ -42,6 +42,18 @@ def sleeper(self: Any, seconds: float, ledger: str | None = None) -> str:
     return "slept"
 
 
+@app.task(bind=True)
+def gated(self: Any, gate: str, ledger: str | None = None, timeout: float = 120.0) -> str:
+    """Runs until the file ``gate`` exists (a test opens it once it is done with the worker
+    busy), or ``timeout`` seconds: no test waits on a guess of how long a step takes."""
+    _note(ledger, f"start {self.request.id} {os.getpid()} {time.time():.6f}")
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    _note(ledger, f"end {self.request.id}")
+    return "opened"
+
+
 @app.task(bind=True, acks_late=True)
 def late_sleeper(self: Any, seconds: float, ledger: str | None = None) -> str:
     _note(ledger, f"start {self.request.id} {os.getpid()} {time.time():.6f}")

@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 from e2e_support import AMQP_PORT, HERE, HOST, TASKQ, Broker, Ledger, StartWorker, wait_until
@@ -67,13 +68,14 @@ def test_result_of_a_failed_task_shows_the_traceback(redis_broker: Broker,
 
 
 def test_purge_deletes_waiting_tasks_while_a_worker_is_busy(
-        broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
-    """Given a worker busy with a long task and reserving one more (-c 1, prefetch 1), when
-    ``taskq purge -f`` runs, then the waiting tasks are gone: they never run, while the
-    running and the reserved ones do."""
+        broker: Broker, worker: StartWorker, ledger: Ledger, tmp_path: Path) -> None:
+    """Given a worker busy with a task (held until the purge is done) and reserving one more
+    (-c 1, prefetch 1), when ``taskq purge -f`` runs, then the waiting tasks are gone: they
+    never run, while the running and the reserved ones do."""
     w = worker(broker, pool="threads", concurrency=1, args=["--prefetch-multiplier", "1"])
     client = broker.app()
-    running = client.send_task("appmod.sleeper", (1.5, str(ledger)))
+    gate = tmp_path / "gate"
+    running = client.send_task("appmod.gated", (str(gate), str(ledger)))
     ledger.wait_started(running.id)
     waiting = [client.send_task("appmod.stamp", (str(ledger),)) for _ in range(5)]
     w.wait_log(rf"received appmod\.stamp\[{waiting[0].id}\]")  # the one it reserves
@@ -83,9 +85,10 @@ def test_purge_deletes_waiting_tasks_while_a_worker_is_busy(
     assert match, out.stdout
     purged = int(match.group(1))
     assert 3 <= purged <= 4, out.stdout  # 5 sent, 1 reserved (2 at most, if prefetch raced)
+    gate.touch()
     marker = client.send_task("appmod.stamp", (str(ledger),))
-    marker.get(timeout=15)
-    assert running.get(timeout=5) == "slept"
+    marker.get(timeout=30)
+    assert running.get(timeout=30) == "opened"
     ran = [r for r in waiting if ledger.starts(r.id)]
     assert len(ran) == len(waiting) - purged
     assert all(r.state == states.PENDING for r in waiting if r not in ran)
