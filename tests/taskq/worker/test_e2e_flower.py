@@ -132,12 +132,17 @@ def test_every_flower_page_and_api_endpoint_answers_200_for_a_taskq_worker(
     flower.ok("/healthcheck")
     flower.ok("/workers?json=1")
 
-    # Read API
-    workers = json.loads(flower.ok("/api/workers?refresh=1"))
-    mine = workers[w.hostname]
-    for key in ("stats", "active_queues", "registered", "scheduled", "active", "reserved",
-                "revoked", "conf"):
-        assert key in mine, key
+    # Read API. Flower asks each inspect command with its own ~1 s timeout and leaves out
+    # an answer that came later (a loaded machine): ask again until every one is there.
+    keys = ("stats", "active_queues", "registered", "scheduled", "active", "reserved",
+            "revoked", "conf")
+    seen: dict[str, Any] = {}
+
+    def answered() -> bool:
+        seen.update(json.loads(flower.ok("/api/workers?refresh=1")).get(w.hostname, {}))
+        return all(key in seen for key in keys)
+
+    wait_until(answered, 60, f"Flower's /api/workers to hold every one of {keys}")
     assert json.loads(flower.ok(f"/api/workers?workername={name}&status=1"))[w.hostname]
     tasks = json.loads(flower.ok("/api/tasks"))
     assert tasks[done.id]["state"] == "SUCCESS"
