@@ -11,12 +11,14 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.stress.conftest import ROOT
 
 
-def _bench(*args: str) -> str:
+def _bench(*args: str, timeout: float = 240) -> str:
     done = subprocess.run([sys.executable, "-m", "stress", "bench", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -65,12 +67,13 @@ _TINY = ["--drain-tasks", "2000", "--redis-tasks", "1500", "--recycle-tasks", "1
          "--group-size", "10", "--settle", "0"]
 
 
+@pytest.mark.timeout(900)  # eight benchmarks one after another: minutes on a loaded machine
 def test_bench_all_measures_every_row_of_the_table_and_writes_its_figures(
         redis_url, amqp_url, tmp_path):
     # Given every row, one tiny round, taskq alone
     out = tmp_path / "all.json"
     table = _bench("all", "--redis", redis_url, "--amqp", amqp_url, "--rounds", "1",
-                   "--json", str(out), *_TINY)
+                   "--json", str(out), *_TINY, timeout=840)
     doc = json.loads(out.read_text())
     # Then the JSON has one entry per row, in the issue's order, each with its figure
     # (or, for a drain the worker finished before it could be timed, the reason)
