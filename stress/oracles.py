@@ -396,14 +396,24 @@ def lost_process(ev: Evidence) -> Verdict:
 
 # -- not vacuous --------------------------------------------------------------------------------
 
-def _in_flight(ev: Evidence, at: float) -> bool:
-    # every task the ledger saw run: a canvas's steps sent by the worker count too
+def _in_flight(ev: Evidence, at: float, waiting: bool = False) -> bool:
+    """A task ran at ``at`` (every task the ledger saw run: a canvas's steps sent by the
+    worker count too); with ``waiting``, one published and not yet ended counts too: a
+    connection fault hits the messages a worker holds or will fetch, not only running ones
+    (a workload of millisecond tasks is rarely running at the instant of a cut)."""
     for h in list(ev.book.by_id.values()):
         for s in h.starts:
             end = _run_end(h, s)
             if s.mono <= at and (end is None or end >= at):
                 return True
+        if waiting and h.published is not None and h.published <= at:
+            ends = [e.mono for e in (*h.finishes, *h.losses)]
+            if not ends or min(ends) >= at:
+                return True
     return False
+
+
+CONNECTION_FAULTS = frozenset({"cut-connections", "blackhole", "restart-broker"})
 
 
 def not_vacuous(ev: Evidence) -> Verdict:
@@ -433,7 +443,8 @@ def not_vacuous(ev: Evidence) -> Verdict:
         records = _ok(ev.faults, journal_kinds)
         if fault_kind == "cut-connections":
             records = [r for r in records if r.detail.get("closed")]
-        busy = sum(_in_flight(ev, r.mono) for r in records)
+        busy = sum(_in_flight(ev, r.mono, waiting=fault_kind in CONNECTION_FAULTS)
+                   for r in records)
         figures[f"{fault_kind}_in_flight"] = busy
         if busy < 1:
             problems.append(f"no {fault_kind} fault happened while tasks were in flight")

@@ -160,6 +160,25 @@ def test_a_cell_whose_kills_missed_every_running_task_is_vacuous() -> None:
     assert not verdict.passed and "0 kills hit a running task" in verdict.message
 
 
+def test_a_cut_while_tasks_wait_unfinished_hits_work_though_none_runs_then() -> None:
+    """Canvas seed 2 on Redis: seven cuts, each between two millisecond tasks, while 8-22
+    published tasks had not ended: a connection fault hits the messages the worker holds,
+    so it is not vacuous. A kill still needs a running task."""
+    suite = Suite("t", "", Path("t.toml"), faults=[{"kind": "cut-connections"}],
+                  oracles={"min_tasks": 1})
+    entries = [_e("published", "a", 1, 0.0, kind="noop", expect="ok"),
+               _e("published", "b", 1, 0.0, kind="noop", expect="ok"),
+               _e("started", "a", 7, 1.0), _e("finished", "a", 7, 1.01, outcome="ok"),
+               _e("started", "b", 7, 3.0), _e("finished", "b", 7, 3.01, outcome="ok")]
+    cut = FaultRecord(mono=2.0, wall=2.0, kind="proxy-cut", target="proxy", outcome="ok",
+                      detail={"closed": 4})
+    assert not_vacuous(_evidence(entries, [cut], suite=suite)).passed
+    late = FaultRecord(mono=5.0, wall=5.0, kind="proxy-cut", target="proxy", outcome="ok",
+                       detail={"closed": 4})
+    verdict = not_vacuous(_evidence(entries, [late], suite=suite))
+    assert not verdict.passed and "no cut-connections fault" in verdict.message
+
+
 def test_a_short_task_waiting_while_a_child_is_idle_is_head_of_line_blocking() -> None:
     suite = Suite("t", "", Path("t.toml"), oracles={"max_short_wait": 0.5})
     long_run = [_e("published", "L", 1, 0.0, kind="sleep", expect="ok"),
