@@ -32,7 +32,6 @@ from chaos import FaultRecord
 from stress.ledger import Book, History
 from stress.oracles import (
     MAIN_FAULTS,
-    NET_FAULTS,
     OK_OUTCOMES,
     ORPHAN_WINDOW,
     Evidence,
@@ -45,10 +44,6 @@ from stress.oracles import (
 from stress.suites import Cell
 
 __all__ = ["canvas", "owed"]
-
-# Seconds after a task's success within which a connection fault may have cut off the
-# publish of what it sends next (the child publishes right after it stores its result).
-PUBLISH_WINDOW = 1.0
 
 
 def _successes(history: History) -> list[float]:
@@ -90,17 +85,6 @@ def _killed_after_success(book: Book, task_id: str, faults: Sequence[FaultRecord
         found += any(pid == finish.pid and finish.mono <= at < next_start
                      for at, pid in kills)
     return found
-
-
-def _cut_after_success(book: Book, task_id: str, faults: Sequence[FaultRecord],
-                       window: float = PUBLISH_WINDOW) -> int:
-    """Successful runs of ``task_id`` followed within ``window`` seconds by a connection
-    fault: what the run sent next (a chord's body, a chain's next step) was being published
-    then, and a publish whose confirm the fault cut off is sent again (at least once, the
-    table's "broker connection lost: may run twice")."""
-    cuts = [r.mono for r in _ok(faults, NET_FAULTS)]
-    return sum(any(at <= cut <= at + window for cut in cuts)
-               for at in _successes(_history(book, task_id)))
 
 
 def _history(book: Book, task_id: str) -> History:
@@ -167,9 +151,6 @@ def _judge_node(book: Book, node: dict[str, Any], shape: str, ev: Evidence,
     resends = 0 if len(h.starts) < 2 else sum(
         max(0, len(_successes(_history(book, p))) - 1)
         + _killed_after_success(book, p, ev.faults) for p in node["resent_by"])
-    if len(h.starts) >= 2 and ev.cell["acks"] != "early":
-        senders = node["resent_by"] or (node["after"] if node["role"].endswith("body") else [])
-        resends += sum(_cut_after_success(book, p, ev.faults) for p in senders)
     for index, (previous, nxt) in enumerate(zip(h.starts, h.starts[1:], strict=False), 1):
         counts["duplicates"] += 1
         if _rerun_allowed(h, previous, ev.faults, ev.cell, nxt.mono) or _every_rerun_has_a_cause(

@@ -127,17 +127,6 @@ def test_a_chord_body_may_run_again_under_acks_late_after_a_cut() -> None:
     assert not canvas(_evidence(entries, [_cut(2.65)], acks="early")).passed
 
 
-def test_a_chord_body_sent_as_a_cut_hit_its_last_part_may_run_twice_under_acks_late() -> None:
-    """Canvas seed 2 on RabbitMQ: a cut 5 ms after the last part succeeded (the child was
-    publishing the body) and the body ran twice, both runs 1.05 s later: the publish whose
-    confirm the cut took was sent again. Allowed under acks_late (the table's row for a lost
-    connection); not when the cut came long after."""
-    entries = _chord([(30, 2.555, 2.556), (30, 2.558, 2.559)])  # last part succeeds at 1.5
-    assert canvas(_evidence(entries, [_cut(1.505)], acks="late-reject")).passed
-    verdict = canvas(_evidence(entries, [_cut(3.5)], acks="late-reject"))
-    assert not verdict.passed and "a chord body runs once" in verdict.message
-
-
 def test_a_chord_body_that_never_runs_after_its_whole_header_succeeded_is_lost() -> None:
     ev = _evidence(_chord([]))
     verdict = canvas(ev)
