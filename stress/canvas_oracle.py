@@ -151,6 +151,11 @@ def _judge_node(book: Book, node: dict[str, Any], shape: str, ev: Evidence,
     resends = 0 if len(h.starts) < 2 else sum(
         max(0, len(_successes(_history(book, p))) - 1)
         + _killed_after_success(book, p, ev.faults) for p in node["resent_by"])
+    if len(h.starts) >= 2 and ev.cell["acks"] != "early" and node["role"].endswith("body"):
+        # a part whose child died right after it succeeded: the worker sends the body on its
+        # behalf, and a body the child had sent but not yet reported goes out twice
+        # (docs/design.md: at least once under acks_late)
+        resends += sum(_killed_after_success(book, p, ev.faults) for p in node["after"])
     for index, (previous, nxt) in enumerate(zip(h.starts, h.starts[1:], strict=False), 1):
         counts["duplicates"] += 1
         if _rerun_allowed(h, previous, ev.faults, ev.cell, nxt.mono) or _every_rerun_has_a_cause(

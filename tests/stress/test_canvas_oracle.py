@@ -217,3 +217,15 @@ def test_the_canvas_suite_runs_cuts_only_where_there_is_a_connection() -> None:
     kinds = {t: {f["kind"] for f in suite.faults_for(t)} for t in ("redis", "amqp", "sqlite")}
     assert kinds["redis"] == kinds["amqp"] == {"kill-children", "cut-connections"}
     assert kinds["sqlite"] == {"kill-children"}
+
+
+def test_a_chord_body_sent_again_for_a_part_killed_after_success_is_allowed_under_acks_late(
+        ) -> None:
+    """RabbitMQ canvas seed 2 (late-reject): the last part's child was killed 5 ms after the
+    part succeeded, before it reported that it had sent the body; the worker sent the body
+    on its behalf, so it ran twice. At least once under acks_late; not without the kill,
+    and not under early acks."""
+    entries = _chord([(30, 2.0, 2.001), (30, 2.002, 2.003)])  # part h1 (pid 11) ends at 1.5
+    assert canvas(_evidence(entries, [_kill(1.505, 11)], acks="late-reject")).passed
+    assert not canvas(_evidence(entries, [], acks="late-reject")).passed
+    assert not canvas(_evidence(entries, [_kill(1.505, 11)], acks="early")).passed
