@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from taskq import states
-from taskq.canvas import Signature, group, signature
+from taskq.canvas import Signature, _as_list, group, signature
 from taskq.errors import ChordError
 from taskq.task import Context
 
@@ -205,13 +205,6 @@ def _fail_member(app: TaskQ, member: Signature, task_id: str,
                   group_index=member.options.get("group_index"), body=outer,
                   state=states.FAILURE, value=exc, parent_id=task_id, root_id=task_id)
     fail_chain(app, member.options.get("chain") or (), exc)
-
-
-def _as_list(value: Any) -> list[Mapping[str, Any]]:
-    """``link_error`` as a list: it may be one signature (``.set(link_error=sig)``)."""
-    if not value:
-        return []
-    return [value] if isinstance(value, Mapping) else list(value)
 
 
 def _result_errbacks(sig: Signature) -> list[Mapping[str, Any]]:

@@ -50,10 +50,6 @@ UNCLAIMED_STATES = frozenset({states.PENDING, states.RECEIVED, states.RETRY, sta
 # back until its REVOKED states are stored.
 REVOKE_REPLY_BACKLOG = 100
 
-
-def _nothing() -> None:
-    return None
-
 logger = logging.getLogger("taskq.worker")
 
 Clock = Callable[[], float]
@@ -903,11 +899,14 @@ class Worker:
                 except Exception as exc:
                     logger.warning("revoked task %s: storing REVOKED failed: %r", task_id, exc)
 
-        if self.offload_results.pending() > REVOKE_REPLY_BACKLOG:
-            then()  # a client waits about a second for replies: answer now, store after
-            then = _nothing
-        if not self.offload_results.submit(f"storing REVOKED for {len(wanted)} revoked ids",
-                                           store, lambda _outcome: then()):
+        # A client waits about a second for replies: behind a backlog, answer now, store after.
+        early = self.offload_results.pending() > REVOKE_REPLY_BACKLOG
+        if early:
+            then()
+        submitted = self.offload_results.submit(
+            f"storing REVOKED for {len(wanted)} revoked ids", store,
+            lambda _outcome: None if early else then())
+        if not submitted and not early:
             then()
 
     def revoke_stamped(self, headers: Mapping[str, Any], *, terminate: bool = False,
