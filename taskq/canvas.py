@@ -278,6 +278,33 @@ class Signature(dict[str, Any]):
         return self.app.get_task(self.name).apply(merged_args, merged_kwargs, **options)
 
 
+# A message the worker sends as what follows a task (a callback, the next chain step, an
+# errback, a chord's body) may go out twice: the child that sent it can die before it tells
+# the parent, which then sends it again (``trace.follow_up``). Both copies carry this header,
+# naming the run that sent them (``Job.run_id``), and the same task id; a worker runs an
+# early-ack task that carries it only if it takes its run-once key in the result backend
+# first, so one copy runs (``trace.execute``).
+ONCE_HEADER = "taskq_once"
+
+
+def once_options(sig: Signature, options: dict[str, Any], run_id: str | None
+                 ) -> dict[str, Any]:
+    """``options`` for sending ``sig`` as what follows run ``run_id`` of a task: its headers
+    with ``ONCE_HEADER`` added (none without a run id)."""
+    if run_id:
+        headers = options.get("headers") or sig.options.get("headers") or {}
+        options["headers"] = {**headers, ONCE_HEADER: run_id}
+    return options
+
+
+def follow_up_id(sig: Signature, run_id: str | None, role: str, position: int) -> None:
+    """Fix the task id of ``sig``, sent as what follows run ``run_id`` of a task, if it has
+    none: the same id each time it is built for that run (by the child, then by the parent on
+    its behalf), so a second copy is known as one."""
+    if run_id and sig.subtask_type is None and not sig.options.get("task_id"):
+        sig.freeze(str(uuid.uuid5(uuid.NAMESPACE_OID, f"{run_id}/{role}/{position}")))
+
+
 def send_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The options of a signature that ``send_task`` takes (see ``SEND_OPTIONS``)."""
     return {k: v for k, v in options.items() if k in SEND_OPTIONS and v is not None}

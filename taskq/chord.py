@@ -28,7 +28,14 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from taskq import states
-from taskq.canvas import Signature, _as_list, group, signature
+from taskq.canvas import (
+    Signature,
+    _as_list,
+    follow_up_id,
+    group,
+    once_options,
+    signature,
+)
 from taskq.errors import ChordError
 from taskq.task import Context
 
@@ -43,13 +50,15 @@ COUNTED_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
 
 
 def message_done(app: TaskQ, msg: TaskMessage, state: str, value: Any, *,
-                 on_claimed: Callable[[str, str, bool], None] | None = None) -> None:
-    """A task whose message has a ``chord`` field ended in ``state``: count it."""
+                 on_claimed: Callable[[str, str, bool], None] | None = None,
+                 run_id: str | None = None) -> None:
+    """A task whose message has a ``chord`` field ended in ``state`` (in run ``run_id``):
+    count it."""
     if msg.chord is None or not msg.group or state not in COUNTED_STATES:
         return
     part_done(app, group_id=msg.group, task_id=msg.id, group_index=msg.group_index,
               body=msg.chord, state=state, value=value, parent_id=msg.id,
-              root_id=msg.root_id or msg.id, on_claimed=on_claimed)
+              root_id=msg.root_id or msg.id, on_claimed=on_claimed, run_id=run_id)
 
 
 def ended_by_worker(app: TaskQ, msg: TaskMessage, state: str, exc: BaseException) -> None:
@@ -75,12 +84,14 @@ def ended_by_worker(app: TaskQ, msg: TaskMessage, state: str, exc: BaseException
 def part_done(app: TaskQ, *, group_id: str, task_id: str, group_index: int | None,
               body: Mapping[str, Any], state: str, value: Any, parent_id: str | None,
               root_id: str | None,
-              on_claimed: Callable[[str, str, bool], None] | None = None) -> None:
+              on_claimed: Callable[[str, str, bool], None] | None = None,
+              run_id: str | None = None) -> None:
     """Record one part of chord ``group_id``; the part that completes it fires the body.
     ``on_claimed(group_id, token, fired)`` is told of the claim before the body is sent
     (``fired`` False) and once it was sent or failed (True), before the counters are dropped:
     a pool child tells its parent, which gives the claim up if the child dies before the
-    body was sent, and finishes the chord if it dies after.
+    body was sent, and finishes the chord if it dies after. The body carries ``run_id``, the
+    run of the part that sends it (``canvas.ONCE_HEADER``).
 
     Never raises: a failure is logged (the part's own result is already stored).
     """
@@ -111,7 +122,7 @@ def part_done(app: TaskQ, *, group_id: str, task_id: str, group_index: int | Non
                 options["parent_id"] = parent_id
             if "root_id" not in callback.options:
                 options["root_id"] = root_id
-            callback.apply_async((values,), **options)
+            callback.apply_async((values,), **once_options(callback, options, run_id))
     except Exception as exc:
         logger.exception("chord %s: sending the body failed", group_id)
         fail_body(app, callback, ChordError(f"Callback error: {exc!r}"))
@@ -276,11 +287,12 @@ def _takes_request(task: Task, sig: Signature) -> bool:
 
 def run_errbacks(app: TaskQ, errbacks: Iterable[Mapping[str, Any]], *, task_id: str,
                  exc: BaseException, traceback: str | None, request: Any,
-                 parent_id: str | None, root_id: str | None, eager: bool = False) -> None:
+                 parent_id: str | None, root_id: str | None, eager: bool = False,
+                 run_id: str | None = None) -> None:
     """Run a failed task's errbacks as Celery does: one registered here whose function takes
     ``(request, exc, traceback)`` is called in this process; any other is sent as a task
     with the failed task's id as its first argument."""
-    for raw in errbacks:
+    for position, raw in enumerate(errbacks):
         sig = signature(raw, app)
         task = app.tasks.get(sig.name)
         try:
@@ -294,6 +306,7 @@ def run_errbacks(app: TaskQ, errbacks: Iterable[Mapping[str, Any]], *, task_id: 
                     options["parent_id"] = parent_id
                 if "root_id" not in sig.options:
                     options["root_id"] = root_id
-                sig.apply_async((task_id,), **options)
+                follow_up_id(sig, run_id, "errback", position)
+                sig.apply_async((task_id,), **once_options(sig, options, run_id))
         except Exception:
             logger.exception("errback %s of task %s failed", sig.name, task_id)

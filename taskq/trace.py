@@ -20,7 +20,7 @@ from kombu.exceptions import EncodeError
 
 from taskq import chord, states
 from taskq.app import run_hooks
-from taskq.canvas import Signature, signature
+from taskq.canvas import ONCE_HEADER, Signature, follow_up_id, once_options, signature
 from taskq.errors import Ignore, Reject, Retry, TaskqError
 from taskq.result import EagerResult
 from taskq.task import Context
@@ -84,6 +84,7 @@ def execute(
     on_claimed: Callable[[str, str, bool], None] | None = None,
     on_followed: Callable[[], None] | None = None,
     on_sent: Callable[[int], None] | None = None,
+    run_id: str | None = None,
 ) -> Outcome:
     """Run ``task`` for ``msg`` and record the outcome; never raises for a task's own error.
 
@@ -97,8 +98,12 @@ def execute(
     ``on_followed()`` once the chord part is counted and everything that follows the outcome
     is sent: a child that dies between ``on_stored`` and ``on_followed`` leaves that to the
     parent (``follow_up``); ``on_sent(n)`` after each of what follows is sent (n so far), so
-    the parent sends only the rest.
+    the parent sends only the rest. What follows the outcome carries ``run_id`` (the pool's
+    name for this run, ``Job.run_id``): the parent sends it again with the same one.
     """
+    once = None if eager else _once_key(task, msg)
+    if once is not None and not _claim_once(task, msg, once):
+        return Outcome(IGNORED)
     context = Context.from_message(msg, delivery_info=delivery_info, hostname=hostname,
                                    is_eager=eager)
     backend = task.app.backend if store else None
@@ -131,8 +136,10 @@ def execute(
         task.app.pop_current()
         task.pop_request()
 
+    if once is not None and outcome.state == states.REJECTED and outcome.requeue:
+        _release_once(task, msg, once)  # the copy that comes back must run
     run_hooks(task.app.hooks.task_postrun, task, msg.id, outcome.state)
-    followers = _followers(task, msg, context, eager) if outcome.succeeded else []
+    followers = _followers(task, msg, context, eager, run_id) if outcome.succeeded else []
     if backend is not None:
         if on_storing is not None:
             on_storing()
@@ -141,30 +148,63 @@ def execute(
             on_stored(outcome.state)
         if msg.chord is not None and not eager:  # a chord's header part: count it
             chord.message_done(task.app, msg, outcome.state, outcome.value,
-                               on_claimed=on_claimed)
+                               on_claimed=on_claimed, run_id=run_id)
     _run_handlers(task, context, outcome, einfo)
     if outcome.state == states.SUCCESS:
         for sent, (sig, rest) in enumerate(followers, 1):
-            _send(task, sig, outcome.value, msg, eager, rest)
+            _send(task, sig, outcome.value, msg, eager, rest, run_id)
             if on_sent is not None:
                 on_sent(sent)
     elif outcome.state == states.FAILURE:
-        _send_errbacks(task, msg, eager, outcome, context)
+        _send_errbacks(task, msg, eager, outcome, context, run_id)
     if on_followed is not None:
         on_followed()
     return outcome
 
 
+def _once_key(task: Task, msg: TaskMessage) -> str | None:
+    """The run-once key of a message sent as a follow-up (``ONCE_HEADER``), for an early-ack
+    task; None otherwise (an ``acks_late`` task runs at least once: a second copy may run)."""
+    sender = msg.headers.get(ONCE_HEADER)
+    if task.acks_late or not sender:
+        return None
+    # A retry or a replacement is a new message with the same id: it runs.
+    return f"{msg.id}:{msg.retries}:{msg.replaced_task_nesting}:{sender}"
+
+
+def _claim_once(task: Task, msg: TaskMessage, key: str) -> bool:
+    try:
+        if task.app.backend.claim_once(key):
+            return True
+    except Exception as exc:  # better a possible second run than none
+        logger.warning("task %s[%s]: taking its run-once key failed (%s); running it",
+                       task.name, msg.id, exc)
+        return True
+    logger.warning("task %s[%s]: a second copy of a message sent as what follows task %s "
+                   "(its child died before it said it had sent it); the first copy ran: "
+                   "dropped", task.name, msg.id, msg.parent_id)
+    return False
+
+
+def _release_once(task: Task, msg: TaskMessage, key: str) -> None:
+    try:
+        task.app.backend.release_once(key)
+    except Exception as exc:
+        logger.warning("task %s[%s]: giving back its run-once key failed (%s); the requeued "
+                       "message will be dropped as a second copy", task.name, msg.id, exc)
+
+
 def follow_up(app: TaskQ, msg: TaskMessage, state: str,
               claim: tuple[str, str] | None = None, sent: int = 0,
-              fired: bool = False) -> None:
+              fired: bool = False, run_id: str | None = None) -> None:
     """The pool child that ran ``msg`` died after it stored ``state``, before it had counted
     its chord part and sent what follows (the next chain step, its callbacks or errbacks):
     do that here, with the stored value, or the chain stops and the chord's body never runs.
     Counting again adds nothing (a part counts once); a claim to fire the body this part
     holds is given up first, so that this count takes it; ``claim`` with ``fired``: the
     child had sent the body, and only the chord's counters are dropped; ``sent``: how many
-    of what follows the child had sent (those are not sent again). Never raises."""
+    of what follows the child had sent (those are not sent again); ``run_id``: the run the
+    child was in (what is sent again carries it, so its copies run once). Never raises."""
     try:
         value = app.backend.result_from_meta(app.backend.get_task_meta(msg.id))
         if claim is not None and fired:
@@ -185,16 +225,16 @@ def follow_up(app: TaskQ, msg: TaskMessage, state: str,
             exc = value if isinstance(value, BaseException) else RuntimeError(repr(value))
             chord.run_errbacks(app, msg.errbacks, task_id=msg.id, exc=exc, traceback=None,
                                request=Context.from_message(msg), parent_id=msg.id,
-                               root_id=msg.root_id or msg.id)
+                               root_id=msg.root_id or msg.id, run_id=run_id)
             if msg.chain:
                 chord.fail_chain(app, msg.chain, exc)
             return
         if msg.chord is not None and not fired:
-            chord.message_done(app, msg, state, value)
+            chord.message_done(app, msg, state, value, run_id=run_id)
         task = app.get_task(msg.task)
         context = Context.from_message(msg)
-        for sig, rest in _followers(task, msg, context, eager=False)[sent:]:
-            _send(task, sig, value, msg, False, rest)
+        for sig, rest in _followers(task, msg, context, False, run_id)[sent:]:
+            _send(task, sig, value, msg, False, rest, run_id)
     except Exception:
         logger.exception("task %s[%s]: sending what follows its stored %s failed", msg.task,
                          msg.id, state)
@@ -276,7 +316,7 @@ def _store(task: Task, context: Context, outcome: Outcome, ignore_result: bool) 
 
 
 def _send(task: Task, sig: Signature, result: Any, msg: TaskMessage, eager: bool,
-          chain: tuple[Any, ...] = ()) -> None:
+          chain: tuple[Any, ...] = (), run_id: str | None = None) -> None:
     """Send ``sig`` (a task, chain, group or chord) with ``result`` as its partial argument."""
     app = task.app
     try:
@@ -289,13 +329,13 @@ def _send(task: Task, sig: Signature, result: Any, msg: TaskMessage, eager: bool
             options: dict[str, Any] = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
             if chain:
                 options["chain"] = list(chain)
-            sig.apply_async((result,), **options)
+            sig.apply_async((result,), **once_options(sig, options, run_id))
     except Exception:
         logger.exception("task %s[%s]: sending callback %s failed", task.name, msg.id, sig.name)
 
 
-def _followers(task: Task, msg: TaskMessage, context: Context, eager: bool
-               ) -> list[tuple[Signature, tuple[Any, ...]]]:
+def _followers(task: Task, msg: TaskMessage, context: Context, eager: bool,
+               run_id: str | None = None) -> list[tuple[Signature, tuple[Any, ...]]]:
     """What a successful task sends next: its callbacks, then the next step of its chain
     (with the rest of the chain). Their ids are fixed here, before the result is stored, so
     that the stored ``children`` name them, as Celery's do (Celery sends them before it
@@ -313,10 +353,11 @@ def _followers(task: Task, msg: TaskMessage, context: Context, eager: bool
             logger.exception("task %s[%s]: callback %r is not a signature", task.name,
                              msg.id, raw.get("task"))
     if not eager:
-        for sig, _ in followers:
+        for position, (sig, _) in enumerate(followers):
             if sig.subtask_type == "chunks":  # sent as a group it builds anew: no fixed id
                 continue
             try:
+                follow_up_id(sig, run_id, "follower", position)
                 context.children.append(_first_result(sig.freeze()))
             except Exception:
                 logger.exception("task %s[%s]: fixing the id of %s failed", task.name,
@@ -333,12 +374,12 @@ def _first_result(result: Any) -> Any:
 
 
 def _send_errbacks(task: Task, msg: TaskMessage, eager: bool, outcome: Outcome,
-                   context: Context) -> None:
+                   context: Context, run_id: str | None) -> None:
     exc = outcome.value if isinstance(outcome.value, BaseException) else RuntimeError(
         repr(outcome.value))
     chord.run_errbacks(task.app, msg.errbacks, task_id=msg.id, exc=exc,
                        traceback=outcome.traceback, request=context, parent_id=msg.id,
-                       root_id=msg.root_id or msg.id, eager=eager)
+                       root_id=msg.root_id or msg.id, eager=eager, run_id=run_id)
     if msg.chain and not eager:
         # The steps after a failed one never run: fail them, so get() on the chain raises.
         chord.fail_chain(task.app, msg.chain, exc)

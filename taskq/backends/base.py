@@ -253,6 +253,16 @@ class Backend:
     def delete_group(self, group_id: str) -> None:
         raise ResultBackendError(f"{type(self).__name__} cannot delete groups")
 
+    # -- runs that must happen once ------------------------------------------------------------
+    def claim_once(self, key: str) -> bool:
+        """Take ``key`` for good (until results expire); False if it was taken already. The
+        worker takes one before it runs an early-ack task that may have been sent twice (see
+        ``trace.ONCE_HEADER``). A backend that cannot record it answers True: runs it."""
+        return True
+
+    def release_once(self, key: str) -> None:
+        """Give ``key`` back (the task asked to be delivered again: ``Reject(requeue=True)``)."""
+
     # -- storage primitives -------------------------------------------------------------------
     def _set(self, task_id: str, meta: Meta, state: str, request: Any) -> None:
         raise NotImplementedError

@@ -294,6 +294,26 @@ class DatabaseBackend(Backend):
         except sa.exc.SQLAlchemyError as exc:
             raise ResultBackendError(f"finishing chord {join.group_id} failed: {exc}") from exc
 
+    # A run-once key is a row of the results table, as a group is: no table of its own.
+    def claim_once(self, key: str) -> bool:
+        now = time.time()
+        row = {"task_id": f"once:{key}", "status": "ONCE", "payload": b"",
+               "date_done": dt.datetime.now(dt.UTC),
+               "expires_at": now + self.expires if self.expires else None}
+        try:
+            with self._begin() as conn:
+                conn.execute(taskmeta.delete().where(taskmeta.c.task_id == row["task_id"],
+                                                     taskmeta.c.expires_at < now))
+                conn.execute(taskmeta.insert().values(**row))
+        except sa.exc.IntegrityError:
+            return False
+        except sa.exc.SQLAlchemyError as exc:
+            raise ResultBackendError(f"taking the run-once key {key} failed: {exc}") from exc
+        return True
+
+    def release_once(self, key: str) -> None:
+        self._delete(f"once:{key}")
+
     def _group_key(self, group_id: str) -> str:
         return f"group:{group_id}"
 

@@ -256,6 +256,18 @@ class RedisBackend(Backend):
             self.client.eval(_CHORD_DONE, 5, keys[".c"], keys[".j"], keys[".t"], keys[".s"],
                              keys[".d"], join.token, CHORD_DONE_SECONDS)
 
+    def once_key(self, key: str) -> str:
+        return f"{self.keyprefix}taskq-once-{key}"
+
+    def claim_once(self, key: str) -> bool:
+        ex = max(int(self.expires), 1) if self.expires else None
+        with self._errors("taking a run-once key"):
+            return bool(self.client.set(self.once_key(key), 1, nx=True, ex=ex))
+
+    def release_once(self, key: str) -> None:
+        with self._errors("giving back a run-once key"):
+            self.client.delete(self.once_key(key))
+
     def save_group(self, group_id: str, value: Any) -> None:
         payload = self.encode({"result": value})
         ex = max(int(self.expires), 1) if self.expires else None

@@ -23,7 +23,9 @@ ask the flag before calling.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +38,14 @@ if TYPE_CHECKING:
     from taskq.app import TaskQ
     from taskq.protocol import TaskMessage
     from taskq.worker.loop import Loop
+
+
+_RUNS = itertools.count(1)
+_BOOT = uuid.uuid4().hex[:16]
+
+
+def _next_run_id() -> str:
+    return f"{_BOOT}.{next(_RUNS)}"
 
 
 @dataclass(eq=False)
@@ -53,6 +63,10 @@ class Job:
     start_failures: int = 0
     """Pool children that died holding this job before it started (set by the prefork pool;
     past ``task_max_redeliveries`` the job is reported lost, unstarted: a poison message)."""
+    run_id: str = field(default_factory=_next_run_id)
+    """Names this run among all runs of the task's id: what it sends as what follows it
+    carries it (``canvas.ONCE_HEADER``), so the copy the parent sends on behalf of a dead
+    child is known as the same message, and a frozen canvas applied again is not."""
 
     @property
     def id(self) -> str:
@@ -125,7 +139,7 @@ def run_job(app: TaskQ, job: Job, hostname: str | None, *,
     task = app.get_task(job.name)
     outcome = execute(task, job.msg, delivery_info=job.delivery_info, hostname=hostname,
                       on_storing=on_storing, on_stored=on_stored, on_claimed=on_claimed,
-                      on_followed=on_followed, on_sent=on_sent)
+                      on_followed=on_followed, on_sent=on_sent, run_id=job.run_id)
     summary = "" if outcome.value is None else repr(outcome.value)[:200]
     expected = bool(outcome.state == states.FAILURE and task.throws
                     and isinstance(outcome.value, task.throws))

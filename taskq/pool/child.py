@@ -255,7 +255,7 @@ def child_main(app: TaskQ, parent_pid: int, job_fd: int, event_fd: int, *,
             frame = inbox.next()
             if frame is None:
                 break  # the parent closed our job pipe: finish cleanly
-            _kind, seq, msg, delivery_info, hard = frame
+            _kind, seq, msg, delivery_info, hard, run_id = frame
             if inbox.cancelled(seq):
                 write_frames(event_fd, ("skipped", seq))
                 continue
@@ -263,8 +263,8 @@ def child_main(app: TaskQ, parent_pid: int, job_fd: int, event_fd: int, *,
             _discard_late_soft_limit()
             write_frames(event_fd, ("started", seq))
             _arm_backstop(hard)
-            result = _run(app, Job(msg=msg, delivery_info=delivery_info, time_limit=hard),
-                          hostname, seq, event_fd)
+            result = _run(app, Job(msg=msg, delivery_info=delivery_info, time_limit=hard,
+                                   run_id=run_id), hostname, seq, event_fd)
             if hard:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             done += 1

@@ -330,7 +330,8 @@ class PreforkPool(Pool):
         seq = next(self._seq)
         # The hard limit goes along: the child stops the task itself a grace after it, in
         # case this process is too stalled to (child.HARD_LIMIT_GRACE).
-        frame = encode(("job", seq, job.msg, dict(job.delivery_info), job.time_limit))
+        frame = encode(("job", seq, job.msg, dict(job.delivery_info), job.time_limit,
+                        job.run_id))
         child.queued.append((seq, job))
         child.taken += 1
         child.pending.append(seq, frame)

@@ -594,12 +594,12 @@ class Worker:
         if result.state == states.REJECTED:
             self.consumer.reject(request, requeue=result.requeue)
         elif result.follow_up:
-            self._follow_up_then_ack(request, result)
+            self._follow_up_then_ack(request, result, job.run_id)
         else:  # acked (a failure of acks_on_failure_or_timeout=False: rejected)
             self._carry_out(request, lifecycle.done(self._facts(request), result.state))
         self.feed_pool()
 
-    def _follow_up_then_ack(self, request: Request, result: JobResult) -> None:
+    def _follow_up_then_ack(self, request: Request, result: JobResult, run_id: str) -> None:
         """The child died after storing the outcome and before it sent what follows it (its
         chord part, the next chain step): send that off the loop (``trace.follow_up``), then
         ack, so that under ``acks_late`` a worker that dies meanwhile leaves the message."""
@@ -611,7 +611,7 @@ class Worker:
         if not self.offload_results.submit(
                 f"sending what follows {request.name}[{request.id}]",
                 lambda: trace.follow_up(app, msg, result.state, result.claim, result.sent,
-                                        result.fired), then):
+                                        result.fired, run_id), then):
             logger.error("task %s[%s]: what follows its %s is not sent: the result backend "
                          "is not keeping up", request.name, request.id, result.state)
             self.consumer.ack(request)

@@ -3,6 +3,7 @@ results in Redis), their results, and how a chord counts its parts in the backen
 
 from __future__ import annotations
 
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -330,6 +331,36 @@ def test_parts_the_worker_ends_count_toward_the_chord(broker: Broker, workers: W
                "the lost step's errback")
 
 
+@pytest.mark.parametrize("what", ["chord body", "chain step"])
+def test_what_a_killed_child_sent_runs_once_when_its_parent_sends_it_again(
+        broker: Broker, workers: WorkerSet, tmp_path: Path, what: str) -> None:
+    """Given early acks, when a child sends a chord's body (or a chain's next step) and dies
+    before it tells its parent, the parent sends it again on its behalf: the same task id,
+    twice on the queue. One copy runs; the other is dropped (its run-once key is taken)."""
+    ledger, marker = tmp_path / "ran.log", tmp_path / "died"
+    workers.start(broker, app="canvasmod", pool="prefork", concurrency=2,
+                  env={"CANVASMOD_DIE_AFTER_SENDING": f"canvasmod.counted:{marker}"})
+    app = client_for(broker)
+    add, counted = app.tasks["canvasmod.add"], app.task(name="canvasmod.counted")(
+        lambda *a: None)
+    if what == "chord body":
+        res = chord([add.s(1, 1), add.s(2, 2)], counted.s(str(ledger))).apply_async()
+        expected: object = [2, 4]
+    else:
+        res = chain(add.s(1, 1), counted.s(str(ledger))).apply_async()
+        expected = 2
+    assert app.AsyncResult(res.id).get(timeout=60) == expected
+    assert marker.exists(), "the child that sent it was killed"
+    dropped = re.compile(rf"canvasmod.counted\[{res.id}\]: a second copy")
+
+    def runs() -> list[str]:
+        return [line for line in ledger.read_text().splitlines() if res.id in line]
+
+    wait_until(lambda: len(runs()) > 1 or dropped.search(workers.workers[0].log()), 60,
+               "the second copy to run or be dropped")
+    assert len(runs()) == 1, runs()
+
+
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
 def test_a_part_that_expires_queued_in_its_child_counts_toward_the_chord(
         broker: Broker, workers: WorkerSet) -> None:
@@ -386,6 +417,15 @@ def test_a_part_recorded_twice_counts_once(chord_app: TaskQ) -> None:
     assert backend.chord_part_return(gid, "b", 1, states.SUCCESS, 2) is None  # claimed
     backend.chord_done(join)
     assert backend.chord_part_return(gid, "a", 0, states.SUCCESS, 1) is None  # done
+
+
+def test_a_run_once_key_is_taken_once_until_given_back(chord_app: TaskQ) -> None:
+    backend, key = chord_app.backend, f"{uuid.uuid4()}:0:0"
+    assert backend.claim_once(key)
+    assert not backend.claim_once(key), "a key is taken once"
+    backend.release_once(key)
+    assert backend.claim_once(key), "a key given back can be taken again"
+    backend.release_once(key)
 
 
 def test_parts_are_joined_in_header_order(chord_app: TaskQ) -> None:

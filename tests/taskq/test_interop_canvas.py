@@ -115,11 +115,11 @@ def test_celery_chord_with_a_failing_part_fails_the_body(broker: Broker, workers
     with pytest.raises(ValueError, match="boom"):  # Celery's get() raises the part's error
         result.get(timeout=60)
     with pytest.raises(CeleryChordError) as info:  # the body's own stored error
-        capp.AsyncResult(result.id).get(timeout=10)
+        capp.AsyncResult(result.id).get(timeout=60)
     failed_part = result.parent.results[1].id
     assert f"Dependency {failed_part} raised ValueError('boom')" in str(info.value)
     assert result.state == states.FAILURE
-    wait_until(lambda: ["errback", result.id] in ledger.lines(), 15,
+    wait_until(lambda: ["errback", result.id] in ledger.lines(), 60,
                "the body's errback to run with the body's id")
     capp.close()
 

@@ -108,3 +108,26 @@ def replace_with_chain(self: Any, x: int, y: int) -> Any:
 @app.task(name="canvasmod.replace_with_boom", bind=True)
 def replace_with_boom(self: Any, *args: Any) -> Any:
     return self.replace(chain(add.s(1, 1), boom.s()))
+
+
+# -- a child that dies right after it sends what follows a task --------------------------------
+
+def _die_after_sending(msg: Any, _routing: Any) -> None:
+    """With CANVASMOD_DIE_AFTER_SENDING=<task name>:<marker file>, the first process to send
+    that task (a pool child sending a chord's body or a chain's next step) dies at once, as
+    if SIGKILLed between the send and telling its parent; later senders (the parent, sending
+    on its behalf) find the marker and go on."""
+    import os
+    import signal
+
+    name, _, marker = os.environ.get("CANVASMOD_DIE_AFTER_SENDING", "").partition(":")
+    if msg.task != name or not marker:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+app.hooks.after_task_publish.append(_die_after_sending)
