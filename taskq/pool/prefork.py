@@ -29,7 +29,10 @@
   unless it had said ``followed``, the result says ``follow_up``: the worker counts its chord
   part and sends what follows the outcome, which the child may not have done.
 - ``max_tasks_per_child``: a child is given at most that many jobs it will run; a job it
-  skipped (taken back with ``withdraw``) gives its slot back.
+  skipped (taken back with ``withdraw``) gives its slot back. A child given its last job is
+  *spent*: its successor is forked at once, so it starts while the last job runs, not after
+  the exit (recycling costs no fork on the path from one task to the next). Still at most
+  ``target`` children hold jobs: the successor gets work once a spent child has none.
 - Each child's lifecycle (starting, ready, broken, retiring, dead) is one ``ChildState`` with
   checked moves (``taskq.pool.child_state``). Time comes from the loop's clock.
 """
@@ -179,7 +182,15 @@ class PreforkPool(Pool):
         self._maintain()
 
     def _active(self) -> int:
-        return sum(1 for c in self.children.values() if not c.retiring)
+        """Children that will take more jobs: not retiring, not spent."""
+        max_tasks = self.max_tasks
+        return sum(1 for c in self.children.values()
+                   if not c.retiring and not (max_tasks and c.taken >= max_tasks))
+
+    def _holding(self) -> int:
+        """Ready children that hold a job (running or queued), spent ones included."""
+        return sum(1 for c in self.children.values()
+                   if c.state is ChildState.READY and (c.current is not None or c.queued))
 
     def _storm_delay(self) -> float:
         over = self._early_deaths + self._unstarted_deaths - STORM_FREE
@@ -302,6 +313,9 @@ class PreforkPool(Pool):
             return None
         fair = self.optimization == "fair"
         depth, max_tasks = self.depth, self.max_tasks
+        # With recycling, a spent child's successor may be ready while it still runs its
+        # last job: an idle child takes work only while fewer than ``target`` hold some.
+        idle_ok = not max_tasks or self._holding() < self.target
         best: Child | None = None
         best_load = 1 << 30
         for child in self.children.values():
@@ -312,7 +326,9 @@ class PreforkPool(Pool):
             waiting = len(child.queued)
             load = waiting + (child.current is not None)
             if load == 0:
-                return child
+                if idle_ok:
+                    return child
+                continue
             if fair or waiting >= depth:
                 continue
             if load < best_load:
@@ -336,6 +352,8 @@ class PreforkPool(Pool):
         child.taken += 1
         child.pending.append(seq, frame)
         self._flush(child)
+        if self.max_tasks and child.taken >= self.max_tasks:
+            self._maintain()  # spent: fork its successor now, while it runs what it holds
 
     def withdraw(self, jobs: Collection[Job]) -> None:
         # A cancel frame after the jobs: the child reads ahead before each job it starts and
@@ -817,7 +835,9 @@ class PreforkPool(Pool):
             return
         self.target -= n
         self.concurrency = self.target
-        active = [c for c in self.children.values() if not c.retiring]
+        max_tasks = self.max_tasks
+        active = [c for c in self.children.values()
+                  if not c.retiring and not (max_tasks and c.taken >= max_tasks)]
         active.sort(key=lambda c: (c.ready, c.load()))
         given: list[Job] = []
         for child in active[:max(0, len(active) - self.target)]:

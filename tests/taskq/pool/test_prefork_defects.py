@@ -76,7 +76,8 @@ def test_withdrawn_jobs_give_their_max_tasks_slot_back(harness, tmp_path):
     running = h.submit("wait_for_file", str(gate))
     h.running_child(running)
     queued = [h.submit("sleep", 0) for _ in range(2)]
-    [child] = h.pool.children.values()
+    # Given its third job, the child is spent: its successor is forked already.
+    [child] = [c for c in h.pool.children.values() if c.taken]
     assert [job for _, job in child.queued] == queued
     h.pool.withdraw(queued)
     gate.touch()
@@ -85,6 +86,27 @@ def test_withdrawn_jobs_give_their_max_tasks_slot_back(harness, tmp_path):
     h.run_until(lambda: len(h.done) == 6)
     assert {j for j, _ in h.done} == {running, *queued, *more}
     assert not h.lost
+
+
+def test_a_spent_childs_successor_is_forked_ahead_and_waits_for_its_slot(harness, tmp_path):
+    """Given -c 1 --max-tasks-per-child 1, when the child is given its job, its successor is
+    forked at once and gets ready while that job runs; it takes the next job only once the
+    first is done: never two jobs at once at -c 1."""
+    h = harness(concurrency=1, worker_max_tasks_per_child=1)
+    gate = tmp_path / "gate"
+    first = h.submit("wait_for_file", str(gate))
+    h.running_child(first)
+    h.run_until(lambda: len(h.pool.children) == 2 and all(
+        c.ready for c in h.pool.children.values()))
+    second = h.submit("sleep", 0)
+    assert not h.pool.can_accept(), "the successor waits while the spent child runs"
+    assert second.pid is None and h.backlog == [second]
+    gate.touch()
+    h.run_until(lambda: len(h.done) == 2)
+    assert [j for j, _ in h.done] == [first, second]
+    assert all(r.state == states.SUCCESS for _, r in h.done)
+    assert second.pid is not None and second.pid != first.pid
+    assert h.pool.stats["spawned"] >= 3 and not h.lost
 
 
 # -- #4 ---------------------------------------------------------------------------------------
