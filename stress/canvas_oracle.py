@@ -13,9 +13,10 @@ says), nor any other run of it for good. Against the table, for every task of ev
   an end (no group member, chain step or chord body is lost), except where the table lets a
   task be lost (early ack, the main process killed);
 - **once**: it runs again only where the table allows a re-run of its own, or because a task
-  in ``resent_by`` succeeded more than once (and sent it again), or had its child killed
-  after it succeeded (the worker then sends what follows on the child's behalf: what the
-  child sent but had not reported goes out twice, docs/design.md). A chord's body is sent by
+  in ``resent_by`` succeeded more than once (and sent it again), or, under ``acks_late``,
+  had its child killed after it succeeded (the worker then sends what follows on the child's
+  behalf: what the child sent but had not reported goes out twice, and under early acks the
+  second copy is dropped by its run-once key, docs/design.md). A chord's body is sent by
   the part that completes the count, never because a part ran again: under early acks it runs
   exactly once, under ``acks_late`` at least once;
 - **outcome**: the tasks the worker sent end as their kind expects (the tasks the publisher
@@ -148,13 +149,16 @@ def _judge_node(book: Book, node: dict[str, Any], shape: str, ev: Evidence,
         problems.append(f"{what} was owed (every task before it succeeded) and "
                         + ("never started" if not h.starts else
                            f"started {len(h.starts)} time(s) and never ended"))
+    # A predecessor whose child died right after it succeeded: the worker sends what
+    # follows on its behalf, and what the child had sent but not yet reported goes out
+    # twice. Under early acks the second copy is dropped (its run-once key is taken,
+    # docs/design.md); under acks_late it may run: at least once.
+    late = ev.cell["acks"] != "early"
     resends = 0 if len(h.starts) < 2 else sum(
         max(0, len(_successes(_history(book, p))) - 1)
-        + _killed_after_success(book, p, ev.faults) for p in node["resent_by"])
-    if len(h.starts) >= 2 and ev.cell["acks"] != "early" and node["role"].endswith("body"):
-        # a part whose child died right after it succeeded: the worker sends the body on its
-        # behalf, and a body the child had sent but not yet reported goes out twice
-        # (docs/design.md: at least once under acks_late)
+        + (_killed_after_success(book, p, ev.faults) if late else 0)
+        for p in node["resent_by"])
+    if len(h.starts) >= 2 and late and node["role"].endswith("body"):
         resends += sum(_killed_after_success(book, p, ev.faults) for p in node["after"])
     for index, (previous, nxt) in enumerate(zip(h.starts, h.starts[1:], strict=False), 1):
         counts["duplicates"] += 1

@@ -179,16 +179,18 @@ def test_a_chain_step_may_run_twice_when_the_step_before_lost_its_child_after_it
         ) -> None:
     """The worker sends what follows a task whose child died after it stored its outcome;
     what the child had sent but not reported goes out twice (canvas suite, sqlite seed 5,
-    early acks: step 2 ran again 2 ms after its first run's child was killed)."""
+    early acks: step 2 ran again 2 ms after its first run's child was killed). Under
+    acks_late the second copy may run; under early acks it must be dropped (run-once key)."""
     entries = _chain({"s1": (2.0, 2.1), "s2": (2.2, 2.3), "s3": (2.4, 2.5)})
     twice = entries + _run("s2", 51, 2.35, 2.4)
-    assert not canvas(_evidence(twice)).passed
+    assert not canvas(_evidence(twice, acks="late")).passed
     # s1 ran in pid 20; killed after it finished and before pid 20 started anything else
-    assert canvas(_evidence(twice, faults=[_kill(2.12, 20)])).passed
+    assert canvas(_evidence(twice, faults=[_kill(2.12, 20)], acks="late")).passed
+    assert not canvas(_evidence(twice, faults=[_kill(2.12, 20)], acks="early")).passed
     # killed while it ran s1, or much later while it ran something else: no such cause
-    assert not canvas(_evidence(twice, faults=[_kill(2.05, 20)])).passed
+    assert not canvas(_evidence(twice, faults=[_kill(2.05, 20)], acks="late")).passed
     assert not canvas(_evidence(twice + _run("other", 20, 2.5, 3.0),
-                                faults=[_kill(2.9, 20)])).passed
+                                faults=[_kill(2.9, 20)], acks="late")).passed
 
 
 def test_a_lost_chain_step_fails() -> None:
