@@ -180,9 +180,10 @@ def _claim_once(task: Task, msg: TaskMessage, key: str) -> bool:
         logger.warning("task %s[%s]: taking its run-once key failed (%s); running it",
                        task.name, msg.id, exc)
         return True
-    logger.warning("task %s[%s]: a second copy of a message sent as what follows task %s "
-                   "(its child died before it said it had sent it); the first copy ran: "
-                   "dropped", task.name, msg.id, msg.parent_id)
+    logger.warning("task %s[%s]: a second copy of a message task %s sent after it ended "
+                   "(sent again for a child that died, or a publish retried after a "
+                   "connection fault); the first copy ran: dropped", task.name, msg.id,
+                   msg.parent_id)
     return False
 
 
