@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from chaos.brokers import Broker, BrokerFault, DockerRedis, LocalRabbitMQ, LocalRedis
-from chaos.errors import BrokerError
+from chaos.errors import BrokerError, WaitTimeout
 from chaos.journal import Journal
 from chaos.targets import ProcessRef
 from chaos.waiting import wait_until
@@ -171,11 +171,20 @@ def test_local_rabbitmq_node_start_crash_pause_restart(tmp_path: Path) -> None:
         broker.crash()
         broker.start()
         with kombu.Connection(broker.url) as conn:
+            try:  # declared passively: a lost queue is told apart from a lost message
+                queue(conn.default_channel).declare(passive=True)
+            except conn.channel_errors as exc:
+                pytest.fail(f"the durable queue did not survive the crash: {exc}"
+                            f"{_rabbitmq_log_tail(broker.directory)}")
             inbox = conn.SimpleQueue(queue)
             # A restarted node recovers its durable queues' messages after it accepts
             # connections; on a loaded machine that can take well over 10 s.
-            message = wait_until(lambda: inbox.get_nowait(), 240, what="the durable message",
-                                 interval=0.2, max_interval=1.0, ignore=(inbox.Empty,))
+            try:
+                message = wait_until(lambda: inbox.get_nowait(), 240,
+                                     what="the durable message", interval=0.2,
+                                     max_interval=1.0, ignore=(inbox.Empty,))
+            except WaitTimeout as exc:
+                pytest.fail(f"{exc}{_rabbitmq_log_tail(broker.directory)}")
             assert message.payload == {"n": 1}, "a confirmed persistent message survives SIGKILL"
             message.ack()
         broker.pause()
@@ -187,6 +196,15 @@ def test_local_rabbitmq_node_start_crash_pause_restart(tmp_path: Path) -> None:
         directory = broker.directory
     assert pid is not None and not os.path.exists(f"/proc/{pid}")
     assert not directory.exists()
+
+
+def _rabbitmq_log_tail(directory: Path, lines: int = 40) -> str:
+    """The last lines of a local node's log files, for a failure message."""
+    out = []
+    for log in sorted((directory / "log").glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"\n--- {log.name} ---\n" + "\n".join(tail))
+    return "".join(out)
 
 
 @pytest.mark.docker
