@@ -172,7 +172,7 @@ def test_local_rabbitmq_node_start_crash_pause_restart(tmp_path: Path) -> None:
         broker.start()
         with kombu.Connection(broker.url) as conn:
             try:  # declared passively: a lost queue is told apart from a lost message
-                queue(conn.default_channel).declare(passive=True)
+                queue(conn.default_channel).queue_declare(passive=True)
             except conn.channel_errors as exc:
                 pytest.fail(f"the durable queue did not survive the crash: {exc}"
                             f"{_rabbitmq_log_tail(broker.directory)}")
