@@ -23,7 +23,10 @@ tasks still running included. Here (the scripts and the keys are in ``redis_lua`
   tells the channel's ``on_leases_lost`` (the worker drops what it has not started).
 - **reconnects.** A new channel ``adopt``s the leases of messages an old (lost) channel
   delivered and the application still runs, and ``release_orphans`` requeues the rest at
-  once (``lease.LeaseChannelMixin``).
+  once (``lease.LeaseChannelMixin``). A fetch whose reply was lost with its connection may
+  have leased messages nobody here received: the next fetch of this process on the same
+  Redis requeues those lease ids at once (their ids are known before the script runs), and
+  the fetch script run again with the same ids returns what it leased the first time.
 - **prompt restore.** Every consuming channel moves messages whose lease expired back to the
   head of their list every ``restore_interval`` (default ``min(lease / 6, 5 s)``), marked
   ``redelivered``: a dead worker's messages come back within ``lease + restore_interval``.
@@ -86,6 +89,12 @@ TRANSPORT = TRANSPORT_ALIAS
 logger = logging.getLogger("taskq.transports.redis")
 
 _CHUNK = 1000  # lease ids per script call: bounds the time Redis spends in one script
+
+# Leases a fetch may have taken whose reply was lost with its connection: nobody here got
+# those messages, so the next channel of this process on the same Redis and keys requeues
+# them at once (otherwise they would sit unseen until their leases ran out). Keyed by
+# server and leases key; the ids are the batch's prefix and 1..limit (``redis_lua.FETCH``).
+_UNCERTAIN: dict[str, list[str]] = {}
 _RESTORE_ROUNDS = 10  # restore batches per maintenance pass at most
 
 
@@ -273,10 +282,17 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
             modes = ("L" if leased else "N") * len(lists)
         self._batches += 1
         prefix = f"{self.consumer_id}:{self._batches:010d}:"
-        with self.connection.taking_acks(_CHUNK) as acks:
-            flat = self._run("FETCH", [self.leases_key, self.leased_key, *lists],
-                             [limit, self.lease.lease_ms, prefix, modes,
-                              *(lease for _, lease in acks)])
+        self._release_uncertain()
+        try:
+            with self.connection.taking_acks(_CHUNK) as acks:
+                flat = self._run("FETCH", [self.leases_key, self.leased_key, *lists],
+                                 [limit, self.lease.lease_ms, prefix, modes,
+                                  *(lease for _, lease in acks)])
+        except (redis.RedisError, OSError):
+            if "L" in modes:  # the script may have run: its leases are ours to give back
+                _UNCERTAIN.setdefault(self._uncertain_key(), []).extend(
+                    f"{prefix}{n:06d}" for n in range(1, limit + 1))
+            raise
         compat.refresh_queue_expiry(self, queues)
         fetched: list[tuple[str, str, dict[str, Any]]] = []
         unreadable: list[tuple[str, str]] = []
@@ -299,6 +315,28 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
         if unreadable:
             self._settle("ack", unreadable)
         return fetched
+
+    def _uncertain_key(self) -> str:
+        kwargs = self.client.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        return f"{where}/{kwargs.get('db', 0)}/{self.leases_key}"
+
+    def _release_uncertain(self) -> None:
+        """Requeue the leases an earlier fetch of this process may have taken before its
+        reply was lost (a lease that is not there is left alone)."""
+        if not _UNCERTAIN:
+            return
+        ids = _UNCERTAIN.pop(self._uncertain_key(), None)
+        if not ids:
+            return
+        try:
+            held = self._settle("requeue", [("", lease) for lease in ids])
+        except BaseException:
+            _UNCERTAIN.setdefault(self._uncertain_key(), []).extend(ids)
+            raise
+        if held:
+            logger.warning("requeued %d messages a fetch had leased when its reply was lost "
+                           "with the connection", held)
 
     def _tag_for(self, payload: dict[str, Any], lease: str) -> str:
         """The payload's delivery tag, made unique among the deliveries this channel holds."""

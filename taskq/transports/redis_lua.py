@@ -52,10 +52,16 @@ end
 
 #: Acks the leases ARGV[5..] (deferred acks ride along with the next fetch: one round trip),
 #: then pops up to ARGV[1] messages from the lists KEYS[3..], in that order, and leases each
-#: for ARGV[2] ms under the id ARGV[3] .. n; ARGV[4] has one letter per list, 'N' for a no-ack
-#: consumer's list (popped without a lease). KEYS[1] leases, KEYS[2] leased.
+#: for ARGV[2] ms under the id ARGV[3] .. n (n counts the leased ones); ARGV[4] has one
+#: letter per list, 'N' for a no-ack consumer's list (popped without a lease). KEYS[1]
+#: leases, KEYS[2] leased.
 #: Returns a flat array: how many of the acked leases were gone, then per message its list
 #: number (1-based), its lease id ('' without a lease) and the message.
+#:
+#: The same call twice (redis-py sends a command again on a new connection when the reply
+#: was lost with the old one) returns what the first call leased and pops nothing more: the
+#: first call's messages would otherwise sit unseen until their leases ran out, and a second
+#: pop would reuse their lease ids.
 FETCH = _NOW + """
 local gone = 0
 for i = 5, #ARGV do
@@ -64,7 +70,22 @@ for i = 5, #ARGV do
 end
 local limit = tonumber(ARGV[1])
 local deadline = now_ms() + tonumber(ARGV[2])
-local out, n = {gone}, 0
+local out, n, leases = {gone}, 0, 0
+if redis.call('HEXISTS', KEYS[2], ARGV[3] .. string.format('%06d', 1)) == 1 then
+  local lists = {}
+  for k = 3, #KEYS do lists[KEYS[k]] = k - 2 end
+  for m = 1, limit do
+    local id = ARGV[3] .. string.format('%06d', m)
+    local v = redis.call('HMGET', KEYS[2], id, id .. ':q')
+    if v[1] and v[2] and lists[v[2]] then
+      redis.call('ZADD', KEYS[1], 'XX', deadline, id)
+      out[#out + 1] = lists[v[2]]
+      out[#out + 1] = id
+      out[#out + 1] = v[1]
+    end
+  end
+  return out
+end
 for k = 3, #KEYS do
   if n >= limit then break end
   local items = redis.call('RPOP', KEYS[k], limit - n)
@@ -74,7 +95,8 @@ for k = 3, #KEYS do
       n = n + 1
       local id = ''
       if leased then
-        id = ARGV[3] .. string.format('%06d', n)
+        leases = leases + 1  -- numbered apart from no-ack messages: the first is always 1
+        id = ARGV[3] .. string.format('%06d', leases)
         redis.call('ZADD', KEYS[1], deadline, id)
         redis.call('HSET', KEYS[2], id, item, id .. ':q', KEYS[k])
       end
