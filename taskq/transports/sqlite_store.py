@@ -178,9 +178,13 @@ class Store:
                       "exist and are writable by this user, or set TASKQ_EMBEDDED_DIR (or "
                       "broker_url) to a writable place")
         elif "disk" in text or "full" in text:
-            advice = "the disk refused a write: free some space and start again"
+            advice = ("the disk refused a read or a write: check that it is not full or "
+                      "failing, then start again")
         else:
             advice = "check the file, or point broker_url at another broker"
+        code = getattr(exc, "sqlite_errorname", None)  # e.g. SQLITE_IOERR_SHMSIZE
+        if code:
+            text = f"{text} ({code})"
         return BrokerDatabaseError(f"{where}: {text}; {advice}")
 
     def _open(self) -> sqlite3.Connection:

@@ -578,6 +578,7 @@ def test_a_corrupted_file_is_named_with_what_to_do(url: str, db_path: Path) -> N
         conn.connect()
     text = str(raised.value)
     assert str(db_path) in text and "move the file aside" in text
+    assert "(SQLITE_NOTADB)" in text, "SQLite's own error name, for a report"
 
 
 def test_an_unwritable_location_is_named_with_what_to_do() -> None:
