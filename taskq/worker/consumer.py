@@ -599,6 +599,27 @@ class BrokerConsumer:
                     raise
                 self.on_connection_error(exc)
 
+    def hold_back(self, count: int, seconds: float) -> None:
+        """Take ``count`` less prefetch for ``seconds``: messages this worker just gave back
+        because it cannot start them now go to an idle consumer first, instead of straight
+        back to this one (its own fetch after a reconnect would usually win the race)."""
+        qos = self.qos
+        if qos is None or count <= 0:
+            return
+        before = qos.value
+        qos.decrement_eventually(count)
+        taken = before - qos.value  # kombu never goes below 1 (0 would mean unlimited)
+        if not taken:
+            return
+        self._update_qos()
+        generation = self.generation
+
+        def give_back() -> None:
+            if self.qos is qos and self.generation == generation:
+                qos.increment_eventually(taken)  # applied by the next tick's _update_qos
+
+        self.loop.hub.call_later(seconds, give_back)
+
     def increment_prefetch(self) -> None:
         if self.qos is not None:
             self.qos.increment_eventually()

@@ -49,6 +49,9 @@ UNCLAIMED_STATES = frozenset({states.PENDING, states.RECEIVED, states.RETRY, sta
 # With more calls than this waiting on the result-backend lane, a revoke's reply is not held
 # back until its REVOKED states are stored.
 REVOKE_REPLY_BACKLOG = 100
+# Seconds a worker takes that much less prefetch after it gave back reserved messages it
+# could not start (a reconnect): other consumers, idle ones, take them first.
+ORPHAN_HOLD_BACK = 1.0
 
 logger = logging.getLogger("taskq.worker")
 
@@ -344,6 +347,10 @@ class Worker:
         if self._orphans and self.consumer.connected:
             orphans, self._orphans = self._orphans, []
             self.consumer.release_orphans(orphans)
+            # What the pool cannot start now would come straight back here (this worker's
+            # fetch after the reconnect races every other consumer's): leave it to them.
+            free = max(0, self.pool.size() - len(self.dispatched) - len(self.ready))
+            self.consumer.hold_back(len(orphans) - free, ORPHAN_HOLD_BACK)
 
     def on_leases_lost(self, tags: list[str]) -> None:
         """The broker took these deliveries back (their lease ran out; another worker may
