@@ -195,6 +195,7 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
         self._peek_single = False
         self._scripts_client: redis.Redis | None = None
         self._renew_due = self.clock() + self.lease.renew_interval
+        self._uncertain_at: str | None = None  # _uncertain_key(), kept for after a close
         self._restore_due = 0.0  # at the first chance: a dead predecessor's leases
         self._maintenance_failing = False
         self._redis_errors = tuple(self.connection.channel_errors)
@@ -282,6 +283,7 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
             modes = ("L" if leased else "N") * len(lists)
         self._batches += 1
         prefix = f"{self.consumer_id}:{self._batches:010d}:"
+        self._uncertain_at = self._uncertain_key()
         self._release_uncertain()
         try:
             with self.connection.taking_acks(_CHUNK) as acks:
@@ -290,7 +292,7 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
                                   *(lease for _, lease in acks)])
         except (redis.RedisError, OSError):
             if "L" in modes:  # the script may have run: its leases are ours to give back
-                _UNCERTAIN.setdefault(self._uncertain_key(), []).extend(
+                _UNCERTAIN.setdefault(self._uncertain_at, []).extend(
                     f"{prefix}{n:06d}" for n in range(1, limit + 1))
             raise
         compat.refresh_queue_expiry(self, queues)
@@ -326,13 +328,13 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
         reply was lost (a lease that is not there is left alone)."""
         if not _UNCERTAIN:
             return
-        ids = _UNCERTAIN.pop(self._uncertain_key(), None)
+        ids = _UNCERTAIN.pop(self._uncertain_at or self._uncertain_key(), None)
         if not ids:
             return
         try:
             held = self._settle("requeue", [("", lease) for lease in ids])
         except BaseException:
-            _UNCERTAIN.setdefault(self._uncertain_key(), []).extend(ids)
+            _UNCERTAIN.setdefault(self._uncertain_at or self._uncertain_key(), []).extend(ids)
             raise
         if held:
             logger.warning("requeued %d messages a fetch had leased when its reply was lost "
@@ -444,11 +446,19 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
         """End the leases of ``held`` [(delivery tag, lease id)]; returns how many were ours."""
         if self.connection is None:
             # Closed meanwhile (a consumer's callback closed its connection while a fetched
-            # batch was being delivered): no client is left to settle with. The leases end
-            # on their own and their messages go back to their queues, as for a lost
-            # connection; raising here would take the worker's loop down instead.
-            logger.info("%d deliveries go back to their queues after their lease: the "
-                        "connection was closed before they were settled (%s)", len(held), mode)
+            # batch was being delivered): no client is left to settle with; raising here
+            # would take the worker's loop down. Messages to requeue (never delivered) are
+            # left to the next fetch of this process on the same Redis, which requeues them
+            # at once; the rest end with their leases, as for a lost connection.
+            if mode == "requeue" and self._uncertain_at is not None:
+                _UNCERTAIN.setdefault(self._uncertain_at, []).extend(
+                    lease for _, lease in held)
+                logger.info("%d deliveries go back to their queues with the next fetch: the "
+                            "connection was closed before they were requeued", len(held))
+            else:
+                logger.info("%d deliveries go back to their queues after their lease: the "
+                            "connection was closed before they were settled (%s)", len(held),
+                            mode)
             return 0
         done = 0
         for start in range(0, len(held), _CHUNK):

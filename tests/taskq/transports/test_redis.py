@@ -648,3 +648,37 @@ def test_a_connection_dropped_by_a_consumer_mid_batch_leaves_the_rest_to_their_l
     again = consume(conn, [queue])
     assert drain_until([conn], lambda: len(again.messages) == 5, timeout=30)
     assert sorted(again.bodies) == [0, 1, 2, 3, 4]
+
+
+def test_the_rest_of_a_batch_a_consumer_dropped_comes_back_with_the_next_fetch(
+        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
+    """As above, with a lease far longer than the test: the four messages of the batch that
+    were never delivered come back as soon as this process fetches through its next
+    connection (canvas suite, Redis seed 3: one such message sat leased for a whole lease
+    and the cell deadlocked); the one delivered to the dropped consumer keeps its lease."""
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, list(range(5)))
+    dropping = connect(lease_timeout=60)
+    seen: list[Any] = []
+
+    def drop_on_first(body: Any, message: Any) -> None:
+        seen.append(body)
+        dropping.collect()
+
+    Consumer(dropping, [queue], callbacks=[drop_on_first], accept=["json"],
+             prefetch_count=5).consume()
+    hub = Hub()
+    dropping.register_with_event_loop(hub)
+    try:
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            hub.run_once()
+    finally:
+        hub.close()
+    assert seen == [0] and lease_count(redis_client, prefix) == 5
+
+    conn = connect(lease_timeout=60)
+    again = consume(conn, [queue])
+    assert drain_until([conn], lambda: len(again.messages) == 4, timeout=10)
+    assert sorted(again.bodies) == [1, 2, 3, 4]
+    assert lease_count(redis_client, prefix) == 5  # 4 leased again here, 0 still leased
