@@ -615,50 +615,10 @@ def test_collecting_a_lost_connection_sends_nothing_and_drops_the_deferred_acks(
 
 
 
-def test_a_connection_dropped_by_a_consumer_mid_batch_leaves_the_rest_to_their_leases(
-        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
-    """On an event loop, as the worker consumes: the worker drops a connection it found lost
-    from inside a message callback, while the rest of the fetched batch waits to be
-    delivered. Those were then settled on the closed channel and the loop died of an
-    AttributeError (canvas suite, Redis). Now they are not delivered and their leases bring
-    all five back to another consumer."""
-    queue = make_queue(unique)
-    publish(connect(stock=True), queue, list(range(5)))
-    dropping = connect(lease_timeout=1)
-    seen: list[Any] = []
-
-    def drop_on_first(body: Any, message: Any) -> None:
-        seen.append(body)
-        dropping.collect()  # what the worker's consumer does with a lost connection
-
-    Consumer(dropping, [queue], callbacks=[drop_on_first], accept=["json"],
-             prefetch_count=5).consume()
-    hub = Hub()
-    dropping.register_with_event_loop(hub)
-    try:
-        deadline = time.monotonic() + 10
-        while not seen and time.monotonic() < deadline:
-            hub.run_once()
-    finally:
-        hub.close()
-    assert seen == [0]
-    assert redis_client.llen(prefix + unique) == 0 and lease_count(redis_client, prefix) == 5
-
-    conn = connect(restore_interval=0.1)
-    again = consume(conn, [queue])
-    assert drain_until([conn], lambda: len(again.messages) == 5, timeout=30)
-    assert sorted(again.bodies) == [0, 1, 2, 3, 4]
-
-
-def test_the_rest_of_a_batch_a_consumer_dropped_comes_back_with_the_next_fetch(
-        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
-    """As above, with a lease far longer than the test: the four messages of the batch that
-    were never delivered come back as soon as this process fetches through its next
-    connection (canvas suite, Redis seed 3: one such message sat leased for a whole lease
-    and the cell deadlocked); the one delivered to the dropped consumer keeps its lease."""
-    queue = make_queue(unique)
-    publish(connect(stock=True), queue, list(range(5)))
-    dropping = connect(lease_timeout=60)
+def _drop_on_first_delivery(dropping: Connection, queue: Queue) -> list[Any]:
+    """Consume a batch of 5 on an event loop, as the worker does, and drop the connection
+    from inside the first message's callback (what the worker's consumer does with a
+    connection it found lost); returns the bodies delivered."""
     seen: list[Any] = []
 
     def drop_on_first(body: Any, message: Any) -> None:
@@ -675,7 +635,37 @@ def test_the_rest_of_a_batch_a_consumer_dropped_comes_back_with_the_next_fetch(
             hub.run_once()
     finally:
         hub.close()
-    assert seen == [0] and lease_count(redis_client, prefix) == 5
+    return seen
+
+
+def test_a_connection_dropped_by_a_consumer_mid_batch_leaves_the_rest_to_their_leases(
+        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
+    """On an event loop, as the worker consumes: the worker drops a connection it found lost
+    from inside a message callback, while the rest of the fetched batch waits to be
+    delivered. Those were then settled on the closed channel and the loop died of an
+    AttributeError (canvas suite, Redis). Now they are not delivered and their leases bring
+    all five back to another consumer."""
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, list(range(5)))
+    assert _drop_on_first_delivery(connect(lease_timeout=1), queue) == [0]
+    assert redis_client.llen(prefix + unique) == 0 and lease_count(redis_client, prefix) == 5
+
+    conn = connect(restore_interval=0.1)
+    again = consume(conn, [queue])
+    assert drain_until([conn], lambda: len(again.messages) == 5, timeout=30)
+    assert sorted(again.bodies) == [0, 1, 2, 3, 4]
+
+
+def test_the_rest_of_a_batch_a_consumer_dropped_comes_back_with_the_next_fetch(
+        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
+    """As above, with a lease far longer than the test: the four messages of the batch that
+    were never delivered come back as soon as this process fetches through its next
+    connection (canvas suite, Redis seed 3: one such message sat leased for a whole lease
+    and the cell deadlocked); the one delivered to the dropped consumer keeps its lease."""
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, list(range(5)))
+    assert _drop_on_first_delivery(connect(lease_timeout=60), queue) == [0]
+    assert lease_count(redis_client, prefix) == 5
 
     conn = connect(lease_timeout=60)
     again = consume(conn, [queue])
