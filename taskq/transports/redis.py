@@ -59,7 +59,7 @@ import contextlib
 import logging
 import select
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from queue import Empty
 from typing import Any
@@ -195,7 +195,7 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
         self._peek_single = False
         self._scripts_client: redis.Redis | None = None
         self._renew_due = self.clock() + self.lease.renew_interval
-        self._uncertain_at: str | None = None  # _uncertain_key(), kept for after a close
+        self._uncertain_at: str | None = None  # _uncertain_key(), once known
         self._restore_due = 0.0  # at the first chance: a dead predecessor's leases
         self._maintenance_failing = False
         self._redis_errors = tuple(self.connection.channel_errors)
@@ -283,7 +283,6 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
             modes = ("L" if leased else "N") * len(lists)
         self._batches += 1
         prefix = f"{self.consumer_id}:{self._batches:010d}:"
-        self._uncertain_at = self._uncertain_key()
         self._release_uncertain()
         try:
             with self.connection.taking_acks(_CHUNK) as acks:
@@ -292,8 +291,7 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
                                   *(lease for _, lease in acks)])
         except (redis.RedisError, OSError):
             if "L" in modes:  # the script may have run: its leases are ours to give back
-                _UNCERTAIN.setdefault(self._uncertain_at, []).extend(
-                    f"{prefix}{n:06d}" for n in range(1, limit + 1))
+                self._leave_uncertain(f"{prefix}{n:06d}" for n in range(1, limit + 1))
             raise
         compat.refresh_queue_expiry(self, queues)
         fetched: list[tuple[str, str, dict[str, Any]]] = []
@@ -319,22 +317,30 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
         return fetched
 
     def _uncertain_key(self) -> str:
-        kwargs = self.client.connection_pool.connection_kwargs
-        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
-        return f"{where}/{kwargs.get('db', 0)}/{self.leases_key}"
+        """This channel's key in ``_UNCERTAIN``: its server and leases key (read once)."""
+        if self._uncertain_at is None:
+            kwargs = self.client.connection_pool.connection_kwargs
+            where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+            self._uncertain_at = f"{where}/{kwargs.get('db', 0)}/{self.leases_key}"
+        return self._uncertain_at
+
+    def _leave_uncertain(self, ids: Iterable[str]) -> None:
+        """Leave these lease ids to the next fetch of this process on the same Redis."""
+        _UNCERTAIN.setdefault(self._uncertain_key(), []).extend(ids)
 
     def _release_uncertain(self) -> None:
         """Requeue the leases an earlier fetch of this process may have taken before its
         reply was lost (a lease that is not there is left alone)."""
+        key = self._uncertain_key()  # kept from the first fetch on, for after a close
         if not _UNCERTAIN:
             return
-        ids = _UNCERTAIN.pop(self._uncertain_at or self._uncertain_key(), None)
+        ids = _UNCERTAIN.pop(key, None)
         if not ids:
             return
         try:
             held = self._settle("requeue", [("", lease) for lease in ids])
         except BaseException:
-            _UNCERTAIN.setdefault(self._uncertain_at or self._uncertain_key(), []).extend(ids)
+            self._leave_uncertain(ids)
             raise
         if held:
             logger.warning("requeued %d messages a fetch had leased when its reply was lost "
@@ -450,9 +456,8 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
             # would take the worker's loop down. Messages to requeue (never delivered) are
             # left to the next fetch of this process on the same Redis, which requeues them
             # at once; the rest end with their leases, as for a lost connection.
-            if mode == "requeue" and self._uncertain_at is not None:
-                _UNCERTAIN.setdefault(self._uncertain_at, []).extend(
-                    lease for _, lease in held)
+            if mode == "requeue" and self._uncertain_at is not None:  # it has fetched
+                self._leave_uncertain(lease for _, lease in held)
                 logger.info("%d deliveries go back to their queues with the next fetch: the "
                             "connection was closed before they were requeued", len(held))
             else:
