@@ -181,11 +181,14 @@ class PreforkPool(Pool):
         self._started = True
         self._maintain()
 
+    def _spent(self, child: Child) -> bool:
+        """Given its last job under ``max_tasks_per_child``: it leaves after what it holds."""
+        max_tasks = self.max_tasks
+        return max_tasks is not None and 0 < max_tasks <= child.taken
+
     def _active(self) -> int:
         """Children that will take more jobs: not retiring, not spent."""
-        max_tasks = self.max_tasks
-        return sum(1 for c in self.children.values()
-                   if not c.retiring and not (max_tasks and c.taken >= max_tasks))
+        return sum(1 for c in self.children.values() if not c.retiring and not self._spent(c))
 
     def _holding(self) -> int:
         """Ready children that hold a job (running or queued), spent ones included."""
@@ -321,7 +324,7 @@ class PreforkPool(Pool):
         for child in self.children.values():
             if child.state is not ChildState.READY:
                 continue
-            if max_tasks and child.taken >= max_tasks:
+            if max_tasks and child.taken >= max_tasks:  # spent (inline: the hot path)
                 continue  # it leaves after the jobs it has: what we give it would come back
             waiting = len(child.queued)
             load = waiting + (child.current is not None)
@@ -352,7 +355,7 @@ class PreforkPool(Pool):
         child.taken += 1
         child.pending.append(seq, frame)
         self._flush(child)
-        if self.max_tasks and child.taken >= self.max_tasks:
+        if self._spent(child):
             self._maintain()  # spent: fork its successor now, while it runs what it holds
 
     def withdraw(self, jobs: Collection[Job]) -> None:
@@ -835,9 +838,7 @@ class PreforkPool(Pool):
             return
         self.target -= n
         self.concurrency = self.target
-        max_tasks = self.max_tasks
-        active = [c for c in self.children.values()
-                  if not c.retiring and not (max_tasks and c.taken >= max_tasks)]
+        active = [c for c in self.children.values() if not c.retiring and not self._spent(c)]
         active.sort(key=lambda c: (c.ready, c.load()))
         given: list[Job] = []
         for child in active[:max(0, len(active) - self.target)]:
