@@ -12,6 +12,9 @@ What the worker needs beyond kombu's channel API (``LeaseChannelMixin``):
 - ``adopt`` / ``release_orphans``: after a reconnect, the deliveries the old connection's
   channel held are still leased under their ids; the new channel renews (adopts) those whose
   tasks still run and requeues the rest at once, instead of leaving both to expire;
+- ``settle_leases`` / ``confirm_acks``: the new channel sends the acks the old one had not
+  sent, and finds out whether an early ack sent as the connection was lost was applied (the
+  task runs here) or its lease expired (the message is back in its queue);
 - ``flush_acks`` and ``renew_if_due``: a pool that runs tasks on the loop's thread (solo)
   settles at once and keeps its leases alive from another thread while a task runs.
 
@@ -207,7 +210,23 @@ class LeaseChannelMixin:
             if lease is not None:
                 message.channel.qos.leases.pop(message.delivery_tag, None)
                 held.append((message.delivery_tag, lease))
-        return self.qos._settle_held(requeue, held) if held else 0
+        return self.settle_leases(held, requeue=requeue)
+
+    def settle_leases(self, held: Sequence[tuple[str, Any]], *, requeue: bool = False) -> int:
+        """Ack (or requeue) these leases [(delivery tag, lease)], whichever channel of the
+        same broker took them (the deferred acks a lost connection did not send). Returns
+        how many were still held."""
+        return self.qos._settle_held(requeue, list(held)) if held else 0
+
+    def confirm_acks(self, held: Sequence[tuple[str, Any]]) -> list[bool]:
+        """Ack the leases ``held`` [(delivery tag, lease)] whose earlier ack failed with the
+        connection it was sent on (it may or may not have been applied). Returns per lease
+        whether it is acked now (by this call or by that earlier one); False when it expired
+        instead and its message went back to its queue. Here a lease this call finds gone
+        counts as expired: the embedded broker's acks are transactions that fail whole, with
+        no answer to lose. Redis, whose answer can be lost after a script ran, asks the
+        server which it was."""
+        return [bool(self.qos._settle_held(False, [pair])) for pair in held]
 
     def flush_acks(self) -> None:
         """Send the deferred acks now."""

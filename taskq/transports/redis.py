@@ -201,6 +201,7 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
         self._redis_errors = tuple(self.connection.channel_errors)
         self.leases_key = f"{self.global_keyprefix}taskq:leases"
         self.leased_key = f"{self.global_keyprefix}taskq:leased"
+        self.expired_key = f"{self.global_keyprefix}taskq:expired"
 
     # -- scripts --------------------------------------------------------------------------
     def _client_for_scripts(self) -> redis.Redis:
@@ -468,7 +469,7 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
         done = 0
         for start in range(0, len(held), _CHUNK):
             chunk = held[start:start + _CHUNK]
-            flags = self._run("SETTLE", [self.leases_key, self.leased_key],
+            flags = self._run("SETTLE", [self.leases_key, self.leased_key, self.expired_key],
                               [mode, *(lease for _, lease in chunk)])
             for (tag, lease), flag in zip(chunk, flags, strict=True):
                 if int(flag):
@@ -477,6 +478,14 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
                     logger.debug("%s of delivery %s dropped: its lease %s expired and the "
                                  "message went back to its queue", mode, tag, lease)
         return done
+
+    def confirm_acks(self, held: Sequence[tuple[str, str]]) -> list[bool]:
+        flags: list[bool] = []
+        for start in range(0, len(held), _CHUNK):
+            flags.extend(int(flag) != 2 for flag in self._run(
+                "SETTLE", [self.leases_key, self.leased_key, self.expired_key],
+                ["confirm", *(lease for _, lease in held[start:start + _CHUNK])]))
+        return flags
 
     def flush_acks(self) -> None:
         """Send the transport's deferred acks (see ``LeaseQoSBase.ack``)."""
@@ -515,8 +524,9 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
         """Move messages whose lease expired (anyone's) back to their queues."""
         restored = 0
         for _ in range(_RESTORE_ROUNDS):
-            moved = int(self._run("RESTORE", [self.leases_key, self.leased_key],
-                                  [self.lease.restore_batch]))
+            moved = int(self._run("RESTORE", [self.leases_key, self.leased_key,
+                                              self.expired_key],
+                                  [self.lease.restore_batch, redis_lua.EXPIRED_KEPT_MS]))
             restored += moved
             if moved < self.lease.restore_batch:
                 break
@@ -616,6 +626,12 @@ class Transport(kredis.Transport):
         except BaseException:
             self.pending_acks[:0] = acks
             raise
+
+    def take_pending_acks(self) -> list[tuple[str, str]]:
+        """The deferred acks not sent yet [(delivery tag, lease id)], no longer this
+        transport's to send (a lost connection's: the consumer carries them to the next)."""
+        acks, self.pending_acks = self.pending_acks, []
+        return acks
 
     def _collect(self, connection: Any) -> None:
         # kombu's Connection.collect (a lost connection, a fork): close without talking to

@@ -7,6 +7,9 @@ Keys, all under the connection's ``global_keyprefix`` P (callers pass full key n
     P taskq:leases                  sorted set: lease id -> deadline, in ms of the Redis clock
     P taskq:leased                  hash: lease id -> message as published,
                                           lease id .. ':q' -> the list the message came from
+    P taskq:expired                 sorted set: lease id -> when RESTORE put its message back
+                                    (kept ``EXPIRED_KEPT_MS``): how a consumer whose ack's
+                                    reply was lost tells "acked" from "expired" afterwards
 
 A lease id is ``<consumer id>:<batch, 10 digits>:<n, 6 digits>``: unique, so a stale ack or
 renewal can never touch a lease someone else took later, and ids with one deadline sort in
@@ -18,6 +21,11 @@ lease. Needs Redis >= 6.2 (RPOP with a count, ZADD GT, ZRANGE BYSCORE, BLMOVE).
 """
 
 from __future__ import annotations
+
+#: How long RESTORE remembers an expired lease's id: a consumer whose ack lost its reply and
+#: that reconnects later than this takes the ack as applied (the task runs there) even if the
+#: lease had expired (another consumer may run it too).
+EXPIRED_KEPT_MS = 3_600_000
 
 _NOW = """
 local function now_ms()
@@ -112,10 +120,14 @@ return out
 #: Ends the leases ARGV[2..]. 'ack' deletes the message; 'requeue' puts it back where it is
 #: consumed next, marked redelivered, keeping the order of the ids (as AMQP's requeue puts a
 #: message back in its place). A lease that is gone (it expired and was restored, maybe to
-#: someone else by now) is left alone. KEYS[1] leases, KEYS[2] leased.
-#: Returns 1 or 0 per id, in order: whether the lease was still held.
+#: someone else by now) is left alone. KEYS[1] leases, KEYS[2] leased, KEYS[3] expired.
+#: Returns 1 or 0 per id, in order: whether the lease was still held. 'confirm' acks as 'ack'
+#: does, for acks whose earlier sending lost its reply; for a lease that is gone it returns
+#: 0 when that earlier ack was applied and 2 when the lease expired instead (its message went
+#: back to its queue).
 SETTLE = _REDELIVERED + """
 local requeue = ARGV[1] == 'requeue'
+local confirm = ARGV[1] == 'confirm'
 local held = {}
 -- RPUSH the last id first, so that the first id ends up consumed first.
 for i = #ARGV, 2, -1 do
@@ -126,6 +138,7 @@ for i = #ARGV, 2, -1 do
     if v[1] and v[2] then redis.call('RPUSH', v[2], redelivered(v[1])) end
   end
   redis.call('HDEL', KEYS[2], id, id .. ':q')
+  if ok == 0 and confirm and redis.call('ZSCORE', KEYS[3], id) then ok = 2 end
   held[i - 1] = ok
 end
 return held
@@ -145,10 +158,12 @@ return lost
 """
 
 #: Moves up to ARGV[1] messages whose lease deadline has passed back to the head of their
-#: list (consumed next, in fetch order), marked redelivered. KEYS[1] leases, KEYS[2] leased.
+#: list (consumed next, in fetch order), marked redelivered, and remembers their lease ids
+#: for ARGV[2] ms (see SETTLE's 'confirm'). KEYS[1] leases, KEYS[2] leased, KEYS[3] expired.
 #: Returns how many it moved.
 RESTORE = _NOW + _REDELIVERED + """
-local ids = redis.call('ZRANGE', KEYS[1], '-inf', now_ms(), 'BYSCORE',
+local now = now_ms()
+local ids = redis.call('ZRANGE', KEYS[1], '-inf', now, 'BYSCORE',
                        'LIMIT', 0, tonumber(ARGV[1]))
 for i = #ids, 1, -1 do
   local id = ids[i]
@@ -156,6 +171,12 @@ for i = #ids, 1, -1 do
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id, id .. ':q')
   if v[1] and v[2] then redis.call('RPUSH', v[2], redelivered(v[1])) end
+  redis.call('ZADD', KEYS[3], now, id)
+end
+if #ids > 0 then
+  local kept = tonumber(ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - kept)
+  redis.call('PEXPIRE', KEYS[3], kept)
 end
 return #ids
 """

@@ -254,6 +254,12 @@ class Transport(virtual.Transport):
                 logger.debug("ack of delivery %s dropped: its lease expired and the message "
                              "went back to its queue", lease)
 
+    def take_pending_acks(self) -> list[tuple[str, int]]:
+        """The deferred acks not committed yet [(delivery tag, row id)], no longer this
+        transport's to send (a lost connection's: the consumer carries them to the next)."""
+        acks, self.pending_acks = self.pending_acks, []
+        return [(tag, row) for row, tag in acks]
+
     def defer_settle(self, requeue: bool, held: list[tuple[int, str]], exc: BrokerBusy
                      ) -> None:
         """A settle on the loop found the database locked: keep it for a later tick instead

@@ -103,10 +103,11 @@ class BrokerConsumer:
         self._consumer: KombuConsumer | None = None
         self._acks: AmqpAcks | None = None  # AMQP: acks deferred to the loop's tick
         # Lease transports: the acks and requeues asked for after a connection was lost, of
-        # requests that came on it, for the next connection to send (see _send_carried).
-        # (Its deferred acks still unsent at the cut are not carried: an early ack whose
-        # batch failed is among them, and its request is released, not run.)
+        # requests that came on it, for the next connection to send (see _send_carried),
+        # and the leases of the acks the lost connection had not sent (or sent without an
+        # answer: an early ack among them is also confirmed, see confirm_acks).
         self._late_settles: list[tuple[Message, bool]] = []  # (message, requeue)
+        self._carried_acks: list[Any] = []
         # The error types of the last connection's transport (see is_connection_error).
         self._error_types: tuple[type[BaseException], ...] = ()
         self.requeues_on_close = False
@@ -328,6 +329,14 @@ class BrokerConsumer:
                 self.on_connection_error(exc)
 
     def _teardown(self) -> None:
+        transport = compat.existing_transport(self.connection)
+        take = getattr(transport, "take_pending_acks", None)  # lease transports
+        if take is not None:
+            carried = take()
+            if carried:
+                logger.info("%d acks not sent (or not answered) before the connection was "
+                            "lost: the next connection sends them", len(carried))
+                self._carried_acks.extend(carried)
         unsent = self._unsent_acks()
         if unsent:
             # Never silently: for acks_late tasks (early acks are sent before their job
@@ -400,6 +409,11 @@ class BrokerConsumer:
             if request.generation != generation or self.connection is None:
                 continue
             if not request.message.acknowledged:  # queued by an earlier call: not twice
+                # Lease transports: until the broker answers, the ack's lease is the
+                # request's (a lost answer is settled by confirm_acks on the next connection).
+                lease = lease_of(request.message)
+                request.ack_lease = (None if lease is None
+                                     else (request.message.delivery_tag, lease))
                 try:
                     self._ack(request.message)
                 except Exception as exc:
@@ -448,12 +462,15 @@ class BrokerConsumer:
     # -- leases across reconnects (taskq's Redis and SQLite transports) ------------------------
     def _send_carried(self) -> None:
         """Settle through this connection the acks and requeues asked for after the
-        connection their requests came on was lost (kept for the next one if this fails)."""
+        connection their requests came on was lost, and the acks that connection had not
+        sent (kept for the next one if this fails)."""
         channel = self._lease_channel()
-        if channel is None or not self._late_settles:
+        if channel is None or not (self._late_settles or self._carried_acks):
             return
         late, self._late_settles = self._late_settles, []
+        acks, self._carried_acks = self._carried_acks, []
         try:
+            channel.settle_leases(acks)
             for requeue in (False, True):
                 messages = [m for m, r in late if r is requeue]
                 if messages:
@@ -462,6 +479,7 @@ class BrokerConsumer:
             if not self.is_connection_error(exc):
                 raise
             self._late_settles[:0] = late  # a settle of a settled lease is a no-op
+            self._carried_acks[:0] = acks
             self.on_connection_error(exc)
             return
         if late:
@@ -487,6 +505,26 @@ class BrokerConsumer:
         logger.info("took over the leases of %d tasks of the lost connection (%d were gone)",
                     len(requests) - len(lost), len(lost))
         return lost
+
+    def confirm_acks(self, requests: Sequence[Request]) -> list[Request]:
+        """Find out, through this connection, whether the early acks of ``requests`` (sent on
+        a connection lost before the broker answered) were applied; ack those not applied
+        yet. Returns the requests now acked (``acknowledged``, of this connection's
+        generation: they run here); the others' leases expired and their messages went back
+        to their queues. A connection error propagates (the reconnect fails)."""
+        channel = self._lease_channel()
+        if channel is None or not requests:
+            return []
+        doubtful = [r for r in requests if r.ack_lease is not None]
+        flags = channel.confirm_acks([r.ack_lease for r in doubtful if r.ack_lease is not None])
+        acked = [r for r, flag in zip(doubtful, flags, strict=True) if flag]
+        for request in acked:
+            request.acknowledged = True
+            request.generation = self.generation
+        logger.info("confirmed the early acks of %d tasks sent as the connection was lost "
+                    "(%d had expired and went back to their queues)", len(acked),
+                    len(requests) - len(acked))
+        return acked
 
     def release_orphans(self, requests: Sequence[Request]) -> None:
         """Give back now the messages of ``requests`` of lost connections that will not run

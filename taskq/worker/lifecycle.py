@@ -123,6 +123,12 @@ class RunHere(Action):
 
 
 @dataclass(frozen=True)
+class Confirm(Action):
+    """Keep it until the next connection finds out whether its early ack arrived
+    (``ack_confirmed``)."""
+
+
+@dataclass(frozen=True)
 class Withdraw(Action):
     """Ask the pool to give the unstarted job back (it comes back through ``unstarted``)."""
 
@@ -161,6 +167,8 @@ class Facts:
     acks_late: bool = False
     reject_on_worker_lost: bool = False
     acknowledged: bool = False        # its ack was sent (early acks: before dispatch)
+    ack_in_doubt: bool = False        # its early ack went out as the connection was lost,
+    #                                   unanswered (lease transports: the next one can tell)
     started: bool = False             # its child reported ``started``
     connection_current: bool = True   # it came on the connection the worker has now
     lease_lost: bool = False          # the broker took it back (lease ran out)
@@ -253,7 +261,11 @@ def unstarted(f: Facts) -> Decision:
 def connection_lost(f: Facts, phase: Phase) -> Decision:
     """The connection the request came on is gone. The broker delivers its unacked messages
     again (AMQP at once; lease transports when the lease runs out, or at once when the next
-    connection releases them), so none of those may start here."""
+    connection releases them), so none of those may start here. One whose early ack was
+    sent as the connection went (no answer came) may have been acked: neither given back nor
+    run until the next connection tells (``ack_confirmed``)."""
+    if f.ack_in_doubt and phase is Phase.RESERVED:
+        return Decision(Phase.RESERVED, (Confirm(),))
     if f.acknowledged or phase is Phase.STARTED:
         # Started: it finishes; its ack goes through the next connection if the lease is
         # taken over there (``reconnected``), else it may run twice (the table allows it).
@@ -261,6 +273,15 @@ def connection_lost(f: Facts, phase: Phase) -> Decision:
     if phase is Phase.DISPATCHED:
         return Decision(Phase.WITHDRAWN, (Withdraw(),), Rerun.WILL)
     return Decision(Phase.GIVEN_BACK, (Release(),), Rerun.WILL)
+
+
+def ack_confirmed(f: Facts, *, acked: bool) -> Decision:
+    """The next connection found out about an early ack in doubt (``connection_lost``):
+    acked (then or now), the task runs here; its lease had expired instead, so its message is
+    back in its queue for whoever takes it."""
+    if acked:
+        return Decision(Phase.RESERVED, (RunHere(),))
+    return Decision(Phase.DROPPED, (Drop(),), Rerun.WILL)
 
 
 def reconnected(f: Facts, *, lease_kept: bool) -> Decision:
@@ -315,6 +336,11 @@ def shutdown(f: Facts, phase: Phase, *, warm: bool) -> Decision:
     if phase in (Phase.HELD, Phase.RESERVED):
         if f.acknowledged:
             return Decision(Phase.REDELIVERED, (HandOn(),), Rerun.WILL)
+        if f.ack_in_doubt:  # no connection came back to tell
+            return Decision(Phase.LOST, (Warn(
+                "stopped before the broker could say whether its early ack arrived: if it "
+                "did, the task does not run (at most once); if not, it comes back after its "
+                "lease"),), Rerun.MAY)
         return Decision(Phase.GIVEN_BACK, (Reject(requeue=True),), Rerun.WILL)
     if warm:
         return Decision(phase)
@@ -339,6 +365,10 @@ POLICIES = ("early ack (default)", "`acks_late`", "`acks_late` + `reject_on_work
 TABLE: tuple[tuple[str, tuple[str, str, str]], ...] = (
     ("reserved, not given to the pool (any fault)",
      ("redelivered", "redelivered", "redelivered")),
+    ("reserved; its early ack was sent as the broker connection was lost, unanswered",
+     ("runs here if the ack arrived, else redelivered (Redis and the embedded broker are "
+      "asked on the next connection; RabbitMQ cannot be asked: redelivered)",
+      "(acked only after it runs)", "same")),
     ("given to the pool, not started; its child dies",
      ("runs on another child", "runs on another child", "runs on another child")),
     ("running; its child dies",

@@ -51,6 +51,9 @@ class Request:
     acknowledged: bool = False
     settled_reason: str | None = field(default=None)
     terminated: int | None = None  # the signal revoke(terminate=True) sent its child
+    # Lease transports: (delivery tag, lease) of its early ack once handed to the transport,
+    # until the broker answered (``Consumer.ack_now``; a lost answer: ``confirm_acks``).
+    ack_lease: tuple[str, Any] | None = None
 
     @property
     def id(self) -> str:

@@ -158,6 +158,9 @@ class Worker:
         self.consumer.on_leases_lost = self.on_leases_lost
         # Requests of lost connections whose leases the next connection gives back at once.
         self._orphans: list[Request] = []
+        # Reserved requests whose early ack got no answer before the connection was lost:
+        # the next connection tells whether they run here (lifecycle.ack_confirmed).
+        self._unconfirmed: list[Request] = []
         if self.pool.blocks_loop:
             # The solo pool runs tasks on the loop's thread: acks cannot wait for the loop's
             # next tick, and the leases are renewed from its thread while a task runs.
@@ -305,6 +308,10 @@ class Worker:
             # was acked): the broker will not deliver it again, so a copy goes back instead.
             self._carry_out(request, lifecycle.shutdown(self._facts(request),
                                                         lifecycle.Phase.RESERVED, warm=True))
+        unconfirmed, self._unconfirmed = self._unconfirmed, []
+        for request in unconfirmed:
+            self._carry_out(request, lifecycle.shutdown(self._facts(request),
+                                                        lifecycle.Phase.RESERVED, warm=True))
         self._release_orphans()
 
     def _tick(self) -> None:
@@ -332,11 +339,22 @@ class Worker:
         for request in held:
             self._carry_out(request, lifecycle.reconnected(
                 self._facts(request, jobs.get(id(request))), lease_kept=id(request) not in lost))
+        if self._unconfirmed:
+            unconfirmed, self._unconfirmed = self._unconfirmed, []
+            try:
+                acked = {id(r) for r in self.consumer.confirm_acks(unconfirmed)}
+            except BaseException:
+                self._unconfirmed[:0] = unconfirmed  # asked again on the next connection
+                raise
+            for request in reversed(unconfirmed):  # RunHere puts each at the front
+                self._carry_out(request, lifecycle.ack_confirmed(
+                    self._facts(request), acked=id(request) in acked))
         self._release_orphans()
 
     def _gave_back_orphan(self, request: Request) -> bool:
-        """True (and the request given back) when its connection is gone and it was not
-        acked: the new connection releases its message at once."""
+        """True (and the request given back, or kept aside until the next connection says
+        whether its early ack arrived) when its connection is gone and it was not acked:
+        the new connection releases its message at once."""
         facts = self._facts(request)
         if facts.connection_current or facts.acknowledged:
             return False
@@ -669,6 +687,7 @@ class Worker:
             acks_late=request.acks_late,
             reject_on_worker_lost=request.task.reject_on_worker_lost,
             acknowledged=request.acknowledged,
+            ack_in_doubt=not request.acknowledged and request.ack_lease is not None,
             started=job is not None and job.started_at is not None,
             connection_current=request.generation == self.consumer.generation,
             lease_lost=request.settled_reason is not None,
@@ -716,6 +735,8 @@ class Worker:
                     self._hand_on_acked(request)
                 case lifecycle.RunHere():
                     self.ready.appendleft(request)
+                case lifecycle.Confirm():
+                    self._unconfirmed.append(request)
                 case lifecycle.Withdraw():
                     assert job is not None
                     if withdrawn is None:

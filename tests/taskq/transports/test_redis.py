@@ -24,6 +24,7 @@ from kombu.asynchronous import Hub
 from chaos import FakeClock
 from taskq.errors import ConfigurationError
 from taskq.transports import redis as lease_redis
+from taskq.transports.lease import lease_of
 from taskq.transports.redis import TRANSPORT_ALIAS
 
 pytestmark = pytest.mark.redis
@@ -672,3 +673,29 @@ def test_the_rest_of_a_batch_a_consumer_dropped_comes_back_with_the_next_fetch(
     assert drain_until([conn], lambda: len(again.messages) == 4, timeout=10)
     assert sorted(again.bodies) == [1, 2, 3, 4]
     assert lease_count(redis_client, prefix) == 5  # 4 leased again here, 0 still leased
+
+
+def test_confirming_acks_tells_an_applied_ack_from_an_expired_lease(
+        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
+    """Three early acks whose replies were lost with a connection: the first reached Redis,
+    the second did not (its lease is still held), the third did not and its lease expired
+    (another consumer's restore put the message back). The next connection acks what is
+    still held and says which are acked: the first two, not the third, whose message is
+    back in its queue."""
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, ["applied", "held", "expired"])
+    lost = connect(lease_timeout=60)
+    messages = [lost.default_channel.basic_get(unique) for _ in range(3)]
+    leases = [(m.delivery_tag, lease_of(m)) for m in messages]
+    assert None not in dict(leases).values()
+    assert [m.payload for m in messages] == ["applied", "held", "expired"]
+    lost.default_channel.settle_leases(leases[:1])  # the ack whose reply was lost
+    redis_client.zadd(f"{prefix}taskq:leases", {leases[2][1]: 0})  # ran out, unrenewed
+    assert connect().default_channel.restore_expired() == 1
+
+    assert connect().default_channel.confirm_acks(leases) == [True, True, False]
+    assert lease_count(redis_client, prefix) == 0
+    conn = connect(lease_timeout=60)
+    inbox = consume(conn, [queue])
+    assert drain_until([conn], lambda: len(inbox.messages) == 1, timeout=10)
+    assert inbox.bodies == ["expired"]

@@ -31,6 +31,7 @@ from taskq.config import Config
 from taskq.errors import BrokerBusy, BrokerDatabaseError, ConfigurationError
 from taskq.publish import make_connection
 from taskq.transports import sqlite as sqlite_transport
+from taskq.transports.lease import lease_of
 
 Connect = Callable[..., Connection]
 ROOT = Path(__file__).resolve().parents[3]
@@ -725,3 +726,24 @@ def test_a_forked_child_opens_its_own_database_connection(connect: Connect) -> N
     inbox = consume(conn, [queue])
     assert drain_until([conn], lambda: len(inbox.messages) == 3, timeout=5)
     assert inbox.bodies == ["from the parent", "from the child", "parent again"]
+
+
+def test_confirming_acks_acks_held_leases_and_reports_expired_ones(
+        connect: Connect, db_path: Path) -> None:
+    """Two early acks a lost connection did not get through (the embedded broker's writes
+    fail whole): the next connection acks the one still leased and reports the other, whose
+    lease ran out meanwhile, as not acked (it is back in its queue)."""
+    queue = make_queue()
+    publish(connect(), queue, ["held", "expired"])
+    lost = connect(lease_timeout=30)
+    held, expired = queue(lost.default_channel).get(), queue(lost.default_channel).get()
+    assert held is not None and expired is not None
+    leases = [(m.delivery_tag, lease_of(m)) for m in (held, expired)]
+    db = sqlite3.connect(db_path)
+    with db:  # the second lease runs out, unrenewed
+        db.execute("UPDATE taskq_messages SET deadline = 0 WHERE id = ?", (leases[1][1],))
+    db.close()
+    conn = connect(lease_timeout=30, restore_interval=0.05)
+    assert conn.default_channel.connection.store.restore_expired() == 1
+    assert conn.default_channel.confirm_acks(leases) == [True, False]
+    assert rows(db_path, "lease IS NOT NULL") == 0 and rows(db_path) == 1

@@ -4,7 +4,10 @@ appmod_acks``), switched on by APPMOD_* variables of the worker:
 - ``APPMOD_KILL_MAIN_READING=<task name>``: a pool child that reads a job of that task
   SIGKILLs the worker's main process (its parent) before it starts the job, outlives it,
   and notes in ``APPMOD_LEDGER`` whether the broker still holds the job's message (a Redis
-  lease in ``APPMOD_LEASES_KEY``) now that nobody can ack it: ``held <task id> <count>``.
+  lease in ``APPMOD_LEASES_KEY``) now that nobody can ack it: ``held <task id> <count>``;
+- ``APPMOD_LOSE_ACK_REPLY=1``: the worker's first ack script on Redis runs, and then its
+  reply is lost with the connection (raised as the ConnectionError redis-py raises for it),
+  as when a cut lands between the script and its answer.
 """
 
 from __future__ import annotations
@@ -37,6 +40,27 @@ if _kill_reading:
         ipc.JobInbox.next = next  # type: ignore[method-assign]
 
     app.hooks.worker_process_init.append(_kill_main_reading)
+
+
+if os.environ.get("APPMOD_LOSE_ACK_REPLY"):
+    def _lose_first_ack_reply() -> None:
+        import redis
+
+        from taskq.transports import redis as transport
+
+        settle = transport.Channel._settle
+        lost: list[str] = []
+
+        def _settle(self: transport.Channel, mode: str, held: Any) -> int:
+            done = settle(self, mode, held)
+            if mode == "ack" and not lost:
+                lost.append(mode)
+                raise redis.ConnectionError("the ack's reply was lost (APPMOD_LOSE_ACK_REPLY)")
+            return done
+
+        transport.Channel._settle = _settle  # type: ignore[method-assign]
+
+    _lose_first_ack_reply()  # in the main process: it sends the acks
 
 
 def _kill_parent_and_look(task_id: str) -> None:

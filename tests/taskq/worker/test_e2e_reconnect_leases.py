@@ -87,13 +87,15 @@ def expire_leases(broker: Broker) -> int:
 
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
     leases, leased = f"{broker.name}:taskq:leases", f"{broker.name}:taskq:leased"
+    expired = f"{broker.name}:taskq:expired"
     try:
         ids = client.zrange(leases, 0, -1)
         if not ids:
             return 0
         with client.pipeline(transaction=True) as pipe:  # no renewal can come in between
             pipe.zadd(leases, dict.fromkeys(ids, 0))
-            pipe.eval(redis_lua.RESTORE, 2, leases, leased, 1000)
+            pipe.eval(redis_lua.RESTORE, 3, leases, leased, expired, 1000,
+                      redis_lua.EXPIRED_KEPT_MS)
             return int(pipe.execute()[1])
     finally:
         client.close()
@@ -191,6 +193,26 @@ def test_a_task_that_ends_while_the_broker_is_away_is_acked_by_the_next_connecti
                    "the lease of the task that ended while the broker was away to be settled")
         assert len(ledger.starts(task.id)) == 1
         w.stop()
+
+
+def test_an_early_ack_whose_reply_was_lost_runs_its_task_once_after_the_reconnect(
+        tmp_path: Path, brokers: list[Broker], worker: StartWorker, ledger: Ledger) -> None:
+    """Given a worker whose first early-ack script runs on Redis and loses its reply with the
+    connection (the ack applied, the worker not told: a cut between the two), when it
+    reconnects, then it learns that the ack arrived and runs the task, once. Before, it took
+    the ack for not sent and gave the message back, which Redis had already deleted: the task
+    was lost (canvas suite, Redis seed 4)."""
+    broker = lease_broker("redis", tmp_path, lease_timeout=CUT_LEASE, restore_interval=0.5)
+    brokers.append(broker)
+    w = worker(broker, pool="prefork", concurrency=1, app="appmod_acks",
+               env={"APPMOD_LOSE_ACK_REPLY": "1"})
+    client = broker.app()
+    task = client.send_task("appmod_acks.early", (str(ledger),))
+    assert task.get(timeout=CUT_LEASE / 2) == "ran"  # well before its lease could run out
+    w.wait_log(r"confirmed the early acks of 1 tasks", 10)
+    wait_until(lambda: messages_left(broker) == 0, 15, "no message or lease left")
+    assert client.send_task("appmod.add", (1, 1)).get(timeout=30) == 2
+    assert len(ledger.starts(task.id)) == 1
 
 
 # -- item 6: a lost lease is told to the worker -----------------------------------------------

@@ -17,6 +17,7 @@ from taskq.worker.lifecycle import (
     Ack,
     AckNow,
     Cause,
+    Confirm,
     Drop,
     Emit,
     Facts,
@@ -50,6 +51,31 @@ def test_reserved_request_of_a_lost_connection_goes_back_to_the_broker(
         policy: str, phase: Phase) -> None:
     decision = lc.connection_lost(facts_for(policy, connection_current=False), phase)
     assert decision.actions == (Release(),) and decision.rerun is Rerun.WILL
+
+
+# -- row: reserved; its early ack went out as the connection was lost, unanswered ---------------
+
+def test_a_reserved_request_whose_early_ack_got_no_answer_waits_for_the_next_connection(
+        ) -> None:
+    """The ack may have arrived: giving the message back would lose it (an acked lease is
+    gone), running it might run it twice. Neither until the next connection tells."""
+    facts = facts_for(EARLY, acknowledged=False, ack_in_doubt=True, connection_current=False)
+    decision = lc.connection_lost(facts, Phase.RESERVED)
+    assert decision.actions == (Confirm(),) and decision.phase is Phase.RESERVED
+
+
+def test_an_early_ack_found_arrived_runs_here_and_one_found_expired_is_dropped() -> None:
+    facts = facts_for(EARLY, acknowledged=False, ack_in_doubt=True, connection_current=False)
+    arrived = lc.ack_confirmed(facts, acked=True)
+    assert arrived.actions == (RunHere(),) and arrived.rerun is Rerun.NEVER
+    expired = lc.ack_confirmed(facts, acked=False)
+    assert expired.actions == (Drop(),) and expired.rerun is Rerun.WILL
+
+
+def test_a_worker_stopping_before_it_could_confirm_an_early_ack_says_so() -> None:
+    facts = facts_for(EARLY, acknowledged=False, ack_in_doubt=True, connection_current=False)
+    decision = lc.shutdown(facts, Phase.RESERVED, warm=True)
+    assert kinds(decision) == [Warn] and decision.rerun is Rerun.MAY
 
 
 @pytest.mark.parametrize("policy", POLICIES)
