@@ -24,12 +24,15 @@ __all__ = ["AmqpAcks"]
 class AmqpAcks:
     """The unsettled deliveries of one AMQP channel and the acks not sent yet."""
 
-    __slots__ = ("channel", "pending", "unsettled")
+    __slots__ = ("channel", "pending", "unsettled", "written")
 
     def __init__(self, channel: Any) -> None:
         self.channel = channel
         self.unsettled: dict[int, None] = {}  # delivery tags in delivery (= tag) order
         self.pending: set[int] = set()
+        # The tags the last flush wrote whole before it failed: RabbitMQ may have them (an
+        # AMQP ack has no answer), so their tasks count as acked (see Consumer.ack_now).
+        self.written: set[int] = set()
 
     def delivered(self, tag: int) -> None:
         self.unsettled[tag] = None
@@ -43,8 +46,10 @@ class AmqpAcks:
         self.pending.add(tag)
 
     def flush(self) -> int:
-        """Send the pending acks; returns how many frames that took."""
+        """Send the pending acks; returns how many frames that took. When a write fails,
+        ``written`` holds the tags of the frames written before it."""
         pending = self.pending
+        self.written = set()
         if not pending:
             return 0
         self.pending = set()
@@ -53,12 +58,14 @@ class AmqpAcks:
         frames = 0
         if len(head) > 1:
             self.channel.basic_ack(head[-1], multiple=True)
+            self.written.update(head)
             frames += 1
             for tag in head:
                 del unsettled[tag]
                 pending.discard(tag)
         for tag in sorted(pending):
             self.channel.basic_ack(tag)
+            self.written.add(tag)
             unsettled.pop(tag, None)
             frames += 1
         return frames

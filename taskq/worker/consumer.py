@@ -398,8 +398,9 @@ class BrokerConsumer:
         (bounded by the socket timeouts): the early acks of jobs about to go to the pool
         (DESIGN.md: for early ack a task counts as running from then on). Returns those whose
         ack was sent, now ``acknowledged``. The rest stay unacked: their connection is gone
-        (the broker delivers them again), or the broker was busy and the acks are still
-        queued (the loop's tick sends them; call again)."""
+        (the broker delivers them again; on Redis and SQLite an ack whose answer was lost is
+        settled by ``confirm_acks``), or the broker was busy and the acks are still queued
+        (the loop's tick sends them; call again)."""
         generation = self.generation
         queued: list[Request] = []
         for request in requests:
@@ -422,8 +423,16 @@ class BrokerConsumer:
                     self.on_connection_error(exc)
                     return []
             queued.append(request)
-        if not queued or not self._send_acks():
+        amqp = self._acks
+        if not queued:
             return []
+        if not self._send_acks():
+            if amqp is None or not amqp.written:
+                return []
+            # RabbitMQ may have the acks written whole before the connection failed (an
+            # AMQP ack has no answer): those tasks run here; if the broker did not get an
+            # ack, it redelivers that task too (the table's "may run twice" on RabbitMQ).
+            queued = [r for r in queued if r.message.delivery_tag in amqp.written]
         for request in queued:
             request.acknowledged = True
         return queued

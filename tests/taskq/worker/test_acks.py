@@ -114,3 +114,25 @@ def test_behind_an_unacked_head_acks_go_one_by_one_and_none_is_lost(
         assert acks.flush() == 1
         assert not acks.unsettled
     assert left_in_queue(amqp_url, queue) == []
+
+
+def test_a_flush_cut_off_by_a_lost_connection_says_which_acks_it_wrote(
+        amqp_url: str, queue: Queue) -> None:
+    """The connection fails after the first frame (a multiple ack of 0-2) went out: the
+    broker has those acks (it does not deliver them again), and ``written`` names them, so
+    the worker runs their tasks instead of taking them for redelivered (they would be lost)."""
+    with delivered(amqp_url, queue, 5) as (_messages, tags, acks, recorder):
+        for i in (0, 1, 2, 4):
+            acks.ack(tags[i])
+        real_ack = recorder.basic_ack
+
+        def fail_after_the_first(tag: int, multiple: bool = False) -> None:
+            if recorder.calls:
+                raise ConnectionResetError("connection lost (test)")
+            real_ack(tag, multiple)
+
+        recorder.basic_ack = fail_after_the_first  # type: ignore[method-assign]
+        with pytest.raises(ConnectionResetError):
+            acks.flush()
+        assert acks.written == set(tags[:3])
+    assert left_in_queue(amqp_url, queue) == [3, 4]
