@@ -219,14 +219,12 @@ class LeaseChannelMixin:
         return self.qos._settle_held(requeue, list(held)) if held else 0
 
     def confirm_acks(self, held: Sequence[tuple[str, Any]]) -> list[bool]:
-        """Ack the leases ``held`` [(delivery tag, lease)] whose earlier ack failed with the
-        connection it was sent on (it may or may not have been applied). Returns per lease
-        whether it is acked now (by this call or by that earlier one); False when it expired
-        instead and its message went back to its queue. Here a lease this call finds gone
-        counts as expired: the embedded broker's acks are transactions that fail whole, with
-        no answer to lose. Redis, whose answer can be lost after a script ran, asks the
-        server which it was."""
-        return [bool(self.qos._settle_held(False, [pair])) for pair in held]
+        """Ack the leases ``held`` [(delivery tag, lease)] whose earlier ack was not answered
+        before its connection was lost (it may or may not have been applied). Returns per
+        lease whether it is acked now (by this call or that earlier one); False when it
+        expired instead and its message went back to its queue. All or nothing: a failure
+        leaves every lease as it was, so the caller may ask again."""
+        raise NotImplementedError
 
     def flush_acks(self) -> None:
         """Send the deferred acks now."""

@@ -635,8 +635,8 @@ class Transport(kredis.Transport):
 
     def _collect(self, connection: Any) -> None:
         # kombu's Connection.collect (a lost connection, a fork): close without talking to
-        # Redis, which may be gone or black-holed; the deferred acks are dropped and those
-        # messages come back when their leases run out.
+        # Redis, which may be gone or black-holed. The worker took the deferred acks first
+        # (take_pending_acks); any left are dropped and come back after their leases.
         if self.pending_acks:
             logger.debug("dropped %d deferred acks with the lost connection",
                          len(self.pending_acks))

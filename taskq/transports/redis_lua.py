@@ -175,7 +175,9 @@ for i = #ids, 1, -1 do
 end
 if #ids > 0 then
   local kept = tonumber(ARGV[2])
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - kept)
+  -- a bounded trim per call: after a mass expiry an hour ago, no single call removes all
+  local old = redis.call('ZRANGE', KEYS[3], '-inf', now - kept, 'BYSCORE', 'LIMIT', 0, 1000)
+  if #old > 0 then redis.call('ZREM', KEYS[3], unpack(old)) end
   redis.call('PEXPIRE', KEYS[3], kept)
 end
 return #ids

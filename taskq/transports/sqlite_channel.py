@@ -294,6 +294,12 @@ class Channel(LeaseChannelMixin, virtual.Channel):
             self.connection.wake.wake_all()
         return done
 
+    def confirm_acks(self, held: Sequence[tuple[str, int]]) -> list[bool]:
+        # A commit here is all or nothing and its answer cannot be lost, so an ack asked
+        # about never reached the file: a lease found gone expired (one transaction for
+        # all, so a failure leaves every lease for the next try).
+        return [bool(flag) for flag in self.store.settle(False, [(row, tag) for tag, row in held])]
+
     def renew_leases(self) -> int:
         """Extend every lease this channel holds; returns how many are still held."""
         qos = compat.channel_qos(self)

@@ -107,7 +107,10 @@ class BrokerConsumer:
         # and the leases of the acks the lost connection had not sent (or sent without an
         # answer: an early ack among them is also confirmed, see confirm_acks).
         self._late_settles: list[tuple[Message, bool]] = []  # (message, requeue)
-        self._carried_acks: list[Any] = []
+        self._carried_acks: list[tuple[str, Any]] = []
+        # (delivery tag, lease) of those carried acks until the next connection is running:
+        # an early ack not among them was answered, so it was applied (see confirm_acks).
+        self._unanswered: set[tuple[str, Any]] = set()
         # The error types of the last connection's transport (see is_connection_error).
         self._error_types: tuple[type[BaseException], ...] = ()
         self.requeues_on_close = False
@@ -146,7 +149,8 @@ class BrokerConsumer:
         try:
             if self._look_up_first():
                 return  # _looked_up() calls again once the address is known
-            self._connect()
+            if not self._connect():
+                return  # lost again while taking over: a reconnect is scheduled
         except ConfigurationError as exc:  # it says what to do; no traceback
             self.on_fatal(f"cannot consume from {safe_url(self.url)}: {exc}")
             return
@@ -171,7 +175,9 @@ class BrokerConsumer:
             if self.on_consuming is not None:
                 self.on_consuming()
 
-    def _connect(self) -> None:
+    def _connect(self) -> bool:
+        """Connect and consume; False when the connection was lost again while the old
+        one's work was being taken over (torn down, a reconnect scheduled)."""
         conf = self.app.conf
         heartbeat = conf.broker_heartbeat or None
         conn = self.app.connection(self.url, heartbeat=heartbeat)
@@ -215,6 +221,10 @@ class BrokerConsumer:
         self._consumer = consumer
         self.on_connected(conn)
         self._send_carried()
+        if self.connection is not conn:
+            return False
+        if not self._carried_acks:
+            self._unanswered.clear()  # every early ack in doubt was confirmed (on_connected)
 
         def register() -> None:
             conn.register_with_event_loop(self.loop.hub)
@@ -226,6 +236,7 @@ class BrokerConsumer:
             self.loop.hub, tuple(conn.connection_errors) + tuple(conn.channel_errors))
         self.loop.hub.on_tick.add(self._update_qos)
         self.loop.hub.on_tick.add(self._flush_acks)
+        return True
 
     def _look_up_first(self) -> bool:
         """Start an off-loop lookup of the broker's host name when connecting would look it
@@ -337,6 +348,7 @@ class BrokerConsumer:
                 logger.info("%d acks not sent (or not answered) before the connection was "
                             "lost: the next connection sends them", len(carried))
                 self._carried_acks.extend(carried)
+                self._unanswered.update(carried)
         unsent = self._unsent_acks()
         if unsent:
             # Never silently: for acks_late tasks (early acks are sent before their job
@@ -420,6 +432,8 @@ class BrokerConsumer:
                 except Exception as exc:
                     if not self.is_connection_error(exc):
                         raise
+                    if request.ack_lease is not None:  # sent at once (no loop yet), unanswered
+                        self._unanswered.add(request.ack_lease)
                     self.on_connection_error(exc)
                     return []
             queued.append(request)
@@ -521,12 +535,15 @@ class BrokerConsumer:
         yet. Returns the requests now acked (``acknowledged``, of this connection's
         generation: they run here); the others' leases expired and their messages went back
         to their queues. A connection error propagates (the reconnect fails)."""
+        # An ack the lost connection had sent and seen answered was applied; only those it
+        # had not sent, or sent without an answer (Redis: the script may have run), are asked.
+        unanswered = self._unanswered
+        acked = [r for r in requests if r.ack_lease is not None and r.ack_lease not in unanswered]
+        ask = [r for r in requests if r.ack_lease in unanswered]
         channel = self._lease_channel()
-        if channel is None or not requests:
-            return []
-        doubtful = [r for r in requests if r.ack_lease is not None]
-        flags = channel.confirm_acks([r.ack_lease for r in doubtful if r.ack_lease is not None])
-        acked = [r for r, flag in zip(doubtful, flags, strict=True) if flag]
+        if ask and channel is not None:
+            flags = channel.confirm_acks([r.ack_lease for r in ask if r.ack_lease is not None])
+            acked += [r for r, flag in zip(ask, flags, strict=True) if flag]
         for request in acked:
             request.acknowledged = True
             request.generation = self.generation

@@ -367,7 +367,8 @@ TABLE: tuple[tuple[str, tuple[str, str, str]], ...] = (
      ("redelivered", "redelivered", "redelivered")),
     ("reserved; its early ack was sent as the broker connection was lost, unanswered",
      ("runs here if the ack arrived, else redelivered (Redis and the embedded broker are "
-      "asked on the next connection; RabbitMQ cannot be asked: redelivered)",
+      "asked on the next connection; RabbitMQ cannot be asked: runs here if the ack was "
+      "written whole, so it may run twice, else redelivered)",
       "(acked only after it runs)", "same")),
     ("given to the pool, not started; its child dies",
      ("runs on another child", "runs on another child", "runs on another child")),

@@ -687,7 +687,8 @@ class Worker:
             acks_late=request.acks_late,
             reject_on_worker_lost=request.task.reject_on_worker_lost,
             acknowledged=request.acknowledged,
-            ack_in_doubt=not request.acknowledged and request.ack_lease is not None,
+            ack_in_doubt=(not request.acknowledged and request.ack_lease is not None
+                          and request.generation != self.consumer.generation),
             started=job is not None and job.started_at is not None,
             connection_current=request.generation == self.consumer.generation,
             lease_lost=request.settled_reason is not None,
