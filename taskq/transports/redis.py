@@ -467,25 +467,25 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
                             mode)
             return 0
         done = 0
-        for start in range(0, len(held), _CHUNK):
-            chunk = held[start:start + _CHUNK]
-            flags = self._run("SETTLE", [self.leases_key, self.leased_key, self.expired_key],
-                              [mode, *(lease for _, lease in chunk)])
-            for (tag, lease), flag in zip(chunk, flags, strict=True):
-                if int(flag):
-                    done += 1
-                else:
-                    logger.debug("%s of delivery %s dropped: its lease %s expired and the "
-                                 "message went back to its queue", mode, tag, lease)
+        for (tag, lease), flag in zip(held, self._run_settle(mode, held), strict=True):
+            if flag:
+                done += 1
+            else:
+                logger.debug("%s of delivery %s dropped: its lease %s expired and the "
+                             "message went back to its queue", mode, tag, lease)
         return done
 
-    def confirm_acks(self, held: Sequence[tuple[str, str]]) -> list[bool]:
-        flags: list[bool] = []
+    def _run_settle(self, mode: str, held: Sequence[tuple[str, str]]) -> list[int]:
+        """The SETTLE script's flags for ``held``, in chunks of ``_CHUNK`` leases."""
+        flags: list[int] = []
         for start in range(0, len(held), _CHUNK):
-            flags.extend(int(flag) != 2 for flag in self._run(
+            flags.extend(int(flag) for flag in self._run(
                 "SETTLE", [self.leases_key, self.leased_key, self.expired_key],
-                ["confirm", *(lease for _, lease in held[start:start + _CHUNK])]))
+                [mode, *(lease for _, lease in held[start:start + _CHUNK])]))
         return flags
+
+    def confirm_acks(self, held: Sequence[tuple[str, str]]) -> list[bool]:
+        return [flag != 2 for flag in self._run_settle("confirm", held)]
 
     def flush_acks(self) -> None:
         """Send the transport's deferred acks (see ``LeaseQoSBase.ack``)."""

@@ -107,10 +107,8 @@ class BrokerConsumer:
         # and the leases of the acks the lost connection had not sent (or sent without an
         # answer: an early ack among them is also confirmed, see confirm_acks).
         self._late_settles: list[tuple[Message, bool]] = []  # (message, requeue)
+        # (delivery tag, lease); an early ack not among them was answered (see confirm_acks).
         self._carried_acks: list[tuple[str, Any]] = []
-        # (delivery tag, lease) of those carried acks until the next connection is running:
-        # an early ack not among them was answered, so it was applied (see confirm_acks).
-        self._unanswered: set[tuple[str, Any]] = set()
         # The error types of the last connection's transport (see is_connection_error).
         self._error_types: tuple[type[BaseException], ...] = ()
         self.requeues_on_close = False
@@ -223,8 +221,6 @@ class BrokerConsumer:
         self._send_carried()
         if self.connection is not conn:
             return False
-        if not self._carried_acks:
-            self._unanswered.clear()  # every early ack in doubt was confirmed (on_connected)
 
         def register() -> None:
             conn.register_with_event_loop(self.loop.hub)
@@ -348,7 +344,6 @@ class BrokerConsumer:
                 logger.info("%d acks not sent (or not answered) before the connection was "
                             "lost: the next connection sends them", len(carried))
                 self._carried_acks.extend(carried)
-                self._unanswered.update(carried)
         unsent = self._unsent_acks()
         if unsent:
             # Never silently: for acks_late tasks (early acks are sent before their job
@@ -433,7 +428,7 @@ class BrokerConsumer:
                     if not self.is_connection_error(exc):
                         raise
                     if request.ack_lease is not None:  # sent at once (no loop yet), unanswered
-                        self._unanswered.add(request.ack_lease)
+                        self._carried_acks.append(request.ack_lease)
                     self.on_connection_error(exc)
                     return []
             queued.append(request)
@@ -537,7 +532,8 @@ class BrokerConsumer:
         to their queues. A connection error propagates (the reconnect fails)."""
         # An ack the lost connection had sent and seen answered was applied; only those it
         # had not sent, or sent without an answer (Redis: the script may have run), are asked.
-        unanswered = self._unanswered
+        # (They are still carried: _send_carried runs after this, on_connected.)
+        unanswered = set(self._carried_acks)
         acked = [r for r in requests if r.ack_lease is not None and r.ack_lease not in unanswered]
         ask = [r for r in requests if r.ack_lease in unanswered]
         channel = self._lease_channel()

@@ -302,14 +302,12 @@ class Worker:
             self._carry_out(request, lifecycle.shutdown(self._facts(request),
                                                         lifecycle.Phase.HELD, warm=True))
         self.held.clear()
+        unconfirmed, self._unconfirmed = self._unconfirmed, []
+        self.ready.extend(unconfirmed)  # shutdown() warns for those whose ack is in doubt
         while self.ready:
             request = self.ready.popleft()
             # An early-acked request can wait here (the pool took fewer than the batch that
             # was acked): the broker will not deliver it again, so a copy goes back instead.
-            self._carry_out(request, lifecycle.shutdown(self._facts(request),
-                                                        lifecycle.Phase.RESERVED, warm=True))
-        unconfirmed, self._unconfirmed = self._unconfirmed, []
-        for request in unconfirmed:
             self._carry_out(request, lifecycle.shutdown(self._facts(request),
                                                         lifecycle.Phase.RESERVED, warm=True))
         self._release_orphans()
