@@ -104,6 +104,8 @@ def run(corpus: Path | None, suite_name: str | None, app: str | None,
     """Run a suite over its matrix and judge every cell with the oracles."""
     import tomllib
 
+    _interrupt_on_term()  # a stopped run takes its cell's worker down and writes its report
+
     from stress.run import RunOptions, run_suite
     from stress.spaces import transport_of
     from stress.suites import (
@@ -169,8 +171,9 @@ def _run_corpus(corpus: Path, broker_url: str | None, worker_cmd: str | None, ap
 
 
 def _interrupt_on_term() -> None:
-    """SIGTERM (and SIGINT, which a shell ignores for a background job) end a search as Ctrl-C
-    does: the running case is cleaned up and the report written."""
+    """SIGTERM (and SIGINT, which a shell ignores for a background job) end a run or a search
+    as Ctrl-C does: the running cell or case is cleaned up (its worker stopped) and the report
+    written."""
     import signal
 
     def interrupt(signum: int, frame: object) -> None:
