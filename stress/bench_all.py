@@ -83,6 +83,9 @@ def make_rows(redis_url: str, amqp_url: str, sizes: Sizes, scratch: Path) -> lis
     def drain(url: str, tasks: int, **kw: Any) -> Callable[[str], float]:
         return lambda kind: drain_once(kind, url, tasks, **kw).rate
 
+    def main_cpu(url: str) -> Callable[[str], float]:
+        return lambda kind: drain_once(kind, url, sizes.drain_tasks).main_cpu_us
+
     def start(kind: str) -> float:
         return start_once(Variant(kind, mingle=True), redis_url, sizes.startup_tasks,
                           scratch=scratch).seconds * 1000
@@ -92,6 +95,10 @@ def make_rows(redis_url: str, amqp_url: str, sizes: Sizes, scratch: Path) -> lis
             drain(redis_url, sizes.drain_tasks)),
         Row("drain_amqp", "noop drain, RabbitMQ, -c 2", "tasks/s", ">= 3,000/s", True,
             drain(amqp_url, sizes.drain_tasks)),
+        Row("cpu_redis", "main process CPU per task, noop drain, Redis", "µs", "< 150 µs",
+            False, main_cpu(redis_url)),
+        Row("cpu_amqp", "main process CPU per task, noop drain, RabbitMQ", "µs", "< 150 µs",
+            False, main_cpu(amqp_url)),
         Row("redis3", "task doing 3 Redis calls, prefork -c 2", "tasks/s", ">= 2,800/s", True,
             drain(redis_url, sizes.redis_tasks, task="bench.redis3")),
         Row("startup", "worker start -> first task, mingle on (queue pre-filled)", "ms",
@@ -111,8 +118,8 @@ def make_rows(redis_url: str, amqp_url: str, sizes: Sizes, scratch: Path) -> lis
     ]
 
 
-ROW_KEYS = ("drain_redis", "drain_amqp", "redis3", "startup", "recycle", "pss", "publish",
-            "publish_group")
+ROW_KEYS = ("drain_redis", "drain_amqp", "cpu_redis", "cpu_amqp", "redis3", "startup", "recycle",
+            "pss", "publish", "publish_group")
 
 
 def installed(kind: str) -> bool:

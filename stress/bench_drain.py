@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 from kombu import Connection, Exchange, Queue
 
 from stress.bench_common import Rated, cleanup, fill, transport_options
@@ -31,6 +32,45 @@ class DrainRun(Rated):
     broker: str
     count: int  # tasks drained
     seconds: float
+    # CPU seconds (user + system) per task drained, in microseconds, over the timed part:
+    # the worker's main process, and its pool's processes together (0: not read).
+    main_cpu_us: float = 0.0
+    pool_cpu_us: float = 0.0
+
+
+class _CpuMeter:
+    """CPU time of a worker's main process and of its pool's processes, from a start point.
+
+    The pool is the main process's descendants at the start; one that ends before the last
+    reading (recycled, killed) counts what it used until its last reading."""
+
+    def __init__(self, pid: int) -> None:
+        self.main = psutil.Process(pid)
+        self.pool = self.main.children(recursive=True)
+        self.first = self._read()
+        self.last = self.first
+
+    @staticmethod
+    def _cpu(proc: psutil.Process) -> float | None:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            return None
+        return times.user + times.system
+
+    def _read(self) -> list[float | None]:
+        return [self._cpu(p) for p in (self.main, *self.pool)]
+
+    def update(self) -> None:
+        self.last = [new if new is not None else old
+                     for new, old in zip(self._read(), self.last, strict=True)]
+
+    def per_task_us(self, tasks: int) -> tuple[float, float]:
+        """(main, pool) CPU microseconds per task since the start."""
+        used = [(b or 0.0) - (a or 0.0) for a, b in zip(self.first, self.last, strict=True)]
+        if tasks <= 0:
+            return 0.0, 0.0
+        return used[0] / tasks * 1e6, sum(used[1:]) / tasks * 1e6
 
 
 def _queue_size(url: str, options: dict[str, Any], queue: str) -> int:
@@ -126,6 +166,7 @@ def drain_once(kind: str, url: str, tasks: int, concurrency: int = 2,
             # The clock starts at the worker's first answer; what it finished before that
             # is left out of the count (it may consume before it answers).
             start = time.monotonic()
+            meter = _CpuMeter(worker.proc.pid)
             if tasks - worker.first_done < max(1, tasks // 10):
                 raise RuntimeError(
                     f"{kind} finished {worker.first_done} of {tasks} tasks before it first "
@@ -134,6 +175,7 @@ def drain_once(kind: str, url: str, tasks: int, concurrency: int = 2,
             done = worker.first_done
             while True:
                 done = max(done, worker.done())  # -1: no answer this time
+                meter.update()
                 if done >= tasks:
                     break
                 if time.monotonic() > deadline:
@@ -141,8 +183,10 @@ def drain_once(kind: str, url: str, tasks: int, concurrency: int = 2,
                         raise RuntimeError(f"{kind} drained {done}/{tasks} in {timeout} s")
                     break
                 time.sleep(0.05)
-            return DrainRun(kind, url.split("://")[0], done - worker.first_done,
-                            time.monotonic() - start)
+            seconds = time.monotonic() - start
+            main_us, pool_us = meter.per_task_us(done - worker.first_done)
+            return DrainRun(kind, url.split("://")[0], done - worker.first_done, seconds,
+                            main_us, pool_us)
     finally:
         cleanup(url, prefix, queue)
 
@@ -150,9 +194,14 @@ def drain_once(kind: str, url: str, tasks: int, concurrency: int = 2,
 def report(runs: list[DrainRun]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in sorted({r.worker for r in runs}):
-        rates = [r.rate for r in runs if r.worker == kind]
+        mine = [r for r in runs if r.worker == kind]
+        rates = [r.rate for r in mine]
         out[kind] = {"runs": len(rates), "median_tasks_per_s": round(statistics.median(rates)),
-                     "rates": [round(r) for r in rates]}
+                     "rates": [round(r) for r in rates],
+                     "median_main_cpu_us_per_task": round(
+                         statistics.median(r.main_cpu_us for r in mine)),
+                     "median_pool_cpu_us_per_task": round(
+                         statistics.median(r.pool_cpu_us for r in mine))}
     if "taskq" in out and "celery" in out:
         out["ratio_taskq_over_celery"] = round(
             out["taskq"]["median_tasks_per_s"] / max(out["celery"]["median_tasks_per_s"], 1), 2)

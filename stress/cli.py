@@ -371,7 +371,9 @@ def drain(brokers: tuple[str, ...], tasks: int, concurrency: int, rounds: int,
         runs = _alternate(
             rounds, _kinds(compare),
             functools.partial(drain_once, url=url, tasks=tasks, concurrency=concurrency),
-            lambda run: f"{run.worker}: {run.rate:,.0f} tasks/s ({run.seconds:.2f} s)",
+            lambda run: f"{run.worker}: {run.rate:,.0f} tasks/s ({run.seconds:.2f} s; CPU "
+                        f"per task: main {run.main_cpu_us:,.0f} µs, pool "
+                        f"{run.pool_cpu_us:,.0f} µs)",
             prefix=f"{url.split('://')[0]} ")
         results[url.split("://")[0]] = report(runs)
     click.echo(json.dumps(results, indent=2))
