@@ -25,6 +25,28 @@ class Rated:
         return self.count / self.seconds if self.seconds else 0.0
 
 
+_COMPILED: set[str] = set()
+
+
+def compile_checkout() -> None:
+    """Write the ``.pyc`` files of this checkout's ``taskq`` and ``stress`` packages, once
+    per process, as ``pip install`` does for an installed package (Celery's site-packages
+    have theirs): a benchmark's worker then does not compile taskq from source at every
+    start, which it does in a checkout run with ``PYTHONDONTWRITEBYTECODE`` set. A package
+    that cannot be written to (installed read-only) has its files already."""
+    import compileall
+    import importlib.util
+    from pathlib import Path
+
+    for name in ("taskq", "stress"):
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None or name in _COMPILED:
+            continue
+        _COMPILED.add(name)
+        with contextlib.suppress(OSError):
+            compileall.compile_dir(str(Path(spec.origin).parent), quiet=2)
+
+
 def transport_options(url: str, prefix: str) -> dict[str, Any]:
     """On Redis, every key of the run under ``prefix``; other brokers take no options."""
     return {"global_keyprefix": prefix} if url.startswith("redis") else {}

@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 from kombu import Connection, Exchange, Queue
 
-from stress.bench_common import Rated, cleanup, fill, transport_options
+from stress.bench_common import Rated, cleanup, compile_checkout, fill, transport_options
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,7 @@ def running_worker(kind: str, url: str, options: dict[str, Any], queue: str,
     """Start a ``kind`` worker on ``queue``, wait for its first answer, kill its process
     group on the way out (the queue and keys are the caller's to delete)."""
     node = f"{kind}-{queue}@bench"
+    compile_checkout()
     proc = subprocess.Popen(_worker_cmd(kind, queue, node, concurrency, worker_args),
                             env=_env(url, options, queue), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
