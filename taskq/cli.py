@@ -50,6 +50,9 @@ def _setup_logging(level: str, logfile: str | None) -> None:
 @click.option("-P", "--pool", type=click.Choice(["prefork", "solo", "threads"]),
               help="Pool: prefork (child processes, the default), solo (tasks run in the "
                    "main process, one at a time) or threads.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Prefork: threads in each child, each running a task of its own (for "
+                   "I/O-bound tasks; a child's death ends all its tasks).")
 @click.option("-O", "optimization", type=click.Choice(["fair", "fast"]),
               help="Prefork scheduling: fair gives a job only to an idle child (default); "
                    "fast lets each child queue a few jobs.")
@@ -82,7 +85,8 @@ def _setup_logging(level: str, logfile: str | None) -> None:
 @click.pass_obj
 @fail_cleanly
 def worker(ctx: Context, app_spec: str | None, loglevel: str, concurrency: int | None,
-           pool: str | None, optimization: str | None, queues: str | None,
+           pool: str | None, threads: int | None, optimization: str | None,
+           queues: str | None,
            exclude_queues: str | None, hostname: str | None,
            max_tasks_per_child: int | None, max_memory_per_child: int | None,
            time_limit: float | None, soft_time_limit: float | None,
@@ -95,7 +99,7 @@ def worker(ctx: Context, app_spec: str | None, loglevel: str, concurrency: int |
 
     app = ctx.load_app(app_spec)
     flags = {
-        "worker_concurrency": concurrency, "worker_pool": pool,
+        "worker_concurrency": concurrency, "worker_pool": pool, "worker_threads": threads,
         "worker_optimization": optimization, "worker_max_tasks_per_child": max_tasks_per_child,
         "worker_max_memory_per_child": max_memory_per_child, "task_time_limit": time_limit,
         "task_soft_time_limit": soft_time_limit,
@@ -151,7 +155,9 @@ def _print_banner(app: TaskQ, w: Any) -> None:
         f"  app:         {app.main}",
         f"  broker:      {broker}",
         f"  results:     {safe_url(results) if results else 'disabled'}",
-        f"  pool:        {w.pool_kind} x {w.concurrency} ({app.conf.worker_optimization})",
+        f"  pool:        {w.pool_kind} x {w.concurrency}"
+        + (f" x {app.conf.worker_threads} threads" if app.conf.worker_threads > 1 else "")
+        + f" ({app.conf.worker_optimization})",
         f"  queues:      {', '.join(q.name for q in w.consumer.queues)}",
         f"  tasks:       {', '.join(own_tasks(app)) or '(none)'}",
     ]

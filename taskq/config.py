@@ -287,6 +287,9 @@ _SETTINGS: tuple[Setting, ...] = (
     Setting("worker_concurrency", None, _optional(_number(int, 1)),
             "Pool size (default: number of CPUs)."),
     Setting("worker_pool", "prefork", _choice("prefork", "solo", "threads"), "Pool kind."),
+    Setting("worker_threads", 1, _number(int, 1),
+            "Prefork: threads in each child, each running its own task (I/O-bound tasks); "
+            "at most 30."),
     Setting("worker_optimization", "fair", _choice("fair", "fast"),
             "fair: jobs go to idle children only; fast: children buffer a few jobs."),
     Setting("worker_fast_queue_depth", 2, _number(int, 1),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from taskq.errors import ConfigurationError
 from taskq.pool.base import Job, JobResult, Pool
 
-__all__ = ["Job", "JobResult", "Pool", "pool_for"]
+__all__ = ["Job", "JobResult", "Pool", "pool_for", "pool_label"]
 
 
 def pool_for(kind: str) -> type[Pool]:
@@ -27,3 +27,9 @@ def pool_for(kind: str) -> type[Pool]:
         return PreforkPool
     raise ConfigurationError(f"setting worker_pool: unknown pool {kind!r}; use prefork, solo "
                              "or threads")
+
+
+def pool_label(kind: str, pool: Pool) -> str:
+    """The pool as an operator chose it: ``prefork``, ``prefork --threads 4``, ``solo``."""
+    threads = int(getattr(pool, "threads", 1))
+    return kind + (f" --threads {threads}" if threads > 1 else "")

@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskq import states
@@ -233,21 +234,32 @@ def _run(app: TaskQ, job: Job, hostname: str | None, seq: int, event_fd: int) ->
 
 def child_main(app: TaskQ, parent_pid: int, job_fd: int, event_fd: int, *,
                hostname: str | None, max_tasks: int | None, max_memory_kib: int | None,
-               keep_fds: frozenset[int] = frozenset()) -> None:
-    """Runs in the forked child; never returns."""
+               keep_fds: frozenset[int] = frozenset(),
+               slots: Sequence[tuple[int, int]] = ()) -> None:
+    """Runs in the forked child; never returns. With ``slots`` (``(job_fd, event_fd)`` per
+    thread, ``--threads``), runs one job per slot at once (``child_threads``) instead."""
     code = 0
     try:
         _forget_imports_in_progress()
         _die_with_parent(parent_pid)
         _reset_signals()
         _KEEPALIVE.extend([app._backend, app._publisher])
-        _release_inherited_fds({0, 1, 2, job_fd, event_fd, *keep_fds})
+        _release_inherited_fds({0, 1, 2, job_fd, event_fd, *keep_fds,
+                                *(fd for pair in slots for fd in pair)})
         _forget_multiprocessing()
         for hook in app.hooks.worker_process_init:
             hook()
         # Import what running a task needs now: a soft-limit signal that lands while Python
         # compiles an import surfaces as SystemError instead of SoftTimeLimitExceeded.
         import taskq.trace  # noqa: F401
+        if slots:
+            from taskq.pool.child_threads import serve_threads
+
+            serve_threads(app, slots, hostname=hostname, max_tasks=max_tasks,
+                          max_memory_kib=max_memory_kib)
+            for hook in app.hooks.worker_process_shutdown:
+                hook()
+            return
         write_frames(event_fd, ("ready", os.getpid()))
         done = 0
         inbox = JobInbox(job_fd)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import signal
 from typing import TYPE_CHECKING
 
 from taskq.pool.ipc import FrameReader, PendingWrites
@@ -70,18 +71,40 @@ class ChildStateError(AssertionError):
         self.new = new
 
 
+class ChildGroup:
+    """The slots of one child process that runs several jobs at once (``--threads``): they
+    share the process, so one reaps it for all and the others read its status here."""
+
+    __slots__ = ("pid", "reaped", "slots", "status")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.slots: list[Child] = []
+        self.reaped = False
+        self.status: int | None = None  # its exit status once reaped (None: unknown)
+
+
 class Child:
-    """The parent's view of one child process."""
+    """The parent's view of one child process, or of one slot (thread) of a child process
+    that runs several jobs at once (``group`` and ``slot`` set; each slot has its own pipe
+    pair and pidfd and is scheduled as a child of its own)."""
 
     __slots__ = (
         "alarm_at", "claim", "current", "current_seq", "event_eof", "event_fd", "fired", "followed",
-        "hard_at", "job_fd", "kill_reason", "killed", "pending", "pid", "pidfd", "queued",
-        "reader", "reap_delay", "reap_scheduled", "reaped", "retired_at", "sent", "soft_at",
-        "spawned_at", "state", "stored", "storing", "taken", "tasks", "writing",
+        "group", "hard_at", "job_fd", "key", "kill_reason", "killed", "pending", "pid", "pidfd",
+        "queued", "reader", "reap_delay", "reap_scheduled", "reaped", "retired_at", "sent",
+        "slot", "soft_at", "soft_signal", "spawned_at", "state", "stored", "storing", "taken",
+        "tasks", "writing",
     )
 
-    def __init__(self, pid: int, pidfd: int, job_fd: int, event_fd: int, now: float) -> None:
+    def __init__(self, pid: int, pidfd: int, job_fd: int, event_fd: int, now: float, *,
+                 group: ChildGroup | None = None, slot: int = 0,
+                 soft_signal: int = signal.SIGUSR1) -> None:
         self.pid = pid
+        self.group = group
+        self.slot = slot
+        self.key: int | tuple[int, int] = pid if group is None else (pid, slot)
+        self.soft_signal = soft_signal  # what the parent sends it for a soft time limit
         self.pidfd = pidfd              # -1 without pidfd
         self.job_fd = job_fd            # -1 once closed (retiring)
         self.event_fd = event_fd
@@ -146,6 +169,11 @@ class Child:
         """Jobs it holds: queued plus the one it runs."""
         return len(self.queued) + (self.current is not None)
 
+    @property
+    def label(self) -> str:
+        """Its pid, and for a slot of a threaded child ``pid/slot``."""
+        return str(self.pid) if self.group is None else f"{self.pid}/{self.slot}"
+
     def __repr__(self) -> str:
         killed = " killed" if self.killed else ""
-        return f"<Child {self.pid} {self.state.value}{killed} load={self.load()}>"
+        return f"<Child {self.label} {self.state.value}{killed} load={self.load()}>"

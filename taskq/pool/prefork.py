@@ -35,6 +35,12 @@
   ``target`` children hold jobs: the successor gets work once a spent child has none.
 - Each child's lifecycle (starting, ready, broken, retiring, dead) is one ``ChildState`` with
   checked moves (``taskq.pool.child_state``). Time comes from the loop's clock.
+- ``worker_threads`` (``--threads N``): each process runs N *slots*, one thread each
+  (``taskq.pool.child_threads``), and every slot is a ``Child`` here with its own pipe pair
+  and pidfd, scheduled and judged per job as above; ``target`` counts slots. The process's
+  exit is handled for all its slots at once (``_on_group_dead``): every slot's last events
+  are read before any is judged, and one replacement process is forked. A soft limit is the
+  slot's own real-time signal; a slot that recycles retires its siblings.
 """
 
 from __future__ import annotations
@@ -57,7 +63,8 @@ from taskq import states
 from taskq.errors import ConfigurationError, TimeLimitExceeded, WorkerLostError
 from taskq.pool.base import Job, JobResult, Pool
 from taskq.pool.child import child_main, log_fds
-from taskq.pool.child_state import Child, ChildState
+from taskq.pool.child_state import Child, ChildGroup, ChildState
+from taskq.pool.child_threads import MAX_THREADS, soft_limit_signal
 from taskq.pool.ipc import encode
 
 if TYPE_CHECKING:
@@ -131,10 +138,19 @@ class PreforkPool(Pool):
         ready_timeout: float = READY_TIMEOUT,
         use_pidfd: bool = True,
         keep_fds: Iterable[int] = (),
+        threads: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         conf = self.app.conf
+        self.threads = int(threads if threads is not None else conf.worker_threads)
+        if not 1 <= self.threads <= MAX_THREADS:
+            raise ConfigurationError(f"worker_threads {self.threads}: a prefork child runs 1 "
+                                     f"to {MAX_THREADS} threads (option --threads)")
+        if self.threads > 1:
+            # Slots come and go a whole process at a time: one slot more or less has no
+            # meaning (control commands that would resize the pool answer so).
+            self.supports_resize = self.supports_autoscale = False
         self.optimization = optimization or conf.worker_optimization
         if self.optimization not in ("fair", "fast"):
             raise ConfigurationError(f"pool optimization {self.optimization!r}: use 'fair' or "
@@ -148,10 +164,10 @@ class PreforkPool(Pool):
         self.ready_timeout = ready_timeout
         self.use_pidfd = use_pidfd and HAS_PIDFD   # read at each fork: may be changed
         self.keep_fds = frozenset(keep_fds)
-        self.children: dict[int, Child] = {}
+        self.children: dict[int | tuple[int, int], Child] = {}  # by Child.key
         self.autoscale_bounds: tuple[int, int] | None = None
         self._idle_since: float | None = None
-        self.target = self.concurrency
+        self.target = self.concurrency * self.threads  # slots: one job each at a time
         self.stopping = False
         self.terminated = False
         self.stats: collections.Counter[str] = collections.Counter()
@@ -222,19 +238,26 @@ class PreforkPool(Pool):
         self._spawn_timer = None
         self._maintain(now=True)
 
+    def _pipes(self) -> list[tuple[int, int, int, int]] | None:
+        """A job pipe and an event pipe per slot of the next child: (job_r, job_w, event_r,
+        event_w) each; None (and nothing left open) when the system refuses one."""
+        made: list[int] = []
+        try:
+            for _ in range(2 * self.threads):
+                made.extend(os.pipe2(os.O_CLOEXEC))
+        except OSError as exc:
+            logger.error("cannot start a pool child: %s", exc)
+            for fd in made:
+                os.close(fd)
+            return None
+        return [(made[i], made[i + 1], made[i + 2], made[i + 3])
+                for i in range(0, len(made), 4)]
+
     def _spawn(self) -> bool:
-        try:
-            job_r, job_w = os.pipe2(os.O_CLOEXEC)
-        except OSError as exc:
-            logger.error("cannot start a pool child: %s", exc)
+        pipes = self._pipes()
+        if pipes is None:
             return False
-        try:
-            event_r, event_w = os.pipe2(os.O_CLOEXEC)
-        except OSError as exc:
-            logger.error("cannot start a pool child: %s", exc)
-            os.close(job_r)
-            os.close(job_w)
-            return False
+        job_r, job_w, event_r, event_w = pipes[0]
         with contextlib.suppress(Exception):  # or the child would print the parent's buffer
             sys.stdout.flush()
             sys.stderr.flush()
@@ -250,35 +273,44 @@ class PreforkPool(Pool):
             if freeze:
                 gc.unfreeze()
             logger.error("cannot fork a pool child: %s", exc)
-            for fd in (job_r, job_w, event_r, event_w):
-                os.close(fd)
+            for fds in pipes:
+                for fd in fds:
+                    os.close(fd)
             return False
         if pid == 0:
             child_main(self.app, self.parent_pid, job_r, event_w, hostname=self.hostname,
                        max_tasks=self.max_tasks, max_memory_kib=self.max_memory,
-                       keep_fds=self._log_fds | self.keep_fds)
+                       keep_fds=self._log_fds | self.keep_fds,
+                       slots=[(p[0], p[3]) for p in pipes] if self.threads > 1 else ())
         if freeze:
             gc.unfreeze()
-        os.close(job_r)
-        os.close(event_w)
-        os.set_blocking(job_w, False)
-        os.set_blocking(event_r, False)
-        pidfd = -1
-        if self.use_pidfd:
-            try:
-                pidfd = os.pidfd_open(pid)
-            except OSError as exc:  # works for an unreaped child; this is a kernel limit
-                logger.warning("pidfd_open(%d) failed (%s): watching it by pipe EOF", pid, exc)
-        child = Child(pid, pidfd, job_w, event_r, self.clock())
-        self.children[pid] = child
-        self.hub.add_reader(event_r, self._on_events, child)
-        if pidfd >= 0:
-            self.hub.add_reader(pidfd, self._on_pidfd, child)
+        group = ChildGroup(pid) if self.threads > 1 else None
+        for slot, (job_r, job_w, event_r, event_w) in enumerate(pipes):
+            os.close(job_r)
+            os.close(event_w)
+            os.set_blocking(job_w, False)
+            os.set_blocking(event_r, False)
+            pidfd = -1
+            if self.use_pidfd:  # one per slot: each is a reader of its own in the loop
+                try:
+                    pidfd = os.pidfd_open(pid)
+                except OSError as exc:  # works for an unreaped child; a kernel limit
+                    logger.warning("pidfd_open(%d) failed (%s): watching it by pipe EOF", pid,
+                                   exc)
+            child = Child(pid, pidfd, job_w, event_r, self.clock(), group=group, slot=slot,
+                          soft_signal=signal.SIGUSR1 if group is None
+                          else soft_limit_signal(slot))
+            if group is not None:
+                group.slots.append(child)
+            self.children[child.key] = child
+            self.hub.add_reader(event_r, self._on_events, child)
+            if pidfd >= 0:
+                self.hub.add_reader(pidfd, self._on_pidfd, child)
         self.stats["spawned"] += 1
         return True
 
     def _signal(self, child: Child, signum: int) -> None:
-        if child.reaped:
+        if child.reaped or (child.group is not None and child.group.reaped):
             return
         with contextlib.suppress(ProcessLookupError):
             if child.pidfd >= 0:
@@ -478,8 +510,12 @@ class PreforkPool(Pool):
         elif kind == "exiting":
             # Recycled: it reads nothing more, so everything it holds goes back.
             self.stats[f"recycled_{frame[1]}"] += 1
-            logger.debug("pool child %d recycled (%s)", child.pid, frame[1])
+            logger.debug("pool child %s recycled (%s)", child.label, frame[1])
             given = self._retire(child, everything=True)
+            if child.group is not None:  # the process goes: its other slots finish and go
+                for sibling in child.group.slots:
+                    if sibling is not child and not sibling.retiring and not sibling.dead:
+                        given += self._retire(sibling)
             try:
                 self._maintain()
             finally:
@@ -525,7 +561,7 @@ class PreforkPool(Pool):
             child.soft_at = 0.0
             logger.warning("soft time limit (%ss) exceeded for %s[%s]", job.soft_time_limit,
                            job.name, job.id)
-            self._signal(child, signal.SIGUSR1)
+            self._signal(child, child.soft_signal)
         if child.hard_at and child.hard_at <= now:
             child.reader.read_available()  # it may have finished just in time
             self._handle_frames(child)
@@ -552,8 +588,28 @@ class PreforkPool(Pool):
             pid, status = child.pid, -1
         if pid == 0:
             return False
-        self._on_dead(child, None if status == -1 else status)
+        if child.group is not None:
+            self._on_group_dead(child.group, None if status == -1 else status)
+        else:
+            self._on_dead(child, None if status == -1 else status)
         return True
+
+    def _on_group_dead(self, group: ChildGroup, status: int | None) -> None:
+        """A threaded child exited: every slot of it is dead. Their last events are read
+        before any is judged (a job one slot started makes the death its doing, not that of
+        jobs the others were only reading), and they leave ``children`` together, so one
+        replacement is forked for them all."""
+        group.reaped, group.status = True, status
+        slots = [s for s in group.slots if not s.reaped]
+        for slot in slots:
+            self.children.pop(slot.key, None)
+        for slot in slots:
+            if not slot.reader.eof:
+                slot.reader.read_available()
+            self._handle_frames(slot)
+        ran = any(s.current is not None for s in slots)
+        for n, slot in enumerate(slots):
+            self._on_dead(slot, status, siblings_ran=ran, counts=n == 0)
 
     def _try_reap(self, child: Child) -> None:
         if child.reaped or self._poll_exit(child):
@@ -568,11 +624,16 @@ class PreforkPool(Pool):
         child.reap_scheduled = False
         self._try_reap(child)
 
-    def _on_dead(self, child: Child, status: int | None, *, cold: bool = False) -> None:
+    def _on_dead(self, child: Child, status: int | None, *, cold: bool = False,
+                 siblings_ran: bool = False, counts: bool = True) -> None:
+        """Handle a child's exit. For a slot of a threaded child: ``siblings_ran``, one of its
+        slots had started a job (the likely cause: no job another slot was reading is
+        suspected), ``counts``, this slot's death counts toward the restart storm (the
+        first slot of the process does, the others do not)."""
         if child.reaped:
             return
         child.reaped = True  # never signalled again (its pid may be reused)
-        self.children.pop(child.pid, None)  # no new job while its events are read
+        self.children.pop(child.key, None)  # no new job while its events are read
         try:
             # Its last started/done may be in the pipe: read until EAGAIN (never wait for
             # EOF: a process the task forked may hold the write end). These last events
@@ -589,7 +650,7 @@ class PreforkPool(Pool):
         # The job it was reading (written whole, first in line) when it died on its own:
         # a poison message, or a child that cannot run jobs at all (issue 13 #4).
         suspect = (child.queued[0][1] if child.queued and job is None and not cold
-                   and ready and child.queued[0][0] not in unwritten
+                   and ready and not siblings_ran and child.queued[0][0] not in unwritten
                    and not _killed_from_outside(child, status)
                    and not (retiring and status == 0) else None)
         unstarted = [queued for _, queued in child.queued]
@@ -603,12 +664,15 @@ class PreforkPool(Pool):
         elif not ready and _killed_from_outside(child, status):
             # The OOM killer, an operator or a chaos run: not a child that cannot start, so
             # no reason to hold back its replacement (each death is one fork, never a loop).
-            logger.warning("pool child %d was killed before it was ready (%s)", child.pid, how)
+            if counts:
+                logger.warning("pool child %d was killed before it was ready (%s)", child.pid,
+                               how)
         elif not ready:
-            self._early_deaths += 1
-            logger.error("pool child %d exited before it was ready (%s)", child.pid, how)
+            if counts:
+                self._early_deaths += 1
+                logger.error("pool child %d exited before it was ready (%s)", child.pid, how)
         elif suspect is not None:
-            if child.current_seq < 0:  # it never started a job: restarts back off too
+            if child.current_seq < 0 and counts:  # it never started a job: restarts back off
                 self._unstarted_deaths += 1
             if self._failed_start(child, suspect, how):
                 unstarted.remove(suspect)
@@ -617,7 +681,7 @@ class PreforkPool(Pool):
                     f"{suspect.start_failures} times reading this job before it started "
                     f"(task_max_redeliveries={self.app.conf.task_max_redeliveries}): given "
                     "up"))))
-        elif not retiring or (status is not None and status != 0):
+        elif counts and (not retiring or (status is not None and status != 0)):
             logger.warning("pool child %d exited (%s)", child.pid, how)
         calls.extend((self.on_unstarted, (queued,)) for queued in unstarted)
         try:
@@ -819,7 +883,7 @@ class PreforkPool(Pool):
         return [c.current for c in self.children.values() if c.current is not None]
 
     def pids(self) -> list[int]:
-        return sorted(self.children)
+        return sorted({c.pid for c in self.children.values()})
 
     def size(self) -> int:
         return self.target
@@ -895,13 +959,14 @@ class PreforkPool(Pool):
             "kind": self.kind,
             "optimization": self.optimization,
             "target": self.target,
-            "processes": sorted(c.pid for c in children),
+            "processes": self.pids(),
+            "threads": self.threads,
             "max_tasks_per_child": self.max_tasks,
             "max_memory_per_child": self.max_memory,
             "queued": sum(len(c.queued) for c in children),
             "writes_pending": sum(len(c.pending) for c in children),
             "children": {
-                str(c.pid): {"ready": c.ready, "retiring": c.retiring, "tasks": c.tasks,
+                c.label: {"ready": c.ready, "retiring": c.retiring, "tasks": c.tasks,
                              "queued": len(c.queued),
                              "running": c.current.id if c.current is not None else None}
                 for c in children

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskq import __version__
 from taskq.config import SETTINGS
+from taskq.pool import pool_label
 from taskq.worker.cluster import merge_revoked
 
 if TYPE_CHECKING:
@@ -141,7 +142,8 @@ def _pool_call(worker: Worker, command: str, supported: bool, fn: Callable[..., 
                *args: Any) -> dict[str, Any]:
     """Run a pool feature the pool declares (``supported``: its ``supports_*`` flag)."""
     if not supported:
-        return {"error": f"the {worker.pool_kind} pool does not support {command}"}
+        label = pool_label(worker.pool_kind, worker.pool)
+        return {"error": f"the {label} pool does not support {command}"}
     fn(*args)
     return {"ok": f"{command}{args!r} done; pool size is {worker.pool_size()}"}
 

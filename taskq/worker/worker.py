@@ -25,7 +25,7 @@ from taskq.errors import (
     TimeLimitExceeded,
     WorkerLostError,
 )
-from taskq.pool import Job, JobResult, Pool, pool_for
+from taskq.pool import Job, JobResult, Pool, pool_for, pool_label
 from taskq.ratelimit import RateLimits
 from taskq.worker import lifecycle
 from taskq.worker.bootsteps import default_steps
@@ -108,6 +108,11 @@ class Worker:
         self.pool_kind = pool or conf.worker_pool
         if self.pool_kind == "solo":
             self.concurrency = 1
+        if conf.worker_threads > 1 and self.pool_kind != "prefork":
+            raise ConfigurationError(
+                f"worker_threads = {conf.worker_threads} (--threads) runs threads inside "
+                f"prefork children; with -P {self.pool_kind} leave it at 1 (for a thread "
+                "pool, -P threads -c N)")
         self._check_security()
         # The solo pool blocks the loop while a task runs, by design: no lag warnings there.
         self.loop = Loop(clock=clock,
@@ -151,7 +156,7 @@ class Worker:
         self.consumer = BrokerConsumer(
             app, self.loop,
             queues=queues_for(app, queues, exclude_queues),
-            prefetch=self.concurrency * multiplier,
+            prefetch=self.pool.size() * multiplier,  # slots: prefork --threads has more
             on_message=self.on_message, on_connected=self.on_connected,
             on_lost=self.on_connection_lost, on_fatal=self.on_fatal,
         )
@@ -191,8 +196,8 @@ class Worker:
             self._started_steps.append(step)
         if self.autoscale is not None:
             if not self.pool.supports_autoscale:
-                raise ConfigurationError(f"--autoscale needs the prefork pool, not "
-                                         f"{self.pool_kind}")
+                raise ConfigurationError(f"--autoscale needs the prefork pool without "
+                                         f"--threads, not {pool_label(self.pool_kind, self.pool)}")
             self.pool.autoscale(*self.autoscale)
         self.loop.hub.call_repeatedly(1.0, self._tick)
         self._steps_started = True
@@ -972,6 +977,7 @@ class Worker:
 
     def pool_size(self) -> int:
         return self.pool.size()
+
 
     def send_heartbeat(self) -> None:
         self.events.heartbeat()

@@ -44,6 +44,34 @@ def soft_catcher(inside: str | None = None) -> str:
     return "not caught"
 
 
+@app.task(name="rendezvous")
+def rendezvous(folder: str, count: int) -> int:
+    """Arrive (a file of this call's own in ``folder``), then wait until ``count`` calls have
+    arrived: it returns only if that many run at the same time. Returns the pid."""
+    open(os.path.join(folder, uuid.uuid4().hex), "w").close()
+    deadline = time.monotonic() + 30
+    while len(os.listdir(folder)) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(os.listdir(folder))} of {count} arrived")
+        time.sleep(0.01)
+    return os.getpid()
+
+
+@app.task(name="busy_catcher")
+def busy_catcher(seconds: float) -> str:
+    """Python code running for ``seconds`` (short sleeps: a soft limit raised from another
+    thread lands between them); says whether the soft limit interrupted it."""
+    from taskq import SoftTimeLimitExceeded
+
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    except SoftTimeLimitExceeded:
+        return "caught"
+    return "not caught"
+
+
 @app.task(name="die")
 def die(how: str) -> None:
     if how == "exit":
