@@ -101,6 +101,9 @@ def make_rows(redis_url: str, amqp_url: str, sizes: Sizes, scratch: Path) -> lis
             False, main_cpu(amqp_url)),
         Row("redis3", "task doing 3 Redis calls, prefork -c 2", "tasks/s", ">= 2,800/s", True,
             drain(redis_url, sizes.redis_tasks, task="bench.redis3")),
+        Row("redis3_threads", "task doing 3 Redis calls, prefork -c 2 --threads 8", "tasks/s",
+            ">= 2,800/s", True, drain(redis_url, sizes.redis_tasks, task="bench.redis3",
+                                      worker_args=("--threads", "8")), kinds=("taskq",)),
         Row("startup", "worker start -> first task, mingle on (queue pre-filled)", "ms",
             "<= 300 ms", False, start, warmup=start),
         Row("recycle", "-c 1 --max-tasks-per-child 1", "tasks/s", ">= 150/s", True,
@@ -118,8 +121,8 @@ def make_rows(redis_url: str, amqp_url: str, sizes: Sizes, scratch: Path) -> lis
     ]
 
 
-ROW_KEYS = ("drain_redis", "drain_amqp", "cpu_redis", "cpu_amqp", "redis3", "startup", "recycle",
-            "pss", "publish", "publish_group")
+ROW_KEYS = ("drain_redis", "drain_amqp", "cpu_redis", "cpu_amqp", "redis3", "redis3_threads",
+            "startup", "recycle", "pss", "publish", "publish_group")
 
 
 def installed(kind: str) -> bool:

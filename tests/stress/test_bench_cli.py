@@ -60,8 +60,8 @@ def test_bench_publish_prints_send_task_calls_per_second(redis_url):
         <= figures["taskq"]["max_per_s"]
 
 
-_ALL_ROWS = ["drain_redis", "drain_amqp", "cpu_redis", "cpu_amqp", "redis3", "startup",
-             "recycle", "pss", "publish", "publish_group"]
+_ALL_ROWS = ["drain_redis", "drain_amqp", "cpu_redis", "cpu_amqp", "redis3", "redis3_threads",
+             "startup", "recycle", "pss", "publish", "publish_group"]
 def test_bench_drain_prints_the_rate_and_the_cpu_each_task_cost(redis_url):
     figures = json.loads(_bench("drain", "--broker", redis_url, "--tasks", "2000")
                          )["redis"]["taskq"]
@@ -76,7 +76,7 @@ _TINY = ["--drain-tasks", "2000", "--redis-tasks", "1500", "--recycle-tasks", "1
          "--group-size", "10", "--settle", "0"]
 
 
-@pytest.mark.timeout(900)  # ten benchmarks one after another: minutes on a loaded machine
+@pytest.mark.timeout(900)  # eleven benchmarks one after another: minutes on a loaded machine
 def test_bench_all_measures_every_row_of_the_table_and_writes_its_figures(
         redis_url, amqp_url, tmp_path):
     # Given every row, one tiny round, taskq alone
