@@ -32,8 +32,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from taskq import states
 from taskq.errors import SoftTimeLimitExceeded
@@ -61,9 +61,15 @@ default action ends the process), in case the parent, which normally kills it at
 is stalled: a stalled parent cannot leave a task running forever."""
 
 
-class _State:
-    in_task = False
-    stored: str | None = None  # the state this job's outcome was stored as (final)
+class _JobState:
+    """The job this (one-job) child runs, as its soft-limit handler sees it."""
+
+    def __init__(self) -> None:
+        self.in_task = False
+        self.stored: str | None = None  # the state its outcome was stored as (final)
+
+
+_State = _JobState()
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -173,6 +179,16 @@ def _rss_kib() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+def recycle_reason(done: int, max_tasks: int | None, max_memory_kib: int | None
+                   ) -> str | None:
+    """Why a child that has run ``done`` jobs leaves now (None: it stays)."""
+    if max_tasks and done >= max_tasks:
+        return "max_tasks_per_child"
+    if max_memory_kib and _rss_kib() > max_memory_kib:
+        return "max_memory_per_child"
+    return None
+
+
 _SOFT = {signal.SIGUSR1}
 
 
@@ -190,18 +206,24 @@ def _arm_backstop(hard: float | None) -> None:
         signal.setitimer(signal.ITIMER_REAL, hard + HARD_LIMIT_GRACE)
 
 
-def _run(app: TaskQ, job: Job, hostname: str | None, seq: int, event_fd: int) -> JobResult:
-    _State.in_task = True
-    _State.stored = None
+class _Outcome(Protocol):
+    stored: str | None  # the state the job's outcome was stored as (final), once stored
+
+
+def run_reporting(app: TaskQ, job: Job, hostname: str | None, seq: int, event_fd: int,
+                  outcome: _Outcome, *, before_run: Callable[[], object],
+                  before_store: Callable[[], object]) -> JobResult:
+    """Run ``job`` and tell the parent, frame by frame, how far its outcome got (``storing``,
+    ``stored``, ``claimed``, ``sent``, ``followed``). ``before_run`` and ``before_store``
+    open and close the window in which a soft limit may interrupt the task."""
+    outcome.stored = None
 
     def storing() -> None:
-        # A soft limit from here on would cut the store short: the result lost while the
-        # parent acks SUCCESS. It stays blocked until the next job (which drops it).
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SOFT)
+        before_store()
         write_frames(event_fd, ("storing", seq))
 
     def stored(state: str) -> None:
-        _State.stored = state
+        outcome.stored = state
         write_frames(event_fd, ("stored", seq, state))
 
     def claimed(group_id: str, token: str, fired: bool) -> None:
@@ -214,20 +236,31 @@ def _run(app: TaskQ, job: Job, hostname: str | None, seq: int, event_fd: int) ->
         write_frames(event_fd, ("sent", seq, count))
 
     try:
-        # Blocked since before ``started`` was sent: a soft limit (or revoke) signalled in
-        # between is delivered now, not lost.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SOFT)
+        before_run()
         return run_job(app, job, hostname, on_storing=storing, on_stored=stored,
                        on_claimed=claimed, on_followed=followed, on_sent=sent)
     except BaseException as exc:  # outside the task's own try (a late soft limit, exit())
         summary = f"{type(exc).__name__}: {exc}"[:200]
-        if _State.stored is not None:  # after the store: what was stored is the outcome
-            return JobResult(_State.stored, summary=summary)
+        if outcome.stored is not None:  # after the store: what was stored is the outcome
+            return JobResult(outcome.stored, summary=summary)
         with contextlib.suppress(Exception):
             storing()
             app.backend.mark_as_failure(job.id, exc, request=job.msg)
             stored(states.FAILURE)
         return JobResult(states.FAILURE, summary=summary)
+
+
+def _run(app: TaskQ, job: Job, hostname: str | None, seq: int, event_fd: int) -> JobResult:
+    _State.in_task = True
+    try:
+        # The soft-limit signal has been blocked since before ``started`` was sent: one
+        # signalled in between is delivered as the task starts, not lost. From ``storing``
+        # on it is blocked again (it would cut the store short: the result lost while the
+        # parent acks SUCCESS), until the next job, which drops it.
+        return run_reporting(
+            app, job, hostname, seq, event_fd, _State,
+            before_run=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, _SOFT),
+            before_store=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, _SOFT))
     finally:
         _State.in_task = False
 
@@ -280,11 +313,7 @@ def child_main(app: TaskQ, parent_pid: int, job_fd: int, event_fd: int, *,
             if hard:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             done += 1
-            reason = None
-            if max_tasks and done >= max_tasks:
-                reason = "max_tasks_per_child"
-            elif max_memory_kib and _rss_kib() > max_memory_kib:
-                reason = "max_memory_per_child"
+            reason = recycle_reason(done, max_tasks, max_memory_kib)
             if reason is None:
                 write_frames(event_fd, ("done", seq, result))
                 continue

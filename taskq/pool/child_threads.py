@@ -33,9 +33,8 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from taskq import states
 from taskq.errors import SoftTimeLimitExceeded
-from taskq.pool.base import Job, JobResult, run_job
+from taskq.pool.base import Job
 from taskq.pool.ipc import JobInbox, write_frames
 
 if TYPE_CHECKING:
@@ -97,50 +96,20 @@ class Slot:
                                ctypes.py_object(SoftTimeLimitExceeded))
 
 
+def _nothing() -> None:
+    pass
+
+
 def _grace() -> float:
     from taskq.pool.child import HARD_LIMIT_GRACE
 
     return HARD_LIMIT_GRACE
 
 
-def _run(app: TaskQ, job: Job, hostname: str | None, seq: int, slot: Slot) -> JobResult:
-    fd = slot.event_fd
-
-    def storing() -> None:
-        slot.mark_storing()
-        write_frames(fd, ("storing", seq))
-
-    def stored(state: str) -> None:
-        slot.stored = state
-        write_frames(fd, ("stored", seq, state))
-
-    def claimed(group_id: str, token: str, fired: bool) -> None:
-        write_frames(fd, ("claimed", seq, group_id, token, fired))
-
-    def followed() -> None:
-        write_frames(fd, ("followed", seq))
-
-    def sent(count: int) -> None:
-        write_frames(fd, ("sent", seq, count))
-
-    try:
-        return run_job(app, job, hostname, on_storing=storing, on_stored=stored,
-                       on_claimed=claimed, on_followed=followed, on_sent=sent)
-    except BaseException as exc:  # outside the task's own try (a late soft limit, exit())
-        summary = f"{type(exc).__name__}: {exc}"[:200]
-        if slot.stored is not None:  # after the store: what was stored is the outcome
-            return JobResult(slot.stored, summary=summary)
-        with contextlib.suppress(Exception):
-            storing()
-            app.backend.mark_as_failure(job.id, exc, request=job.msg)
-            stored(states.FAILURE)
-        return JobResult(states.FAILURE, summary=summary)
-
-
 def _serve(app: TaskQ, slot: Slot, hostname: str | None, max_tasks: int | None,
            max_memory_kib: int | None) -> None:
     """One slot's loop: the one-job child's, in a thread. Any failure ends the process."""
-    from taskq.pool.child import _rss_kib
+    from taskq.pool.child import recycle_reason, run_reporting
 
     try:
         slot.thread_id = threading.get_ident()
@@ -158,16 +127,14 @@ def _serve(app: TaskQ, slot: Slot, hostname: str | None, max_tasks: int | None,
             slot.begin(hard)
             write_frames(slot.event_fd, ("started", seq))
             try:
-                result = _run(app, Job(msg=msg, delivery_info=delivery_info, time_limit=hard,
-                                       run_id=run_id), hostname, seq, slot)
+                result = run_reporting(
+                    app, Job(msg=msg, delivery_info=delivery_info, time_limit=hard,
+                             run_id=run_id), hostname, seq, slot.event_fd, slot,
+                    before_run=_nothing, before_store=slot.mark_storing)
             finally:
                 slot.end()
             done += 1
-            reason = None
-            if max_tasks and done >= max_tasks:
-                reason = "max_tasks_per_child"
-            elif max_memory_kib and _rss_kib() > max_memory_kib:
-                reason = "max_memory_per_child"
+            reason = recycle_reason(done, max_tasks, max_memory_kib)
             if reason is None:
                 write_frames(slot.event_fd, ("done", seq, result))
                 continue
