@@ -353,6 +353,8 @@ class PreforkPool(Pool):
         idle_ok = not max_tasks or self._holding() < self.target
         best: Child | None = None
         best_load = 1 << 30
+        idle_slot: Child | None = None  # threaded children: an idle slot of the least busy
+        idle_busy = 1 << 30
         for child in self.children.values():
             if child.state is not ChildState.READY:
                 continue
@@ -361,14 +363,22 @@ class PreforkPool(Pool):
             waiting = len(child.queued)
             load = waiting + (child.current is not None)
             if load == 0:
-                if idle_ok:
+                if not idle_ok:
+                    continue
+                if child.group is None:
                     return child
+                # Spread over processes first: threads of one process share its GIL.
+                busy = sum(1 for s in child.group.slots if s.current is not None or s.queued)
+                if busy == 0:
+                    return child
+                if busy < idle_busy:
+                    idle_slot, idle_busy = child, busy
                 continue
             if fair or waiting >= depth:
                 continue
             if load < best_load:
                 best, best_load = child, load
-        return best
+        return idle_slot if idle_slot is not None else best
 
     def can_accept(self) -> bool:
         return self._pick() is not None

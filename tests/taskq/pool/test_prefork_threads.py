@@ -29,6 +29,18 @@ def test_a_threaded_child_runs_as_many_jobs_at_once_as_it_has_threads(harness, t
     assert not h.lost
 
 
+def test_jobs_go_to_the_least_busy_process_first(harness):
+    # Threads of one process share its GIL: two jobs on a pool of two processes with two
+    # threads each run in different processes, and the third joins one of them.
+    h = harness(concurrency=2, worker_threads=2)
+    first = [h.submit("sleep", 30) for _ in range(2)]
+    h.run_until(lambda: all(job.pid is not None for job in first))
+    assert len({job.pid for job in first}) == 2
+    third = h.submit("sleep", 30)
+    h.run_until(lambda: third.pid is not None)
+    assert third.pid in {job.pid for job in first}
+
+
 def test_a_threaded_pool_refuses_resizing_and_says_why(harness):
     h = harness(concurrency=1, worker_threads=3)
     assert not h.pool.supports_resize and not h.pool.supports_autoscale
