@@ -166,7 +166,9 @@ def test_cut_closes_every_connection_and_clients_can_reconnect(proxy: FaultProxy
         s.close()
     with _connect(proxy) as again:
         _rtt(again)  # a new connection is served
-    assert [c.index for c in proxy.connections()] == [3]
+        # Asked while it is open: once closed, the proxy drops it from the list whenever
+        # it notices (under load, before or after this line).
+        assert [c.index for c in proxy.connections()] == [3]
 
 
 def test_reset_sends_rst(proxy: FaultProxy) -> None:
