@@ -350,7 +350,9 @@ def test_what_a_killed_child_sent_runs_once_when_its_parent_sends_it_again(
         res = chain(add.s(1, 1), counted.s(str(ledger))).apply_async()
         expected = 2
     assert app.AsyncResult(res.id).get(timeout=60) == expected
-    assert marker.exists(), "the child that sent it was killed"
+    # The child makes the marker after its publish returns, so the copy it sent can have run
+    # (and the result above arrived) before the marker is there: wait for it.
+    wait_until(marker.exists, 30, "the child that sent it to be killed")
     dropped = re.compile(rf"canvasmod.counted\[{res.id}\]: a second copy")
 
     def runs() -> list[str]:
