@@ -63,7 +63,9 @@ class Slot:
         self.event_fd = event_fd
         self.lock = threading.Lock()
         self.thread_id = 0
-        self.in_task = False
+        self.in_task = False            # inside run_reporting's try: a soft limit is raised
+        self.begun = False              # ``started`` sent, the task's try not yet entered
+        self.deferred = False           # a soft limit came while begun: raised on entering
         self.storing = False            # from ``storing`` on, a soft limit is not raised
         self.stored: str | None = None  # the state its outcome was stored as (final)
         self.backstop_at = 0.0          # monotonic time past which the task is stopped
@@ -75,12 +77,22 @@ class Slot:
     def begin(self, hard: float | None) -> None:
         with self.lock:
             self._clear_pending()  # a soft limit meant for the previous job
-            self.in_task, self.storing, self.stored = True, False, None
+            self.begun, self.deferred, self.storing, self.stored = True, False, False, None
             self.backstop_at = time.monotonic() + hard + _grace() if hard else 0.0
+
+    def enter(self) -> None:
+        """In the task's thread, inside ``run_reporting``'s try (``before_run``): from here an
+        asynchronous exception ends the task, not the thread (which would end the process)."""
+        with self.lock:
+            self.in_task, self.begun = True, False
+            deferred, self.deferred = self.deferred, False
+        if deferred:
+            raise SoftTimeLimitExceeded()
 
     def end(self) -> None:
         with self.lock:
-            self.in_task, self.backstop_at = False, 0.0
+            self.in_task = self.begun = self.deferred = False
+            self.backstop_at = 0.0
             self._clear_pending()
 
     def mark_storing(self) -> None:
@@ -91,13 +103,11 @@ class Slot:
     def soft_limit(self) -> None:
         """In the main thread (a signal handler): raise the limit in this slot's task."""
         with self.lock:
-            if self.in_task and not self.storing and self.thread_id:
+            if self.begun:
+                self.deferred = True
+            elif self.in_task and not self.storing and self.thread_id:
                 _SET_ASYNC_EXC(ctypes.c_ulong(self.thread_id),
                                ctypes.py_object(SoftTimeLimitExceeded))
-
-
-def _nothing() -> None:
-    pass
 
 
 def _grace() -> float:
@@ -130,7 +140,7 @@ def _serve(app: TaskQ, slot: Slot, hostname: str | None, max_tasks: int | None,
                 result = run_reporting(
                     app, Job(msg=msg, delivery_info=delivery_info, time_limit=hard,
                              run_id=run_id), hostname, seq, slot.event_fd, slot,
-                    before_run=_nothing, before_store=slot.mark_storing)
+                    before_run=slot.enter, before_store=slot.mark_storing)
             finally:
                 slot.end()
             done += 1

@@ -207,9 +207,11 @@ class PreforkPool(Pool):
         return sum(1 for c in self.children.values() if not c.retiring and not self._spent(c))
 
     def _holding(self) -> int:
-        """Ready children that hold a job (running or queued), spent ones included."""
+        """Ready children that hold a job (running or queued), spent ones included, and the
+        slots of a recycled threaded process that still run theirs."""
         return sum(1 for c in self.children.values()
-                   if c.state is ChildState.READY and (c.current is not None or c.queued))
+                   if (c.state is ChildState.READY or (c.group is not None and c.retiring))
+                   and (c.current is not None or c.queued))
 
     def _storm_delay(self) -> float:
         over = self._early_deaths + self._unstarted_deaths - STORM_FREE
@@ -332,13 +334,21 @@ class PreforkPool(Pool):
                 logger.error("pool child %d not ready after %.1f s: killing it", child.pid,
                              self.ready_timeout)
                 self._kill(child)
-            elif (child.retiring and not child.killed and child.current is None
-                  and not child.queued and now - child.retired_at > RETIRE_TIMEOUT):
-                logger.warning("pool child %d still there %.0f s after it was told to exit: "
-                               "killing it", child.pid, RETIRE_TIMEOUT)
+            elif not child.killed and self._overdue_exit(child, now):
+                logger.warning("pool child %s still there %.0f s after it was told to exit: "
+                               "killing it", child.label, RETIRE_TIMEOUT)
                 self._kill(child)
             if child.pidfd < 0 and not child.reap_scheduled:
                 self._poll_exit(child)  # a process it forked may hold its event pipe open
+
+    @staticmethod
+    def _overdue_exit(child: Child, now: float) -> bool:
+        """Told to exit more than ``RETIRE_TIMEOUT`` ago and holding nothing. A slot of a
+        threaded child is judged with its process: killing it kills every slot, so not while
+        any of them still runs or holds a job."""
+        slots = child.group.slots if child.group is not None else (child,)
+        return all(s.dead or (s.retiring and s.current is None and not s.queued
+                              and now - s.retired_at > RETIRE_TIMEOUT) for s in slots)
 
     # -- scheduling ---------------------------------------------------------------------------
     def _pick(self) -> Child | None:
@@ -569,6 +579,12 @@ class PreforkPool(Pool):
             return
         if child.soft_at and child.soft_at <= now:
             child.soft_at = 0.0
+            # It may have ended just in time, and be running its next job already (``fast``):
+            # a signal sent now would interrupt that one.
+            child.reader.read_available()
+            self._handle_frames(child)
+            if child.current is not job or child.reaped:
+                return
             logger.warning("soft time limit (%ss) exceeded for %s[%s]", job.soft_time_limit,
                            job.name, job.id)
             self._signal(child, child.soft_signal)

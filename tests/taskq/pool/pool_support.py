@@ -57,6 +57,17 @@ def rendezvous(folder: str, count: int) -> int:
     return os.getpid()
 
 
+@app.task(name="wait_for")
+def wait_for(path: str) -> int:
+    """Run until the test makes ``path`` (60 s at most); returns the pid."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never made")
+        time.sleep(0.01)
+    return os.getpid()
+
+
 @app.task(name="busy_catcher")
 def busy_catcher(seconds: float) -> str:
     """Python code running for ``seconds`` (short sleeps: a soft limit raised from another

@@ -163,6 +163,46 @@ def test_a_soft_signal_right_after_started_is_not_lost(harness):
     assert h.done[0][1].summary in ("'caught'", "SoftTimeLimitExceeded: SoftTimeLimitExceeded()")
 
 
+def test_a_soft_limit_due_after_its_task_ended_does_not_interrupt_the_next_one(
+        harness, tmp_path):
+    # Given -O fast: the next job waits in the child and starts the moment the first ends
+    h = harness(concurrency=1, pool_options={"optimization": "fast"})
+    first = h.submit("sleep", 0.2, soft_time_limit=0.6)
+    inside = tmp_path / "inside"
+    second = h.submit("soft_catcher", str(inside))
+    h.running_child(first)
+    [child] = h.pool.children.values()
+    soft_at = child.soft_at
+    # When the first ends and the second runs before this loop turns again (a busy loop),
+    # and only then the first one's soft limit comes due
+    deadline = time.monotonic() + 30
+    while not inside.exists() or h.pool.clock() <= soft_at:
+        assert time.monotonic() < deadline, "the second job never started"
+        time.sleep(0.01)
+    # Then the limit is not sent to the child: the second job sleeps its 10 s, not caught
+    h.run_until(lambda: len(h.done) == 2, timeout=40)
+    results = dict(h.done)
+    assert results[first].state == "SUCCESS"
+    assert results[second].summary == "'not caught'"
+
+
+def test_a_soft_signal_right_after_started_is_not_lost_in_a_threaded_child(harness):
+    from taskq.pool.child_threads import soft_limit_signal
+
+    h = harness(concurrency=1, worker_threads=2)
+    job = h.submit("soft_catcher")
+    pid = h.running_child(job)
+    os.kill(pid, soft_limit_signal(job_slot(h, job)))
+    h.run_until(lambda: len(h.done) == 1, timeout=30)
+    assert h.done[0][1].summary in ("'caught'", "SoftTimeLimitExceeded: SoftTimeLimitExceeded()")
+    assert not h.lost
+
+
+def job_slot(h, job) -> int:
+    [slot] = [c.slot for c in h.pool.children.values() if c.current is job]
+    return slot
+
+
 def test_a_child_that_never_gets_ready_is_killed_and_replaced(harness, first_child_hangs,
                                                               caplog):
     # A ready timeout far shorter than the hang, long enough for a slow machine's start

@@ -102,6 +102,51 @@ def test_recycling_a_threaded_child_replaces_the_whole_process(harness, tmp_path
     assert all(p.status() != psutil.STATUS_ZOMBIE for p in psutil.Process().children())
 
 
+def test_a_recycled_threaded_child_finishes_its_other_tasks_however_long_they_take(
+        harness, monkeypatch):
+    # The retire timeout kills an idle slot that does not exit; killing it kills the process,
+    # so it must wait for the process's other slots, not only for the idle one.
+    monkeypatch.setattr(prefork, "RETIRE_TIMEOUT", 0.5)
+    monkeypatch.setattr(prefork, "HOUSEKEEPING", 0.1)
+    h = harness(concurrency=1, worker_threads=2, worker_max_tasks_per_child=1)
+    slow = h.submit("sleep", 4)
+    h.run_until(lambda: slow.pid is not None)
+    # When the other slot's one task ends, the process is recycled after what it holds
+    quick = h.submit("sleep", 0.01)
+    h.run_until(lambda: h.pool.stats["recycled_max_tasks_per_child"] >= 1, timeout=20)
+    h.run_until(lambda: len(h.done) + len(h.lost) == 2, timeout=30)
+    # Then the slow task ran to its end in that process, long after the retire timeout
+    assert not h.lost, h.lost
+    assert {j for j, _ in h.done} == {slow, quick}
+    assert all(result.state == "SUCCESS" for _, result in h.done), h.done
+    assert quick.pid == slow.pid
+
+
+def test_a_recycled_threaded_process_and_its_successor_run_no_more_than_the_pool_size(
+        harness, tmp_path: Path):
+    # Given one process with two threads, recycled after each slot's first task, one slot
+    # still running a long task in it
+    h = harness(concurrency=1, worker_threads=2, worker_max_tasks_per_child=1)
+    running: list[int] = []
+    h.checks.append(lambda: running.append(
+        sum(1 for c in h.pool.children.values() if c.current is not None)))
+    gate = tmp_path / "gate"
+    slow = h.submit("wait_for", str(gate))
+    h.run_until(lambda: slow.pid is not None)
+    h.submit("sleep", 0.01)
+    h.run_until(lambda: h.pool.stats["recycled_max_tasks_per_child"] >= 1, timeout=20)
+    h.run_until(lambda: len(h.pool.pids()) == 2 and h.ready_children() == 2, timeout=20)
+    # When two more tasks come while it runs
+    more = [h.submit("sleep", 0.2) for _ in range(2)]
+    h.run_until(lambda: all(j in {d for d, _ in h.done} for j in more), timeout=30)
+    gate.touch()
+    h.run_until(lambda: len(h.done) == 4, timeout=30)
+    # Then no more than two tasks (one process's threads) ran at any time
+    assert max(running) == 2, max(running)
+    assert all(result.state == "SUCCESS" for _, result in h.done), h.done
+    assert not h.lost
+
+
 @pytest.mark.parametrize("threads", [0, 100])
 def test_a_thread_count_out_of_range_is_refused_with_the_setting_named(harness, threads):
     with pytest.raises(ConfigurationError, match="worker_threads"):
