@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from taskq import states
 from taskq.backends.base import Backend, ChordJoin, Meta, claim_token
@@ -234,7 +234,7 @@ class RedisBackend(Backend):
                 raw = self.client.lrange(keys[".j"], 0, -1)
         parts = []
         for item in raw:
-            _version, tid, part_state, value = self.decode_part(item)
+            _version, tid, part_state, value = self.decode_part(cast(bytes, item))
             parts.append((str(tid), str(part_state), value))
         return ChordJoin(group_id, token, tuple(parts))
 
