@@ -20,7 +20,7 @@ import json
 import os
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from stress.spaces import Space
@@ -76,8 +76,10 @@ def _redis(space: Space) -> Leftovers:
     prefix = str(space.transport_options.get("global_keyprefix", ""))
     client = redis.Redis.from_url(space.url, socket_timeout=5)
     try:
-        leased: dict[bytes, bytes] = client.hgetall(f"{prefix}taskq:leased")
-        ids = {m.decode() for m in client.zrange(f"{prefix}taskq:leases", 0, -1)}
+        # decode_responses is off: bytes, whatever redis-py's annotations allow
+        leased = cast("dict[bytes, bytes]", client.hgetall(f"{prefix}taskq:leased"))
+        ids = {m.decode() for m in cast("list[bytes]",
+                                        client.zrange(f"{prefix}taskq:leases", 0, -1))}
         ids |= {f.decode() for f in leased if not f.endswith(b":q")}
         leases = tuple(task_id_of(leased.get(i.encode())) for i in sorted(ids))
         base = f"{prefix}{space.queue}"
