@@ -358,6 +358,27 @@ def fanout_subscribers(channel: Any, exchange: str) -> int | None:
         return int(client.publish(topic_of(exchange, ""), ""))
 
 
+def subscribe_now(channel: Any) -> None:
+    """Send a Redis channel's SUBSCRIBE for its fanout queues now (``Channel._subscribe``,
+    ``_in_listen``, ``active_fanout_queues``, ``subclient``: kombu 5.3 to 5.7) instead of when
+    the poller next starts: what is broadcast right after a worker says ``ready`` must reach
+    it. The pub/sub client gets its connection as kombu's poller gives it one
+    (``_client_registered``), and the poller subscribes again when it registers the channel,
+    which Redis takes as a no-op. Does nothing on other channels (AMQP binds its queue when
+    consuming; SQLite keeps what is published)."""
+    subscribe = getattr(channel, "_subscribe", None)
+    if (subscribe is None or not getattr(channel, "active_fanout_queues", None)
+            or getattr(channel, "_in_listen", None)):
+        return
+    client = channel.subclient
+    if getattr(client, "connection", None) is None:
+        try:
+            client.connection = client.connection_pool.get_connection()
+        except TypeError:  # redis-py < 5.3 wants a command name (unused)
+            client.connection = client.connection_pool.get_connection("_")
+    subscribe()
+
+
 def cancel_unacked_restore(cycle: Any) -> None:
     """Cancel kombu's periodic unacked-message restore on the Redis poller:
     ``MultiChannelPoller._restore_messages_tref`` (kombu >= 5.7). Older kombu keeps no handle

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from kombu.pidbox import Node
 
+from taskq.compat import subscribe_now
 from taskq.control import make_mailbox
 from taskq.worker.inspect import HANDLERS
 
@@ -37,6 +38,7 @@ class ControlNode:
                                        channel=channel, handlers=dict(HANDLERS))
         self.node = node
         node.listen(callback=self._on_message)
+        subscribe_now(channel)  # listening before the worker says ready, not after
 
     def _addressed_to_us(self, body: dict[str, Any]) -> bool:
         destination: Any = body.get("destination")

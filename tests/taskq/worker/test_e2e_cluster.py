@@ -13,13 +13,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from e2e_support import Broker, Ledger, StartWorker, wait_until
 from kombu.pidbox import Mailbox
 
 from taskq.events import EventReceiver
+from taskq.worker.cluster import pidbox_listeners
+from taskq.worker.control import ControlNode
 
 HERE = Path(__file__).parent
 
@@ -87,6 +90,19 @@ def test_mingle_hands_revoked_ids_and_clock_to_a_new_worker(
     assert "revoked-before-b" in revoked[0][b.hostname]
     clock_b = client.control.broadcast("clock", destination=[b.hostname], reply=True)
     assert clock_b[0][b.hostname]["clock"] > clock_a[0][a.hostname]["clock"]
+
+
+def test_a_worker_listens_for_control_commands_before_it_says_ready(
+        redis_broker: Broker) -> None:
+    """On Redis a broadcast reaches only the connections subscribed when it is published:
+    the control node subscribes as it attaches, not when the loop next turns (after the
+    worker has logged "ready"), so a command sent right after "ready" is not lost."""
+    app = redis_broker.app()
+    worker = SimpleNamespace(hostname=f"listens@{redis_broker.name}", app=app)
+    with app.connection() as conn, app.connection() as other:
+        assert pidbox_listeners(other, "celery.pidbox") == 0
+        ControlNode(cast(Any, worker)).attach(conn)  # and no loop turns after it
+        assert pidbox_listeners(other, "celery.pidbox") == 1
 
 
 @contextlib.contextmanager
