@@ -399,8 +399,9 @@ def lost_process(ev: Evidence) -> Verdict:
 def _in_flight(ev: Evidence, at: float, waiting: bool = False) -> bool:
     """A task ran at ``at`` (every task the ledger saw run: a canvas's steps sent by the
     worker count too); with ``waiting``, one published and not yet ended counts too: a
-    connection fault hits the messages a worker holds or will fetch, not only running ones
-    (a workload of millisecond tasks is rarely running at the instant of a cut)."""
+    connection fault or a main-process fault hits the messages a worker holds or will fetch,
+    not only running ones (a workload of millisecond tasks is rarely running at the instant
+    of a cut, nor while kills keep both children restarting)."""
     for h in list(ev.book.by_id.values()):
         for s in h.starts:
             end = _run_end(h, s)
@@ -414,6 +415,9 @@ def _in_flight(ev: Evidence, at: float, waiting: bool = False) -> bool:
 
 
 CONNECTION_FAULTS = frozenset({"cut-connections", "blackhole", "restart-broker"})
+# A dead main process's reserved messages are redelivered (the table's row): also a fault
+# that hits work when no task happened to be running at that instant.
+HOLDING_FAULTS = CONNECTION_FAULTS | {"kill-main", "terminate-worker"}
 
 
 def not_vacuous(ev: Evidence) -> Verdict:
@@ -443,7 +447,7 @@ def not_vacuous(ev: Evidence) -> Verdict:
         records = _ok(ev.faults, journal_kinds)
         if fault_kind == "cut-connections":
             records = [r for r in records if r.detail.get("closed")]
-        busy = sum(_in_flight(ev, r.mono, waiting=fault_kind in CONNECTION_FAULTS)
+        busy = sum(_in_flight(ev, r.mono, waiting=fault_kind in HOLDING_FAULTS)
                    for r in records)
         figures[f"{fault_kind}_in_flight"] = busy
         if busy < 1:

@@ -179,6 +179,19 @@ def test_a_cut_while_tasks_wait_unfinished_hits_work_though_none_runs_then() -> 
     assert not verdict.passed and "no cut-connections fault" in verdict.message
 
 
+def test_a_main_kill_while_published_tasks_wait_hits_work_though_none_runs_then() -> None:
+    """Mixed seed 3 (Redis, late-reject): the main process was killed at an instant when
+    child kills had both children restarting and 206 published tasks had not ended; the
+    messages it held went back to the queue, as the table's row says: not vacuous."""
+    suite = Suite("t", "", Path("t.toml"), faults=[{"kind": "kill-main"}],
+                  oracles={"min_tasks": 1})
+    entries = [_e("published", "a", 1, 0.0, kind="noop", expect="ok"),
+               _e("started", "a", 7, 4.0), _e("finished", "a", 7, 4.01, outcome="ok")]
+    assert not_vacuous(_evidence(entries, [_main_kill(3.0)], suite=suite)).passed
+    verdict = not_vacuous(_evidence(entries, [_main_kill(5.0)], suite=suite))
+    assert not verdict.passed and "no kill-main fault" in verdict.message
+
+
 def test_a_short_task_waiting_while_a_child_is_idle_is_head_of_line_blocking() -> None:
     suite = Suite("t", "", Path("t.toml"), oracles={"max_short_wait": 0.5})
     long_run = [_e("published", "L", 1, 0.0, kind="sleep", expect="ok"),
