@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import faulthandler
+import gc
 import logging
 import os
 import signal
@@ -273,6 +274,9 @@ def child_main(app: TaskQ, parent_pid: int, job_fd: int, event_fd: int, *,
     thread, ``--threads``), runs one job per slot at once (``child_threads``) instead."""
     code = 0
     try:
+        # What the parent made is never collected here: no finalizer of the parent's runs in
+        # a child, and this gc does not write into the pages it shares with the parent.
+        gc.freeze()
         _forget_imports_in_progress()
         _die_with_parent(parent_pid)
         _reset_signals()

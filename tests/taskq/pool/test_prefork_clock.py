@@ -36,6 +36,7 @@ def on_jump_clock(harness: Callable[..., Harness], **kwargs: Any) -> tuple[Harne
 def test_the_ready_timeout_runs_on_the_loop_clock(harness, first_child_hangs, caplog):
     h, clock = on_jump_clock(harness, concurrency=1, pool_options={"ready_timeout": 3600.0})
     h.pool.start(h.loop)
+    h.run_until(lambda: len(h.pool.pids()) == 1)  # forked on the loop's first turn
     [first] = h.pool.pids()
     h.run_until(lambda: not first_child_hangs.exists())  # it hangs before it can say ready
     clock.jump(3601)

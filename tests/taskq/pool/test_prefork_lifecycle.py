@@ -3,6 +3,7 @@ children that never get ready, restart storms, and what a child inherits."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import logging
@@ -208,6 +209,7 @@ def test_a_child_that_never_gets_ready_is_killed_and_replaced(harness, first_chi
     # A ready timeout far shorter than the hang, long enough for a slow machine's start
     h = harness(start=False, concurrency=1, pool_options={"ready_timeout": 3.0})
     h.pool.start(h.loop)
+    h.run_until(lambda: len(h.pool.pids()) == 1)  # forked on the loop's first turn
     [first] = h.pool.pids()
     with caplog.at_level(logging.ERROR, logger="taskq.pool.prefork"):
         h.run_until(lambda: h.ready_children() == 1, timeout=30)
@@ -279,6 +281,25 @@ def test_children_killed_from_outside_before_ready_are_replaced_without_backoff(
     assert sum("was killed before it was ready" in m for m in messages) == 6
     assert not any("keep dying" in m for m in messages)
     assert not zombies()
+
+
+def test_children_fork_after_set_up_and_the_parent_gc_leaves_what_they_share_alone(harness):
+    # Given what the parent holds before its pool starts (modules, the app, settings)
+    held = {"settings": [1, 2, 3]}
+    h = harness(start=False, concurrency=1)
+    h.pool.start(h.loop)
+    # Then no child forks inside start(): the other steps set up first, so what they
+    # allocate does not copy pages the children share
+    assert h.pool.pids() == []
+    h.run_until(lambda: h.ready_children() == 1)
+    # And the parent's collections no longer visit what it had at the first fork (each
+    # one wrote into every page a child shares), nor after a child is replaced
+    victim = h.pool.pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    h.run_until(lambda: victim not in h.pool.pids() and h.ready_children() == 1)
+    gc.collect()
+    assert not any(obj is held for obj in gc.get_objects())
+    assert gc.get_freeze_count() > 0
 
 
 def test_children_keep_only_their_own_pipes_stdio_and_log_files(harness, tmp_path):
