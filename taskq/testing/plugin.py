@@ -8,6 +8,7 @@ tests run in parallel under pytest-xdist.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -19,6 +20,8 @@ import pytest
 
 from taskq.app import TaskQ
 from taskq.testing.workers import SubprocessWorker, ThreadWorker
+
+LOG_TAIL = 20_000
 
 # -- options and markers -----------------------------------------------------------------------
 
@@ -34,6 +37,23 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers",
                             "taskq_private_broker: run this test's worker on a private Redis "
                             "(needed for taskq_chaos.restart_broker)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that ran a subprocess worker gets the end of that worker's log in its
+    report (the log file is deleted when the worker stops)."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    funcargs = getattr(item, "funcargs", {})
+    for name in ("taskq_worker", "taskq_session_worker"):
+        worker = funcargs.get(name)
+        if isinstance(worker, SubprocessWorker):
+            with contextlib.suppress(OSError):
+                report.sections.append((f"taskq worker log ({worker.hostname}, last "
+                                        f"{LOG_TAIL} characters)", worker.read_log()[-LOG_TAIL:]))
 
 
 # -- configuration fixtures that app teams override ---------------------------------------------

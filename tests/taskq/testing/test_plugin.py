@@ -59,6 +59,49 @@ def test_stuck(taskq_app, taskq_worker):
     result.stdout.fnmatch_lines(["*did not stop within 2.0 s; still running: never_returns*"])
 
 
+def test_a_failed_test_shows_the_end_of_its_subprocess_worker_s_log(pytester, broker_env):
+    pytester.makepyfile(proj="""
+from taskq import TaskQ
+
+app = TaskQ("proj")
+
+@app.task(name="proj.boom")
+def boom():
+    raise ValueError("boom from inside the worker")
+""")
+    pytester.makeconftest("""
+import pytest
+
+@pytest.fixture(scope="session")
+def taskq_app_spec():
+    return "proj:app"
+
+@pytest.fixture(scope="session")
+def taskq_worker_pool():
+    return "prefork"
+""")
+    pytester.makepyfile("""
+import time
+
+def test_boom(taskq_app, taskq_worker):
+    taskq_app.send_task("proj.boom")
+    deadline = time.monotonic() + 60
+    while "boom from inside" not in taskq_worker.read_log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert False, "the test fails after the task did"
+
+def test_passes(taskq_app, taskq_worker):
+    pass
+""")
+    result = pytester.runpytest_subprocess(timeout=120)
+    result.assert_outcomes(passed=1, failed=1)
+    # The failed test's report carries the worker's log (its file is gone after the test),
+    # the task's traceback included; the passing test's does not
+    result.stdout.fnmatch_lines(["*taskq worker log (taskqt*",
+                                 "*ValueError: boom from inside the worker*"])
+    assert result.stdout.str().count("taskq worker log (") == 1
+
+
 @pytest.mark.parametrize("broker", ["redis", "amqp", "embedded"])
 @pytest.mark.parametrize("pool", ["solo", "threads", "prefork"])
 def test_the_example_project_passes(pool, broker, request):
