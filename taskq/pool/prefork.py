@@ -181,6 +181,7 @@ class PreforkPool(Pool):
         self._housekeeping: Entry | None = None
         self._log_fds: frozenset[int] = frozenset()
         self._started = False
+        self._forked = False  # the first children forked (on the loop's first turn)
         self.clock: Clock = time.monotonic  # the loop's, from start(): tests can drive it
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -202,6 +203,9 @@ class PreforkPool(Pool):
         loop.call_soon(self._first_fork)
 
     def _first_fork(self) -> None:
+        self._forked = True
+        if self.stopping:
+            return
         # What exists now (modules, the app, its settings) lives as long as the worker: the
         # parent's gc stops visiting it, so its full collections do not write into pages the
         # children share. A child freezes what it inherits itself (child_main). An
@@ -232,8 +236,9 @@ class PreforkPool(Pool):
 
     def _maintain(self, *, now: bool = False) -> None:
         """Fork children until ``target`` are alive (and not retiring), unless throttled."""
-        if self.stopping or not self._started or self._spawn_timer is not None:
-            return
+        if (self.stopping or not self._started or not self._forked
+                or self._spawn_timer is not None):
+            return  # (before the first fork: it forks ``target`` children, resized or not)
         while self._active() < self.target:
             delay = 0.0 if now else self._storm_delay()
             now = False  # after a wait, one child starts: if it dies early, the wait doubles

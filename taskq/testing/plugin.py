@@ -48,13 +48,13 @@ def pytest_runtest_makereport(item: pytest.Item,
     report = outcome.get_result()
     if not report.failed:
         return
-    funcargs = getattr(item, "funcargs", {})
+    funcargs = getattr(item, "funcargs", None) or {}
     for name in ("taskq_worker", "taskq_session_worker"):
         worker = funcargs.get(name)
         if isinstance(worker, SubprocessWorker):
             with contextlib.suppress(OSError):
                 report.sections.append((f"taskq worker log ({worker.hostname}, last "
-                                        f"{LOG_TAIL} characters)", worker.read_log()[-LOG_TAIL:]))
+                                        f"{LOG_TAIL} bytes)", worker.read_log(tail=LOG_TAIL)))
 
 
 # -- configuration fixtures that app teams override ---------------------------------------------

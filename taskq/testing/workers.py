@@ -143,9 +143,12 @@ class SubprocessWorker:
         assert self.proc is not None
         return self.proc.pid
 
-    def read_log(self) -> str:
-        with open(self.log.name, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
+    def read_log(self, tail: int | None = None) -> str:
+        """The worker's log so far; with ``tail``, about its last ``tail`` bytes."""
+        with open(self.log.name, "rb") as fh:
+            if tail is not None:
+                fh.seek(max(0, fh.seek(0, os.SEEK_END) - tail))
+            return fh.read().decode("utf-8", errors="replace")
 
     def stop(self) -> None:
         proc = self.proc

@@ -4,6 +4,7 @@ loop and prefork pool; ``start=False`` leaves it unstarted) and closes every one
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +27,9 @@ def harness() -> Iterator[Callable[..., Harness]]:
     yield make
     for h in made:
         h.close()
+    # The pool froze this process's objects at its first fork, for good (a worker's parent
+    # keeps them frozen): thaw them, so each test's pool freezes what exists then
+    gc.unfreeze()
     app.hooks.worker_process_init[:] = init_hooks
     app._backend = None  # a backend made for one test's settings is not the next one's
 

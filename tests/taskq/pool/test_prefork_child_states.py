@@ -4,8 +4,10 @@ test_child_state.py): each move the pool makes is one the table allows."""
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
+from pool_support import app
 
 from taskq.pool.child_state import Child, ChildState
 
@@ -26,11 +28,22 @@ def moves(monkeypatch: pytest.MonkeyPatch) -> dict[int, list[ChildState]]:
 
 
 def test_children_stopped_before_ready_leave_without_counting_as_early_deaths(
-        harness, moves, caplog):
+        harness, moves, caplog, tmp_path):
+    hold = tmp_path / "hold"  # the children wait in their init hook until it is gone
+    hold.write_text("")
+
+    def held() -> None:
+        while hold.exists():
+            time.sleep(0.01)
+
+    app.hooks.worker_process_init.append(held)  # the harness fixture takes it out again
     h = harness(start=False, concurrency=2)
     h.pool.start(h.loop)
+    h.run_until(lambda: len(h.pool.pids()) == 2)
     pids = h.pool.pids()
-    h.pool.stop()  # the loop has not turned: neither child has been read saying ready
+    assert not any(c.ready for c in h.pool.children.values())
+    h.pool.stop()  # neither child has been read saying ready
+    hold.unlink()
     with caplog.at_level(logging.WARNING, logger="taskq.pool.prefork"):
         h.run_until(lambda: not h.pool.children)
     assert {pid: moves[pid] for pid in pids} == {

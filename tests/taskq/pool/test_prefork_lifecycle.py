@@ -284,19 +284,22 @@ def test_children_killed_from_outside_before_ready_are_replaced_without_backoff(
 
 
 def test_children_fork_after_set_up_and_the_parent_gc_leaves_what_they_share_alone(harness):
-    # Given what the parent holds before its pool starts (modules, the app, settings)
+    # Given what the parent holds before its pool starts (modules, the app, settings), in a
+    # process nothing froze before (another test's pool may have)
+    gc.unfreeze()
     held = {"settings": [1, 2, 3]}
     h = harness(start=False, concurrency=1)
     h.pool.start(h.loop)
-    # Then no child forks inside start(): the other steps set up first, so what they
-    # allocate does not copy pages the children share
+    h.pool.grow(1)  # as --autoscale does when its minimum is above -c
+    # Then no child forks inside start() or grow(): the other steps set up first, so what
+    # they allocate does not copy pages the children share
     assert h.pool.pids() == []
-    h.run_until(lambda: h.ready_children() == 1)
+    h.run_until(lambda: h.ready_children() == 2)
     # And the parent's collections no longer visit what it had at the first fork (each
     # one wrote into every page a child shares), nor after a child is replaced
     victim = h.pool.pids()[0]
     os.kill(victim, signal.SIGKILL)
-    h.run_until(lambda: victim not in h.pool.pids() and h.ready_children() == 1)
+    h.run_until(lambda: victim not in h.pool.pids() and h.ready_children() == 2)
     gc.collect()
     assert not any(obj is held for obj in gc.get_objects())
     assert gc.get_freeze_count() > 0
