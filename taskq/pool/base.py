@@ -202,6 +202,12 @@ class Pool(ABC):
     def start(self, loop: Loop) -> None:
         """Start the pool's workers and register its file descriptors with the loop."""
 
+    def worker_started(self) -> None:
+        """Called once every step of the worker has started, before it says "ready": a pool
+        that forks forks now, after the set-up the other steps did (so that set-up does not
+        copy the pages it shares with its children). Nothing to do for most pools."""
+        return None
+
     @abstractmethod
     def can_accept(self) -> bool:
         """True when ``apply`` may be called now (fair scheduling asks this before each job)."""

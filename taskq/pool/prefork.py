@@ -181,7 +181,7 @@ class PreforkPool(Pool):
         self._housekeeping: Entry | None = None
         self._log_fds: frozenset[int] = frozenset()
         self._started = False
-        self._forked = False  # the first children forked (on the loop's first turn)
+        self._forked = False  # the first children forked (see start())
         self.clock: Clock = time.monotonic  # the loop's, from start(): tests can drive it
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -196,13 +196,19 @@ class PreforkPool(Pool):
         self._log_fds = frozenset(log_fds())
         self._housekeeping = self.hub.call_repeatedly(HOUSEKEEPING, self._housekeep)
         self._started = True
-        # The first children fork on the loop's first turn, once the other steps have set up
-        # (connections, consumers): what the parent allocates after a fork lands in pages
-        # it shares with its children and copies them (forking before that set-up cost ~6
-        # MiB of PSS per idle worker, measured with `bench all --row pss`).
+        # The first children fork once the other steps have set up (connections, consumers):
+        # what the parent allocates after a fork lands in pages it shares with its children
+        # and copies them (forking before that set-up cost ~6 MiB of PSS per idle worker,
+        # measured with `bench all --row pss`). The worker says when (worker_started); a
+        # pool driven without a worker forks on the loop's first turn.
         loop.call_soon(self._first_fork)
 
+    def worker_started(self) -> None:
+        self._first_fork()
+
     def _first_fork(self) -> None:
+        if self._forked:
+            return
         self._forked = True
         if self.stopping:
             return

@@ -199,6 +199,7 @@ class Worker:
                 raise ConfigurationError(f"--autoscale needs the prefork pool without "
                                          f"--threads, not {pool_label(self.pool_kind, self.pool)}")
             self.pool.autoscale(*self.autoscale)
+        self.pool.worker_started()  # a prefork pool forks its first children now
         self.loop.hub.call_repeatedly(1.0, self._tick)
         self._steps_started = True
         self._log_ready()
