@@ -349,10 +349,16 @@ def _detections(ev: Evidence, bound: float) -> tuple[dict[float, float], list[st
     tasks whose kill never was; those noticed later than ``bound`` (with their latency)."""
     hits = _kills_of_running(ev)
     reported = _reported_kills(ev, bound)
+    main_kills = [r.mono for r in _ok(ev.faults, {"kill-main"})]
     latencies: dict[float, float] = {}
     late: list[str] = []
     undetected: list[str] = []
     for killed_at, h, run in hits:
+        if any(run.mono <= at <= killed_at for at in main_kills):
+            # The run's main process was killed before its child was: nobody is left to
+            # notice the child's death; the table's "the main process dies" row applies to
+            # the task (nothing-lost judges it), not lost-process detection.
+            continue
         after = [e.mono for e in h.losses if e.mono >= run.mono]
         if not after and not ev.is_taskq:
             after = [e.mono for e in h.starts if e.mono > killed_at]  # a rerun shows it

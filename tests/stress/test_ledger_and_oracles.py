@@ -72,6 +72,19 @@ def test_a_task_that_started_and_never_ended_is_lost() -> None:
     assert verdict.figures["lost"] == 1
 
 
+def test_a_child_killed_after_its_main_process_is_no_missed_detection() -> None:
+    """Mixed seed 2 (Redis, acks_late): a child running a task was killed 0.8 ms after its
+    main process; nobody could notice it, and the next worker ran the task again (the
+    table's main-process row). A child killed while its main process lives still counts."""
+    entries = [_e("published", "a", 1, 0.0, kind="sleep", expect="ok"),
+               _e("started", "a", 7, 1.0),
+               _e("started", "a", 9, 6.0), _e("finished", "a", 9, 6.2, outcome="ok")]
+    verdict = lost_process(_evidence(entries, [_main_kill(2.0), _kill(2.001, 7)], acks="late"))
+    assert verdict.passed, verdict.message
+    verdict = lost_process(_evidence(entries, [_kill(2.0, 7), _main_kill(2.5)], acks="late"))
+    assert not verdict.passed and "never reached an end" in verdict.message
+
+
 def test_a_killed_task_that_is_never_reported_fails_lost_process() -> None:
     entries = [_e("published", "a", 1, 0.0, kind="sleep", expect="ok"), _e("started", "a", 7, 1)]
     verdict = lost_process(_evidence(entries, [_kill(2.0, 7)]))
