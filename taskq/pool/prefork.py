@@ -181,7 +181,7 @@ class PreforkPool(Pool):
         self._housekeeping: Entry | None = None
         self._log_fds: frozenset[int] = frozenset()
         self._started = False
-        self._forked = False  # the first children forked (see start())
+        self._forked = False  # the first children forked, so started too (see start())
         self.clock: Clock = time.monotonic  # the loop's, from start(): tests can drive it
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -207,7 +207,7 @@ class PreforkPool(Pool):
         self._first_fork()
 
     def _first_fork(self) -> None:
-        if self._forked:
+        if self._forked or not self._started:
             return
         self._forked = True
         if self.stopping:
@@ -242,8 +242,7 @@ class PreforkPool(Pool):
 
     def _maintain(self, *, now: bool = False) -> None:
         """Fork children until ``target`` are alive (and not retiring), unless throttled."""
-        if (self.stopping or not self._started or not self._forked
-                or self._spawn_timer is not None):
+        if self.stopping or not self._forked or self._spawn_timer is not None:
             return  # (before the first fork: it forks ``target`` children, resized or not)
         while self._active() < self.target:
             delay = 0.0 if now else self._storm_delay()

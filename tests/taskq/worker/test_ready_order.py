@@ -3,6 +3,7 @@ children have forked (after the set-up, so the set-up does not copy pages they s
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 
@@ -40,3 +41,4 @@ def test_a_prefork_worker_has_forked_its_children_when_it_says_ready(
         worker.warm = False
         worker.shutdown()
         worker.loop.close()
+        gc.unfreeze()  # the pool froze this test process's objects at its first fork
