@@ -59,7 +59,7 @@ import contextlib
 import logging
 import select
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from queue import Empty
 from typing import Any
@@ -79,6 +79,7 @@ from taskq.transports.lease import (
     check_renewal,
     lease_clock,
 )
+from taskq.transports.redis_acks import AckPipe
 from taskq.transports.redis_publish import PublishChannelMixin
 
 __all__ = ["TRANSPORT", "TRANSPORT_ALIAS", "Channel", "LeaseQoS", "LeaseSettings", "Transport"]
@@ -154,6 +155,19 @@ class LeaseSettings:
 class LeaseQoS(LeaseQoSBase[str]):
     """The lease id of every message this channel holds (see ``lease.LeaseQoSBase``)."""
 
+    def can_consume(self) -> bool:
+        # Fetch in batches while the queue has a backlog (the last fetch got all it asked
+        # for): a worker holding more than half its prefetch has work in hand, and fetching
+        # the moment one credit frees would make every message a round trip. Messages that
+        # trickle in are taken as they come, up to the whole prefetch.
+        pcount = self.prefetch_count
+        if not pcount:
+            return True
+        held = compat.qos_held(self)
+        if self.channel._backlog:
+            return held <= pcount - max(1, pcount // 2)
+        return held < pcount
+
     def _take_incoming(self, delivery_tag: str) -> str | None:
         lease: str | None = self.channel._incoming.pop(delivery_tag, None)
         return lease
@@ -187,6 +201,7 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
         self.clock: Clock = self.connection.clock
         self.consumer_id = uuid.uuid4().hex[:16]
         self._batches = 0
+        self._backlog = False  # the last fetch got as many as it asked for (LeaseQoS)
         # Fetched and being delivered: tag -> lease id. Per transport, as kombu's consumer
         # callbacks are: the QoS of whichever channel a message is delivered to takes it.
         self._incoming: dict[str, str] = self.connection.incoming
@@ -199,6 +214,8 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
         self._restore_due = 0.0  # at the first chance: a dead predecessor's leases
         self._maintenance_failing = False
         self._redis_errors = tuple(self.connection.channel_errors)
+        self._ack_pipe: AckPipe | None = None  # early acks answered on the loop
+        self.on_acks_answered: Callable[[], None] | None = None  # set by the consumer
         self.leases_key = f"{self.global_keyprefix}taskq:leases"
         self.leased_key = f"{self.global_keyprefix}taskq:leased"
         self.expired_key = f"{self.global_keyprefix}taskq:expired"
@@ -370,6 +387,7 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
         if not queues or not limit:
             return False
         fetched = self._fetch(queues, limit)
+        self._backlog = len(fetched) >= limit
         for queue in dict.fromkeys(q for q, _, _ in fetched):
             cycle.rotate(queue)
         self._deliver_fetched(fetched)
@@ -493,6 +511,64 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
             if acks:
                 self._settle("ack", acks)
 
+    # -- early acks, answered on the loop (redis_acks) -------------------------------------
+    def send_acks(self) -> bool:
+        """Send the transport's deferred acks without waiting for the answer, which the loop
+        reads (then ``on_acks_answered()``). False when there is no loop to read it: use
+        ``flush_acks``. A connection error propagates (the unanswered acks stay deferred)."""
+        transport = self.connection
+        if transport.hub is None or self.closed:
+            return False
+        acks, transport.pending_acks = transport.pending_acks, []
+        if acks:
+            self._acks_pipe().send(acks)
+        return True
+
+    def unanswered_acks(self) -> set[str]:
+        """The lease ids of acks deferred or sent and not answered yet."""
+        pending = {lease for _, lease in self.connection.pending_acks}
+        if self._ack_pipe is not None:
+            pending |= self._ack_pipe.unanswered()
+        return pending
+
+    def wait_for_acks(self) -> None:
+        """Send the deferred acks and read every answer due (bounded by the socket
+        timeout): for a worker about to stop, which must know what was acked."""
+        self.flush_acks()
+        if self._ack_pipe is not None:
+            self._ack_pipe.wait()
+
+    def _acks_pipe(self) -> AckPipe:
+        pipe = self._ack_pipe
+        if pipe is None:
+            transport = self.connection
+
+            def give_back(acks: list[tuple[str, str]]) -> None:
+                transport.pending_acks[:0] = acks
+
+            def answered() -> None:
+                if self.on_acks_answered is not None:
+                    self.on_acks_answered()
+
+            pipe = self._ack_pipe = AckPipe(
+                self.pool, transport.hub, self._script("SETTLE"),
+                [self.leases_key, self.leased_key, self.expired_key], chunk=_CHUNK,
+                timeout=float(self.socket_timeout or 2.0), clock=self.clock,
+                give_back=give_back, on_answer=self._log_dropped, on_answered=answered)
+        return pipe
+
+    def _log_dropped(self, held: Sequence[tuple[str, str]], flags: Sequence[Any]) -> None:
+        for (tag, lease), flag in zip(held, flags, strict=True):
+            if not int(flag):
+                logger.debug("ack of delivery %s dropped: its lease %s expired and the "
+                             "message went back to its queue", tag, lease)
+
+    def give_back_unanswered_acks(self) -> None:
+        """A lost connection: what was sent without an answer is deferred again (the
+        consumer carries it to the next connection, which asks whether it was applied)."""
+        if self._ack_pipe is not None:
+            self._ack_pipe.take()
+
     def renew_leases(self) -> int:
         """Extend every lease this channel holds; returns how many are still held. The
         tags of leases found gone go to ``on_leases_lost``."""
@@ -542,6 +618,8 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
         good as gone, and retrying would stall the loop for that timeout every tick). A Redis
         error (scripts refused when out of memory, ...) is logged and retried next tick.
         """
+        if self._ack_pipe is not None:
+            self._ack_pipe.check()  # an early ack unanswered for too long: a lost connection
         now = self.clock()
         try:
             if now >= self._renew_due:
@@ -569,6 +647,9 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
                                "back after their lease", len(self.connection.pending_acks),
                                exc)
                 self.connection.pending_acks.clear()
+        if self._ack_pipe is not None:
+            self._ack_pipe.close()
+            self._ack_pipe = None
         super().close()
 
 
@@ -630,6 +711,8 @@ class Transport(kredis.Transport):
     def take_pending_acks(self) -> list[tuple[str, str]]:
         """The deferred acks not sent yet [(delivery tag, lease id)], no longer this
         transport's to send (a lost connection's: the consumer carries them to the next)."""
+        for channel in self.channels:
+            channel.give_back_unanswered_acks()
         acks, self.pending_acks = self.pending_acks, []
         return acks
 
@@ -637,6 +720,8 @@ class Transport(kredis.Transport):
         # kombu's Connection.collect (a lost connection, a fork): close without talking to
         # Redis, which may be gone or black-holed. The worker took the deferred acks first
         # (take_pending_acks); any left are dropped and come back after their leases.
+        for channel in self.channels:
+            channel.give_back_unanswered_acks()
         if self.pending_acks:
             logger.debug("dropped %d deferred acks with the lost connection",
                          len(self.pending_acks))

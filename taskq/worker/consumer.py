@@ -126,6 +126,8 @@ class BrokerConsumer:
         # worker); settle_at_once for a pool that blocks the loop (no tick flushes acks).
         self.on_leases_lost: Callable[[list[str]], None] | None = None
         self.settle_at_once = False
+        # Early acks answered on the loop (Redis): the worker looks at its waiting requests.
+        self.on_acks_answered: Callable[[], None] | None = None
         self._loop_thread = threading.get_ident()
 
     @property
@@ -199,6 +201,8 @@ class BrokerConsumer:
         channel = conn.channel()
         if isinstance(channel, LeaseChannelMixin):
             channel.on_leases_lost = self._leases_lost
+            if hasattr(channel, "on_acks_answered"):
+                channel.on_acks_answered = self._acks_answered
         consumer = KombuConsumer(channel, queues=self.queues, on_message=self._on_message,
                                  no_ack=False, auto_declare=True)
         # RabbitMQ >= 3.3 reads a global prefetch as one limit for the channel (every queue
@@ -435,7 +439,16 @@ class BrokerConsumer:
         amqp = self._acks
         if not queued:
             return []
-        if not self._send_acks():
+        pipelined = self._pipelined_channel() if amqp is None else None
+        if pipelined is not None:
+            # Redis on the loop: sent without waiting; the loop reads the answers and the
+            # worker asks again (``on_acks_answered``). Acked are those answered.
+            if not self._send_acks_pipelined(pipelined):
+                return []
+            unanswered = pipelined.unanswered_acks()
+            queued = [r for r in queued
+                      if r.ack_lease is None or r.ack_lease[1] not in unanswered]
+        elif not self._send_acks():
             if amqp is None or not amqp.written:
                 return []
             # RabbitMQ may have the acks written whole before the connection failed (an
@@ -465,6 +478,51 @@ class BrokerConsumer:
             self.on_connection_error(exc)
             return False
         return self.generation == generation and not self._unsent_acks()
+
+    def _pipelined_channel(self) -> Any:
+        channel = self._lease_channel()
+        return channel if hasattr(channel, "send_acks") else None
+
+    def _send_acks_pipelined(self, channel: Any) -> bool:
+        """Send the deferred acks without waiting for their answers; False when the
+        connection failed (its unanswered acks are carried to the next one)."""
+        generation = self.generation
+        try:
+            if not channel.send_acks():  # no loop to read the answers: wait for them here
+                channel.flush_acks()
+        except Exception as exc:
+            if not self.is_connection_error(exc):
+                raise
+            self.on_connection_error(exc)
+            return False
+        return self.generation == generation
+
+    def awaiting_answer(self, requests: Sequence[Request]) -> list[Request]:
+        """Those of ``requests`` whose early ack was sent on this connection and is not
+        answered yet: they wait for it (``on_acks_answered``) before they run."""
+        channel = self._pipelined_channel()
+        if channel is None:
+            return []
+        unanswered = channel.unanswered_acks()
+        return [r for r in requests if not r.acknowledged and r.generation == self.generation
+                and r.ack_lease is not None and r.ack_lease[1] in unanswered]
+
+    def wait_for_acks(self) -> None:
+        """Read the answers to the early acks sent (bounded by the socket timeout): a
+        stopping worker must know which of its waiting tasks were acked."""
+        channel = self._pipelined_channel()
+        if channel is None:
+            return
+        try:
+            channel.wait_for_acks()
+        except Exception as exc:
+            if not self.is_connection_error(exc):
+                raise
+            self.on_connection_error(exc)
+
+    def _acks_answered(self) -> None:
+        if self.on_acks_answered is not None:
+            self.on_acks_answered()
 
     def _unsent_acks(self) -> int:
         if self._acks is not None:

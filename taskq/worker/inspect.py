@@ -229,7 +229,7 @@ def active(worker: Worker, **_: Any) -> list[dict[str, Any]]:
 
 @handler
 def reserved(worker: Worker, **_: Any) -> list[dict[str, Any]]:
-    waiting = [request_info(req, worker) for req in worker.ready]
+    waiting = [request_info(req, worker) for req in (*worker.acking, *worker.ready)]
     waiting += [request_info(req, worker, job) for job, req in worker.dispatched.items()
                 if job.started_at is None]
     return waiting
@@ -315,7 +315,7 @@ def query_task(worker: Worker, ids: list[str] | str | None = None, **_: Any
         if req.id in wanted:
             state = "active" if job.started_at is not None else "reserved"
             out[req.id] = [state, request_info(req, worker, job)]
-    for req in worker.ready:
+    for req in (*worker.acking, *worker.ready):
         if req.id in wanted:
             out[req.id] = ["reserved", request_info(req, worker)]
     for req in worker.held:

@@ -54,6 +54,9 @@ class Request:
     # Lease transports: (delivery tag, lease) of its early ack once handed to the transport,
     # until the broker answered (``Consumer.ack_now``; a lost answer: ``confirm_acks``).
     ack_lease: tuple[str, Any] | None = None
+    # The task's settings as the message arrived, read once (each is a settings lookup).
+    acks_late: bool = False
+    reject_on_worker_lost: bool = False
 
     @property
     def id(self) -> str:
@@ -62,10 +65,6 @@ class Request:
     @property
     def name(self) -> str:
         return self.msg.task
-
-    @property
-    def acks_late(self) -> bool:
-        return self.task.acks_late
 
     def expired(self, now: dt.datetime | None = None) -> bool:
         """Its ``expires`` has passed (Celery's worker revokes such a task, as "expired")."""
@@ -122,4 +121,5 @@ class Request:
                 f"task {msg.task}[{msg.id}] expired at {msg.expires.isoformat()}",
                 task_id=msg.id, store="REVOKED", msg=msg, revoked_reason="expired")
         return cls(msg=msg, message=message, task=task, generation=generation,
-                   received_at=received_at)
+                   received_at=received_at, acks_late=task.acks_late,
+                   reject_on_worker_lost=task.reject_on_worker_lost)

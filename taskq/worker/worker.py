@@ -134,6 +134,10 @@ class Worker:
         self.completed_by_name: collections.Counter[str] = collections.Counter()
         self.started_at = clock()
         self.ready: collections.deque[Request] = collections.deque()
+        self._accept = list(app.conf.accept_content)  # read once: every message checks it
+        # Requests whose early ack went out and is not answered yet (Redis answers on the
+        # loop): they run once it is (on_acks_answered); in order, oldest first.
+        self.acking: dict[Request, None] = {}
         self.held: dict[Request, Any] = {}          # eta requests -> timer entry
         self.dispatched: dict[Job, Request] = {}    # given to the pool, not yet done
         self.stopping = False
@@ -161,6 +165,7 @@ class Worker:
             on_lost=self.on_connection_lost, on_fatal=self.on_fatal,
         )
         self.consumer.on_leases_lost = self.on_leases_lost
+        self.consumer.on_acks_answered = self.on_acks_answered
         # Requests of lost connections whose leases the next connection gives back at once.
         self._orphans: list[Request] = []
         # Reserved requests whose early ack got no answer before the connection was lost:
@@ -308,6 +313,11 @@ class Worker:
             self._carry_out(request, lifecycle.shutdown(self._facts(request),
                                                         lifecycle.Phase.HELD, warm=True))
         self.held.clear()
+        if self.acking:  # acked or not? Ask now: an acked one goes back as a copy
+            self.consumer.wait_for_acks()
+            self.on_acks_answered()
+            self.ready.extendleft(reversed(list(self.acking)))  # unanswered: not acked
+            self.acking.clear()
         unconfirmed, self._unconfirmed = self._unconfirmed, []
         self.ready.extend(unconfirmed)  # shutdown() warns for those whose ack is in doubt
         while self.ready:
@@ -319,6 +329,7 @@ class Worker:
         self._release_orphans()
 
     def _tick(self) -> None:
+        self.on_acks_answered()  # those whose answer failed were sent again the slow way
         self.feed_pool()
         self.pool.autoscale_tick(len(self.ready))
 
@@ -359,9 +370,9 @@ class Worker:
         """True (and the request given back, or kept aside until the next connection says
         whether its early ack arrived) when its connection is gone and it was not acked:
         the new connection releases its message at once."""
+        if request.generation == self.consumer.generation or request.acknowledged:
+            return False  # as _facts says (connection_current, acknowledged), without it
         facts = self._facts(request)
-        if facts.connection_current or facts.acknowledged:
-            return False
         self._carry_out(request, lifecycle.connection_lost(facts, lifecycle.Phase.RESERVED))
         return True
 
@@ -371,7 +382,8 @@ class Worker:
             self.consumer.release_orphans(orphans)
             # What the pool cannot start now would come straight back here (this worker's
             # fetch after the reconnect races every other consumer's): leave it to them.
-            free = max(0, self.pool.size() - len(self.dispatched) - len(self.ready))
+            free = max(0, self.pool.size() - len(self.dispatched) - len(self.acking)
+                       - len(self.ready))
             self.consumer.hold_back(len(orphans) - free, ORPHAN_HOLD_BACK)
 
     def on_leases_lost(self, tags: list[str]) -> None:
@@ -383,9 +395,11 @@ class Worker:
             return request.generation == generation and request.message.delivery_tag in gone
 
         Phase = lifecycle.Phase
-        stale = [r for r in self.ready if lost(r)]
+        stale = [r for r in self.acking if lost(r)] + [r for r in self.ready if lost(r)]
         if stale:
             self.ready = collections.deque(r for r in self.ready if not lost(r))
+            for request in stale:
+                self.acking.pop(request, None)
         found: list[tuple[Request, Job | None, lifecycle.Phase]] = [
             (r, None, Phase.RESERVED) for r in stale]
         for request, entry in list(self.held.items()):
@@ -415,6 +429,9 @@ class Worker:
         """Reserved requests of the lost connection are not started here: AMQP redelivers
         them; lease transports get them back at once from the next connection."""
         self.events.detach()
+        # Acks sent without an answer: the next connection tells whether they were applied.
+        self.ready.extendleft(reversed(list(self.acking)))
+        self.acking.clear()
         Phase = lifecycle.Phase
         found: list[tuple[Request, Job | None, lifecycle.Phase]] = [
             (r, None, Phase.HELD) for r in self.held if r.generation == old_generation]
@@ -442,11 +459,10 @@ class Worker:
                         "from the pool; the broker redelivers them", given_back, len(withdrawn))
 
     def on_message(self, message: Message) -> None:
-        conf = self.app.conf
         try:
             request = Request.build(
                 message, self.app, generation=self.consumer.generation, revoked=self.revoked,
-                accept=list(conf.accept_content), now=dt.datetime.now(dt.UTC),
+                accept=self._accept, now=dt.datetime.now(dt.UTC),
                 received_at=self.clock(),
             )
         except Rejection as rejection:
@@ -537,13 +553,21 @@ class Worker:
         process that dies after that loses those tasks (DESIGN.md's table: for early ack a
         task is "running" once the pool has it), and one that dies before leaves them unacked
         (redelivered). Acked at ``started`` instead, a task a child began in the moment the
-        main process died was redelivered and ran twice.
+        main process died was redelivered and ran twice. On Redis the loop does not wait for
+        the answer: the requests wait in ``acking`` and go on when it comes
+        (``on_acks_answered``).
         """
         while self.ready and not self.stopping and not self.mingling and self.pool.can_accept():
+            if self.acking and len(self.acking) >= self._room():
+                return  # the pool's room is taken by those waiting for their acks' answers
             batch = self._next_batch()
             early = [r for r in batch if not r.acks_late and not r.acknowledged]
             if early:
                 self.consumer.ack_now(early)
+                waiting = self.consumer.awaiting_answer(early)
+                if waiting:
+                    self.acking.update(dict.fromkeys(waiting))
+                    batch = [r for r in batch if r not in self.acking]
             for n, request in enumerate(batch):
                 if self._gave_back_orphan(request):
                     continue
@@ -555,9 +579,22 @@ class Worker:
                     return
                 self._dispatch(request)
 
+    def on_acks_answered(self) -> None:
+        """Early acks were answered: the requests waiting for theirs go first."""
+        if not self.acking:
+            return
+        answered = self.consumer.ack_now(list(self.acking))
+        for request in answered:
+            del self.acking[request]
+        self.ready.extendleft(reversed(answered))
+        self.feed_pool()
+
+    def _room(self) -> int:
+        return max(1, self.pool_size() - len(self.dispatched))
+
     def _next_batch(self) -> list[Request]:
         """The next ready requests, about as many as the pool takes now (at least one)."""
-        room = max(1, self.pool_size() - len(self.dispatched))
+        room = max(1, self._room() - len(self.acking))
         batch: list[Request] = []
         while self.ready and len(batch) < room:
             request = self.ready.popleft()
@@ -576,7 +613,7 @@ class Worker:
             time_limit=request.msg.time_limit or request.task.time_limit,
             soft_time_limit=request.msg.soft_time_limit or request.task.soft_time_limit,
             acks_late=request.acks_late,
-            reject_on_worker_lost=request.task.reject_on_worker_lost,
+            reject_on_worker_lost=request.reject_on_worker_lost,
         )
         self.dispatched[job] = request
         self.pool.apply(job)
@@ -689,7 +726,7 @@ class Worker:
         """What the lifecycle's transitions need to know about ``request`` now."""
         return lifecycle.Facts(
             acks_late=request.acks_late,
-            reject_on_worker_lost=request.task.reject_on_worker_lost,
+            reject_on_worker_lost=request.reject_on_worker_lost,
             acknowledged=request.acknowledged,
             ack_in_doubt=(not request.acknowledged and request.ack_lease is not None
                           and request.generation != self.consumer.generation),

@@ -699,3 +699,126 @@ def test_confirming_acks_tells_an_applied_ack_from_an_expired_lease(
     inbox = consume(conn, [queue])
     assert drain_until([conn], lambda: len(inbox.messages) == 1, timeout=10)
     assert inbox.bodies == ["expired"]
+
+
+# -- early acks answered on the loop (redis_acks.AckPipe) ------------------------------------
+def _delivered_on_loop(conn: Connection, queue: Queue, count: int) -> tuple[Hub, Inbox]:
+    inbox = consume(conn, [queue], prefetch=count)
+    hub = Hub()
+    conn.register_with_event_loop(hub)
+    deadline = time.monotonic() + 5
+    while len(inbox.messages) < count and time.monotonic() < deadline:
+        hub.run_once()
+    assert len(inbox.messages) == count
+    return hub, inbox
+
+
+def _consuming_channel(conn: Connection) -> Any:
+    return next(c for c in conn.transport.channels if c.active_queues)
+
+
+def test_early_acks_are_sent_without_waiting_and_answered_on_the_loop(
+        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
+    """Given three deliveries acked on an event loop, when the acks are sent with
+    ``send_acks``, then Redis applies them while the loop has not read the answer yet (the
+    sender did not wait for it), and the loop's next turns read it and say so."""
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, [1, 2, 3])
+    conn = connect()
+    hub, inbox = _delivered_on_loop(conn, queue, 3)
+    channel = _consuming_channel(conn)
+    answered: list[int] = []
+    channel.on_acks_answered = lambda: answered.append(1)
+    try:
+        for message in inbox.messages:
+            message.ack()
+        assert channel.send_acks()
+        assert len(channel.unanswered_acks()) == 3
+        wait_for = time.monotonic() + 5
+        while lease_count(redis_client, prefix) and time.monotonic() < wait_for:
+            time.sleep(0.01)  # Redis runs the script; nothing here reads its answer
+        assert lease_count(redis_client, prefix) == 0
+        assert len(channel.unanswered_acks()) == 3 and not answered
+        while channel.unanswered_acks() and time.monotonic() < wait_for:
+            hub.run_once()
+        assert not channel.unanswered_acks() and answered
+    finally:
+        conn.release()
+        hub.close()
+
+
+def _kill_connection(redis_client: Any, sock: Any) -> None:
+    host, port = sock.getsockname()[:2]
+    assert redis_client.client_kill_filter(addr=f"{host}:{port}") == 1
+
+
+def test_early_acks_whose_answer_is_lost_with_the_connection_are_deferred_again(
+        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
+    """Given an ack connection that Redis closed, when acks are sent on it, then the
+    connection error reaches the caller and the acks are deferred again, unanswered: they
+    may or may not have been applied, so the consumer carries them to the next connection
+    (which asks; ``confirm_acks``), never counts them as done."""
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, [1, 2, 3])
+    conn = connect()
+    hub, inbox = _delivered_on_loop(conn, queue, 3)
+    channel = _consuming_channel(conn)
+    try:
+        inbox.messages[0].ack()
+        assert channel.send_acks()
+        deadline = time.monotonic() + 5
+        while channel.unanswered_acks() and time.monotonic() < deadline:
+            hub.run_once()
+        assert not channel.unanswered_acks()
+        _kill_connection(redis_client, channel._ack_pipe._conn._sock)
+        for message in inbox.messages[1:]:
+            message.ack()
+        with pytest.raises(redis.ConnectionError):
+            channel.send_acks()
+            while time.monotonic() < deadline:  # the write may pass; the read fails
+                hub.run_once()
+        pending = conn.transport.pending_acks
+        assert [tag for tag, _ in pending] == [m.delivery_tag for m in inbox.messages[1:]]
+        assert not channel._ack_pipe.unanswered()
+    finally:
+        conn.transport.pending_acks.clear()
+        conn.release()
+        hub.close()
+
+
+def test_an_early_ack_unanswered_past_the_socket_timeout_is_a_lost_connection() -> None:
+    """Given acks sent to a Redis that stopped answering (frozen, as a half-open socket
+    looks), when the transport's clock passes the socket timeout, then the lease upkeep
+    raises a connection error (the worker reconnects) and the acks are deferred again;
+    the loop never waited meanwhile."""
+    from chaos.brokers import LocalRedis
+
+    clock = FakeClock(100.0)
+    with LocalRedis() as broker:
+        queue = make_queue("acks-frozen")
+        with Connection(broker.url) as stock:
+            publish(stock, queue, [1, 2])
+        conn = Connection(broker.url, transport=TRANSPORT_ALIAS,
+                          transport_options={"clock": clock.monotonic})
+        hub, inbox = _delivered_on_loop(conn, queue, 2)
+        channel = _consuming_channel(conn)
+        try:
+            inbox.messages[0].ack()
+            assert channel.send_acks()  # the pipe connects and loads its script
+            deadline = time.monotonic() + 5
+            while channel.unanswered_acks() and time.monotonic() < deadline:
+                hub.run_once()
+            broker.pause()
+            inbox.messages[1].ack()
+            assert channel.send_acks()
+            channel.maintain_leases()  # within the timeout: nothing to say yet
+            clock.advance(channel.socket_timeout + 0.5)
+            with pytest.raises(redis.TimeoutError, match="did not answer 1 early acks"):
+                channel.maintain_leases()
+            assert [tag for tag, _ in conn.transport.pending_acks] == \
+                [inbox.messages[1].delivery_tag]
+        finally:
+            broker.resume()
+            conn.transport.pending_acks.clear()
+            conn.collect()
+            hub.close()

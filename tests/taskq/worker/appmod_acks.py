@@ -7,7 +7,8 @@ appmod_acks``), switched on by APPMOD_* variables of the worker:
   lease in ``APPMOD_LEASES_KEY``) now that nobody can ack it: ``held <task id> <count>``;
 - ``APPMOD_LOSE_ACK_REPLY=1``: the worker's first ack script on Redis runs, and then its
   reply is lost with the connection (raised as the ConnectionError redis-py raises for it),
-  as when a cut lands between the script and its answer.
+  as when a cut lands between the script and its answer; whether the worker waited for it
+  (``Channel._settle``) or read it on the loop (``AckPipe``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,19 @@ if os.environ.get("APPMOD_LOSE_ACK_REPLY"):
             return done
 
         transport.Channel._settle = _settle  # type: ignore[method-assign]
+
+        from taskq.transports import redis_acks
+
+        read_answer = redis_acks.AckPipe._read_answer
+
+        def _read_answer(self: redis_acks.AckPipe, conn: Any) -> Any:
+            flags = read_answer(self, conn)  # the script ran and answered: now lose that
+            if not lost:
+                lost.append("ack")
+                raise redis.ConnectionError("the ack's reply was lost (APPMOD_LOSE_ACK_REPLY)")
+            return flags
+
+        redis_acks.AckPipe._read_answer = _read_answer  # type: ignore[method-assign]
 
     _lose_first_ack_reply()  # in the main process: it sends the acks
 

@@ -120,7 +120,7 @@ def test_conf_and_report_answer_with_a_celery_apps_settings_and_bug_report():
     capp.conf.worker_hijack_root_logger = False
     app = from_celery(capp)
     worker = SimpleNamespace(app=app, hostname="n@h", pool_kind="solo", pool_size=lambda: 1,
-                             dispatched={}, ready=[], held={})
+                             dispatched={}, ready=[], acking={}, held={})
     conf = inspect.conf(worker)
     assert conf["worker_hijack_root_logger"] is False
     assert inspect.conf(worker, with_defaults=True)["enable_utc"] is True
