@@ -20,17 +20,17 @@ from kombu.exceptions import EncodeError
 
 from taskq import chord, states
 from taskq.app import run_hooks
+from taskq.backends.base import DisabledBackend
 from taskq.canvas import ONCE_HEADER, Signature, follow_up_id, once_options, signature
 from taskq.errors import Ignore, Reject, Retry, TaskqError
 from taskq.result import EagerResult
-from taskq.task import Context
+from taskq.task import Context, Task
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from taskq.app import TaskQ
     from taskq.protocol import TaskMessage
-    from taskq.task import Task
 
 logger = logging.getLogger("taskq.trace")
 
@@ -79,8 +79,8 @@ def execute(
     hostname: str | None = None,
     eager: bool = False,
     store: bool = True,
-    on_storing: Callable[[], None] | None = None,
-    on_stored: Callable[[str], None] | None = None,
+    on_storing: Callable[[bool], None] | None = None,
+    on_stored: Callable[[str, bool], None] | None = None,
     on_claimed: Callable[[str, str, bool], None] | None = None,
     on_followed: Callable[[], None] | None = None,
     on_sent: Callable[[int], None] | None = None,
@@ -89,10 +89,13 @@ def execute(
     """Run ``task`` for ``msg`` and record the outcome; never raises for a task's own error.
 
     With ``track_started`` (the task's or ``task_track_started``) STARTED is stored first,
-    with this process's pid and the worker's hostname, as Celery does. ``on_storing()`` runs
-    just before the outcome is stored and ``on_stored(state)`` just after (before callbacks
-    are sent): the prefork child uses them to shield the store from its soft-limit signal and
-    to tell the parent that the outcome is final (a death after that must not undo it).
+    with this process's pid and the worker's hostname, as Celery does. ``on_storing(writes)``
+    runs just before the outcome is stored and ``on_stored(state, urgent)`` just after (before
+    callbacks are sent): the prefork child uses them to shield the store from its soft-limit
+    signal and to tell the parent that the outcome is final (a death after that must not undo
+    it). ``writes`` says whether the backend is written at all, ``urgent`` whether anything
+    runs after the store (a write was made, or a handler, chord count or message follows): when
+    neither, the child tells the parent with its ``done``, which says the same.
     ``on_claimed(group_id, token, fired)`` runs when this part completed its chord and holds
     the claim to fire the body (again with ``fired`` once the body was sent),
     ``on_followed()`` once the chord part is counted and everything that follows the outcome
@@ -141,11 +144,12 @@ def execute(
     run_hooks(task.app.hooks.task_postrun, task, msg.id, outcome.state)
     followers = _followers(task, msg, context, eager, run_id) if outcome.succeeded else []
     if backend is not None:
+        writes = _writes(task, outcome, ignore_result)
         if on_storing is not None:
-            on_storing()
+            on_storing(writes)
         outcome = _store(task, context, outcome, ignore_result)
         if on_stored is not None:
-            on_stored(outcome.state)
+            on_stored(outcome.state, writes or _anything_follows(task, msg, outcome, followers))
         if msg.chord is not None and not eager:  # a chord's header part: count it
             chord.message_done(task.app, msg, outcome.state, outcome.value,
                                on_claimed=on_claimed, run_id=run_id)
@@ -314,6 +318,35 @@ def _store(task: Task, context: Context, outcome: Outcome, ignore_result: bool) 
         logger.exception("task %s[%s]: storing its %s state failed", task.name, task_id,
                          outcome.state)
     return outcome
+
+
+def _writes(task: Task, outcome: Outcome, ignore_result: bool) -> bool:
+    """Whether ``_store`` writes anything to the backend for ``outcome``."""
+    if isinstance(task.app.backend, DisabledBackend):
+        return False
+    store_errors = not ignore_result or task.store_errors_even_if_ignored
+    state = outcome.state
+    if state == states.SUCCESS:
+        return not ignore_result
+    if state == states.REJECTED:
+        return not outcome.requeue and store_errors
+    return state in (states.FAILURE, states.RETRY) and store_errors
+
+
+_HANDLERS = ("on_success", "on_failure", "on_retry", "after_return")
+
+
+def _anything_follows(task: Task, msg: TaskMessage, outcome: Outcome,
+                      followers: list[tuple[Signature, tuple[Any, ...]]]) -> bool:
+    """Whether anything runs between the store and the job's end: a chord part's count,
+    a message sent (callbacks, the chain's next step, errbacks, failing the chain's rest) or
+    one of the task's own handlers."""
+    if msg.chord is not None or followers:
+        return True
+    if outcome.state == states.FAILURE and (msg.errbacks or msg.chain):
+        return True
+    cls = type(task)
+    return any(getattr(cls, name) is not getattr(Task, name) for name in _HANDLERS)
 
 
 def _send(task: Task, sig: Signature, result: Any, msg: TaskMessage, eager: bool,

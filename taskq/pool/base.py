@@ -103,16 +103,17 @@ UnstartedCallback = Callable[[Job], None]
 
 
 def run_job(app: TaskQ, job: Job, hostname: str | None, *,
-            on_storing: Callable[[], None] | None = None,
-            on_stored: Callable[[str], None] | None = None,
+            on_storing: Callable[[bool], None] | None = None,
+            on_stored: Callable[[str, bool], None] | None = None,
             on_claimed: Callable[[str, str, bool], None] | None = None,
             on_followed: Callable[[], None] | None = None,
             on_sent: Callable[[int], None] | None = None) -> JobResult:
     """Run a job in this process (a child, a thread or the main process) and summarise it.
 
-    ``on_storing`` / ``on_stored(state)``: called just before and just after the outcome is
-    stored (see ``taskq.trace.execute``); the prefork child blocks its soft-limit signal and
-    tells the parent, so that a death after the store never overwrites or reruns it.
+    ``on_storing(writes)`` / ``on_stored(state, urgent)``: called just before and just after
+    the outcome is stored (see ``taskq.trace.execute``); the prefork child blocks its
+    soft-limit signal and tells the parent, so that a death after the store never overwrites
+    or reruns it.
     ``on_claimed`` / ``on_followed`` / ``on_sent``: see ``taskq.trace.execute``."""
     from taskq.trace import execute
 
@@ -125,7 +126,7 @@ def run_job(app: TaskQ, job: Job, hostname: str | None, *,
         from taskq.errors import TaskRevokedError
 
         if on_storing is not None:
-            on_storing()
+            on_storing(True)
         try:
             app.backend.mark_as_revoked(job.id, "expired", request=job.msg)
         except Exception as exc:
@@ -134,7 +135,7 @@ def run_job(app: TaskQ, job: Job, hostname: str | None, *,
         else:
             chord.ended_by_worker(app, job.msg, "REVOKED", TaskRevokedError("expired"))
         if on_stored is not None:
-            on_stored("REVOKED")
+            on_stored("REVOKED", True)
         return JobResult("REVOKED", summary="expired")
     task = app.get_task(job.name)
     outcome = execute(task, job.msg, delivery_info=job.delivery_info, hostname=hostname,

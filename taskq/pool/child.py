@@ -216,25 +216,39 @@ def run_reporting(app: TaskQ, job: Job, hostname: str | None, seq: int, event_fd
                   before_store: Callable[[], object]) -> JobResult:
     """Run ``job`` and tell the parent, frame by frame, how far its outcome got (``storing``,
     ``stored``, ``claimed``, ``sent``, ``followed``). ``before_run`` and ``before_store``
-    open and close the window in which a soft limit may interrupt the task."""
+    open and close the window in which a soft limit may interrupt the task.
+
+    The caller's ``done`` says all of it again; so a frame after which nothing happens but
+    the ``done`` is not written: ``followed``, and ``stored`` when the backend was not
+    written and nothing follows (``storing`` is written only before a backend write). A
+    noop task costs the parent two frames, not five."""
     outcome.stored = None
+    quiet: list[tuple[Any, ...]] = []  # frames the done supersedes, written if any follows
 
-    def storing() -> None:
+    def send(*frames: tuple[Any, ...]) -> None:
+        write_frames(event_fd, *quiet, *frames)
+        quiet.clear()
+
+    def storing(writes: bool) -> None:
         before_store()
-        write_frames(event_fd, ("storing", seq))
+        if writes:
+            send(("storing", seq))
 
-    def stored(state: str) -> None:
+    def stored(state: str, urgent: bool) -> None:
         outcome.stored = state
-        write_frames(event_fd, ("stored", seq, state))
+        if urgent:
+            send(("stored", seq, state))
+        else:
+            quiet.append(("stored", seq, state))
 
     def claimed(group_id: str, token: str, fired: bool) -> None:
-        write_frames(event_fd, ("claimed", seq, group_id, token, fired))
+        send(("claimed", seq, group_id, token, fired))
 
     def followed() -> None:
-        write_frames(event_fd, ("followed", seq))
+        quiet.append(("followed", seq))
 
     def sent(count: int) -> None:
-        write_frames(event_fd, ("sent", seq, count))
+        send(("sent", seq, count))
 
     try:
         before_run()
@@ -245,9 +259,9 @@ def run_reporting(app: TaskQ, job: Job, hostname: str | None, seq: int, event_fd
         if outcome.stored is not None:  # after the store: what was stored is the outcome
             return JobResult(outcome.stored, summary=summary)
         with contextlib.suppress(Exception):
-            storing()
+            storing(True)
             app.backend.mark_as_failure(job.id, exc, request=job.msg)
-            stored(states.FAILURE)
+            stored(states.FAILURE, True)
         return JobResult(states.FAILURE, summary=summary)
 
 

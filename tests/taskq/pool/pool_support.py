@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from taskq import TaskQ
+from taskq import Task, TaskQ
 from taskq.pool.base import Job, JobResult
 from taskq.pool.prefork import PreforkPool
 from taskq.protocol import TaskMessage
@@ -130,6 +130,16 @@ def fork_and_hold(pidfile: str) -> None:
     with open(pidfile, "w") as fh:
         fh.write(str(pid))
     time.sleep(30)
+
+
+class _OwnOnSuccess(Task):
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        return None
+
+
+@app.task(name="handled", base=_OwnOnSuccess)
+def handled() -> str:
+    return "ok"
 
 
 def message(name: str, *args: Any) -> TaskMessage:

@@ -33,6 +33,30 @@ def test_jobs_report_started_then_done(harness):
     assert h.pool.is_idle()
 
 
+def test_a_job_with_nothing_to_store_or_follow_costs_the_parent_two_frames(harness):
+    """Given tasks whose outcome is written nowhere (no result backend), when a child runs
+    one after which nothing else runs, then the parent reads two frames for it (started,
+    done; the done says the rest), not five; one with its own ``on_success`` still says
+    ``stored`` before that handler runs (a death in it leaves the outcome final)."""
+    h = harness(concurrency=1)
+    kinds: list[str] = []
+    handle = h.pool._handle
+
+    def recording(child: Any, frame: tuple[Any, ...]) -> None:
+        kinds.append(frame[0])
+        handle(child, frame)
+
+    h.pool._handle = recording  # type: ignore[method-assign]
+    h.submit("size", "abc")
+    h.run_until(lambda: len(h.done) == 1)
+    assert kinds == ["started", "done"]
+    kinds.clear()
+    h.submit("handled")
+    h.run_until(lambda: len(h.done) == 2)
+    assert kinds == ["started", "stored", "done"]
+    assert [r.state for _, r in h.done] == ["SUCCESS", "SUCCESS"]
+
+
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGSEGV", "exit"])
 def test_a_dying_child_fails_its_job_and_is_replaced(harness, how, monkeypatch):
     # No periodic sweep within the test: a death can only be seen as it happens (detection
