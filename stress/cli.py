@@ -517,6 +517,35 @@ def pool(kills: int, concurrency: int, mib: int, no_pidfd: bool) -> None:
 
 
 @bench.command()
+@click.option("--broker", "brokers", multiple=True,
+              default=["redis://127.0.0.1:6379/0", "amqp://guest:guest@127.0.0.1:5672//"],
+              show_default=True, help="A broker to measure on (repeat for several).")
+@click.option("--messages", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Noop task messages to consume and ack.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Runs per broker.")
+def consumer(brokers: tuple[str, ...], messages: int, rounds: int) -> None:
+    """The floor under a worker's main process: CPU per message of a bare kombu consumer
+    (receive and ack the drain's noop tasks, nothing else)."""
+    import functools
+    import json
+
+    from stress.bench_common import spread
+    from stress.bench_consumer import consume_once
+
+    results = {}
+    for url in brokers:
+        runs = _alternate(
+            rounds, [url], functools.partial(consume_once, messages=messages),
+            lambda run: f"{run.rate:,.0f} messages/s, CPU {run.cpu_us:,.0f} µs per message",
+            prefix=f"{url.split('://')[0]} ")
+        results[url.split("://")[0]] = {
+            "messages_per_s": spread([r.rate for r in runs]),
+            "cpu_us_per_message": spread([r.cpu_us for r in runs])}
+    click.echo(json.dumps(results, indent=2))
+
+
+@bench.command()
 @click.option("--url", default="redis://127.0.0.1:6379/0", show_default=True,
               help="The Redis server to measure on.")
 @click.option("--messages", type=click.IntRange(min=1), default=3000, show_default=True,
