@@ -319,6 +319,10 @@ _R = TypeVar("_R")
 _worker_concurrency = click.option(
     "--concurrency", "-c", type=click.IntRange(min=1), default=2, show_default=True,
     help="The worker's pool size.")
+_brokers = click.option(
+    "--broker", "brokers", multiple=True,
+    default=["redis://127.0.0.1:6379/0", "amqp://guest:guest@127.0.0.1:5672//"],
+    show_default=True, help="A broker to measure on (repeat for several).")
 _baseline = click.option(
     "--baseline", type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None, help="Alternate with the taskq package of this source tree (e.g. a git "
@@ -348,9 +352,7 @@ def _alternate(rounds: int, variants: list[_T], run_one: Callable[[_T], _R],
 
 
 @bench.command()
-@click.option("--broker", "brokers", multiple=True,
-              default=["redis://127.0.0.1:6379/0", "amqp://guest:guest@127.0.0.1:5672//"],
-              show_default=True, help="A broker to measure on (repeat for several).")
+@_brokers
 @click.option("--tasks", type=click.IntRange(min=1), default=20_000, show_default=True,
               help="Noop tasks in the queue to drain.")
 @_worker_concurrency
@@ -517,9 +519,7 @@ def pool(kills: int, concurrency: int, mib: int, no_pidfd: bool) -> None:
 
 
 @bench.command()
-@click.option("--broker", "brokers", multiple=True,
-              default=["redis://127.0.0.1:6379/0", "amqp://guest:guest@127.0.0.1:5672//"],
-              show_default=True, help="A broker to measure on (repeat for several).")
+@_brokers
 @click.option("--messages", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Noop task messages to consume and ack.")
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
