@@ -218,12 +218,15 @@ def run_reporting(app: TaskQ, job: Job, hostname: str | None, seq: int, event_fd
     ``stored``, ``claimed``, ``sent``, ``followed``). ``before_run`` and ``before_store``
     open and close the window in which a soft limit may interrupt the task.
 
-    The caller's ``done`` says all of it again; so a frame after which nothing happens but
-    the ``done`` is not written: ``followed``, and ``stored`` when the backend was not
-    written and nothing follows (``storing`` is written only before a backend write). A
-    noop task costs the parent two frames, not five."""
+    The caller's ``done`` says all of it again; so when nothing happens between them but
+    the ``done``, ``stored`` and ``followed`` are not written: the backend was not written,
+    nothing follows the outcome, and the job has no hard time limit (this pool would kill it
+    at a moment of its choosing, which must not undo an outcome the task reached). ``storing``
+    is written only before a backend write. A noop task costs the parent two frames, not
+    five."""
     outcome.stored = None
     quiet: list[tuple[Any, ...]] = []  # frames the done supersedes, written if any follows
+    urgent_end = [bool(job.time_limit)]  # something runs after the store, or a hard limit
 
     def send(*frames: tuple[Any, ...]) -> None:
         write_frames(event_fd, *quiet, *frames)
@@ -236,7 +239,8 @@ def run_reporting(app: TaskQ, job: Job, hostname: str | None, seq: int, event_fd
 
     def stored(state: str, urgent: bool) -> None:
         outcome.stored = state
-        if urgent:
+        urgent_end[0] = urgent_end[0] or urgent
+        if urgent_end[0]:
             send(("stored", seq, state))
         else:
             quiet.append(("stored", seq, state))
@@ -245,7 +249,10 @@ def run_reporting(app: TaskQ, job: Job, hostname: str | None, seq: int, event_fd
         send(("claimed", seq, group_id, token, fired))
 
     def followed() -> None:
-        quiet.append(("followed", seq))
+        if urgent_end[0]:  # what followed was sent: a death now must not send it again
+            send(("followed", seq))
+        else:
+            quiet.append(("followed", seq))
 
     def sent(count: int) -> None:
         send(("sent", seq, count))

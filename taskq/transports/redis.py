@@ -155,18 +155,26 @@ class LeaseSettings:
 class LeaseQoS(LeaseQoSBase[str]):
     """The lease id of every message this channel holds (see ``lease.LeaseQoSBase``)."""
 
+    parked = 0  # delivered, held back by the worker (eta, rate limit): see can_consume
+
     def can_consume(self) -> bool:
         # Fetch in batches while the queue has a backlog (the last fetch got all it asked
         # for): a worker holding more than half its prefetch has work in hand, and fetching
         # the moment one credit frees would make every message a round trip. Messages that
         # trickle in are taken as they come, up to the whole prefetch.
+        # Messages the worker parked (an eta, a rate limit) hold credit it raised the
+        # prefetch for: the half is taken of the rest, or a worker parking many would stop
+        # fetching with credit free and nothing to run.
         pcount = self.prefetch_count
         if not pcount:
             return True
         held = compat.qos_held(self)
-        if self.channel._backlog:
-            return held <= pcount - max(1, pcount // 2)
-        return held < pcount
+        if held >= pcount:
+            return False
+        base = pcount - self.parked
+        if not self.channel._backlog or base <= 0:
+            return True
+        return held - self.parked <= base - max(1, base // 2)
 
     def _take_incoming(self, delivery_tag: str) -> str | None:
         lease: str | None = self.channel._incoming.pop(delivery_tag, None)

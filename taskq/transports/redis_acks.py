@@ -75,14 +75,21 @@ class AckPipe:
             conn = self._connection()
             sha = self._script.sha
             for chunk in chunks:
+                # No health check: its PING would read the answer of a script still due.
                 conn.send_command("EVALSHA", sha, len(self._keys), *self._keys, "ack",
-                                  *(lease for _, lease in chunk))
+                                  *(lease for _, lease in chunk), check_health=False)
         except BaseException:
             self._fail()
             raise
 
     def on_readable(self) -> None:
         """Read every answer that is here (never waits for one that is not)."""
+        if not self._sent:
+            # Nothing asked, so nothing to answer: the server closed the idle connection
+            # (its ``timeout``, a proxy's). Drop it rather than poll a readable EOF forever;
+            # the next send connects again.
+            self._fail()
+            return
         self._read(wait=False)
 
     def wait(self) -> None:
@@ -151,15 +158,12 @@ class AckPipe:
                 try:
                     flags = self._read_answer(conn)
                 except redis.ResponseError as exc:
-                    # The script did not run (NOSCRIPT: the script cache was flushed) or
-                    # stopped (a Lua error; acking again is harmless). This ack and those
-                    # sent after it go back to the transport's deferred acks, which the
-                    # loop's tick sends the slow way (reloading the script); the worker
-                    # looks again at its next tick.
-                    logger.warning("an early ack script failed (%s); its acks are sent again",
-                                   exc)
-                    self._fail()
-                    return
+                    # The script did not run (NOSCRIPT, READONLY after a failover, MISCONF,
+                    # BUSY) or stopped half-way: what was applied is not known, as when an
+                    # answer is lost with its connection, and is found out the same way.
+                    raise redis.ConnectionError(
+                        f"an early ack script failed ({exc}); its acks are asked about on "
+                        "the next connection") from exc
                 self._sent.popleft()
                 self._unanswered.difference_update(lease for _, lease in chunk)
                 self._on_answer(chunk, flags)

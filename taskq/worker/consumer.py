@@ -739,12 +739,24 @@ class BrokerConsumer:
         self.loop.hub.call_later(seconds, give_back)
 
     def increment_prefetch(self) -> None:
+        """One more credit for a message parked for its eta or rate limit."""
         if self.qos is not None:
             self.qos.increment_eventually()
+            self._park(1)
 
     def decrement_prefetch(self) -> None:
+        """A parked message went on (or away): its credit goes."""
         if self.qos is not None:
             self.qos.decrement_eventually()
+            self._park(-1)
+
+    def _park(self, delta: int) -> None:
+        # The Redis transport fetches in batches under a backlog, counting what is parked
+        # apart (transports/redis.py LeaseQoS.can_consume).
+        channel = self._lease_channel()
+        qos = compat.channel_qos(channel) if channel is not None else None
+        if qos is not None and hasattr(qos, "parked"):
+            qos.parked = max(0, qos.parked + delta)
 
     # -- stopping -----------------------------------------------------------------------------
     def stop_consuming(self) -> None:

@@ -37,7 +37,8 @@ def test_a_job_with_nothing_to_store_or_follow_costs_the_parent_two_frames(harne
     """Given tasks whose outcome is written nowhere (no result backend), when a child runs
     one after which nothing else runs, then the parent reads two frames for it (started,
     done; the done says the rest), not five; one with its own ``on_success`` still says
-    ``stored`` before that handler runs (a death in it leaves the outcome final)."""
+    ``stored`` before that handler runs (a death in it leaves the outcome final), and so
+    does one with a hard time limit."""
     h = harness(concurrency=1)
     kinds: list[str] = []
     handle = h.pool._handle
@@ -53,8 +54,14 @@ def test_a_job_with_nothing_to_store_or_follow_costs_the_parent_two_frames(harne
     kinds.clear()
     h.submit("handled")
     h.run_until(lambda: len(h.done) == 2)
-    assert kinds == ["started", "stored", "done"]
-    assert [r.state for _, r in h.done] == ["SUCCESS", "SUCCESS"]
+    assert kinds == ["started", "stored", "followed", "done"]
+    kinds.clear()
+    # A hard limit: this pool may kill the child at any moment, which must not undo an
+    # outcome the task reached, so the outcome is told at once.
+    h.submit("size", "abc", time_limit=30)
+    h.run_until(lambda: len(h.done) == 3)
+    assert kinds == ["started", "stored", "followed", "done"]
+    assert [r.state for _, r in h.done] == ["SUCCESS"] * 3
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGSEGV", "exit"])

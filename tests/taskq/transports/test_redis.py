@@ -822,3 +822,70 @@ def test_an_early_ack_unanswered_past_the_socket_timeout_is_a_lost_connection() 
             conn.transport.pending_acks.clear()
             conn.collect()
             hub.close()
+
+
+def test_an_idle_ack_connection_the_server_closed_is_dropped_not_polled(
+        connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
+    """Given the ack connection idle (every answer read), when the server closes it (its
+    idle ``timeout``, a proxy's), then the loop drops it instead of finding a readable EOF
+    at every turn, and the next acks go out on a new connection."""
+    queue = make_queue(unique)
+    publish(connect(stock=True), queue, [1, 2])
+    conn = connect()
+    hub, inbox = _delivered_on_loop(conn, queue, 2)
+    channel = _consuming_channel(conn)
+    try:
+        inbox.messages[0].ack()
+        assert channel.send_acks()
+        deadline = time.monotonic() + 5
+        while channel.unanswered_acks() and time.monotonic() < deadline:
+            hub.run_once()
+        pipe = channel._ack_pipe
+        _kill_connection(redis_client, pipe._conn._sock)
+        while pipe._conn._sock is not None and time.monotonic() < deadline:
+            hub.run_once()
+        assert pipe._conn._sock is None
+        inbox.messages[1].ack()
+        assert channel.send_acks()
+        while channel.unanswered_acks() and time.monotonic() < deadline:
+            hub.run_once()
+        assert not channel.unanswered_acks() and lease_count(redis_client, prefix) == 0
+    finally:
+        conn.release()
+        hub.close()
+
+
+def test_an_early_ack_script_that_fails_is_a_lost_connection() -> None:
+    """Given a Redis that answers an ack script with an error (here NOSCRIPT: its script
+    cache was flushed), when the loop reads it, then it is a connection error (the worker
+    reconnects) and the acks are deferred again: what the script applied is not known, so
+    the next connection asks, as for an answer lost with its connection."""
+    from chaos.brokers import LocalRedis
+
+    with LocalRedis() as broker:
+        queue = make_queue("acks-noscript")
+        with Connection(broker.url) as stock:
+            publish(stock, queue, [1, 2])
+        conn = Connection(broker.url, transport=TRANSPORT_ALIAS)
+        hub, inbox = _delivered_on_loop(conn, queue, 2)
+        channel = _consuming_channel(conn)
+        admin = redis.Redis.from_url(broker.url)
+        try:
+            inbox.messages[0].ack()
+            assert channel.send_acks()
+            deadline = time.monotonic() + 5
+            while channel.unanswered_acks() and time.monotonic() < deadline:
+                hub.run_once()
+            admin.script_flush()
+            inbox.messages[1].ack()
+            assert channel.send_acks()
+            with pytest.raises(redis.ConnectionError, match="early ack script failed"):
+                while time.monotonic() < deadline:
+                    hub.run_once()
+            assert [tag for tag, _ in conn.transport.pending_acks] == \
+                [inbox.messages[1].delivery_tag]
+        finally:
+            admin.close()
+            conn.transport.pending_acks.clear()
+            conn.collect()
+            hub.close()

@@ -79,3 +79,20 @@ def test_big_arguments_with_a_child_per_task(
     wait_until(lambda: _ended(ledger) >= set(ids), timeout=60, what="8 MiB tasks done")
     pids = {p[2] for p in ledger.lines() if p[0] == "start" and p[1] in set(ids)}
     assert len(pids) == 4  # each on its own child
+
+
+def test_tasks_parked_for_their_eta_do_not_stop_a_backlogged_worker_fetching(
+        redis_broker: Broker, worker: StartWorker, ledger: Ledger) -> None:
+    """Given 20 tasks due in ten minutes queued ahead of 20 ready ones, when a -c 2 worker
+    (prefetch 8) starts on them, then the ready ones run now. The worker raises its
+    prefetch for each task it parks until its eta; under a backlog the Redis transport
+    waits for half the prefetch to be free before it fetches again, and that half is taken
+    of the credit not parked: before, it stopped fetching with 16 parked and 8 free."""
+    client = redis_broker.app()
+    later = {client.send_task("appmod.tick", (0.01, str(ledger)), countdown=600).id
+             for _ in range(20)}
+    ready = {client.send_task("appmod.tick", (0.01, str(ledger))).id for _ in range(20)}
+    w = worker(redis_broker, pool="prefork", concurrency=2)
+    wait_until(lambda: _ended(ledger) >= ready, timeout=60, what="the 20 ready tasks done")
+    assert not later & {p[1] for p in ledger.lines() if p[0] == "start"}
+    w.kill()  # rather than wait at teardown for tasks due in ten minutes
