@@ -4,7 +4,9 @@ A bare kombu consumer on kombu's event loop, as the worker's is (taskq's transpo
 py-amqp on RabbitMQ), receives the noop task messages ``bench drain`` uses and acks each,
 with the worker's prefetch (8: -c 2, multiplier 4), and nothing else: no task protocol, no
 pool, no bookkeeping. Its CPU per message is what kombu and the broker client cost on their
-own; a worker's main process cannot go below it.
+own; a worker's main process cannot go below it. ``--settle-each`` adds what DESIGN.md's
+table makes a worker pay on Redis besides: each early ack applied (a round trip) before the
+job may start.
 """
 
 from __future__ import annotations
@@ -40,8 +42,12 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def consume_once(url: str, messages: int, timeout: float = 120.0) -> ConsumerRun:
-    """Fill a fresh queue with ``messages`` noop tasks, then time consuming and acking them."""
+def consume_once(url: str, messages: int, timeout: float = 120.0, *,
+                 settle_each: bool = False) -> ConsumerRun:
+    """Fill a fresh queue with ``messages`` noop tasks, then time consuming and acking them.
+    With ``settle_each`` (Redis), each ack is applied before the next message is taken, as
+    an early ack must be before its job reaches a child (one SETTLE round trip per message,
+    waited for); otherwise acks ride with the next fetch, as kombu sends them."""
     queue_name = f"bench.{uuid.uuid4().hex[:8]}"
     prefix = f"{queue_name}:"
     options = transport_options(url, prefix)
@@ -55,6 +61,8 @@ def consume_once(url: str, messages: int, timeout: float = 120.0) -> ConsumerRun
         def on_message(message: Any) -> None:
             nonlocal done
             message.ack()
+            if settle_each and hasattr(message.channel, "flush_acks"):
+                message.channel.flush_acks()
             done += 1
 
         with Connection(url, transport=transport, transport_options=options) as conn:

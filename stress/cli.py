@@ -524,7 +524,10 @@ def pool(kills: int, concurrency: int, mib: int, no_pidfd: bool) -> None:
               help="Noop task messages to consume and ack.")
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Runs per broker.")
-def consumer(brokers: tuple[str, ...], messages: int, rounds: int) -> None:
+@click.option("--settle-each", is_flag=True,
+              help="Apply each ack before taking the next message (Redis: a round trip per "
+                   "message, as an early ack costs a worker).")
+def consumer(brokers: tuple[str, ...], messages: int, rounds: int, settle_each: bool) -> None:
     """The floor under a worker's main process: CPU per message of a bare kombu consumer
     (receive and ack the drain's noop tasks, nothing else)."""
     import functools
@@ -536,7 +539,8 @@ def consumer(brokers: tuple[str, ...], messages: int, rounds: int) -> None:
     results = {}
     for url in brokers:
         runs = _alternate(
-            rounds, [url], functools.partial(consume_once, messages=messages),
+            rounds, [url], functools.partial(consume_once, messages=messages,
+                                             settle_each=settle_each),
             lambda run: f"{run.rate:,.0f} messages/s, CPU {run.cpu_us:,.0f} µs per message",
             prefix=f"{url.split('://')[0]} ")
         results[url.split("://")[0]] = {
