@@ -717,6 +717,18 @@ def _consuming_channel(conn: Connection) -> Any:
     return next(c for c in conn.transport.channels if c.active_queues)
 
 
+def _acked_and_answered(channel: Any, hub: Hub, message: Any) -> float:
+    """Ack ``message`` through the ack pipe (which connects and loads its script) and turn
+    the loop until the answer is read; returns a deadline 5 s from the start."""
+    message.ack()
+    assert channel.send_acks()
+    deadline = time.monotonic() + 5
+    while channel.unanswered_acks() and time.monotonic() < deadline:
+        hub.run_once()
+    assert not channel.unanswered_acks()
+    return deadline
+
+
 def test_early_acks_are_sent_without_waiting_and_answered_on_the_loop(
         connect: Connect, redis_client: Any, prefix: str, unique: str) -> None:
     """Given three deliveries acked on an event loop, when the acks are sent with
@@ -764,11 +776,7 @@ def test_early_acks_whose_answer_is_lost_with_the_connection_are_deferred_again(
     hub, inbox = _delivered_on_loop(conn, queue, 3)
     channel = _consuming_channel(conn)
     try:
-        inbox.messages[0].ack()
-        assert channel.send_acks()
-        deadline = time.monotonic() + 5
-        while channel.unanswered_acks() and time.monotonic() < deadline:
-            hub.run_once()
+        deadline = _acked_and_answered(channel, hub, inbox.messages[0])
         assert not channel.unanswered_acks()
         _kill_connection(redis_client, channel._ack_pipe._conn._sock)
         for message in inbox.messages[1:]:
@@ -803,11 +811,7 @@ def test_an_early_ack_unanswered_past_the_socket_timeout_is_a_lost_connection() 
         hub, inbox = _delivered_on_loop(conn, queue, 2)
         channel = _consuming_channel(conn)
         try:
-            inbox.messages[0].ack()
-            assert channel.send_acks()  # the pipe connects and loads its script
-            deadline = time.monotonic() + 5
-            while channel.unanswered_acks() and time.monotonic() < deadline:
-                hub.run_once()
+            _acked_and_answered(channel, hub, inbox.messages[0])
             broker.pause()
             inbox.messages[1].ack()
             assert channel.send_acks()
@@ -835,11 +839,7 @@ def test_an_idle_ack_connection_the_server_closed_is_dropped_not_polled(
     hub, inbox = _delivered_on_loop(conn, queue, 2)
     channel = _consuming_channel(conn)
     try:
-        inbox.messages[0].ack()
-        assert channel.send_acks()
-        deadline = time.monotonic() + 5
-        while channel.unanswered_acks() and time.monotonic() < deadline:
-            hub.run_once()
+        deadline = _acked_and_answered(channel, hub, inbox.messages[0])
         pipe = channel._ack_pipe
         _kill_connection(redis_client, pipe._conn._sock)
         while pipe._conn._sock is not None and time.monotonic() < deadline:
@@ -871,11 +871,7 @@ def test_an_early_ack_script_that_fails_is_a_lost_connection() -> None:
         channel = _consuming_channel(conn)
         admin = redis.Redis.from_url(broker.url)
         try:
-            inbox.messages[0].ack()
-            assert channel.send_acks()
-            deadline = time.monotonic() + 5
-            while channel.unanswered_acks() and time.monotonic() < deadline:
-                hub.run_once()
+            deadline = _acked_and_answered(channel, hub, inbox.messages[0])
             admin.script_flush()
             inbox.messages[1].ack()
             assert channel.send_acks()
