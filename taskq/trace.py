@@ -345,8 +345,19 @@ def _anything_follows(task: Task, msg: TaskMessage, outcome: Outcome,
         return True
     if outcome.state == states.FAILURE and (msg.errbacks or msg.chain):
         return True
-    cls = type(task)
-    return any(getattr(cls, name) is not getattr(Task, name) for name in _HANDLERS)
+    return _own_handlers(type(task))
+
+
+_OWN_HANDLERS: dict[type, bool] = {}
+
+
+def _own_handlers(cls: type) -> bool:
+    """Whether the task class overrides one of ``Task``'s handlers (looked up once)."""
+    own = _OWN_HANDLERS.get(cls)
+    if own is None:
+        own = _OWN_HANDLERS[cls] = any(getattr(cls, name) is not getattr(Task, name)
+                                       for name in _HANDLERS)
+    return own
 
 
 def _send(task: Task, sig: Signature, result: Any, msg: TaskMessage, eager: bool,

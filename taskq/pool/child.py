@@ -226,7 +226,7 @@ def run_reporting(app: TaskQ, job: Job, hostname: str | None, seq: int, event_fd
     five."""
     outcome.stored = None
     quiet: list[tuple[Any, ...]] = []  # frames the done supersedes, written if any follows
-    urgent_end = [bool(job.time_limit)]  # something runs after the store, or a hard limit
+    urgent = bool(job.time_limit)  # something runs after the store, or a hard limit
 
     def send(*frames: tuple[Any, ...]) -> None:
         write_frames(event_fd, *quiet, *frames)
@@ -237,10 +237,11 @@ def run_reporting(app: TaskQ, job: Job, hostname: str | None, seq: int, event_fd
         if writes:
             send(("storing", seq))
 
-    def stored(state: str, urgent: bool) -> None:
+    def stored(state: str, follows: bool) -> None:
+        nonlocal urgent
         outcome.stored = state
-        urgent_end[0] = urgent_end[0] or urgent
-        if urgent_end[0]:
+        urgent = urgent or follows
+        if urgent:
             send(("stored", seq, state))
         else:
             quiet.append(("stored", seq, state))
@@ -249,7 +250,7 @@ def run_reporting(app: TaskQ, job: Job, hostname: str | None, seq: int, event_fd
         send(("claimed", seq, group_id, token, fired))
 
     def followed() -> None:
-        if urgent_end[0]:  # what followed was sent: a death now must not send it again
+        if urgent:  # what followed was sent: a death now must not send it again
             send(("followed", seq))
         else:
             quiet.append(("followed", seq))

@@ -492,9 +492,14 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
                             "connection was closed before they were settled (%s)", len(held),
                             mode)
             return 0
+        return self._settled(mode, held, self._run_settle(mode, held))
+
+    @staticmethod
+    def _settled(mode: str, held: Sequence[tuple[str, str]], flags: Sequence[Any]) -> int:
+        """How many of ``held`` the SETTLE flags say were ours; logs the others."""
         done = 0
-        for (tag, lease), flag in zip(held, self._run_settle(mode, held), strict=True):
-            if flag:
+        for (tag, lease), flag in zip(held, flags, strict=True):
+            if int(flag):
                 done += 1
             else:
                 logger.debug("%s of delivery %s dropped: its lease %s expired and the "
@@ -558,18 +563,15 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
                 if self.on_acks_answered is not None:
                     self.on_acks_answered()
 
+            def logged(held: list[tuple[str, str]], flags: list[Any]) -> None:
+                self._settled("ack", held, flags)
+
             pipe = self._ack_pipe = AckPipe(
                 self.pool, transport.hub, self._script("SETTLE"),
                 [self.leases_key, self.leased_key, self.expired_key], chunk=_CHUNK,
                 timeout=float(self.socket_timeout or 2.0), clock=self.clock,
-                give_back=give_back, on_answer=self._log_dropped, on_answered=answered)
+                give_back=give_back, on_answer=logged, on_answered=answered)
         return pipe
-
-    def _log_dropped(self, held: Sequence[tuple[str, str]], flags: Sequence[Any]) -> None:
-        for (tag, lease), flag in zip(held, flags, strict=True):
-            if not int(flag):
-                logger.debug("ack of delivery %s dropped: its lease %s expired and the "
-                             "message went back to its queue", tag, lease)
 
     def give_back_unanswered_acks(self) -> None:
         """A lost connection: what was sent without an answer is deferred again (the

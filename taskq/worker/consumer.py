@@ -439,22 +439,20 @@ class BrokerConsumer:
         amqp = self._acks
         if not queued:
             return []
-        pipelined = self._pipelined_channel() if amqp is None else None
-        if pipelined is not None:
-            # Redis on the loop: sent without waiting; the loop reads the answers and the
-            # worker asks again (``on_acks_answered``). Acked are those answered.
-            if not self._send_acks_pipelined(pipelined):
-                return []
-            unanswered = pipelined.unanswered_acks()
-            queued = [r for r in queued
-                      if r.ack_lease is None or r.ack_lease[1] not in unanswered]
-        elif not self._send_acks():
+        if not self._send_acks():
             if amqp is None or not amqp.written:
                 return []
             # RabbitMQ may have the acks written whole before the connection failed (an
             # AMQP ack has no answer): those tasks run here; if the broker did not get an
             # ack, it redelivers that task too (the table's "may run twice" on RabbitMQ).
             queued = [r for r in queued if r.message.delivery_tag in amqp.written]
+        elif (pipelined := self._pipelined_channel()) is not None:
+            # Redis on the loop: sent without waiting; the loop reads the answers and the
+            # worker asks again (``on_acks_answered``). Acked are those answered.
+            unanswered = pipelined.unanswered_acks()
+            if unanswered:
+                queued = [r for r in queued
+                          if r.ack_lease is None or r.ack_lease[1] not in unanswered]
         for request in queued:
             request.acknowledged = True
         return queued
@@ -466,9 +464,12 @@ class BrokerConsumer:
             if self._acks is not None:
                 self._acks.flush()
             elif self._consumer is not None:
-                flush = getattr(self._consumer.channel, "flush_acks", None)  # lease channels
-                if flush is not None:
-                    flush()
+                channel = self._consumer.channel
+                send = getattr(channel, "send_acks", None)  # Redis: answered on the loop
+                if send is None or not send():
+                    flush = getattr(channel, "flush_acks", None)  # lease channels
+                    if flush is not None:
+                        flush()
         except BrokerBusy as exc:  # the embedded broker's lock: kept, sent again later
             logger.warning("sending acks failed (%s); the tasks wait for them", exc)
             return False
@@ -483,29 +484,14 @@ class BrokerConsumer:
         channel = self._lease_channel()
         return channel if hasattr(channel, "send_acks") else None
 
-    def _send_acks_pipelined(self, channel: Any) -> bool:
-        """Send the deferred acks without waiting for their answers; False when the
-        connection failed (its unanswered acks are carried to the next one)."""
-        generation = self.generation
-        try:
-            if not channel.send_acks():  # no loop to read the answers: wait for them here
-                channel.flush_acks()
-        except Exception as exc:
-            if not self.is_connection_error(exc):
-                raise
-            self.on_connection_error(exc)
-            return False
-        return self.generation == generation
-
     def awaiting_answer(self, requests: Sequence[Request]) -> list[Request]:
-        """Those of ``requests`` whose early ack was sent on this connection and is not
-        answered yet: they wait for it (``on_acks_answered``) before they run."""
-        channel = self._pipelined_channel()
-        if channel is None:
+        """Right after ``ack_now(requests)``: those whose early ack was sent on this
+        connection and is not answered yet (``ack_now`` acknowledged the answered ones, and a
+        failed send moved to a new generation); they wait for it (``on_acks_answered``)."""
+        if self._pipelined_channel() is None:
             return []
-        unanswered = channel.unanswered_acks()
         return [r for r in requests if not r.acknowledged and r.generation == self.generation
-                and r.ack_lease is not None and r.ack_lease[1] in unanswered]
+                and r.ack_lease is not None]
 
     def wait_for_acks(self) -> None:
         """Read the answers to the early acks sent (bounded by the socket timeout): a
