@@ -68,6 +68,7 @@ __all__ = [
     "set_polling_connection",
     "set_propagate_errors",
     "timer_entries",
+    "without_publisher_confirms",
 ]
 
 
@@ -412,3 +413,19 @@ def connection_socket(connection: Any) -> Any:
     """The socket of a redis-py ``Connection``, None while disconnected: ``Connection._sock``
     (redis-py 5 to 8; kombu's poller registers it with the event loop)."""
     return getattr(connection, "_sock", None)
+
+
+def without_publisher_confirms(channel: Any) -> Any:
+    """``channel``, its publishes no longer waiting for the broker's confirm. py-amqp puts
+    every channel of a ``confirm_publish`` connection in confirm mode by setting its
+    ``basic_publish`` to ``basic_publish_confirm`` on the instance (py-amqp 5.1 to 5.4,
+    ``Channel.__init__``); removing that attribute gives back the class's plain publish. For
+    what the main process publishes as a courtesy (events, control replies): a confirm is a
+    round trip the event loop would stand still for, up to the read timeout, after which
+    py-amqp drops the connection. Other transports' channels are returned unchanged."""
+    attrs = getattr(channel, "__dict__", {})
+    current = attrs.get("basic_publish")
+    confirming = getattr(channel, "basic_publish_confirm", None)
+    if current is not None and confirming is not None and current == confirming:
+        del channel.basic_publish
+    return channel

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from kombu import Exchange, Producer
 from kombu.clocks import LamportClock
 
+from taskq.compat import without_publisher_confirms
+
 if TYPE_CHECKING:
     from kombu import Connection
 
@@ -45,7 +47,9 @@ class EventDispatcher:
     """Publishes events on a connection; ``groups`` limits it to e.g. {"worker"} or {"task"}.
 
     Sending never raises into the caller: an event that cannot be sent is logged and dropped
-    (events are monitoring, never part of a task's delivery guarantees).
+    (events are monitoring, never part of a task's delivery guarantees). For the same reason
+    an event is not confirmed by the broker: on RabbitMQ a confirm is a round trip that the
+    worker's event loop would wait for with every event.
     """
 
     def __init__(self, connection: Connection, hostname: str, clock: LamportClock,
@@ -63,7 +67,9 @@ class EventDispatcher:
 
     def _ensure_producer(self) -> Producer:
         if self._producer is None:
-            self._producer = Producer(self.connection.channel(), exchange=self.exchange,
+            # No publisher confirm: an event is not worth a round trip (see the class).
+            channel = without_publisher_confirms(self.connection.channel())
+            self._producer = Producer(channel, exchange=self.exchange,
                                       serializer="json", auto_declare=True)
         return self._producer
 

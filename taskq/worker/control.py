@@ -2,6 +2,13 @@
 
 Commands run in the loop thread. An unknown command gets an error reply; a malformed
 message is logged; nothing escapes into the loop.
+
+Replies are a courtesy to a client that waits for them with a timeout of its own, so they
+never hold the loop: they go out without a publisher confirm (on RabbitMQ each would be a
+round trip the loop stood still for, and one slower than the read timeout cost the worker its
+connection) and without kombu's retry, which on a lost connection would reconnect in the loop
+until the broker came back, behind the consumer's back. A reply that cannot be sent is
+logged and dropped.
 """
 
 from __future__ import annotations
@@ -9,9 +16,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from kombu import Exchange, Producer
+from kombu.exceptions import InconsistencyError
 from kombu.pidbox import Node
 
-from taskq.compat import subscribe_now
+from taskq.compat import subscribe_now, without_publisher_confirms
 from taskq.control import make_mailbox
 from taskq.worker.inspect import HANDLERS
 
@@ -33,9 +42,9 @@ class ControlNode:
         self.node: Node | None = None
 
     def attach(self, conn: Connection) -> None:
-        channel = conn.channel()
-        node = self.mailbox(conn).Node(self.worker.hostname, state=self.worker,
-                                       channel=channel, handlers=dict(HANDLERS))
+        channel = without_publisher_confirms(conn.channel())
+        node = ReplyNode(self.worker.hostname, self.worker, channel, dict(HANDLERS),
+                         mailbox=self.mailbox(conn))
         self.node = node
         node.listen(callback=self._on_message)
         subscribe_now(channel)  # listening before the worker says ready, not after
@@ -91,3 +100,23 @@ class ControlNode:
                            routing_key=reply_to.get("routing_key"), ticket=body.get("ticket"))
 
         self.worker.store_revoked_elsewhere(ids, send_reply)
+
+
+class ReplyNode(Node):
+    """kombu's pidbox node, its replies sent once, without waiting (see the module
+    docstring)."""
+
+    def reply(self, data: Any, exchange: str, routing_key: str, ticket: Any,
+              **kwargs: Any) -> None:
+        mailbox = self.mailbox
+        assert mailbox is not None  # ControlNode.attach gives it one
+        target = Exchange(exchange, "direct", durable=False, delivery_mode="transient")
+        try:
+            Producer(self.channel, auto_declare=False).publish(
+                data, exchange=target, routing_key=routing_key, declare=[target],
+                serializer=mailbox.serializer,
+                headers={"ticket": ticket, "clock": mailbox.clock.forward()}, retry=False)
+        except InconsistencyError:  # Redis: nobody waits on that reply queue any more
+            pass
+        except Exception as exc:  # the connection or channel is gone: the client times out
+            logger.info("a control reply to %s was not sent: %r", routing_key, exc)
