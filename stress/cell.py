@@ -148,7 +148,9 @@ class CellRun:
                                     main_pid=lambda: worker.pid if worker else None,
                                     proxy=proxy, broker=private,
                                     main_pids=lambda: [p for w in fleet if (p := w.pid)],
-                                    running=lambda: _running_pids(book))
+                                    running=lambda: _running_pids(book),
+                                    monitor=(space.url, space.transport_options,
+                                             lambda: [w.node for w in fleet if w.node]))
             publisher.start()
             for runner in runners:
                 runner.start()
@@ -286,8 +288,11 @@ class CellRun:
             if cell["max_tasks_per_child"]:
                 argv += ["--max-tasks-per-child", str(cell["max_tasks_per_child"])]
             argv += self.suite.worker_args
+        # A --worker-cmd without {node} names itself: the control fault cannot address it.
+        named = not self.worker_cmd or "{node}" in self.worker_cmd
         return WorkerProc(argv, env, self.directory,
-                          "worker" if member == 1 else f"worker-m{member}")
+                          "worker" if member == 1 else f"worker-m{member}",
+                          node=node if named else "")
 
     def _stress_path(self, always: bool = False) -> Path | None:
         """A directory holding only this ``stress`` package, for a worker started from another

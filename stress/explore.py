@@ -79,12 +79,13 @@ PREFORK_ONLY_TASKS = {"grow", "exit", "crash", "soft_limit", "hard_limit"}
 
 FAULT_KINDS = ("kill-children", "freeze-children", "kill-main", "terminate-worker",
                "cut-connections", "reset-connections", "blackhole", "latency",
-               "restart-broker", "kill-running", "hup-worker", "cold-shutdown")
+               "restart-broker", "kill-running", "hup-worker", "cold-shutdown", "control")
 FAULT_WEIGHTS = {"kill-children": 3, "freeze-children": 1, "kill-main": 2,
                  "terminate-worker": 1, "cut-connections": 4, "reset-connections": 1,
                  "blackhole": 2, "latency": 1, "restart-broker": 1, "kill-running": 3,
-                 "hup-worker": 1, "cold-shutdown": 1}
-TIMED_FAULTS = {"freeze-children", "blackhole", "latency"}  # on for ``duration`` seconds
+                 "hup-worker": 1, "cold-shutdown": 1, "control": 3}
+# on for ``duration`` seconds; ``control``: a monitor asking every 0.5 s meanwhile
+TIMED_FAULTS = {"freeze-children", "blackhole", "latency", "control"}
 SLEEP_PROFILES = ("short", "medium", "around-lease")
 DURATIONS = (4.0, 6.0, 8.0, 12.0)
 RATES = (2.0, 5.0, 10.0, 20.0)
@@ -98,6 +99,9 @@ class FaultEvent:
     ms: float = 0.0  # latency
 
     def to_suite(self) -> dict[str, Any]:
+        if self.kind == "control":
+            return {"kind": self.kind,
+                    "schedule": f"every 0.5s after {self.at:g}s until {self.at + self.duration:g}s"}
         fault: dict[str, Any] = {"kind": self.kind, "schedule": f"at {self.at:g}"}
         if self.kind in TIMED_FAULTS:
             fault["duration"] = self.duration
@@ -414,7 +418,7 @@ class Generator:
         return {k: float(self.rng.choice((1, 2, 4))) for k in sorted(chosen)}
 
     def fault_kinds(self, config: Mapping[str, Any]) -> list[str]:
-        kinds = ["kill-main", "terminate-worker", "hup-worker", "cold-shutdown"]
+        kinds = ["kill-main", "terminate-worker", "hup-worker", "cold-shutdown", "control"]
         if config["pool_type"] == "prefork":
             kinds += ["kill-children", "freeze-children", "kill-running"]
         if config["transport"] != "sqlite":

@@ -16,7 +16,10 @@ Kinds (each with a ``schedule`` in chaos's syntax, e.g. ``"poisson {kill_rate}/s
   to 2 s for one), journaled as a child kill;
 - ``hup-worker``: SIGHUP the worker (a warm restart that re-executes itself, same pid);
 - ``cold-shutdown``: SIGQUIT the worker (cold shutdown: running tasks are not waited for);
-  a new one starts.
+  a new one starts;
+- ``control``: a monitor's remote-control traffic (``ping``, ``stats``) to the workers,
+  straight to the broker (``stress.control_traffic``): the replies come from the worker's
+  event loop, whatever the other faults do to its connection.
 
 With a fleet (several workers on one broker), the main-process faults pick one of them.
 
@@ -48,6 +51,7 @@ from chaos import (
     parse_schedule,
 )
 from chaos.targets import child_pids
+from stress.control_traffic import ControlTraffic
 from stress.errors import ScenarioError
 
 __all__ = ["KINDS", "MAIN_SIGNALS", "NEEDS_PRIVATE_BROKER", "NEEDS_PROXY", "RESTARTS_WORKER",
@@ -55,7 +59,7 @@ __all__ = ["KINDS", "MAIN_SIGNALS", "NEEDS_PRIVATE_BROKER", "NEEDS_PROXY", "REST
 
 KINDS = ("kill-children", "kill-main", "terminate-worker", "cut-connections", "blackhole",
          "restart-broker", "freeze-children", "reset-connections", "latency", "kill-running",
-         "hup-worker", "cold-shutdown")
+         "hup-worker", "cold-shutdown", "control")
 NEEDS_PROXY = {"cut-connections", "blackhole", "reset-connections", "latency"}
 NEEDS_PRIVATE_BROKER = {"restart-broker"}
 RESTARTS_WORKER = {"kill-main", "terminate-worker", "cold-shutdown"}
@@ -65,6 +69,7 @@ MAIN_SIGNALS = {"kill-main": "KILL", "terminate-worker": "TERM", "hup-worker": "
 MainPid = Callable[[], int | None]
 MainPids = Callable[[], list[int]]
 RunningPids = Callable[[], set[int]]
+Nodes = Callable[[], list[str]]
 
 
 class WorkerProcesses:
@@ -123,10 +128,12 @@ def build_runners(faults: list[dict[str, Any]], cell: Mapping[str, Any], *, seed
                   duration: float, journal: Journal, main_pid: MainPid,
                   proxy: FaultProxy | None, broker: Broker | None = None,
                   main_pids: MainPids | None = None,
-                  running: RunningPids | None = None) -> list[Runner]:
+                  running: RunningPids | None = None,
+                  monitor: tuple[str, dict[str, Any], Nodes] | None = None) -> list[Runner]:
     """One chaos Runner per fault, limited to the publishing window. ``main_pids``: every
     worker of a fleet (main-process faults pick one); ``running``: the pids the ledger shows
-    running a task (for ``kill-running``)."""
+    running a task (for ``kill-running``); ``monitor``: the broker's URL and transport
+    options, and the workers' node names (for ``control``)."""
     runners = []
     for n, fault in enumerate(faults):
         kind = fault["kind"]
@@ -177,6 +184,12 @@ def build_runners(faults: list[dict[str, Any]], cell: Mapping[str, Any], *, seed
             else:
                 injector = TimedFault(proxy, Blackhole(), journal=journal,
                                       duration=float(fault.get("duration", 3.0)))
+        elif kind == "control":
+            if monitor is None:
+                raise ScenarioError("fault 'control' needs the cell's broker and node names")
+            url, options, nodes = monitor
+            injector = ControlTraffic(url, nodes, transport_options=options, journal=journal,
+                                      timeout=float(fault.get("timeout", 1.0)))
         else:  # pragma: no cover - load_suite checked the kind
             raise ScenarioError(f"unknown fault kind {kind!r}")
         runners.append(Runner(schedule, injector, name=f"stress-{kind}"))

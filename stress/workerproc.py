@@ -64,11 +64,12 @@ class WorkerProc:
     """One cell's worker; ``restart`` starts the next one (``worker-2.log``, ...)."""
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], directory: Path,
-                 name: str = "worker") -> None:
+                 name: str = "worker", node: str = "") -> None:
         self.argv = list(argv)
         self.env = dict(env)
         self.directory = directory
         self.name = name  # its logs: <name>-1.log, <name>-2.log, ...
+        self.node = node  # its node name (remote control), "" when not known
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0
         self.exits: list[int] = []

@@ -191,3 +191,27 @@ def test_an_explored_worker_that_never_runs_its_warm_up_task_fails_within_the_ca
     assert [(v.oracle, v.passed) for v in result.verdicts] == [("warm-up", False)]
     assert "within 1 s" in result.verdicts[0].message
     assert time.monotonic() - began < 30.0
+
+
+def test_a_control_fault_asks_the_worker_as_a_monitor_would_and_it_answers(
+        tmp_path: Path) -> None:
+    """The ``control`` fault: ping and stats, straight to the broker, every 0.5 s while it is
+    on; each injection is journaled with the replies it got (here all, nothing else faulted)."""
+    import json
+
+    from stress.cell import CellRun
+
+    case = Case({**Generator(1).draw().config, "transport": "sqlite", "fleet": 1,
+                 "pool_type": "prefork"},
+                {"noop": 1.0}, (0.01, 0.2), (FaultEvent("control", 0.5, 2.0),), 4.0, 5.0, 7)
+    assert case.suite().faults == [{"kind": "control",
+                                    "schedule": "every 0.5s after 0.5s until 2.5s"}]
+    result = CellRun(case.suite(), case.cell(), case.seed, tmp_path, case.duration,
+                     60.0).run()
+    assert result.error is None
+    records = [json.loads(line) for line in (tmp_path / "faults.jsonl").read_text().splitlines()]
+    asked = [r for r in records if r["kind"] == "control"]
+    assert len(asked) >= 3
+    assert all(r["outcome"] == "ok" for r in asked), asked
+    assert any(r["detail"]["replies"] == {"ping": 1, "stats": 1} for r in asked), asked
+    assert all(v.passed for v in result.verdicts), result.verdicts
