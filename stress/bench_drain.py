@@ -98,13 +98,15 @@ def _worker_cmd(kind: str, queue: str, node: str, concurrency: int,
             *worker_args]
 
 
-def _done(url: str, options: dict[str, Any], queue: str, kind: str, node: str) -> int:
-    """Tasks the worker finished, from its own stats (taskq and Celery share the format)."""
+def _done(url: str, options: dict[str, Any], queue: str, kind: str, node: str,
+          timeout: float = 1.0) -> int:
+    """Tasks the worker finished, from its own stats (taskq and Celery share the format);
+    -1 when it did not answer within ``timeout``."""
     from kombu.pidbox import Mailbox
 
     with Connection(url, transport_options=options) as conn:
         replies = Mailbox("celery", type="fanout", accept=["json"])(conn)._broadcast(
-            "stats", {}, [node], reply=True, timeout=1.0, limit=1) or []
+            "stats", {}, [node], reply=True, timeout=timeout, limit=1) or []
     for reply in replies:
         stats = reply.get(node) or {}
         total = stats.get("total") or {}
@@ -141,9 +143,14 @@ def running_worker(kind: str, url: str, options: dict[str, Any], queue: str,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while (first := _done(url, options, queue, kind, node)) < 0:
+        # Asked often at first: a request sent before the worker listens is lost, and the
+        # worker drains meanwhile (a fast one, a thousand tasks in half a second); then
+        # less often, for a worker slow to answer.
+        wait = 0.25
+        while (first := _done(url, options, queue, kind, node, timeout=wait)) < 0:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"{kind} worker did not come up")
+            wait = min(1.0, wait * 1.5)
         yield RunningWorker(kind, url, options, queue, node, proc, first)
     finally:
         with contextlib.suppress(ProcessLookupError):
