@@ -36,6 +36,18 @@ def _workers(harness: psutil.Process) -> list[psutil.Process]:
     return [p for p in tree if "stress.harness" in _cmdline(p)]
 
 
+def _status(proc: psutil.Process) -> str:
+    try:
+        return f"{proc.status()} ppid={proc.ppid()}"
+    except psutil.Error:
+        return "gone"
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    return [p for p in procs if p.is_running() and _status(p).split()[0] not in
+            (psutil.STATUS_ZOMBIE, "gone")]
+
+
 def _cmdline(proc: psutil.Process) -> list[str]:
     try:
         return proc.cmdline()
@@ -63,9 +75,11 @@ def test_a_run_stopped_with_sigterm_stops_its_worker_and_writes_its_report(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    gone = _wait_for("end of the cell's worker",
-                     lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE
-                                     for w in workers), deadline=30)
-    assert gone
+    try:
+        _wait_for("end of the cell's worker", lambda: not _alive(workers), deadline=30)
+    except AssertionError as exc:  # what is left, and what the run said, for the next look
+        left = [(w.pid, _status(w), _cmdline(w)) for w in _alive(workers)]
+        raise AssertionError(f"{exc}; still running: {left}\nthe run's output:\n{output}"
+                             ) from None
     assert "interrupted" in output
     assert json.loads(report.read_text())["run"]["interrupted"] is True
