@@ -198,16 +198,19 @@ class CellRun:
             return CellResult(self.cell, self.seed, verdicts, figures, self.directory,
                               time.monotonic() - started, worker.command, series=series)
         finally:
+            # Each step on its own: the workers must go whatever another step raises (a run
+            # stopped with SIGTERM once left its cell's worker running).
             for runner in runners:
                 with contextlib.suppress(Exception):
                     runner.stop()
                 with contextlib.suppress(Exception):
                     for injector in runner.injectors:
                         injector.close()
-            if publisher is not None:
-                publisher.stop()
             if worker is not None:
                 worker.stop(grace=5.0)
+            if publisher is not None:
+                with contextlib.suppress(Exception):
+                    publisher.stop()
             for other in self._others:
                 with contextlib.suppress(Exception):
                     other.stop(grace=5.0)
