@@ -56,6 +56,7 @@ Select it with ``Connection(url, transport=TRANSPORT)`` (taskq does for ``redis:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import select
 import uuid
@@ -563,14 +564,12 @@ class Channel(LeaseChannelMixin, PublishChannelMixin, kredis.Channel):
                 if self.on_acks_answered is not None:
                     self.on_acks_answered()
 
-            def logged(held: list[tuple[str, str]], flags: list[Any]) -> None:
-                self._settled("ack", held, flags)
-
             pipe = self._ack_pipe = AckPipe(
                 self.pool, transport.hub, self._script("SETTLE"),
                 [self.leases_key, self.leased_key, self.expired_key], chunk=_CHUNK,
                 timeout=float(self.socket_timeout or 2.0), clock=self.clock,
-                give_back=give_back, on_answer=logged, on_answered=answered)
+                give_back=give_back, on_answer=functools.partial(self._settled, "ack"),
+                on_answered=answered)
         return pipe
 
     def give_back_unanswered_acks(self) -> None:

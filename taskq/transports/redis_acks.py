@@ -43,7 +43,7 @@ class AckPipe:
     def __init__(self, pool: redis.ConnectionPool, hub: Any, script: Any, keys: Sequence[str],
                  *, chunk: int, timeout: float, clock: Callable[[], float],
                  give_back: Callable[[list[Ack]], None],
-                 on_answer: Callable[[list[Ack], list[Any]], None],
+                 on_answer: Callable[[list[Ack], list[Any]], object],
                  on_answered: Callable[[], None]) -> None:
         self._pool = pool
         self._hub = hub

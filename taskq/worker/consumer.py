@@ -463,13 +463,10 @@ class BrokerConsumer:
         try:
             if self._acks is not None:
                 self._acks.flush()
-            elif self._consumer is not None:
-                channel = self._consumer.channel
-                send = getattr(channel, "send_acks", None)  # Redis: answered on the loop
-                if send is None or not send():
-                    flush = getattr(channel, "flush_acks", None)  # lease channels
-                    if flush is not None:
-                        flush()
+            elif (channel := self._lease_channel()) is not None:
+                pipelined = self._pipelined_channel()  # Redis: answered on the loop
+                if pipelined is None or not pipelined.send_acks():
+                    channel.flush_acks()
         except BrokerBusy as exc:  # the embedded broker's lock: kept, sent again later
             logger.warning("sending acks failed (%s); the tasks wait for them", exc)
             return False

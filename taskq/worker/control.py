@@ -94,7 +94,7 @@ class ControlNode:
 
         def send_reply() -> None:
             # Not on a node a reconnect has replaced: its channel belongs to a closed
-            # connection, and publishing there would retry in the loop.
+            # connection (on Redis, publishing there would connect that client again).
             if isinstance(reply_to, dict) and self.node is node:
                 node.reply({self.worker.hostname: reply}, exchange=reply_to.get("exchange"),
                            routing_key=reply_to.get("routing_key"), ticket=body.get("ticket"))
