@@ -21,7 +21,7 @@ from typing import Any
 from kombu import Connection
 
 from chaos import Injector, Journal, Outcome
-from taskq.compat import broadcast_until
+from taskq.compat import broadcast
 from taskq.control import make_mailbox
 
 __all__ = ["COMMANDS", "ControlTraffic"]
@@ -48,7 +48,6 @@ class ControlTraffic(Injector):
 
     def apply(self) -> Outcome:
         nodes = list(self.nodes())
-        target = ",".join(nodes)
         if not nodes:
             return Outcome("no-target", "no worker")
         answered: dict[str, int] = {}
@@ -56,20 +55,9 @@ class ControlTraffic(Injector):
                         connect_timeout=self.timeout) as conn:
             mailbox = make_mailbox()(conn)
             for command in COMMANDS:
-                replies = broadcast_until(mailbox, command, _until(len(nodes)),
-                                          timeout=self.timeout, destination=nodes)
-                answered[command] = len(replies)
-        return Outcome("ok", target, params={"commands": list(COMMANDS)},
+                replies = broadcast(mailbox, command, reply=True, timeout=self.timeout,
+                                    destination=nodes, limit=len(nodes))  # one reply a worker
+                answered[command] = len(replies or ())
+        return Outcome("ok", ",".join(nodes), params={"commands": list(COMMANDS)},
                        detail={"replies": answered})
 
-
-def _until(wanted: int) -> Callable[[Any], bool]:
-    """Enough once ``wanted`` replies came (each worker answers once)."""
-    count = 0
-
-    def enough(_reply: Any) -> bool:
-        nonlocal count
-        count += 1
-        return count >= wanted
-
-    return enough
